@@ -1,0 +1,2 @@
+/* TODO(issue 2): chunk_object. */
+#include "common/chunk_object.h"

@@ -1,0 +1,2 @@
+/* TODO(issue 2): crypto. */
+#include "common/crypto.h"

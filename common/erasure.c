@@ -1,0 +1,2 @@
+/* TODO(issue 2): erasure. */
+#include "common/erasure.h"

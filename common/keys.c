@@ -1,0 +1,2 @@
+/* TODO(issue 2): keys. */
+#include "common/keys.h"
