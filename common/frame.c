@@ -1,0 +1,2 @@
+/* TODO(issue 3): frame. */
+#include "common/frame.h"

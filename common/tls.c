@@ -1,0 +1,2 @@
+/* TODO(issue 3): tls. */
+#include "common/tls.h"

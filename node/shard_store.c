@@ -1,0 +1,2 @@
+/* TODO(issue 3): shard store. */
+#include "node/shard_store.h"

@@ -1,0 +1,5 @@
+/* Placeholder: the chunker unit tests replace this file. */
+int main(void)
+{
+    return 0;
+}

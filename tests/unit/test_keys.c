@@ -1,0 +1,5 @@
+/* Placeholder: the keys unit tests replace this file. */
+int main(void)
+{
+    return 0;
+}
