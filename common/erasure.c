@@ -31,11 +31,18 @@ static struct erasure_scheme scheme_cache[ERASURE_MAX_K][ERASURE_MAX_M + 1];
 static atomic_bool scheme_ready[ERASURE_MAX_K][ERASURE_MAX_M + 1];
 static pthread_mutex_t scheme_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* protobuf-c allocates through our wrapper, so allocation faults reach it too. */
+/*
+ * protobuf-c allocates through our wrapper, so allocation faults reach it
+ * too; allocator_data points at a flag that tells such a fault apart from
+ * bytes that do not parse (unpack returns NULL for both).
+ */
 static void *pb_alloc(void *data, size_t n)
 {
-    (void)data;
-    return hbc_malloc(n);
+    void *p = hbc_malloc(n);
+    if (p == NULL) {
+        *(bool *)data = true;
+    }
+    return p;
 }
 
 static void pb_free(void *data, void *p)
@@ -43,8 +50,6 @@ static void pb_free(void *data, void *p)
     (void)data;
     hbc_free(p);
 }
-
-static ProtobufCAllocator pb_allocator = {.alloc = pb_alloc, .free = pb_free};
 
 static bool scheme_valid(unsigned k, unsigned m)
 {
@@ -123,8 +128,8 @@ static size_t shard_start(size_t i, size_t len, size_t object_length)
     return start <= object_length - len ? start : object_length - len;
 }
 
-int erasure_encode(const struct erasure_scheme *scheme, const uint8_t *object,
-                   size_t object_length, struct erasure_stripe *st, struct err *e)
+int erasure_encode(const struct erasure_scheme *scheme, const uint8_t *object, size_t object_length,
+                   struct erasure_stripe *st, struct err *e)
 {
     if (scheme == NULL || object == NULL || st == NULL) {
         return err_set(e, HBC_EINVAL, "encode: missing scheme, object or stripe");
@@ -132,7 +137,8 @@ int erasure_encode(const struct erasure_scheme *scheme, const uint8_t *object,
     stripe_unset(st);
     int rc = object_length_check(object_length, e);
     if (rc != 0) {
-        return err_wrap(e, "encode");
+        err_wrap(e, "encode");
+        return rc;
     }
     unsigned k = scheme->k;
     unsigned m = scheme->m;
@@ -276,14 +282,16 @@ int erasure_decode(const struct erasure_scheme *scheme, size_t object_length,
     }
     int rc = object_length_check(object_length, e);
     if (rc != 0) {
-        return err_wrap(e, "decode");
+        err_wrap(e, "decode");
+        return rc;
     }
     unsigned k = scheme->k;
     unsigned sources[ERASURE_MAX_K];
     unsigned present = pick_sources(scheme, shards, sources);
     if (present < k) {
-        too_few(scheme, shards, present, e);
-        return err_wrap(e, "decode");
+        rc = too_few(scheme, shards, present, e);
+        err_wrap(e, "decode");
+        return rc;
     }
 
     size_t len = erasure_shard_length(k, object_length);
@@ -313,7 +321,8 @@ int erasure_decode(const struct erasure_scheme *scheme, size_t object_length,
     uint8_t tables[32 * ERASURE_MAX_K * ERASURE_MAX_M];
     rc = decode_tables(scheme, sources, targets, count, tables, e);
     if (rc != 0) {
-        return err_wrap(e, "decode");
+        err_wrap(e, "decode");
+        return rc;
     }
     uint8_t *src[ERASURE_MAX_K];
     uint8_t *dst[ERASURE_MAX_M];
@@ -347,8 +356,9 @@ int erasure_reconstruct(const struct erasure_scheme *scheme, size_t shard_length
     unsigned sources[ERASURE_MAX_K];
     unsigned present = pick_sources(scheme, shards, sources);
     if (present < k) {
-        too_few(scheme, shards, present, e);
-        return err_wrap(e, "reconstruct");
+        int rc = too_few(scheme, shards, present, e);
+        err_wrap(e, "reconstruct");
+        return rc;
     }
     uint32_t seen = 0;
     unsigned targets[ERASURE_MAX_M];
@@ -369,7 +379,8 @@ int erasure_reconstruct(const struct erasure_scheme *scheme, size_t shard_length
     uint8_t tables[32 * ERASURE_MAX_K * ERASURE_MAX_M];
     int rc = decode_tables(scheme, sources, targets, (unsigned)count, tables, e);
     if (rc != 0) {
-        return err_wrap(e, "reconstruct");
+        err_wrap(e, "reconstruct");
+        return rc;
     }
     uint8_t *src[ERASURE_MAX_K];
     for (unsigned j = 0; j < k; j++) {
@@ -427,7 +438,8 @@ int erasure_shard_encode(const struct erasure_shard_info *info, const uint8_t *p
     }
     int rc = info_check(info, HBC_EINVAL, e);
     if (rc != 0) {
-        return err_wrap(e, "encode shard");
+        err_wrap(e, "encode shard");
+        return rc;
     }
     Hbc__ShardHeader h = HBC__SHARD_HEADER__INIT;
     h.vault_id.data = (uint8_t *)info->vault_id;
@@ -458,7 +470,8 @@ int erasure_shard_encode(const struct erasure_shard_info *info, const uint8_t *p
     rc = sha256(buf, body, buf + body, e);
     if (rc != 0) {
         hbc_free(buf);
-        return err_wrap(e, "encode shard");
+        err_wrap(e, "encode shard");
+        return rc;
     }
     *out = buf;
     *out_length = total;
@@ -494,16 +507,22 @@ int erasure_shard_decode(const uint8_t *blob, size_t blob_length, struct erasure
         return err_set(e, HBC_ETRUNCATED, "shard: %zu bytes, cut inside its %zu-byte header",
                        blob_length, hlen);
     }
-    Hbc__ShardHeader *h = hbc__shard_header__unpack(&pb_allocator, hlen, blob + ERASURE_SHARD_PREFIX);
+    bool oom = false;
+    ProtobufCAllocator pb = {.alloc = pb_alloc, .free = pb_free, .allocator_data = &oom};
+    Hbc__ShardHeader *h = hbc__shard_header__unpack(&pb, hlen, blob + ERASURE_SHARD_PREFIX);
+    if (h == NULL && oom) {
+        return err_set(e, HBC_ENOMEM, "shard: parsing the header");
+    }
     if (h == NULL) {
         return err_set(e, HBC_EFORMAT, "shard: header does not parse as a ShardHeader");
     }
     if (h->vault_id.len != ERASURE_VAULT_ID_LEN || h->chunk_id.len != ERASURE_CHUNK_ID_LEN) {
         size_t v = h->vault_id.len;
         size_t c = h->chunk_id.len;
-        hbc__shard_header__free_unpacked(h, &pb_allocator);
-        return err_set(e, HBC_EFORMAT, "shard: vault id of %zu bytes, chunk id of %zu (want %d, %d)",
-                       v, c, ERASURE_VAULT_ID_LEN, ERASURE_CHUNK_ID_LEN);
+        hbc__shard_header__free_unpacked(h, &pb);
+        return err_set(e, HBC_EFORMAT,
+                       "shard: vault id of %zu bytes and chunk id of %zu bytes (want %d and %d)", v,
+                       c, ERASURE_VAULT_ID_LEN, ERASURE_CHUNK_ID_LEN);
     }
     struct erasure_shard_info got;
     memcpy(got.vault_id, h->vault_id.data, sizeof got.vault_id);
@@ -513,10 +532,11 @@ int erasure_shard_decode(const uint8_t *blob, size_t blob_length, struct erasure
     got.index = h->index;
     got.object_length = h->object_length;
     got.shard_length = h->shard_length;
-    hbc__shard_header__free_unpacked(h, &pb_allocator);
+    hbc__shard_header__free_unpacked(h, &pb);
     int rc = info_check(&got, HBC_EFORMAT, e);
     if (rc != 0) {
-        return err_wrap(e, "shard: header");
+        err_wrap(e, "shard: header");
+        return rc;
     }
 
     /* shard_length is at most ERASURE_MAX_OBJECT now, so this cannot overflow. */
@@ -533,7 +553,8 @@ int erasure_shard_decode(const uint8_t *blob, size_t blob_length, struct erasure
     uint8_t md[ERASURE_SHARD_TRAILER];
     rc = sha256(blob, body, md, e);
     if (rc != 0) {
-        return err_wrap(e, "shard %u", got.index);
+        err_wrap(e, "shard %u", got.index);
+        return rc;
     }
     if (CRYPTO_memcmp(md, blob + body, sizeof md) != 0) {
         return err_set(e, HBC_ECORRUPT, "shard %u: SHA-256 mismatch", got.index);
@@ -547,8 +568,8 @@ int erasure_shard_decode(const uint8_t *blob, size_t blob_length, struct erasure
     return 0;
 }
 
-int erasure_shards_encode(const uint8_t *vault_id, const uint8_t *chunk_id, unsigned k,
-                          unsigned m, const uint8_t *object, size_t object_length, uint8_t **blobs,
+int erasure_shards_encode(const uint8_t *vault_id, const uint8_t *chunk_id, unsigned k, unsigned m,
+                          const uint8_t *object, size_t object_length, uint8_t **blobs,
                           size_t *lengths, struct err *e)
 {
     if (vault_id == NULL || chunk_id == NULL || blobs == NULL || lengths == NULL) {
@@ -557,7 +578,8 @@ int erasure_shards_encode(const uint8_t *vault_id, const uint8_t *chunk_id, unsi
     const struct erasure_scheme *scheme;
     int rc = erasure_scheme_get(k, m, &scheme, e);
     if (rc != 0) {
-        return err_wrap(e, "encode shards");
+        err_wrap(e, "encode shards");
+        return rc;
     }
     for (unsigned i = 0; i < k + m; i++) {
         blobs[i] = NULL;
@@ -590,11 +612,13 @@ fail:
         blobs[i] = NULL;
     }
     erasure_stripe_release(&st);
-    return err_wrap(e, "encode shards");
+    err_wrap(e, "encode shards");
+    return rc;
 }
 
 /* Append printf-style text to a bounded message buffer, silently truncating. */
-static void note(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void note(char *buf, size_t size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 static void note(char *buf, size_t size, const char *fmt, ...)
 {
@@ -636,7 +660,11 @@ int erasure_shards_rebuild(const uint8_t *const *blobs, const size_t *lengths, s
         fetched++;
         struct erasure_shard_info info;
         const uint8_t *payload;
-        int rc = erasure_shard_decode(blobs[n], lengths[n], &info, &payload, NULL);
+        struct err why;
+        int rc = erasure_shard_decode(blobs[n], lengths[n], &info, &payload, &why);
+        if (rc == HBC_ENOMEM) {
+            return err_setraw(e, rc, "rebuild: %s", why.msg);
+        }
         if (rc != 0) {
             note(rejected, sizeof rejected, "%sblob %zu %s", rejected[0] ? ", " : "", n,
                  hbc_errname(rc));
@@ -685,7 +713,8 @@ int erasure_shards_rebuild(const uint8_t *const *blobs, const size_t *lengths, s
     const struct erasure_scheme *scheme;
     int rc = erasure_scheme_get(ref.k, ref.m, &scheme, e);
     if (rc != 0) {
-        return err_wrap(e, "rebuild");
+        err_wrap(e, "rebuild");
+        return rc;
     }
     size_t len = (size_t)ref.object_length;
     uint8_t *buf = hbc_malloc(len);
@@ -695,7 +724,8 @@ int erasure_shards_rebuild(const uint8_t *const *blobs, const size_t *lengths, s
     rc = erasure_decode(scheme, len, payloads, buf, e);
     if (rc != 0) {
         hbc_free(buf);
-        return err_wrap(e, "rebuild");
+        err_wrap(e, "rebuild");
+        return rc;
     }
     *object = buf;
     *object_length = len;

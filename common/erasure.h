@@ -79,17 +79,17 @@
  * the chunk object's AES-GCM tag authenticates the rebuilt object.
  */
 
-#define ERASURE_MAX_K 16                           /* most data shards in a scheme */
-#define ERASURE_MAX_M 8                            /* most parity shards in a scheme */
+#define ERASURE_MAX_K 16                                   /* most data shards in a scheme */
+#define ERASURE_MAX_M 8                                    /* most parity shards in a scheme */
 #define ERASURE_MAX_SHARDS (ERASURE_MAX_K + ERASURE_MAX_M) /* most shards in a stripe */
-#define ERASURE_MAX_OBJECT ((size_t)64 << 20)      /* longest object accepted, in bytes */
+#define ERASURE_MAX_OBJECT ((size_t)64 << 20)              /* longest object accepted, in bytes */
 
-#define ERASURE_SHARD_VERSION 1     /* format version written and read */
-#define ERASURE_SHARD_PREFIX 7      /* magic, version and header length */
+#define ERASURE_SHARD_VERSION 1      /* format version written and read */
+#define ERASURE_SHARD_PREFIX 7       /* magic, version and header length */
 #define ERASURE_SHARD_MAX_HEADER 256 /* longest ShardHeader accepted, in bytes */
-#define ERASURE_SHARD_TRAILER 32    /* the SHA-256 at the end */
-#define ERASURE_VAULT_ID_LEN 16     /* bytes of a vault id */
-#define ERASURE_CHUNK_ID_LEN 32     /* bytes of a chunk id */
+#define ERASURE_SHARD_TRAILER 32     /* the SHA-256 at the end */
+#define ERASURE_VAULT_ID_LEN 16      /* bytes of a vault id */
+#define ERASURE_CHUNK_ID_LEN 32      /* bytes of a chunk id */
 
 /*
  * An RS(k,m) code with its ISA-L encode tables. Schemes are built once per
@@ -142,8 +142,8 @@ struct erasure_stripe {
  * HBC_ETOOBIG (object_length above ERASURE_MAX_OBJECT), HBC_ENOMEM.
  * On error st keeps its buffer but its shards are unset.
  */
-int erasure_encode(const struct erasure_scheme *scheme, const uint8_t *object,
-                   size_t object_length, struct erasure_stripe *st, struct err *e);
+int erasure_encode(const struct erasure_scheme *scheme, const uint8_t *object, size_t object_length,
+                   struct erasure_stripe *st, struct err *e);
 
 /* Free st's buffer and reset it to zero. st may be NULL. */
 void erasure_stripe_release(struct erasure_stripe *st);
@@ -204,8 +204,8 @@ int erasure_shard_encode(const struct erasure_shard_info *info, const uint8_t *p
  * info->shard_length payload bytes inside blob (valid as long as blob).
  * info and payload may be NULL when only the verdict matters.
  * Returns 0, or the code of the first failed check (HBC_ETRUNCATED,
- * HBC_EFORMAT, HBC_EVERSION, HBC_ETOOBIG, HBC_ECORRUPT, HBC_ECRYPTO) with a
- * message naming it.
+ * HBC_EFORMAT, HBC_EVERSION, HBC_ETOOBIG, HBC_ECORRUPT) with a message
+ * naming it; HBC_ENOMEM or HBC_ECRYPTO when the check itself could not run.
  */
 int erasure_shard_decode(const uint8_t *blob, size_t blob_length, struct erasure_shard_info *info,
                          const uint8_t **payload, struct err *e);
@@ -215,19 +215,21 @@ int erasure_shard_decode(const uint8_t *blob, size_t blob_length, struct erasure
  * blobs[i] (a new buffer, caller frees each with hbc_free()) holds shard i
  * and lengths[i] its length; both arrays have room for k+m entries.
  * vault_id (16 bytes) and chunk_id (32 bytes) are borrowed.
- * On error nothing is left allocated and blobs[] is set to NULL.
+ * On error nothing is left allocated (and once k and m are known to be
+ * valid, blobs[0..k+m) are set to NULL).
  * Returns 0 or the codes of erasure_scheme_get, erasure_encode and
  * erasure_shard_encode.
  */
-int erasure_shards_encode(const uint8_t *vault_id, const uint8_t *chunk_id, unsigned k,
-                          unsigned m, const uint8_t *object, size_t object_length, uint8_t **blobs,
+int erasure_shards_encode(const uint8_t *vault_id, const uint8_t *chunk_id, unsigned k, unsigned m,
+                          const uint8_t *object, size_t object_length, uint8_t **blobs,
                           size_t *lengths, struct err *e);
 
 /*
  * Rebuild an object from up to count encoded shards of one stripe, in any
  * order (blobs[n] of lengths[n] bytes, NULL when not fetched; all borrowed).
  * Each blob is verified; one that fails any check counts as lost (the
- * failure is named in the message if too few remain). A later blob with the
+ * failure is named in the message if too few remain), but running out of
+ * memory while checking one ends the call with HBC_ENOMEM. A later blob with the
  * index of an already accepted one is ignored.
  * vault_id (16 bytes) and chunk_id (32 bytes) are the ids the caller asked
  * for, or NULL: when given, an intact shard of another vault or chunk counts
