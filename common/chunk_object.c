@@ -16,7 +16,7 @@
 
 /* Associated data: prefix, header, vault id, chunk id. */
 #define AD_MAX                                                                                     \
-    (CHUNK_OBJECT_PREFIX_LEN + CHUNK_OBJECT_MAX_HEADER + CHUNK_OBJECT_VAULT_ID_LEN +              \
+    (CHUNK_OBJECT_PREFIX_LEN + CHUNK_OBJECT_MAX_HEADER + CHUNK_OBJECT_VAULT_ID_LEN +               \
      CHUNK_OBJECT_CHUNK_ID_LEN)
 
 /* Bytes protobuf-c may take while parsing a header of at most CHUNK_OBJECT_MAX_HEADER bytes. */
@@ -32,8 +32,8 @@ struct chunk_ctx {
 
 /* One parsed and bounds-checked object (the result of object_parse). */
 struct parsed {
-    struct chunk_object_info info;                /* header fields */
-    size_t header_len;                            /* H: protobuf bytes */
+    struct chunk_object_info info;                 /* header fields */
+    size_t header_len;                             /* H: protobuf bytes */
     uint8_t key_check[CHUNK_OBJECT_KEY_CHECK_LEN]; /* from the header */
 };
 
@@ -81,13 +81,13 @@ static uint32_t get_be32(const uint8_t *p)
 
 /* ---- Keys and contexts ---------------------------------------------------- */
 
-int chunk_key_init(struct chunk_key *k, const uint8_t data_key[CRYPTO_KEY_LEN],
-                   uint32_t generation, struct err *e)
+int chunk_key_init(struct chunk_key *k, const uint8_t data_key[CRYPTO_KEY_LEN], uint32_t generation,
+                   struct err *e)
 {
     memset(k, 0, sizeof *k);
     k->generation = generation;
-    int rc = crypto_derive(data_key, CRYPTO_LABEL_CHUNK_OBJECT_KEY, k->gcm_key, sizeof k->gcm_key,
-                           e);
+    int rc =
+        crypto_derive(data_key, CRYPTO_LABEL_CHUNK_OBJECT_KEY, k->gcm_key, sizeof k->gcm_key, e);
     if (rc == 0) {
         rc = crypto_derive(data_key, CRYPTO_LABEL_KEY_CHECK, k->key_check, sizeof k->key_check, e);
     }
@@ -242,8 +242,8 @@ int chunk_object_seal(struct chunk_ctx *c, const struct chunk_key *k,
                       size_t len, uint8_t *out, size_t out_cap, size_t *out_len, struct err *e)
 {
     if (len > CHUNK_OBJECT_MAX_PLAINTEXT) {
-        return err_set(e, HBC_ETOOBIG, "seal chunk object: plaintext of %zu bytes exceeds %zu",
-                       len, CHUNK_OBJECT_MAX_PLAINTEXT);
+        return err_set(e, HBC_ETOOBIG, "seal chunk object: plaintext of %zu bytes exceeds %zu", len,
+                       CHUNK_OBJECT_MAX_PLAINTEXT);
     }
     if (out_cap < chunk_object_max_sealed(len)) {
         return err_set(e, HBC_EINVAL, "seal chunk object: output buffer of %zu bytes, need %zu",
@@ -285,8 +285,8 @@ int chunk_object_seal(struct chunk_ctx *c, const struct chunk_key *k,
     uint8_t ad[AD_MAX];
     size_t adl = build_ad(ad, out, hl, vault_id, chunk_id);
     uint8_t *ct = out + PAYLOAD_OFF(hl);
-    rc = crypto_gcm_encrypt(c->gcm, k->gcm_key, nonce, ad, adl, payload, packed, ct, ct + packed,
-                            e);
+    rc =
+        crypto_gcm_encrypt(c->gcm, k->gcm_key, nonce, ad, adl, payload, packed, ct, ct + packed, e);
     if (rc != 0) {
         err_wrap(e, "seal chunk object");
         return rc;
@@ -317,8 +317,7 @@ static int object_parse(const uint8_t *obj, size_t len, struct parsed *p, struct
         return err_set(e, HBC_EFORMAT, "header length is 0");
     }
     if (hl > CHUNK_OBJECT_MAX_HEADER) {
-        return err_set(e, HBC_ETOOBIG, "header length %zu exceeds %d", hl,
-                       CHUNK_OBJECT_MAX_HEADER);
+        return err_set(e, HBC_ETOOBIG, "header length %zu exceeds %d", hl, CHUNK_OBJECT_MAX_HEADER);
     }
     if (len < NONCE_OFF(hl)) {
         return err_set(e, HBC_ETRUNCATED, "object of %zu bytes ends inside its %zu-byte header",
@@ -356,8 +355,7 @@ static int object_parse(const uint8_t *obj, size_t len, struct parsed *p, struct
                        (unsigned long long)h->plaintext_length);
     }
     int zstd = h->compression == HBC__COMPRESSION__COMPRESSION_ZSTD;
-    if (zstd ? h->packed_length == h->plaintext_length
-             : h->packed_length != h->plaintext_length) {
+    if (zstd ? h->packed_length == h->plaintext_length : h->packed_length != h->plaintext_length) {
         return err_set(e, HBC_EFORMAT, "packed length %llu does not fit plaintext length %llu %s",
                        (unsigned long long)h->packed_length,
                        (unsigned long long)h->plaintext_length,
@@ -380,8 +378,7 @@ static int object_parse(const uint8_t *obj, size_t len, struct parsed *p, struct
     return 0;
 }
 
-int chunk_object_peek(const uint8_t *obj, size_t len, struct chunk_object_info *info,
-                      struct err *e)
+int chunk_object_peek(const uint8_t *obj, size_t len, struct chunk_object_info *info, struct err *e)
 {
     struct parsed p;
     int rc = object_parse(obj, len, &p, e);

@@ -63,14 +63,14 @@
 
 #define CHUNK_OBJECT_MAGIC "HBCO"
 #define CHUNK_OBJECT_VERSION 1
-#define CHUNK_OBJECT_PREFIX_LEN 7      /* magic, version, header length */
-#define CHUNK_OBJECT_CRC_LEN 4         /* CRC32C of prefix and header */
-#define CHUNK_OBJECT_MAX_HEADER 256    /* largest protobuf header accepted when opening */
-#define CHUNK_OBJECT_HEADER_MAX_PACKED 64 /* largest protobuf header we write (40 in practice) */
-#define CHUNK_OBJECT_VAULT_ID_LEN 16   /* vault id in the associated data */
-#define CHUNK_OBJECT_CHUNK_ID_LEN 32   /* chunk id (HMAC-SHA-256) in the associated data */
-#define CHUNK_OBJECT_KEY_CHECK_LEN 8   /* key check in the header */
-#define CHUNK_OBJECT_ZSTD_LEVEL 1      /* see above */
+#define CHUNK_OBJECT_PREFIX_LEN 7           /* magic, version, header length */
+#define CHUNK_OBJECT_CRC_LEN 4              /* CRC32C of prefix and header */
+#define CHUNK_OBJECT_MAX_HEADER 256         /* largest protobuf header accepted when opening */
+#define CHUNK_OBJECT_HEADER_MAX_PACKED 64   /* largest protobuf header we write (40 in practice) */
+#define CHUNK_OBJECT_VAULT_ID_LEN 16        /* vault id in the associated data */
+#define CHUNK_OBJECT_CHUNK_ID_LEN 32        /* chunk id (HMAC-SHA-256) in the associated data */
+#define CHUNK_OBJECT_KEY_CHECK_LEN 8        /* key check in the header */
+#define CHUNK_OBJECT_ZSTD_LEVEL 1           /* see above */
 #define CHUNK_OBJECT_SAMPLE_LEN (64u << 10) /* bytes compressed to decide whether to compress */
 
 /*
@@ -91,8 +91,8 @@ enum chunk_compression {
  * read-only after chunk_key_init(), so any number of threads may share one.
  */
 struct chunk_key {
-    uint32_t generation;                          /* key generation of the data key */
-    uint8_t gcm_key[CRYPTO_KEY_LEN];              /* HKDF(data key, "hbc v1 chunk object key") */
+    uint32_t generation;                           /* key generation of the data key */
+    uint8_t gcm_key[CRYPTO_KEY_LEN];               /* HKDF(data key, "hbc v1 chunk object key") */
     uint8_t key_check[CHUNK_OBJECT_KEY_CHECK_LEN]; /* HKDF(data key, "hbc v1 key check") */
 };
 
@@ -101,8 +101,8 @@ struct chunk_key {
  * not kept). Wipe k with chunk_key_clear() when done. Returns 0 or
  * HBC_ECRYPTO/HBC_ENOMEM.
  */
-int chunk_key_init(struct chunk_key *k, const uint8_t data_key[CRYPTO_KEY_LEN],
-                   uint32_t generation, struct err *e);
+int chunk_key_init(struct chunk_key *k, const uint8_t data_key[CRYPTO_KEY_LEN], uint32_t generation,
+                   struct err *e);
 
 /* Wipe k's key material. */
 void chunk_key_clear(struct chunk_key *k);
@@ -124,11 +124,11 @@ void chunk_ctx_free(struct chunk_ctx *c);
 
 /* The header fields of a chunk object, as read by chunk_object_peek(). */
 struct chunk_object_info {
-    uint32_t key_generation;           /* generation of the data key that sealed it */
+    uint32_t key_generation;            /* generation of the data key that sealed it */
     enum chunk_compression compression; /* how the payload is packed */
-    uint64_t plaintext_length;         /* bytes chunk_object_open() will return */
-    uint64_t packed_length;            /* bytes of ciphertext */
-    size_t object_length;              /* total bytes of the object, tag included */
+    uint64_t plaintext_length;          /* bytes chunk_object_open() will return */
+    uint64_t packed_length;             /* bytes of ciphertext */
+    size_t object_length;               /* total bytes of the object, tag included */
 };
 
 /*

@@ -219,8 +219,8 @@ int crypto_derive(const uint8_t key[CRYPTO_KEY_LEN], const char *label, uint8_t 
 }
 
 int crypto_scrypt(const void *pass, size_t pass_len, const uint8_t *salt, size_t salt_len,
-                  uint64_t n, uint32_t r, uint32_t p, uint64_t maxmem, uint8_t *out,
-                  size_t out_len, struct err *e)
+                  uint64_t n, uint32_t r, uint32_t p, uint64_t maxmem, uint8_t *out, size_t out_len,
+                  struct err *e)
 {
     OSSL_PARAM params[7];
     OSSL_PARAM *q = params;
@@ -341,8 +341,8 @@ int crypto_gcm_encrypt(struct crypto_gcm *g, const uint8_t key[CRYPTO_KEY_LEN],
 
 int crypto_gcm_decrypt(struct crypto_gcm *g, const uint8_t key[CRYPTO_KEY_LEN],
                        const uint8_t nonce[CRYPTO_GCM_NONCE_LEN], const void *aad, size_t aad_len,
-                       const void *in, size_t len, void *out,
-                       const uint8_t tag[CRYPTO_GCM_TAG_LEN], struct err *e)
+                       const void *in, size_t len, void *out, const uint8_t tag[CRYPTO_GCM_TAG_LEN],
+                       struct err *e)
 {
     uint8_t t[CRYPTO_GCM_TAG_LEN];
     memcpy(t, tag, sizeof t); /* EVP wants a writable tag pointer */
@@ -357,9 +357,8 @@ int crypto_gcm_decrypt(struct crypto_gcm *g, const uint8_t key[CRYPTO_KEY_LEN],
  * EVP_CIPHER path checks it); it is set anyway so that a build against an
  * engine-backed cipher behaves the same.
  */
-static int wrap_run(const char *name, int enc, const uint8_t kek[CRYPTO_KEY_LEN],
-                    const uint8_t *in, size_t in_len, uint8_t *out, size_t *out_len,
-                    size_t max_out, struct err *e)
+static int wrap_run(const char *name, int enc, const uint8_t kek[CRYPTO_KEY_LEN], const uint8_t *in,
+                    size_t in_len, uint8_t *out, size_t *out_len, size_t max_out, struct err *e)
 {
     int rc = 0;
     int outl = 0;
@@ -415,8 +414,8 @@ int crypto_kw_unwrap(const uint8_t kek[CRYPTO_KEY_LEN], const uint8_t *in, size_
                      uint8_t *out, size_t out_cap, size_t *out_len, struct err *e)
 {
     if (in_len < 24 || in_len % CRYPTO_KW_BLOCK != 0 || in_len > INT_MAX - 16) {
-        return err_set(e, HBC_EINVAL,
-                       "RFC 3394 unwrap of %zu bytes (a multiple of 8, at least 24)", in_len);
+        return err_set(e, HBC_EINVAL, "RFC 3394 unwrap of %zu bytes (a multiple of 8, at least 24)",
+                       in_len);
     }
     if (out_cap < in_len - CRYPTO_KW_BLOCK) {
         return err_set(e, HBC_EINVAL, "key unwrap output buffer of %zu bytes, need %zu", out_cap,
@@ -448,13 +447,13 @@ int crypto_kwp_unwrap(const uint8_t kek[CRYPTO_KEY_LEN], const uint8_t *in, size
                       uint8_t *out, size_t out_cap, size_t *out_len, struct err *e)
 {
     if (in_len < 16 || in_len % CRYPTO_KW_BLOCK != 0 || in_len > INT_MAX - 16) {
-        return err_set(e, HBC_EINVAL,
-                       "RFC 5649 unwrap of %zu bytes (a multiple of 8, at least 16)", in_len);
+        return err_set(e, HBC_EINVAL, "RFC 5649 unwrap of %zu bytes (a multiple of 8, at least 16)",
+                       in_len);
     }
     if (out_cap < in_len - CRYPTO_KW_BLOCK) {
         return err_set(e, HBC_EINVAL, "key unwrap output buffer of %zu bytes, need %zu", out_cap,
                        in_len - CRYPTO_KW_BLOCK);
     }
-    return wrap_run("AES-256-WRAP-PAD", 0, kek, in, in_len, out, out_len,
-                    in_len - CRYPTO_KW_BLOCK, e);
+    return wrap_run("AES-256-WRAP-PAD", 0, kek, in, in_len, out, out_len, in_len - CRYPTO_KW_BLOCK,
+                    e);
 }

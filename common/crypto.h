@@ -1,4 +1,5 @@
-/* Cryptographic primitives over OpenSSL 3 EVP: random, SHA-256, HMAC, HKDF, scrypt, AES-GCM, key wrap. */
+/* Cryptographic primitives over OpenSSL 3 EVP: random, SHA-256, HMAC, HKDF, scrypt, AES-GCM, key
+ * wrap. */
 #ifndef HBC_COMMON_CRYPTO_H
 #define HBC_COMMON_CRYPTO_H
 
@@ -100,8 +101,8 @@ int crypto_derive(const uint8_t key[CRYPTO_KEY_LEN], const char *label, uint8_t 
  * fail with HBC_ECRYPTO. The caller bounds N, r and p first (keys.c does).
  */
 int crypto_scrypt(const void *pass, size_t pass_len, const uint8_t *salt, size_t salt_len,
-                  uint64_t n, uint32_t r, uint32_t p, uint64_t maxmem, uint8_t *out,
-                  size_t out_len, struct err *e);
+                  uint64_t n, uint32_t r, uint32_t p, uint64_t maxmem, uint8_t *out, size_t out_len,
+                  struct err *e);
 
 /*
  * Reusable AES-256-GCM working state: the fetched cipher and one
@@ -135,8 +136,8 @@ int crypto_gcm_encrypt(struct crypto_gcm *g, const uint8_t key[CRYPTO_KEY_LEN],
  */
 int crypto_gcm_decrypt(struct crypto_gcm *g, const uint8_t key[CRYPTO_KEY_LEN],
                        const uint8_t nonce[CRYPTO_GCM_NONCE_LEN], const void *aad, size_t aad_len,
-                       const void *in, size_t len, void *out,
-                       const uint8_t tag[CRYPTO_GCM_TAG_LEN], struct err *e);
+                       const void *in, size_t len, void *out, const uint8_t tag[CRYPTO_GCM_TAG_LEN],
+                       struct err *e);
 
 /*
  * AES-256 key wrap, RFC 3394 (EVP "AES-256-WRAP"). in_len must be a multiple

@@ -1,4 +1,5 @@
-/* Unit tests for common/chunk_object: round trips, and every damaged or forged object refused with its own code. */
+/* Unit tests for common/chunk_object: round trips, and every damaged or forged object refused with
+ * its own code. */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -20,10 +21,10 @@
 #define MIB ((size_t)1 << 20)
 
 struct fixture {
-    struct chunk_ctx *ctx;          /* this thread's working state */
-    struct chunk_key key;           /* generation 1 */
-    uint8_t data_key[CRYPTO_KEY_LEN]; /* the vault data key behind key */
-    struct crypto_hmac *ids;        /* keyed with the chunk-id key */
+    struct chunk_ctx *ctx;                       /* this thread's working state */
+    struct chunk_key key;                        /* generation 1 */
+    uint8_t data_key[CRYPTO_KEY_LEN];            /* the vault data key behind key */
+    struct crypto_hmac *ids;                     /* keyed with the chunk-id key */
     uint8_t vault_id[CHUNK_OBJECT_VAULT_ID_LEN]; /* random vault id */
 };
 
@@ -64,8 +65,9 @@ static uint8_t *random_data(size_t len)
 /* len bytes of text-like data (words from a small vocabulary) that zstd shrinks well. */
 static uint8_t *text_data(size_t len)
 {
-    static const char *words[] = {"patient ", "record ", "2024-01-17 ", "INFO ", "admitted ",
-                                  "ward ", "12 ", "radiology ", "normal ", "\n", "id=", "sodium "};
+    static const char *words[] = {"patient ",  "record ", "2024-01-17 ", "INFO ",
+                                  "admitted ", "ward ",   "12 ",         "radiology ",
+                                  "normal ",   "\n",      "id=",         "sodium "};
     uint8_t *p = malloc(len + 1);
     assert_non_null(p);
     uint32_t s = 12345;
@@ -106,7 +108,8 @@ static int open_obj(struct fixture *f, const uint8_t *obj, size_t len, const uin
                     uint8_t *out, size_t out_cap, size_t *out_len, struct err *e)
 {
     err_clear(e);
-    int rc = chunk_object_open(f->ctx, &f->key, f->vault_id, id, obj, len, out, out_cap, out_len, e);
+    int rc =
+        chunk_object_open(f->ctx, &f->key, f->vault_id, id, obj, len, out, out_cap, out_len, e);
     if (rc != 0) {
         assert_int_equal(e->code, rc);
         assert_true(strlen(e->msg) > 10);
@@ -152,8 +155,19 @@ static void round_trip(struct fixture *f, const uint8_t *plain, size_t len, int 
 static void test_round_trip_sizes(void **state)
 {
     struct fixture *f = *state;
-    static const size_t sizes[] = {0, 1, 31, 32, 33, 1001, 4097, 65535, 65536, 65537, 1 * MIB,
-                                   4 * MIB, CHUNK_OBJECT_MAX_PLAINTEXT};
+    static const size_t sizes[] = {0,
+                                   1,
+                                   31,
+                                   32,
+                                   33,
+                                   1001,
+                                   4097,
+                                   65535,
+                                   65536,
+                                   65537,
+                                   1 * MIB,
+                                   4 * MIB,
+                                   CHUNK_OBJECT_MAX_PLAINTEXT};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         uint8_t *r = random_data(sizes[i]);
         uint8_t *t = text_data(sizes[i]);
@@ -171,7 +185,8 @@ static void test_compressible_tail_only_stays_uncompressed_or_smaller(void **sta
     uint8_t *p = text_data(MIB);
     assert_int_equal(crypto_random(p, CHUNK_OBJECT_SAMPLE_LEN, NULL), 0);
     round_trip(f, p, MIB, 0);
-    /* A compressible first 64 KiB before random data: compression is tried and kept only if smaller. */
+    /* A compressible first 64 KiB before random data: compression is tried and kept only if
+     * smaller. */
     uint8_t *q = random_data(MIB);
     uint8_t *t = text_data(CHUNK_OBJECT_SAMPLE_LEN);
     memcpy(q, t, CHUNK_OBJECT_SAMPLE_LEN);
@@ -520,8 +535,7 @@ static void test_forged_headers_and_distinct_codes(void **state)
     assert_int_equal(open_obj(f, obj, n, id, out, sizeof out, &out_len, &e), HBC_ETRUNCATED);
     h = header_for(&f->key, 0, 500, 500);
     n = build_object(&f->key, 1, &h, payload, sizeof payload, f->vault_id, id, obj);
-    record(&o[no++], "packed < object", open_obj(f, obj, n, id, out, sizeof out, &out_len, &e),
-           &e);
+    record(&o[no++], "packed < object", open_obj(f, obj, n, id, out, sizeof out, &out_len, &e), &e);
     assert_int_equal(o[no - 1].code, HBC_ETOOBIG);
     /* Bytes appended to a good object. */
     h = header_for(&f->key, 0, sizeof payload, sizeof payload);
@@ -604,14 +618,13 @@ static void test_forged_headers_and_distinct_codes(void **state)
 
     /* Chunk id check. */
     err_clear(&e);
-    record(&o[no++], "chunk id",
-           chunk_object_verify_id(f->ids, text, sizeof text, id, &e), &e);
+    record(&o[no++], "chunk id", chunk_object_verify_id(f->ids, text, sizeof text, id, &e), &e);
     assert_int_equal(o[no - 1].code, HBC_ECHUNKID);
 
     /* Every scenario failed with a message; distinct kinds of failure have distinct codes. */
-    static const int kinds[] = {HBC_ECORRUPT, HBC_EVERSION, HBC_ETRUNCATED, HBC_ETOOBIG,
-                                HBC_EWRONGKEY, HBC_EAUTH,  HBC_EFORMAT,    HBC_ECOMPRESS,
-                                HBC_ECHUNKID};
+    static const int kinds[] = {HBC_ECORRUPT, HBC_EVERSION,  HBC_ETRUNCATED,
+                                HBC_ETOOBIG,  HBC_EWRONGKEY, HBC_EAUTH,
+                                HBC_EFORMAT,  HBC_ECOMPRESS, HBC_ECHUNKID};
     for (size_t a = 0; a < sizeof kinds / sizeof kinds[0]; a++) {
         int seen = 0;
         for (int i = 0; i < no; i++) {

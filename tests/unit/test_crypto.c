@@ -33,13 +33,13 @@
  */
 
 struct tally {
-    const char *file;          /* vector file name */
-    int valid_passed;          /* valid vectors reproduced */
-    int invalid_rejected;      /* invalid vectors refused */
-    int acceptable_passed;     /* acceptable vectors reproduced */
-    int acceptable_rejected;   /* acceptable vectors refused in both directions */
-    int skipped;               /* outside our parameter set */
-    int failed;                /* any vector judged wrong */
+    const char *file;        /* vector file name */
+    int valid_passed;        /* valid vectors reproduced */
+    int invalid_rejected;    /* invalid vectors refused */
+    int acceptable_passed;   /* acceptable vectors reproduced */
+    int acceptable_rejected; /* acceptable vectors refused in both directions */
+    int skipped;             /* outside our parameter set */
+    int failed;              /* any vector judged wrong */
 };
 
 static json_t *load_vectors(const char *name)
@@ -101,8 +101,8 @@ static void judge(struct tally *t, json_t *test, int ok)
     const char *result = json_string_value(json_object_get(test, "result"));
     if (!ok) {
         t->failed++;
-        printf("%s: tcId %d (%s, \"%s\") judged wrong\n", t->file, int_member(test, "tcId"),
-               result, json_string_value(json_object_get(test, "comment")));
+        printf("%s: tcId %d (%s, \"%s\") judged wrong\n", t->file, int_member(test, "tcId"), result,
+               json_string_value(json_object_get(test, "comment")));
     } else if (strcmp(result, "valid") == 0) {
         t->valid_passed++;
     } else if (strcmp(result, "invalid") == 0) {
@@ -359,8 +359,9 @@ static void test_sha256_and_random(void **state)
 {
     (void)state;
     static const uint8_t abc_digest[CRYPTO_SHA256_LEN] = {
-        0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40, 0xde, 0x5d, 0xae, 0x22, 0x23,
-        0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad,
+        0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40,
+        0xde, 0x5d, 0xae, 0x22, 0x23, 0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17,
+        0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad,
     };
     uint8_t d[CRYPTO_SHA256_LEN];
     assert_int_equal(crypto_sha256("abc", 3, d, NULL), 0);
@@ -381,10 +382,11 @@ static void test_scrypt_rfc7914(void **state)
     (void)state;
     /* RFC 7914 section 12, second vector: "password", "NaCl", N=1024, r=8, p=16. */
     static const uint8_t want[64] = {
-        0xfd, 0xba, 0xbe, 0x1c, 0x9d, 0x34, 0x72, 0x00, 0x78, 0x56, 0xe7, 0x19, 0x0d, 0x01, 0xe9, 0xfe,
-        0x7c, 0x6a, 0xd7, 0xcb, 0xc8, 0x23, 0x78, 0x30, 0xe7, 0x73, 0x76, 0x63, 0x4b, 0x37, 0x31, 0x62,
-        0x2e, 0xaf, 0x30, 0xd9, 0x2e, 0x22, 0xa3, 0x88, 0x6f, 0xf1, 0x09, 0x27, 0x9d, 0x98, 0x30, 0xda,
-        0xc7, 0x27, 0xaf, 0xb9, 0x4a, 0x83, 0xee, 0x6d, 0x83, 0x60, 0xcb, 0xdf, 0xa2, 0xcc, 0x06, 0x40,
+        0xfd, 0xba, 0xbe, 0x1c, 0x9d, 0x34, 0x72, 0x00, 0x78, 0x56, 0xe7, 0x19, 0x0d,
+        0x01, 0xe9, 0xfe, 0x7c, 0x6a, 0xd7, 0xcb, 0xc8, 0x23, 0x78, 0x30, 0xe7, 0x73,
+        0x76, 0x63, 0x4b, 0x37, 0x31, 0x62, 0x2e, 0xaf, 0x30, 0xd9, 0x2e, 0x22, 0xa3,
+        0x88, 0x6f, 0xf1, 0x09, 0x27, 0x9d, 0x98, 0x30, 0xda, 0xc7, 0x27, 0xaf, 0xb9,
+        0x4a, 0x83, 0xee, 0x6d, 0x83, 0x60, 0xcb, 0xdf, 0xa2, 0xcc, 0x06, 0x40,
     };
     uint8_t out[64];
     assert_int_equal(crypto_scrypt("password", 8, (const uint8_t *)"NaCl", 4, 1024, 8, 16,
@@ -394,8 +396,8 @@ static void test_scrypt_rfc7914(void **state)
     /* A memory bound below what N and r need is refused, not exceeded. */
     struct err e;
     err_clear(&e);
-    assert_int_equal(crypto_scrypt("password", 8, (const uint8_t *)"NaCl", 4, 1024, 8, 16,
-                                   1u << 20, out, sizeof out, &e),
+    assert_int_equal(crypto_scrypt("password", 8, (const uint8_t *)"NaCl", 4, 1024, 8, 16, 1u << 20,
+                                   out, sizeof out, &e),
                      HBC_ECRYPTO);
     assert_true(e.msg[0] != '\0');
 }
@@ -417,11 +419,10 @@ static void test_derive_labels_are_distinct(void **state)
     }
     /* crypto_derive is HKDF with an empty salt and the label as info. */
     uint8_t direct[CRYPTO_KEY_LEN];
-    assert_int_equal(crypto_hkdf_sha256(key, sizeof key, NULL, 0,
-                                        (const uint8_t *)CRYPTO_LABEL_KEY_CHECK,
-                                        strlen(CRYPTO_LABEL_KEY_CHECK), direct, sizeof direct,
-                                        NULL),
-                     0);
+    assert_int_equal(
+        crypto_hkdf_sha256(key, sizeof key, NULL, 0, (const uint8_t *)CRYPTO_LABEL_KEY_CHECK,
+                           strlen(CRYPTO_LABEL_KEY_CHECK), direct, sizeof direct, NULL),
+        0);
     assert_memory_equal(direct, out[0], sizeof direct);
 }
 
@@ -474,8 +475,7 @@ static void test_gcm_in_place_and_tamper(void **state)
     struct err e;
     err_clear(&e);
     assert_int_equal(
-        crypto_gcm_decrypt(NULL, key, nonce, "aD", 2, copy, sizeof copy, copy, tag, &e),
-        HBC_EAUTH);
+        crypto_gcm_decrypt(NULL, key, nonce, "aD", 2, copy, sizeof copy, copy, tag, &e), HBC_EAUTH);
     assert_true(e.msg[0] != '\0');
     for (size_t i = 0; i < sizeof copy; i++) {
         assert_int_equal(copy[i], 0);
