@@ -353,9 +353,8 @@ int crypto_gcm_decrypt(struct crypto_gcm *g, const uint8_t key[CRYPTO_KEY_LEN],
 
 /*
  * Run one wrap or unwrap with the named EVP cipher. OpenSSL 3's provider
- * ciphers do not need EVP_CIPHER_CTX_FLAG_WRAP_ALLOW (only the legacy
- * EVP_CIPHER path checks it); it is set anyway so that a build against an
- * engine-backed cipher behaves the same.
+ * ciphers need no EVP_CIPHER_CTX_FLAG_WRAP_ALLOW (checked on 3.0: only the
+ * pre-3.0 code path tested it), so it is not set.
  */
 static int wrap_run(const char *name, int enc, const uint8_t kek[CRYPTO_KEY_LEN], const uint8_t *in,
                     size_t in_len, uint8_t *out, size_t *out_len, size_t max_out, struct err *e)
@@ -373,7 +372,6 @@ static int wrap_run(const char *name, int enc, const uint8_t kek[CRYPTO_KEY_LEN]
         rc = err_openssl(e, HBC_ENOMEM, name);
         goto done;
     }
-    EVP_CIPHER_CTX_set_flags(ctx, EVP_CIPHER_CTX_FLAG_WRAP_ALLOW);
     if (!EVP_CipherInit_ex2(ctx, cipher, kek, NULL, enc, NULL)) {
         rc = err_openssl(e, HBC_ECRYPTO, name);
         goto done;
