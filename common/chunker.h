@@ -132,7 +132,7 @@ void chunker_reset(struct chunker *c);
  *         p += n;
  *         len -= n;
  *     }
- * Cost: about one CPU cycle per byte from min on; zero runs and the first
+ * Cost: 1 to 2 CPU cycles per byte from min on; zero runs and the first
  * min - 64 bytes of each chunk are passed over at memory speed.
  */
 bool chunker_next(struct chunker *c, const void *data, size_t len, size_t *used,
