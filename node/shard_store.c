@@ -336,7 +336,7 @@ static int store_get_meta(struct shard_store *s, const char *key, char **val, si
 
 /* Check the format version (writing it into a new index) and load the stored totals. */
 static int store_load_meta(struct shard_store *s, rocksdb_writebatch_t *wb, uint64_t totals[2],
-                           int *have_totals, struct err *e)
+                           int *have_totals, bool *new_index, struct err *e)
 {
     char *v = NULL;
     size_t n = 0;
@@ -344,6 +344,7 @@ static int store_load_meta(struct shard_store *s, rocksdb_writebatch_t *wb, uint
     if (rc != 0) {
         return rc;
     }
+    *new_index = v == NULL;
     if (v == NULL) {
         uint8_t f[4];
         store_put_be32(f, STORE_FORMAT_VERSION);
@@ -622,7 +623,8 @@ static int recover_file(struct shard_store *s, const struct seg_file *f, rocksdb
  * happen) and segments whose records were all deleted are removed. Nothing
  * is scanned: the "segments" entries say everything.
  */
-static int store_recover(struct shard_store *s, rocksdb_writebatch_t *wb, struct err *e)
+static int store_recover(struct shard_store *s, rocksdb_writebatch_t *wb, bool new_index,
+                         struct err *e)
 {
     struct seg_file *files = NULL;
     size_t nfiles = 0;
@@ -631,6 +633,13 @@ static int store_recover(struct shard_store *s, rocksdb_writebatch_t *wb, struct
     int rc = store_load_segments(s, e);
     if (rc == 0) {
         rc = list_segment_files(s, &files, &nfiles, e);
+    }
+    if (rc == 0 && new_index && nfiles > 0) {
+        /* Recovery would delete every unreferenced segment: never do that to a lost index. */
+        rc = err_set(e, HBC_ECORRUPT,
+                     "the index is new but segments/ holds %zu segment files; restore the "
+                     "index or move the segments away",
+                     nfiles);
     }
     for (size_t i = 0; rc == 0 && i < nfiles; i++) {
         max_number = files[i].number > max_number ? files[i].number : max_number;
@@ -831,9 +840,10 @@ int shard_store_open(const char *dir, const struct shard_store_options *opts,
     }
     uint64_t totals[2] = {0, 0};
     int have_totals = 0;
-    rc = store_load_meta(s, wb, totals, &have_totals, e);
+    bool new_index = false;
+    rc = store_load_meta(s, wb, totals, &have_totals, &new_index, e);
     if (rc == 0) {
-        rc = store_recover(s, wb, e);
+        rc = store_recover(s, wb, new_index, e);
     }
     if (rc != 0) {
         goto fail_wrap;

@@ -141,7 +141,9 @@ struct shard_compact_result {
  * is the store, to be closed with shard_store_close().
  * Returns 0; HBC_ECONFIG for bad options; HBC_ESTORE for a RocksDB error
  * (another process holding the store included); HBC_EVERSION for an index of
- * an unknown format; HBC_ENOMEM; -errno with context for file errors.
+ * an unknown format; HBC_ECORRUPT when segments/ holds files but the index is
+ * new (lost): nothing is deleted then; HBC_ENOMEM; -errno with context for
+ * file errors.
  */
 int shard_store_open(const char *dir, const struct shard_store_options *opts,
                      struct shard_store **out, struct err *e);
@@ -159,7 +161,8 @@ int shard_store_close(struct shard_store *s, struct err *e);
  * read during the call. results (n entries, caller's) gets, per record: 0
  * stored now; SHARD_STORE_ALREADY an identical shard was already there (or
  * earlier in this batch); HBC_EEXIST a different shard is stored under that
- * key and was kept; HBC_ETOOBIG data longer than max_shard_size.
+ * key and was kept; HBC_ETOOBIG data longer than max_shard_size; HBC_EINVAL
+ * data NULL with len > 0.
  * Returns 0 when the batch went through (see results), or a negative code
  * when nothing of it was indexed: -errno from the disk with context ("put
  * batch: segment 3: fdatasync: No space left on device"), HBC_ESTORE,

@@ -591,6 +591,10 @@ struct seg_delta {
 
 static struct seg_delta *delta_for(struct seg_delta *d, size_t *nd, struct segment *seg)
 {
+    /* Keys deleted together mostly share a segment: try the latest first. */
+    if (*nd > 0 && d[*nd - 1].seg == seg) {
+        return &d[*nd - 1];
+    }
     for (size_t i = 0; i < *nd; i++) {
         if (d[i].seg == seg) {
             return &d[i];
@@ -598,6 +602,16 @@ static struct seg_delta *delta_for(struct seg_delta *d, size_t *nd, struct segme
     }
     d[*nd] = (struct seg_delta){.seg = seg};
     return &d[(*nd)++];
+}
+
+/* Order of encoded keys (arg: the key array), then by position. */
+static int cmp_keys(const void *a, const void *b, void *arg)
+{
+    const uint8_t(*k)[SHARD_STORE_KEY_LEN] = arg;
+    size_t i = *(const size_t *)a;
+    size_t j = *(const size_t *)b;
+    int c = memcmp(k[i], k[j], SHARD_STORE_KEY_LEN);
+    return c != 0 ? c : (i > j) - (i < j);
 }
 
 /* Remove key's index entries into wb; its bytes leave seg's live count. */
@@ -620,30 +634,38 @@ int shard_store_delete(struct shard_store *s, const struct shard_key *keys, size
         return 0;
     }
     uint8_t(*k)[SHARD_STORE_KEY_LEN] = hbc_calloc(n, sizeof *k);
+    size_t *order = hbc_calloc(n, sizeof *order);
+    size_t *first = hbc_calloc(n, sizeof *first);
     struct seg_delta *d = hbc_calloc(n, sizeof *d);
     rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
     size_t nd = 0;
     uint64_t del_records = 0;
     uint64_t del_bytes = 0;
     int rc = 0;
-    if (k == NULL || d == NULL || wb == NULL) {
+    if (k == NULL || order == NULL || first == NULL || d == NULL || wb == NULL) {
         rc = err_set(e, HBC_ENOMEM, "delete %zu keys", n);
         goto out;
+    }
+    /* first[i]: the earliest position holding the same key as position i. */
+    for (size_t i = 0; i < n; i++) {
+        store_key_encode(&keys[i], k[i]);
+        order[i] = i;
+    }
+    qsort_r(order, n, sizeof *order, cmp_keys, k);
+    for (size_t i = 0; i < n; i++) {
+        bool same = i > 0 && memcmp(k[order[i]], k[order[i - 1]], SHARD_STORE_KEY_LEN) == 0;
+        first[order[i]] = same ? first[order[i - 1]] : order[i];
     }
     pthread_mutex_lock(&s->write_mu);
     rc = check_writable(s, e);
     for (size_t i = 0; rc == 0 && i < n; i++) {
-        store_key_encode(&keys[i], k[i]);
-        results[i] = HBC_ENOTFOUND;
-        bool repeat = false;
-        for (size_t j = 0; j < i && !repeat; j++) {
-            repeat = memcmp(k[i], k[j], SHARD_STORE_KEY_LEN) == 0;
-            if (repeat) {
-                results[i] = results[j];
-            }
+        if (first[i] != i) {
+            results[i] = results[first[i]];
+            continue;
         }
+        results[i] = HBC_ENOTFOUND;
         struct record_loc loc;
-        int r = repeat ? HBC_ENOTFOUND : store_locate(s, k[i], &loc, e);
+        int r = store_locate(s, k[i], &loc, e);
         if (r == HBC_ENOTFOUND) {
             continue;
         }
@@ -689,6 +711,8 @@ out:
         rocksdb_writebatch_destroy(wb);
     }
     hbc_free(k);
+    hbc_free(order);
+    hbc_free(first);
     hbc_free(d);
     if (rc != 0) {
         for (size_t i = 0; i < n; i++) {

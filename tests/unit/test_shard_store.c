@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <poll.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -441,6 +442,17 @@ static void test_torn_tail_is_cut_on_open(void **state)
     assert_int_equal(st.recovered_cut_bytes, 0);
     check_rec(s, &more);
     close_store(s);
+
+    /* A lost index must not make recovery delete every segment as unreferenced. */
+    size = file_size(path);
+    char index[512];
+    snprintf(index, sizeof index, "%s/store/index", dir);
+    assert_int_equal(nftw(index, rm_entry, 16, FTW_DEPTH | FTW_PHYS), 0);
+    snprintf(index, sizeof index, "%s/store", dir);
+    struct err e = {0};
+    assert_int_equal(shard_store_open(index, &o, &s, &e), HBC_ECORRUPT);
+    assert_null(s);
+    assert_int_equal(file_size(path), size);
     remove_tmpdir(dir);
 }
 
@@ -455,8 +467,12 @@ static struct rec crash_rec(int round, uint32_t batch, uint32_t j)
     return (struct rec){.key = make_key(4, n, j), .len = 1 + splitmix(&x) % (256 * KiB), .seed = n};
 }
 
-/* The child: put batches until killed, reporting each acknowledged batch on fd. */
-static void crash_child(const char *dir, int round, int fd)
+/*
+ * The child (this program run again with --crash-child, so that it starts
+ * without the parent's RocksDB threads): put batches until killed, writing
+ * each acknowledged batch's number to fd.
+ */
+static int crash_child(const char *dir, int round, int fd)
 {
     char path[256];
     snprintf(path, sizeof path, "%s/store", dir);
@@ -464,7 +480,8 @@ static void crash_child(const char *dir, int round, int fd)
     struct shard_store *s = NULL;
     struct err e = {0};
     if (shard_store_open(path, &o, &s, &e) != 0) {
-        _exit(3);
+        fprintf(stderr, "crash child: %s\n", e.msg);
+        return 3;
     }
     struct shard_put p[CRASH_BATCH];
     uint8_t *bufs[CRASH_BATCH];
@@ -474,22 +491,34 @@ static void crash_child(const char *dir, int round, int fd)
             struct rec r = crash_rec(round, b, j);
             bufs[j] = malloc(r.len);
             if (bufs[j] == NULL) {
-                _exit(4);
+                return 4;
             }
             fill(bufs[j], r.len, r.seed);
             p[j] = (struct shard_put){.key = r.key, .data = bufs[j], .len = r.len};
         }
         if (shard_store_put_batch(s, p, CRASH_BATCH, res, &e) != 0) {
-            _exit(5);
+            fprintf(stderr, "crash child: %s\n", e.msg);
+            return 5;
         }
         for (uint32_t j = 0; j < CRASH_BATCH; j++) {
             free(bufs[j]);
         }
         if (write(fd, &b, sizeof b) != (ssize_t)sizeof b) {
-            _exit(6);
+            return 6;
         }
     }
-    _exit(0);
+    shard_store_close(s, NULL);
+    return 0;
+}
+
+/* Read one acknowledged batch number; 0 on end of file or after timeout_ms. */
+static int read_ack(int fd, uint32_t *b, int timeout_ms)
+{
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    if (poll(&pfd, 1, timeout_ms) != 1) {
+        return 0;
+    }
+    return read(fd, b, sizeof *b) == (ssize_t)sizeof *b;
 }
 
 static void test_crash_loses_nothing_acknowledged(void **state)
@@ -501,20 +530,26 @@ static void test_crash_loses_nothing_acknowledged(void **state)
     enum { ROUNDS = 5 };
     for (int round = 0; round < ROUNDS; round++) {
         int fds[2];
-        assert_int_equal(pipe(fds), 0);
+        assert_int_equal(pipe2(fds, O_CLOEXEC), 0);
+        char round_arg[16];
+        char fd_arg[16];
+        snprintf(round_arg, sizeof round_arg, "%d", round);
+        snprintf(fd_arg, sizeof fd_arg, "%d", fds[1]);
+        char *argv[] = {"test_shard_store", "--crash-child", dir, round_arg, fd_arg, NULL};
         fflush(NULL);
         pid_t pid = fork();
         assert_true(pid >= 0);
         if (pid == 0) {
-            close(fds[0]);
-            crash_child(dir, round, fds[1]);
+            fcntl(fds[1], F_SETFD, 0);
+            execv("/proc/self/exe", argv);
+            _exit(127);
         }
         close(fds[1]);
         /* Let it acknowledge a few batches, then kill it at a random moment. */
         uint32_t want = 1 + (uint32_t)(splitmix(&x) % 6);
         uint32_t acked = 0;
         uint32_t b;
-        while (acked < want && read(fds[0], &b, sizeof b) == (ssize_t)sizeof b) {
+        while (acked < want && read_ack(fds[0], &b, 60000)) {
             acked = b + 1;
         }
         struct timespec ts = {0, (long)(splitmix(&x) % 20000) * 1000};
@@ -523,7 +558,8 @@ static void test_crash_loses_nothing_acknowledged(void **state)
         int status = 0;
         assert_int_equal(waitpid(pid, &status, 0), pid);
         assert_true(WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) == 0));
-        while (read(fds[0], &b, sizeof b) == (ssize_t)sizeof b) {
+        assert_true(acked > 0);
+        while (read_ack(fds[0], &b, 1000)) {
             acked = b + 1;
         }
         close(fds[0]);
@@ -1059,9 +1095,12 @@ static void test_allocation_failures_are_reported(void **state)
     remove_tmpdir(dir);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     log_init_from_env();
+    if (argc == 5 && strcmp(argv[1], "--crash-child") == 0) {
+        return crash_child(argv[2], atoi(argv[3]), atoi(argv[4]));
+    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip_across_segments_and_reopen),
         cmocka_unit_test(test_reput_is_idempotent_and_conflict_keeps_original),
