@@ -143,15 +143,6 @@ static void check_gone(struct shard_store *s, const struct rec *r)
     assert_null(got);
 }
 
-static char *make_tmpdir(void)
-{
-    char tmpl[] = "/tmp/hbc-store-XXXXXX";
-    assert_non_null(mkdtemp(tmpl));
-    char *d = strdup(tmpl);
-    assert_non_null(d);
-    return d;
-}
-
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st;
@@ -160,10 +151,22 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
     return remove(path);
 }
 
-static void remove_tmpdir(char *dir)
+/* Each test gets a fresh directory under /tmp as its state, removed even when it fails. */
+static int setup_tmpdir(void **state)
 {
-    assert_int_equal(nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS), 0);
-    free(dir);
+    char tmpl[] = "/tmp/hbc-store-XXXXXX";
+    if (mkdtemp(tmpl) == NULL) {
+        return -1;
+    }
+    *state = strdup(tmpl);
+    return *state != NULL ? 0 : -1;
+}
+
+static int teardown_tmpdir(void **state)
+{
+    int rc = nftw(*state, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    free(*state);
+    return rc;
 }
 
 /* The store lives in dir/store so that tests can also see a missing directory created. */
@@ -237,8 +240,7 @@ static void append_bytes(const char *path, const void *p, size_t n)
 
 static void test_round_trip_across_segments_and_reopen(void **state)
 {
-    (void)state;
-    char *dir = make_tmpdir();
+    const char *dir = *state;
     /* Small segments and few read descriptors, so that rolling and eviction both happen. */
     struct shard_store_options o = {
         .segment_size = 8 * MiB, .max_open_segments = 2, .capacity = 1ull << 30};
@@ -306,15 +308,13 @@ static void test_round_trip_across_segments_and_reopen(void **state)
     put_recs(s, &more, 1);
     check_rec(s, &more);
     close_store(s);
-    remove_tmpdir(dir);
 }
 
 /* ---- 2. idempotent and conflicting puts ---------------------------------- */
 
 static void test_reput_is_idempotent_and_conflict_keeps_original(void **state)
 {
-    (void)state;
-    char *dir = make_tmpdir();
+    const char *dir = *state;
     struct shard_store *s = open_store(dir, NULL);
     struct rec r[3] = {
         {.key = make_key(2, 1, 0), .len = 5000, .seed = 1},
@@ -380,15 +380,13 @@ static void test_reput_is_idempotent_and_conflict_keeps_original(void **state)
     free(d2);
     free(dy);
     free(other);
-    remove_tmpdir(dir);
 }
 
 /* ---- 3. torn tail ------------------------------------------------------- */
 
 static void test_torn_tail_is_cut_on_open(void **state)
 {
-    (void)state;
-    char *dir = make_tmpdir();
+    const char *dir = *state;
     struct shard_store_options o = {.segment_size = 1 * MiB};
     struct shard_store *s = open_store(dir, &o);
     enum { N = 30 };
@@ -453,7 +451,6 @@ static void test_torn_tail_is_cut_on_open(void **state)
     assert_int_equal(shard_store_open(index, &o, &s, &e), HBC_ECORRUPT);
     assert_null(s);
     assert_int_equal(file_size(path), size);
-    remove_tmpdir(dir);
 }
 
 /* ---- 4. crash while putting --------------------------------------------- */
@@ -523,8 +520,7 @@ static int read_ack(int fd, uint32_t *b, int timeout_ms)
 
 static void test_crash_loses_nothing_acknowledged(void **state)
 {
-    (void)state;
-    char *dir = make_tmpdir();
+    char *dir = *state; /* execv takes char *const[] */
     uint64_t x = 42;
     uint64_t present_total = 0;
     enum { ROUNDS = 5 };
@@ -601,15 +597,13 @@ static void test_crash_loses_nothing_acknowledged(void **state)
         assert_int_equal(st.corrupt_reads, 0);
         close_store(s);
     }
-    remove_tmpdir(dir);
 }
 
 /* ---- 5. corruption ------------------------------------------------------ */
 
 static void test_corrupt_record_is_never_served(void **state)
 {
-    (void)state;
-    char *dir = make_tmpdir();
+    const char *dir = *state;
     struct shard_store *s = open_store(dir, NULL);
     struct rec r[4];
     for (size_t i = 0; i < 4; i++) {
@@ -682,15 +676,13 @@ static void test_corrupt_record_is_never_served(void **state)
     close_store(s);
     free(buf);
     free(want);
-    remove_tmpdir(dir);
 }
 
 /* ---- 6. delete and compact ---------------------------------------------- */
 
 static void test_delete_and_compact_reclaim_space(void **state)
 {
-    (void)state;
-    char *dir = make_tmpdir();
+    const char *dir = *state;
     struct shard_store_options o = {.segment_size = 1 * MiB};
     struct shard_store *s = open_store(dir, &o);
     enum { N = 160 };
@@ -813,15 +805,13 @@ static void test_delete_and_compact_reclaim_space(void **state)
     put_recs(s, r, 1);
     check_rec(s, &r[0]);
     close_store(s);
-    remove_tmpdir(dir);
 }
 
 /* ---- 7. limits ---------------------------------------------------------- */
 
 static void test_oversized_record_rejected(void **state)
 {
-    (void)state;
-    char *dir = make_tmpdir();
+    const char *dir = *state;
     struct shard_store_options o = {.max_shard_size = 64 * KiB};
     struct shard_store *s = open_store(dir, &o);
     uint8_t *big = calloc(1, 64 * KiB + 1);
@@ -853,15 +843,13 @@ static void test_oversized_record_rejected(void **state)
     o = (struct shard_store_options){.max_shard_size = SHARD_STORE_SHARD_SIZE_LIMIT + 1};
     assert_int_equal(shard_store_open(dir, &o, &bad, &e), HBC_ECONFIG);
     assert_null(bad);
-    remove_tmpdir(dir);
 }
 
 /* ---- 8. exists ---------------------------------------------------------- */
 
 static void test_exists_by_chunk(void **state)
 {
-    (void)state;
-    char *dir = make_tmpdir();
+    const char *dir = *state;
     struct shard_store *s = open_store(dir, NULL);
     struct rec r[3] = {
         {.key = make_key(8, 1, 0), .len = 100, .seed = 1},
@@ -899,15 +887,13 @@ static void test_exists_by_chunk(void **state)
     assert_ok(shard_store_exists(s, r[0].key.vault_id, r[0].key.chunk_id, &present, &e), &e);
     assert_false(present);
     close_store(s);
-    remove_tmpdir(dir);
 }
 
 /* ---- write errors ------------------------------------------------------- */
 
 static void test_write_error_indexes_nothing(void **state)
 {
-    (void)state;
-    char *dir = make_tmpdir();
+    const char *dir = *state;
     struct shard_store *s = open_store(dir, NULL);
     struct rec first = {.key = make_key(10, 1, 0), .len = 100 * KiB, .seed = 1};
     put_recs(s, &first, 1);
@@ -950,7 +936,6 @@ static void test_write_error_indexes_nothing(void **state)
     check_rec(s, &first);
     close_store(s);
     free(big);
-    remove_tmpdir(dir);
 }
 
 /* ---- concurrency -------------------------------------------------------- */
@@ -994,8 +979,7 @@ static void *reader_main(void *p)
 
 static void test_reads_run_during_puts_and_compaction(void **state)
 {
-    (void)state;
-    char *dir = make_tmpdir();
+    const char *dir = *state;
     struct shard_store_options o = {.segment_size = 256 * KiB, .max_open_segments = 2};
     struct shard_store *s = open_store(dir, &o);
     enum { N = 60 };
@@ -1051,15 +1035,13 @@ static void test_reads_run_during_puts_and_compaction(void **state)
         check_rec(s, &keep[i]);
     }
     close_store(s);
-    remove_tmpdir(dir);
 }
 
 /* ---- allocation failures ------------------------------------------------- */
 
 static void test_allocation_failures_are_reported(void **state)
 {
-    (void)state;
-    char *dir = make_tmpdir();
+    const char *dir = *state;
     char path[256];
     snprintf(path, sizeof path, "%s/store", dir);
     struct rec r = {.key = make_key(13, 1, 0), .len = 1000, .seed = 13};
@@ -1092,7 +1074,6 @@ static void test_allocation_failures_are_reported(void **state)
     check_rec(s, &r);
     close_store(s);
     free(data);
-    remove_tmpdir(dir);
 }
 
 int main(int argc, char **argv)
@@ -1102,17 +1083,27 @@ int main(int argc, char **argv)
         return crash_child(argv[2], atoi(argv[3]), atoi(argv[4]));
     }
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip_across_segments_and_reopen),
-        cmocka_unit_test(test_reput_is_idempotent_and_conflict_keeps_original),
-        cmocka_unit_test(test_torn_tail_is_cut_on_open),
-        cmocka_unit_test(test_crash_loses_nothing_acknowledged),
-        cmocka_unit_test(test_corrupt_record_is_never_served),
-        cmocka_unit_test(test_delete_and_compact_reclaim_space),
-        cmocka_unit_test(test_oversized_record_rejected),
-        cmocka_unit_test(test_exists_by_chunk),
-        cmocka_unit_test(test_write_error_indexes_nothing),
-        cmocka_unit_test(test_reads_run_during_puts_and_compaction),
-        cmocka_unit_test(test_allocation_failures_are_reported),
+        cmocka_unit_test_setup_teardown(test_round_trip_across_segments_and_reopen, setup_tmpdir,
+                                        teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_reput_is_idempotent_and_conflict_keeps_original,
+                                        setup_tmpdir, teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_torn_tail_is_cut_on_open, setup_tmpdir,
+                                        teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_crash_loses_nothing_acknowledged, setup_tmpdir,
+                                        teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_corrupt_record_is_never_served, setup_tmpdir,
+                                        teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_delete_and_compact_reclaim_space, setup_tmpdir,
+                                        teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_oversized_record_rejected, setup_tmpdir,
+                                        teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_exists_by_chunk, setup_tmpdir, teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_write_error_indexes_nothing, setup_tmpdir,
+                                        teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_reads_run_during_puts_and_compaction, setup_tmpdir,
+                                        teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_allocation_failures_are_reported, setup_tmpdir,
+                                        teardown_tmpdir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
