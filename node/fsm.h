@@ -58,14 +58,14 @@
  * values and belong to the loop thread.
  */
 
-#define FSM_ID_LEN 16            /* vault and snapshot ids */
-#define FSM_TREE_ID_LEN 32       /* root tree and reference list ids */
-#define FSM_COMMAND_MAX 65536    /* longest Command entry accepted */
-#define FSM_NAME_MAX 64          /* longest node id, address, site, region, media */
-#define FSM_VAULT_NAME_MAX 128   /* longest vault name */
-#define FSM_PROPOSER_MAX 256     /* longest proposer (certificate subject) */
-#define FSM_MAX_COPIES 8         /* most copies in a vault policy */
-#define FSM_DIGEST_LEN 32        /* SHA-256 */
+#define FSM_ID_LEN 16          /* vault and snapshot ids */
+#define FSM_TREE_ID_LEN 32     /* root tree and reference list ids */
+#define FSM_COMMAND_MAX 65536  /* longest Command entry accepted */
+#define FSM_NAME_MAX 64        /* longest node id, address, site, region, media */
+#define FSM_VAULT_NAME_MAX 128 /* longest vault name */
+#define FSM_PROPOSER_MAX 256   /* longest proposer (certificate subject) */
+#define FSM_MAX_COPIES 8       /* most copies in a vault policy */
+#define FSM_DIGEST_LEN 32      /* SHA-256 */
 
 struct fsm;
 
@@ -183,8 +183,8 @@ int fsm_find_vault(struct fsm *f, const char *name, Hbc__VaultInfo **out, struct
 int fsm_list_snapshots(struct fsm *f, const uint8_t vault_id[FSM_ID_LEN], fsm_snapshot_fn fn,
                        void *arg, struct err *e);
 
-int fsm_get_snapshot(struct fsm *f, const uint8_t snapshot_id[FSM_ID_LEN],
-                     Hbc__SnapshotInfo **out, struct err *e);
+int fsm_get_snapshot(struct fsm *f, const uint8_t snapshot_id[FSM_ID_LEN], Hbc__SnapshotInfo **out,
+                     struct err *e);
 
 /*
  * Restore tests of one snapshot (snapshot_id) or of all (NULL), by snapshot id

@@ -16,11 +16,11 @@
  * refusal: other nodes would decide differently.
  */
 struct apply_ctx {
-    struct fsm *f;           /* the state machine */
-    struct meta_batch *b;    /* the one batch this entry writes */
-    uint64_t index;          /* the entry's Raft index */
-    uint64_t time_ms;        /* the command's time: leader time, never earlier than before */
-    const char *proposer;    /* who asked ("" if unknown) */
+    struct fsm *f;        /* the state machine */
+    struct meta_batch *b; /* the one batch this entry writes */
+    uint64_t index;       /* the entry's Raft index */
+    uint64_t time_ms;     /* the command's time: leader time, never earlier than before */
+    const char *proposer; /* who asked ("" if unknown) */
 };
 
 /* Text fields: 1..max bytes, no control characters (UTF-8 passes). */
@@ -50,8 +50,8 @@ static bool node_id_ok(const char *s)
     }
     for (const char *p = s; *p != '\0'; p++) {
         char ch = *p;
-        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-                  ch == '.' || ch == '_' || ch == '-';
+        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                  (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' || ch == '-';
         if (!ok) {
             return false;
         }

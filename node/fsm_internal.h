@@ -16,20 +16,20 @@
 #define FSM_META_CHAIN "chain" /* 32 bytes: SHA-256 chain over every applied command */
 
 /* Key prefixes inside the column families that hold more than one kind of key. */
-#define FSM_VAULT_BY_ID 'i'     /* vaults: 'i' + vault id -> VaultInfo */
-#define FSM_VAULT_BY_NAME 'n'   /* vaults: 'n' + name -> vault id */
-#define FSM_SNAP_BY_ID 's'      /* snapshots: 's' + snapshot id -> SnapshotInfo */
-#define FSM_SNAP_BY_VAULT 'v'   /* snapshots: 'v' + vault id + be64 index -> snapshot id */
+#define FSM_VAULT_BY_ID 'i'   /* vaults: 'i' + vault id -> VaultInfo */
+#define FSM_VAULT_BY_NAME 'n' /* vaults: 'n' + name -> vault id */
+#define FSM_SNAP_BY_ID 's'    /* snapshots: 's' + snapshot id -> SnapshotInfo */
+#define FSM_SNAP_BY_VAULT 'v' /* snapshots: 'v' + vault id + be64 index -> snapshot id */
 
 struct fsm {
-    struct meta_store *store;    /* the RocksDB database */
-    struct raft *raft;           /* the instance that drives us (borrowed), for the entry index */
-    struct raft_fsm raft_fsm;    /* what libraft calls */
-    uint64_t applied;            /* cache of meta applied_index */
-    uint64_t leader_time_ms;     /* cache of meta leader_time_ms */
-    uint8_t chain[32];           /* cache of meta chain */
-    struct fsm_stats stats;      /* counters */
-    struct err last_err;         /* last local failure inside a libraft callback */
+    struct meta_store *store; /* the RocksDB database */
+    struct raft *raft;        /* the instance that drives us (borrowed), for the entry index */
+    struct raft_fsm raft_fsm; /* what libraft calls */
+    uint64_t applied;         /* cache of meta applied_index */
+    uint64_t leader_time_ms;  /* cache of meta leader_time_ms */
+    uint8_t chain[32];        /* cache of meta chain */
+    struct fsm_stats stats;   /* counters */
+    struct err last_err;      /* last local failure inside a libraft callback */
 };
 
 /* Big-endian integers in keys and meta values. */

@@ -9,17 +9,17 @@
 enum record_kind { KIND_NODE, KIND_VAULT, KIND_SNAPSHOT, KIND_RESTORE_TEST };
 
 struct visit {
-    enum record_kind kind;           /* record type, which selects the callback */
+    enum record_kind kind; /* record type, which selects the callback */
     union {
-        fsm_node_fn node;            /* KIND_NODE */
-        fsm_vault_fn vault;          /* KIND_VAULT */
-        fsm_snapshot_fn snapshot;    /* KIND_SNAPSHOT */
-        fsm_restore_test_fn test;    /* KIND_RESTORE_TEST */
-    } fn;                            /* the caller's callback */
-    void *arg;                       /* its argument */
-    struct fsm *f;                   /* for lookups through an index */
-    const struct meta_view *view;    /* the consistent view the scan reads */
-    struct err *e;                   /* where a local failure goes */
+        fsm_node_fn node;         /* KIND_NODE */
+        fsm_vault_fn vault;       /* KIND_VAULT */
+        fsm_snapshot_fn snapshot; /* KIND_SNAPSHOT */
+        fsm_restore_test_fn test; /* KIND_RESTORE_TEST */
+    } fn;                         /* the caller's callback */
+    void *arg;                    /* its argument */
+    struct fsm *f;                /* for lookups through an index */
+    const struct meta_view *view; /* the consistent view the scan reads */
+    struct err *e;                /* where a local failure goes */
 };
 
 static const ProtobufCMessageDescriptor *descriptor_of(enum record_kind k)
@@ -84,9 +84,8 @@ static int scan_records(struct visit *v, enum meta_cf cf, const void *prefix, si
     return rc;
 }
 
-static int get_record(struct fsm *f, const struct meta_view *view, enum meta_cf cf,
-                      const void *key, size_t klen, enum record_kind kind, void **out,
-                      struct err *e)
+static int get_record(struct fsm *f, const struct meta_view *view, enum meta_cf cf, const void *key,
+                      size_t klen, enum record_kind kind, void **out, struct err *e)
 {
     void *val = NULL;
     size_t n = 0;
@@ -108,8 +107,7 @@ int fsm_list_nodes(struct fsm *f, fsm_node_fn fn, void *arg, struct err *e)
 
 int fsm_get_node(struct fsm *f, const char *node_id, Hbc__NodeInfo **out, struct err *e)
 {
-    return get_record(f, NULL, META_CF_NODES, node_id, strlen(node_id), KIND_NODE, (void **)out,
-                      e);
+    return get_record(f, NULL, META_CF_NODES, node_id, strlen(node_id), KIND_NODE, (void **)out, e);
 }
 
 int fsm_list_vaults(struct fsm *f, fsm_vault_fn fn, void *arg, struct err *e)
@@ -175,8 +173,8 @@ static int snapshot_index_visit(const void *key, size_t klen, const void *val, s
     memcpy(skey + 1, val, FSM_ID_LEN);
     void *rec = NULL;
     size_t n = 0;
-    int rc = meta_store_get(v->f->store, v->view, META_CF_SNAPSHOTS, skey, sizeof skey, &rec, &n,
-                            v->e);
+    int rc =
+        meta_store_get(v->f->store, v->view, META_CF_SNAPSHOTS, skey, sizeof skey, &rec, &n, v->e);
     if (rc == HBC_ENOTFOUND) {
         rc = err_set(v->e, HBC_ECORRUPT, "snapshot index points at a missing snapshot");
     }
@@ -203,8 +201,8 @@ int fsm_list_snapshots(struct fsm *f, const uint8_t vault_id[FSM_ID_LEN], fsm_sn
     return scan_records(&v, META_CF_SNAPSHOTS, prefix, sizeof prefix, snapshot_index_visit);
 }
 
-int fsm_get_snapshot(struct fsm *f, const uint8_t snapshot_id[FSM_ID_LEN],
-                     Hbc__SnapshotInfo **out, struct err *e)
+int fsm_get_snapshot(struct fsm *f, const uint8_t snapshot_id[FSM_ID_LEN], Hbc__SnapshotInfo **out,
+                     struct err *e)
 {
     uint8_t key[1 + FSM_ID_LEN];
     key[0] = FSM_SNAP_BY_ID;
@@ -216,6 +214,6 @@ int fsm_list_restore_tests(struct fsm *f, const uint8_t *snapshot_id, fsm_restor
                            void *arg, struct err *e)
 {
     struct visit v = {.kind = KIND_RESTORE_TEST, .fn.test = fn, .arg = arg, .f = f, .e = e};
-    return scan_records(&v, META_CF_RESTORE_TESTS, snapshot_id, snapshot_id != NULL ? FSM_ID_LEN : 0,
-                        record_visit);
+    return scan_records(&v, META_CF_RESTORE_TESTS, snapshot_id,
+                        snapshot_id != NULL ? FSM_ID_LEN : 0, record_visit);
 }

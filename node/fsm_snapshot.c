@@ -103,8 +103,8 @@ static int entry_visit(const void *key, size_t klen, const void *val, size_t vle
 {
     struct sink *s = arg;
     if (klen == 0 || klen > META_KEY_MAX || vlen > META_VALUE_MAX) {
-        s->rc = err_set(s->e, HBC_ETOOBIG, "snapshot: key of %zu or value of %zu bytes", klen,
-                        vlen);
+        s->rc =
+            err_set(s->e, HBC_ETOOBIG, "snapshot: key of %zu or value of %zu bytes", klen, vlen);
         return s->rc;
     }
     sink_u8(s, SNAP_ENTRY);
@@ -308,8 +308,7 @@ static int parse_body(struct reader *r, uint64_t applied, struct meta_batch *b, 
         }
     }
     if (r->left != 0) {
-        return err_set(e, HBC_EFORMAT, "snapshot: %zu bytes after the last column family",
-                       r->left);
+        return err_set(e, HBC_EFORMAT, "snapshot: %zu bytes after the last column family", r->left);
     }
     if (applied != 0 && !saw_applied) {
         return err_set(e, HBC_EFORMAT, "snapshot: header index %llu without its record",
@@ -333,8 +332,8 @@ int fsm_snapshot_restore(struct fsm *f, const void *buf, size_t len, struct err 
     rd_u32(&r, &version, e);
     rd_u32(&r, &n_cf, e);
     if (version != SNAP_VERSION) {
-        return err_set(e, HBC_EVERSION, "restore: snapshot version %u, this node reads %d",
-                       version, SNAP_VERSION);
+        return err_set(e, HBC_EVERSION, "restore: snapshot version %u, this node reads %d", version,
+                       SNAP_VERSION);
     }
     uint8_t digest[SNAP_TRAILER_LEN];
     unsigned int dl = 0;
@@ -345,8 +344,7 @@ int fsm_snapshot_restore(struct fsm *f, const void *buf, size_t len, struct err 
         return err_set(e, HBC_ECORRUPT, "restore: snapshot trailer");
     }
     if (n_cf != META_CF_COUNT) {
-        return err_set(e, HBC_EFORMAT, "restore: %u column families, want %d", n_cf,
-                       META_CF_COUNT);
+        return err_set(e, HBC_EFORMAT, "restore: %u column families, want %d", n_cf, META_CF_COUNT);
     }
     const uint8_t *p = NULL;
     rd(&r, 8, &p, e);

@@ -15,12 +15,12 @@ static const char *const cf_names[META_CF_COUNT] = {
 };
 
 struct meta_store {
-    rocksdb_t *db;                                   /* the open database */
-    rocksdb_options_t *options;                      /* database and column family options */
+    rocksdb_t *db;                                     /* the open database */
+    rocksdb_options_t *options;                        /* database and column family options */
     rocksdb_column_family_handle_t *cf[META_CF_COUNT]; /* one handle per column family */
-    rocksdb_writeoptions_t *write_sync;              /* sync=true: fsync the WAL */
-    rocksdb_writeoptions_t *write_nosync;            /* sync=false: WAL in the page cache */
-    rocksdb_readoptions_t *read;                     /* reads of the latest state */
+    rocksdb_writeoptions_t *write_sync;                /* sync=true: fsync the WAL */
+    rocksdb_writeoptions_t *write_nosync;              /* sync=false: WAL in the page cache */
+    rocksdb_readoptions_t *read;                       /* reads of the latest state */
 };
 
 struct meta_view {
@@ -30,8 +30,8 @@ struct meta_view {
 };
 
 struct meta_batch {
-    struct meta_store *store;  /* where it will be written */
-    rocksdb_writebatch_t *wb;  /* the operations */
+    struct meta_store *store; /* where it will be written */
+    rocksdb_writebatch_t *wb; /* the operations */
 };
 
 const char *meta_cf_name(enum meta_cf cf)
@@ -152,7 +152,7 @@ int meta_store_scan(struct meta_store *s, const struct meta_view *view, enum met
         size_t klen = 0;
         size_t vlen = 0;
         const char *k = rocksdb_iter_key(it, &klen);
-        if (klen < plen || memcmp(k, prefix, plen) != 0) {
+        if (plen > 0 && (klen < plen || memcmp(k, prefix, plen) != 0)) {
             break;
         }
         const char *v = rocksdb_iter_value(it, &vlen);

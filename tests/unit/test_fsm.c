@@ -271,8 +271,8 @@ static size_t count_tests(struct fsm *f, const uint8_t *snap)
 /* ---- direct tests (no Raft) ---- */
 
 struct one {
-    char dir[64];   /* its RocksDB directory */
-    struct fsm *f;  /* the state machine */
+    char dir[64];  /* its RocksDB directory */
+    struct fsm *f; /* the state machine */
 };
 
 static int one_setup(void **state)
@@ -304,9 +304,9 @@ static void test_commands(void **state)
 
     assert_int_equal(apply(f, ++i, cmd_node_join(1000, 1, 11)), 0);
     assert_int_equal(apply(f, ++i, cmd_node_join(1001, 2, 12)), 0);
-    assert_int_equal(apply(f, ++i, cmd_node_join(1002, 1, 13)), HBC_EEXIST);  /* same node id */
-    assert_int_equal(apply(f, ++i, cmd_node_join(1003, 3, 12)), HBC_EEXIST);  /* same raft id */
-    assert_int_equal(apply(f, ++i, cmd_node_join(1004, 4, 0)), HBC_EINVAL);   /* raft id 0 */
+    assert_int_equal(apply(f, ++i, cmd_node_join(1002, 1, 13)), HBC_EEXIST); /* same node id */
+    assert_int_equal(apply(f, ++i, cmd_node_join(1003, 3, 12)), HBC_EEXIST); /* same raft id */
+    assert_int_equal(apply(f, ++i, cmd_node_join(1004, 4, 0)), HBC_EINVAL);  /* raft id 0 */
     assert_int_equal(count_nodes(f), 2);
 
     Hbc__NodeInfo *node = NULL;
@@ -751,13 +751,13 @@ struct proposal {
 #define MAX_PROPOSALS 4096
 
 struct cluster {
-    struct raft_fixture f;                          /* the in-memory cluster */
-    unsigned n;                                     /* servers */
-    char dirs[RAFT_FIXTURE_MAX_SERVERS][64];        /* each server's RocksDB */
-    struct fsm *fsm[RAFT_FIXTURE_MAX_SERVERS];      /* each server's state machine */
-    struct proposal *props;                         /* every request ever made (stable) */
-    size_t n_props;                                 /* how many used */
-    uint64_t now_ms;                                /* leader clock for the next command */
+    struct raft_fixture f;                     /* the in-memory cluster */
+    unsigned n;                                /* servers */
+    char dirs[RAFT_FIXTURE_MAX_SERVERS][64];   /* each server's RocksDB */
+    struct fsm *fsm[RAFT_FIXTURE_MAX_SERVERS]; /* each server's state machine */
+    struct proposal *props;                    /* every request ever made (stable) */
+    size_t n_props;                            /* how many used */
+    uint64_t now_ms;                           /* leader clock for the next command */
 };
 
 static void cluster_add_server(struct cluster *c)
@@ -1016,11 +1016,18 @@ static void check_cluster(struct cluster *c, struct snap_track *t, unsigned n_sn
 /*
  * Some of every command through the leader, killing the leader twice along
  * the way (reviving the first victim before the second kill), with snapshot
- * commits retried after every failover.
+ * commits retried after every failover. A nonzero snapshot_threshold makes
+ * every server take snapshots throughout (trailing a quarter of it).
  */
-static void failover_workload(unsigned n_servers)
+static void failover_workload(unsigned n_servers, unsigned snapshot_threshold)
 {
     struct cluster *c = cluster_start(n_servers);
+    if (snapshot_threshold > 0) {
+        for (unsigned i = 0; i < c->n; i++) {
+            raft_set_snapshot_threshold(raft_fixture_get(&c->f, i), snapshot_threshold);
+            raft_set_snapshot_trailing(raft_fixture_get(&c->f, i), snapshot_threshold / 4);
+        }
+    }
     enum { N_NODES = 200, N_VAULTS = 40, N_SNAPS = 300, N_TESTS = 200 };
     struct snap_track *t = calloc(N_SNAPS, sizeof *t);
     assert_non_null(t);
@@ -1112,6 +1119,10 @@ static void failover_workload(unsigned n_servers)
         landed_orphans += !t[s].first_ok;
     }
     assert_int_equal(landed_orphans, 5);
+    if (snapshot_threshold > 0) {
+        /* The second victim missed far more than the retained log: it got a snapshot. */
+        assert_true(fsm_stats(c->fsm[victim]).restores >= 1);
+    }
     for (unsigned i = 0; i < c->n; i++) {
         assert_int_equal(count_nodes(c->fsm[i]), N_NODES / 2);
         assert_int_equal(count_vaults(c->fsm[i]), N_VAULTS);
@@ -1124,13 +1135,13 @@ static void failover_workload(unsigned n_servers)
 static void test_cluster_3(void **state)
 {
     (void)state;
-    failover_workload(3);
+    failover_workload(3, 0);
 }
 
 static void test_cluster_5(void **state)
 {
     (void)state;
-    failover_workload(5);
+    failover_workload(5, 64);
 }
 
 /*
