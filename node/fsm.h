@@ -35,6 +35,10 @@
  * index: it calls apply with raft->last_applied equal to index - 1 (checked
  * by tests/unit/test_fsm.c), so the FSM keeps a pointer to its struct raft
  * (fsm_set_raft()) and reads raft_last_applied(). Restore writes synced.
+ * On start libraft restores its last snapshot when it has one (the state is
+ * rewritten to that snapshot, then the entries after it are applied again);
+ * without one it replays its log from index 1 and apply skips what RocksDB
+ * already holds. Either way the state ends where the log says.
  *
  * The RocksDB directory and the Raft data directory are one unit: wiping one
  * without the other makes this node skip or miss entries. Wipe both.

@@ -925,6 +925,7 @@ static void commit_snapshot(struct cluster *c, struct snap_track *t, unsigned s)
             assert_true(raft_fixture_step_until_has_leader(&c->f, 20000));
         }
         t[s].attempts++;
+        assert_true(t[s].attempts < 20);
         struct proposal *p = propose(c, cmd_snapshot_commit(c->now_ms++, t[s].vault, s, 0));
         struct wait_set w = {.p = &p, .n = 1};
         raft_fixture_step_until(&c->f, all_done, &w, 5000);
