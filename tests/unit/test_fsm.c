@@ -695,6 +695,17 @@ static void test_restore_corrupt(void **state)
     rm_rf(dir);
 }
 
+/* A second process (or handle) on the same directory is refused, not shared. */
+static void test_open_locked(void **state)
+{
+    struct one *o = *state;
+    struct fsm *second = NULL;
+    struct err e = {0};
+    assert_int_equal(fsm_open(o->dir, &second, &e), HBC_ESTORE);
+    assert_null(second);
+    assert_non_null(strstr(e.msg, "state machine: open"));
+}
+
 /* The raft_fsm callbacks refuse to guess an index when no struct raft was set. */
 static void test_apply_needs_raft(void **state)
 {
@@ -1275,6 +1286,7 @@ int main(void)
         cmocka_unit_test(test_digest_determinism),
         cmocka_unit_test_setup_teardown(test_snapshot_restore, one_setup, one_teardown),
         cmocka_unit_test_setup_teardown(test_restore_corrupt, one_setup, one_teardown),
+        cmocka_unit_test_setup_teardown(test_open_locked, one_setup, one_teardown),
         cmocka_unit_test_setup_teardown(test_apply_needs_raft, one_setup, one_teardown),
         cmocka_unit_test_setup_teardown(test_apply_alloc_fault, one_setup, one_teardown),
         cmocka_unit_test(test_apply_index_matches_raft),
