@@ -202,7 +202,7 @@ static void answer_read(struct raft_node *rn, const Hbc__Frame *f, control_reply
     }
     if (rv != 0 || c.rv != 0) {
         char msg[300];
-        snprintf(msg, sizeof msg, "read metadata: %s", rv != 0 ? e.msg : "out of memory");
+        snprintf(msg, sizeof msg, "read metadata: %.280s", rv != 0 ? e.msg : "out of memory");
         reply_error(f->request_id, rv != 0 ? rv : c.rv, msg, reply, ctx);
     }
     collect_free(&c);
