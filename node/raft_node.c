@@ -140,6 +140,11 @@ bool raft_node_is_leader(const struct raft_node *rn)
     return rn->raft.state == RAFT_LEADER;
 }
 
+bool raft_node_is_member(const struct raft_node *rn)
+{
+    return rn->raft.configuration.n > 0;
+}
+
 struct fsm *raft_node_fsm(struct raft_node *rn)
 {
     return rn->fsm;

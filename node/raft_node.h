@@ -69,6 +69,9 @@ int raft_node_join(struct raft_node *rn, const Hbc__NodeJoin *join, const char *
 int raft_node_remove(struct raft_node *rn, const char *node_id, const char *proposer, raft_node_cb cb, void *arg,
                      struct err *e);
 
+/* True once this node holds a Raft configuration (bootstrapped or admitted). */
+bool raft_node_is_member(const struct raft_node *rn);
+
 /* True if this node is the leader now. */
 bool raft_node_is_leader(const struct raft_node *rn);
 

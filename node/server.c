@@ -38,6 +38,7 @@
 #include "common/erasure.h"
 #include "common/frame.h"
 #include "common/log.h"
+#include "node/control.h"
 #include "hbc.pb-c.h"
 
 /* Requests a connection may have in flight before reading pauses. */
@@ -97,6 +98,7 @@ struct server {
     const struct node_config *cfg;       /* borrowed */
     struct tls_ctx *tls;                 /* borrowed */
     struct shard_store *store;           /* borrowed */
+    struct raft_node *raft; /* the metadata plane (borrowed), or NULL */
     uv_tcp_t listener;                   /* the listening socket */
     uv_timer_t sweep;                    /* idle sweep */
     struct conn *conns;                  /* open connections */
@@ -679,6 +681,11 @@ static int check_have(const Hbc__HaveChunks *h, char *msg, size_t mlen)
     return 0;
 }
 
+static void control_reply_cb(void *ctx, const Hbc__Frame *reply)
+{
+    req_finish(ctx, reply);
+}
+
 static int frame_cb(Hbc__Frame *frame, void *arg)
 {
     struct conn *c = arg;
@@ -746,6 +753,16 @@ static int frame_cb(Hbc__Frame *frame, void *arg)
         answer_status(r);
         break;
     default:
+        if (control_is_request(frame)) {
+            struct control_peer peer = {
+                .subject = tls_conn_peer_subject(c->tls),
+                .cn = tls_conn_peer_cn(c->tls),
+                .is_node = tls_conn_peer_has_ou(c->tls, "node"),
+                .is_admin = tls_conn_peer_has_ou(c->tls, "admin"),
+            };
+            control_handle(s->raft, frame, &peer, control_reply_cb, r);
+            break;
+        }
         /* A reply type sent to a server: the peer is confused; tell it and go on. */
         req_fail(r, HBC_EPROTO, "this frame type is a reply, not a request");
         break;
@@ -970,6 +987,11 @@ void server_stop(struct server *s, void (*done)(void *arg), void *arg)
         conn_read_check(c);
     }
     server_maybe_finish(s);
+}
+
+void server_set_raft(struct server *s, struct raft_node *rn)
+{
+    s->raft = rn;
 }
 
 void server_get_stats(const struct server *s, struct server_stats *out)
