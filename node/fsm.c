@@ -258,13 +258,28 @@ int fsm_command_encode(const Hbc__Command *cmd, struct raft_buffer *out, struct 
     if (n > FSM_COMMAND_MAX) {
         return err_set(e, HBC_ETOOBIG, "command: %zu bytes, limit %d", n, FSM_COMMAND_MAX);
     }
-    void *p = raft_malloc(n);
+    /*
+     * Entry layout: a 4-byte big-endian length, the protobuf, zeros up to a
+     * multiple of 8. libraft's libuv I/O pads entries to 8 bytes on the wire
+     * and on disk, so a follower sees the padded length: padding here makes
+     * every node see the same bytes, and the length finds the protobuf.
+     */
+    size_t total = (FSM_ENTRY_PREFIX + n + 7) & ~(size_t)7;
+    if (total > FSM_COMMAND_MAX) {
+        return err_set(e, HBC_ETOOBIG, "command: %zu bytes, limit %d", total, FSM_COMMAND_MAX);
+    }
+    uint8_t *p = raft_malloc(total);
     if (p == NULL) {
         return err_set(e, HBC_ENOMEM, "command");
     }
-    hbc__command__pack(cmd, p);
+    memset(p, 0, total);
+    p[0] = (uint8_t)(n >> 24);
+    p[1] = (uint8_t)(n >> 16);
+    p[2] = (uint8_t)(n >> 8);
+    p[3] = (uint8_t)n;
+    hbc__command__pack(cmd, p + FSM_ENTRY_PREFIX);
     out->base = p;
-    out->len = n;
+    out->len = total;
     return 0;
 }
 

@@ -1,4 +1,5 @@
 /* The replicated state machine's commands: validate each, then add its records to one batch. */
+#include "common/log.h"
 #include "node/fsm_internal.h"
 
 #include <string.h>
@@ -472,10 +473,20 @@ int fsm_apply_at(struct fsm *f, uint64_t index, const void *buf, size_t len, int
     int outcome = 0;
     bool oom = false;
     ProtobufCAllocator alloc = fsm_pb_allocator(&oom);
+    /* The entry: length prefix, protobuf, zero padding to 8 bytes (fsm_command_encode). */
+    const uint8_t *eb = buf;
+    size_t plen = len >= FSM_ENTRY_PREFIX ? ((size_t)eb[0] << 24 | (size_t)eb[1] << 16 | (size_t)eb[2] << 8 | eb[3]) : 0;
+    bool padding_ok = len >= FSM_ENTRY_PREFIX && plen <= len - FSM_ENTRY_PREFIX &&
+                      len - FSM_ENTRY_PREFIX - plen < 8;
+    for (size_t i = FSM_ENTRY_PREFIX + plen; padding_ok && i < len; i++) {
+        padding_ok = eb[i] == 0;
+    }
     if (len > FSM_COMMAND_MAX) {
         outcome = HBC_ETOOBIG;
+    } else if (!padding_ok) {
+        outcome = HBC_EPROTO;
     } else {
-        cmd = hbc__command__unpack(&alloc, len, buf);
+        cmd = hbc__command__unpack(&alloc, plen, eb + FSM_ENTRY_PREFIX);
         if (cmd == NULL && oom) {
             rc = err_set(e, HBC_ENOMEM, "unpack command");
             goto out;

@@ -792,6 +792,7 @@ static void raft_closed_cb(struct raft *r)
 {
     struct raft_node *rn = r->data;
     rn->raft_closed = true;
+    raft_uv_close(&rn->io);
     hbc_log(LOG_INFO, "event=raft_stopped");
     stop_maybe_done(rn);
 }

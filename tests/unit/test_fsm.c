@@ -399,7 +399,9 @@ static void test_commands(void **state)
     Hbc__Command empty = HBC__COMMAND__INIT;
     empty.leader_time_ms = 6000;
     uint8_t packed[64];
-    size_t plen = hbc__command__pack(&empty, packed);
+    size_t plen = hbc__command__pack(&empty, packed + FSM_ENTRY_PREFIX);
+    packed[3] = (uint8_t)plen; /* the length prefix of a Raft entry */
+    plen += FSM_ENTRY_PREFIX;
     assert_int_equal(fsm_apply_at(f, ++i, packed, plen, &code, NULL), 0);
     assert_int_equal(code, HBC_EPROTO);
     uint8_t *big = calloc(1, FSM_COMMAND_MAX + 1);
