@@ -48,8 +48,11 @@
  * in its own stream) and about as much towards libraft (then it stops
  * reading TLS; the peer's writes back up in TCP). At most
  * RAFT_TRANSPORT_PENDING_MAX inbound connections may be in their handshake
- * or preamble at a time; more are closed at once. The preamble must arrive
- * within the TLS context's handshake timeout after the handshake.
+ * or preamble at a time; more are closed at once. The preamble exchange must
+ * end within RAFT_TRANSPORT_PREAMBLE_TIMEOUT_MS of the handshake's end
+ * (event=raft_peer_timeout; a dialled connection then fails with
+ * RAFT_NOCONNECTION). Per connection the transport itself holds a 64 KiB
+ * read buffer besides the queues and what tls.h keeps.
  *
  * Threads: everything runs on the loop given to raft_transport_init(), the
  * loop libraft runs on.
@@ -73,6 +76,8 @@
 #define RAFT_TRANSPORT_PENDING_MAX 32u
 /* The longest Raft address a preamble may carry. */
 #define RAFT_TRANSPORT_ADDR_MAX 255u
+/* Default time allowed for the preamble and its reply after the TLS handshake. */
+#define RAFT_TRANSPORT_PREAMBLE_TIMEOUT_MS 10000u
 /* Preamble magic: "HBCRAFT" and the protocol version. */
 #define RAFT_TRANSPORT_MAGIC "HBCRAFT\x01"
 #define RAFT_TRANSPORT_MAGIC_LEN 8u
@@ -107,6 +112,12 @@ int raft_transport_init(struct raft_uv_transport *t, uv_loop_t *loop, struct tls
  */
 int raft_transport_set_bind_address(struct raft_uv_transport *t, const char *bind_address,
                                     struct err *e);
+
+/*
+ * Allow ms (0 = RAFT_TRANSPORT_PREAMBLE_TIMEOUT_MS) for the preamble exchange
+ * of connections made from now on. Loop thread.
+ */
+void raft_transport_set_preamble_timeout(struct raft_uv_transport *t, unsigned ms);
 
 /* Copy t's counters into *out. Loop thread. */
 void raft_transport_get_stats(const struct raft_uv_transport *t, struct raft_transport_stats *out);
