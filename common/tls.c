@@ -90,9 +90,44 @@ struct tls_conn {
     char *peer_subject;            /* after the handshake; NULL before */
     char *peer_cn;                 /* idem */
     char bad_subject[256];         /* subject of a certificate that failed verification */
-    uint8_t rbuf[TLS_READ_CHUNK];  /* ciphertext read from the socket */
-    uint8_t pbuf[TLS_READ_CHUNK];  /* plaintext for on_read */
 };
+
+/*
+ * Buffers for socket reads and decrypted plaintext, one pair per thread and
+ * shared by its connections: a read is copied into the connection's read BIO
+ * at once, and plaintext is handed to on_read and forgotten before anything
+ * else runs on the loop, so no connection needs its own. Allocated with the
+ * thread's first connection and freed with its last.
+ */
+struct tls_scratch {
+    uint8_t *rbuf; /* TLS_READ_CHUNK bytes of ciphertext from the socket */
+    uint8_t *pbuf; /* TLS_READ_CHUNK bytes of plaintext for on_read */
+    size_t users;  /* live connections on this thread */
+};
+
+static _Thread_local struct tls_scratch scratch;
+
+static int scratch_get(void)
+{
+    if (scratch.users == 0) {
+        scratch.rbuf = hbc_malloc(2 * TLS_READ_CHUNK);
+        if (scratch.rbuf == NULL) {
+            return HBC_ENOMEM;
+        }
+        scratch.pbuf = scratch.rbuf + TLS_READ_CHUNK;
+    }
+    scratch.users++;
+    return 0;
+}
+
+static void scratch_put(void)
+{
+    if (--scratch.users == 0) {
+        hbc_free(scratch.rbuf);
+        scratch.rbuf = NULL;
+        scratch.pbuf = NULL;
+    }
+}
 
 /* One uv_write of ciphertext, with the buffer inline. */
 struct tls_write {
@@ -371,6 +406,7 @@ int tls_ctx_reload(struct tls_ctx *ctx, struct err *e)
 
 static void conn_free(struct tls_conn *c)
 {
+    scratch_put();
     SSL_free(c->ssl);
     hbc_free(c->peer_subject);
     hbc_free(c->peer_cn);
@@ -425,24 +461,19 @@ static void conn_close_handles(struct tls_conn *c)
     conn_close_handles_how(c, false);
 }
 
-/* Record why the connection ends, unless an earlier error already said. */
-static void conn_why(struct tls_conn *c, int code, const char *fmt, va_list ap)
+/* Record why the connection ends (for on_close), unless an earlier error already said. */
+static void conn_why_set(struct tls_conn *c, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void conn_why_set(struct tls_conn *c, int code, const char *fmt, ...)
 {
     if (c->why_set && c->why.code != 0) {
         return;
     }
     c->why_set = true;
     c->why.code = code;
-    vsnprintf(c->why.msg, sizeof c->why.msg, fmt, ap);
-}
-
-static void conn_why_set(struct tls_conn *c, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void conn_why_set(struct tls_conn *c, int code, const char *fmt, ...)
-{
     va_list ap;
     va_start(ap, fmt);
-    conn_why(c, code, fmt, ap);
+    vsnprintf(c->why.msg, sizeof c->why.msg, fmt, ap);
     va_end(ap);
 }
 
@@ -489,21 +520,23 @@ static void conn_fail(struct tls_conn *c, int code, bool linger, const char *fmt
     if (c->state == TLS_CLOSING) {
         return;
     }
+    char msg[sizeof c->why.msg];
     va_list ap;
     va_start(ap, fmt);
-    conn_why(c, code, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    char reason[sizeof c->why.msg];
-    log_safe(reason, sizeof reason, c->why.msg);
+    conn_why_set(c, code, "%s", msg);
+    char reason[sizeof msg];
+    log_safe(reason, sizeof reason, msg);
     if (!c->handshake_reported) {
         char subj[sizeof c->bad_subject];
         hbc_log(LOG_WARN, "event=tls_handshake_failed role=%s peer=%s code=%s reason=\"%s\"%s%s%s",
-                conn_role(c), c->peer_addr, hbc_errname(c->why.code), reason,
+                conn_role(c), c->peer_addr, hbc_errname(code), reason,
                 c->bad_subject[0] != '\0' ? " peer_subject=\"" : "",
                 log_safe(subj, sizeof subj, c->bad_subject), c->bad_subject[0] != '\0' ? "\"" : "");
     } else {
         hbc_log(LOG_INFO, "event=tls_conn_failed role=%s peer=%s code=%s reason=\"%s\"",
-                conn_role(c), c->peer_addr, hbc_errname(c->why.code), reason);
+                conn_role(c), c->peer_addr, hbc_errname(code), reason);
     }
     if (linger && c->state <= TLS_OPEN && c->state != TLS_CONNECTING &&
         BIO_ctrl_pending(c->wbio) > 0) {
@@ -514,7 +547,7 @@ static void conn_fail(struct tls_conn *c, int code, bool linger, const char *fmt
     if (!c->handshake_reported) {
         c->handshake_reported = true;
         if (c->cbs.on_handshake != NULL) {
-            c->cbs.on_handshake(c, c->why.code);
+            c->cbs.on_handshake(c, code);
         }
     }
 }
@@ -556,7 +589,7 @@ void tls_conn_abort(struct tls_conn *c, int status, const char *reason)
     if (c->state == TLS_CLOSING) {
         return;
     }
-    conn_why_set(c, status != 0 || c->state == TLS_OPEN ? status : HBC_ECANCELED, "%s",
+    conn_why_set(c, status != 0 || c->state >= TLS_OPEN ? status : HBC_ECANCELED, "%s",
                  reason != NULL ? reason : "aborted by this side");
     conn_close_handles_how(c, c->state != TLS_CONNECTING);
 }
@@ -722,9 +755,9 @@ static void conn_deliver(struct tls_conn *c)
     while (c->state == TLS_OPEN && c->want_read) {
         size_t n = 0;
         int err = SSL_ERROR_NONE;
-        while (n < sizeof c->pbuf) {
+        while (n < TLS_READ_CHUNK) {
             ERR_clear_error();
-            int r = SSL_read(c->ssl, c->pbuf + n, (int)(sizeof c->pbuf - n));
+            int r = SSL_read(c->ssl, scratch.pbuf + n, (int)(TLS_READ_CHUNK - n));
             if (r <= 0) {
                 err = SSL_get_error(c->ssl, r);
                 break;
@@ -740,7 +773,7 @@ static void conn_deliver(struct tls_conn *c)
             return;
         }
         if (n > 0 && c->cbs.on_read != NULL) {
-            c->cbs.on_read(c, c->pbuf, n);
+            c->cbs.on_read(c, scratch.pbuf, n);
         }
         if (c->state != TLS_OPEN || err == SSL_ERROR_WANT_READ) {
             return;
@@ -805,8 +838,8 @@ static void conn_handshake(struct tls_conn *c)
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     (void)suggested;
-    struct tls_conn *c = h->data;
-    *buf = uv_buf_init((char *)c->rbuf, (unsigned)sizeof c->rbuf);
+    (void)h;
+    *buf = uv_buf_init((char *)scratch.rbuf, (unsigned)TLS_READ_CHUNK);
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -930,11 +963,14 @@ static int conn_new(uv_loop_t *loop, struct tls_ctx *ctx, bool is_client,
                     const struct tls_conn_cbs *cbs, void *data, struct tls_conn **out,
                     struct err *e)
 {
-    struct tls_conn *c = hbc_malloc(sizeof *c);
+    struct tls_conn *c = hbc_calloc(1, sizeof *c);
     if (c == NULL) {
         return err_set(e, HBC_ENOMEM, "tls: connection");
     }
-    memset(c, 0, offsetof(struct tls_conn, rbuf));
+    if (scratch_get() != 0) {
+        hbc_free(c);
+        return err_set(e, HBC_ENOMEM, "tls: read buffers");
+    }
     c->is_client = is_client;
     c->want_read = true;
     c->cbs = *cbs;
@@ -950,8 +986,8 @@ static int conn_new(uv_loop_t *loop, struct tls_ctx *ctx, bool is_client,
     if (c->ssl == NULL || c->rbio == NULL || c->wbio == NULL) {
         BIO_free(c->rbio);
         BIO_free(c->wbio);
-        SSL_free(c->ssl);
-        hbc_free(c);
+        c->rbio = c->wbio = NULL;
+        conn_free(c);
         return err_openssl(e, HBC_ENOMEM, "tls: new connection");
     }
     SSL_set_bio(c->ssl, c->rbio, c->wbio);

@@ -22,9 +22,11 @@
  * lock); a tls_conn belongs to the thread running its loop, and every
  * tls_conn_* function must be called there.
  *
- * Memory per connection: two TLS_READ_CHUNK buffers (socket reads and
- * decrypted data), OpenSSL's record buffers, and whatever the application
- * has written and the peer has not yet taken. That last part is the
+ * Memory per connection: about 1 KiB of our own, OpenSSL's connection
+ * state and record buffers (some 50 KiB), and whatever the application has
+ * written and the peer has not yet taken; the buffers for socket reads and
+ * decrypted data (2 x TLS_READ_CHUNK) are shared by all connections of a
+ * thread. A server should still cap its number of connections. That last part is the
  * caller's to bound: tls_conn_queued() reports it, and a writer should stop
  * above its own limit and go on from its write callbacks. Reading is bounded
  * by construction: at most one TLS_READ_CHUNK of ciphertext is taken from
@@ -210,7 +212,8 @@ const char *tls_conn_peer_addr(const struct tls_conn *c);
  * on_close returns ("" before):
  * - subject: the whole subject on one line, RFC 2253 escaping in the
  *   certificate's order, e.g. "CN=alice,OU=backup";
- * - cn: the common name (the node's name or the user), UTF-8.
+ * - cn: the common name (the node's name or the user), UTF-8. A peer
+ *   certificate without one, or with a NUL byte in it, is refused.
  */
 const char *tls_conn_peer_subject(const struct tls_conn *c);
 const char *tls_conn_peer_cn(const struct tls_conn *c);

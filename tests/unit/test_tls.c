@@ -220,6 +220,7 @@ struct sconn {
     struct server *srv;         /* owner */
     struct tls_conn *conn;      /* the connection */
     struct frame_reader reader; /* incoming frames (echo mode) */
+    bool ok;                    /* its handshake succeeded */
     struct sconn *next;         /* in srv->conns */
 };
 
@@ -234,6 +235,9 @@ struct server {
     int hs_failed;                /* handshakes that failed */
     int hs_calls;                 /* on_handshake calls */
     int closed;                   /* on_close calls */
+    int closed_ok;                /* on_close calls of connections whose handshake succeeded */
+    int ok_close_status;          /* status of the last of those */
+    char ok_close_reason[512];    /* its reason */
     int last_hs_status;           /* status of the last failed handshake */
     int last_close_status;        /* status of the last close */
     char last_close_reason[512];  /* its reason */
@@ -313,6 +317,7 @@ static void server_on_handshake(struct tls_conn *c, int status)
         return;
     }
     srv->hs_ok++;
+    sc->ok = true;
     snprintf(srv->last_subject, sizeof srv->last_subject, "%s", tls_conn_peer_subject(c));
     snprintf(srv->last_cn, sizeof srv->last_cn, "%s", tls_conn_peer_cn(c));
     srv->last_has_backup = tls_conn_peer_has_ou(c, "backup");
@@ -344,6 +349,11 @@ static void server_on_close(struct tls_conn *c, int status, const char *reason)
     srv->closed++;
     srv->last_close_status = status;
     snprintf(srv->last_close_reason, sizeof srv->last_close_reason, "%s", reason);
+    if (sc->ok) {
+        srv->closed_ok++;
+        srv->ok_close_status = status;
+        snprintf(srv->ok_close_reason, sizeof srv->ok_close_reason, "%s", reason);
+    }
     if (c == srv->flood_conn) {
         srv->flood_queued_at_close = tls_conn_queued(c);
         srv->flood_conn = NULL;
@@ -433,6 +443,11 @@ struct client {
     size_t flood_expect;        /* bytes the flood sends */
     size_t flood_got;           /* bytes received */
     size_t flood_bad;           /* bytes that differed */
+    uv_timer_t *resume;         /* if set: stop in every on_read, resume from this timer */
+    bool stopped;               /* reading is stopped */
+    bool in_read_start;         /* inside tls_conn_read_start() */
+    int bad_reads;              /* on_read while stopped or inside tls_conn_read_start() */
+    int reads;                  /* on_read calls */
 };
 
 static void client_send_frames(struct client *cl)
@@ -518,10 +533,26 @@ static void client_on_handshake(struct tls_conn *c, int status)
     }
 }
 
+static void client_resume(uv_timer_t *t)
+{
+    struct client *cl = t->data;
+    cl->stopped = false;
+    cl->in_read_start = true;
+    assert_int_equal(tls_conn_read_start(cl->conn), 0);
+    cl->in_read_start = false;
+}
+
 static void client_on_read(struct tls_conn *c, const uint8_t *data, size_t n)
 {
     struct client *cl = tls_conn_data(c);
     assert_true(n > 0 && n <= TLS_READ_CHUNK);
+    cl->reads++;
+    cl->bad_reads += cl->stopped || cl->in_read_start;
+    if (cl->resume != NULL && cl->flood_got + n < cl->flood_expect) {
+        assert_int_equal(tls_conn_read_stop(c), 0);
+        cl->stopped = true;
+        uv_timer_start(cl->resume, client_resume, 1, 0);
+    }
     if (cl->flood_expect > 0) {
         for (size_t k = 0; k < n; k++) {
             cl->flood_bad += data[k] != flood_byte(cl->flood_got + k);
@@ -966,6 +997,42 @@ static void test_backpressure_bounds_queued_bytes(void **state)
     tls_ctx_free(cctx);
 }
 
+static void test_stop_and_resume_inside_on_read(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    struct tls_ctx *sctx = make_ctx("node1");
+    struct tls_ctx *cctx = make_ctx("alice");
+    struct server srv;
+    server_start(&srv, &loop, sctx, SERVER_FLOOD);
+    srv.flood_total = (size_t)3 << 20;
+    srv.flood_limit = (size_t)8 << 20;
+    srv.flood_chunk = (size_t)1 << 20;
+    srv.flood_buf = malloc(srv.flood_chunk);
+    assert_non_null(srv.flood_buf);
+    uv_timer_t resume;
+    uv_timer_init(&loop, &resume);
+    struct client cl = {.flood_expect = srv.flood_total, .resume = &resume};
+    resume.data = &cl;
+    client_start(&cl, &loop, cctx, srv.addr);
+    RUN_UNTIL(&loop, cl.close_calls == 1 && srv.closed == 1);
+    uv_close((uv_handle_t *)&resume, NULL);
+
+    /* Stopped means stopped, and a restart delivers from the loop, never from inside the call. */
+    assert_int_equal(cl.bad_reads, 0);
+    assert_true(cl.reads > 1);
+    assert_int_equal(cl.flood_got, srv.flood_total);
+    assert_int_equal(cl.flood_bad, 0);
+    assert_int_equal(cl.close_status, 0);
+
+    server_stop(&srv);
+    finish_loop(&loop);
+    free(srv.flood_buf);
+    tls_ctx_free(sctx);
+    tls_ctx_free(cctx);
+}
+
 static void copy_file(const char *from, const char *to)
 {
     sh("cp '%s' '%s'", from, to);
@@ -1106,32 +1173,48 @@ static void test_close_and_errors_call_back_exactly_once(void **state)
     assert_int_equal(cl.close_status, -ECONNREFUSED);
     assert_int_equal(close_order_n, 2);
 
+    /* Out of memory while creating: an error and no callback. */
+    for (long n = 0;; n++) {
+        memset(&cl, 0, sizeof cl);
+        alloc_fault_after(n);
+        int rc = tls_connect(&loop, cctx, srv.addr, &order_cbs, &cl, &c, &e);
+        alloc_fault_reset();
+        if (rc == 0) {
+            tls_conn_close(c, 0, NULL);
+            RUN_UNTIL(&loop, cl.close_calls == 1);
+            break;
+        }
+        assert_int_equal(rc, HBC_ENOMEM);
+        uv_run(&loop, UV_RUN_NOWAIT);
+        assert_int_equal(cl.hs_calls + cl.close_calls, 0);
+    }
+
     /* A malformed frame: the server closes with its own reason; the client sees a clean close. */
     memset(&cl, 0, sizeof cl);
-    int closed = srv.closed;
+    int closed_ok = srv.closed_ok;
     client_start(&cl, &loop, cctx, srv.addr);
     RUN_UNTIL(&loop, cl.hs_calls == 1);
     static const char zero[4] = {0};
     b = uv_buf_init((char *)zero, sizeof zero);
     assert_int_equal(tls_conn_write(cl.conn, &b, 1, NULL, NULL, &e), 0);
-    RUN_UNTIL(&loop, cl.close_calls == 1 && srv.closed == closed + 1);
-    assert_int_equal(srv.last_close_status, HBC_EFORMAT);
-    assert_non_null(strstr(srv.last_close_reason, "zero length"));
+    RUN_UNTIL(&loop, cl.close_calls == 1 && srv.closed_ok == closed_ok + 1);
+    assert_int_equal(srv.ok_close_status, HBC_EFORMAT);
+    assert_non_null(strstr(srv.ok_close_reason, "zero length"));
     assert_int_equal(cl.close_status, 0);
     assert_string_equal(cl.close_reason, "closed by the peer");
 
     /* A peer that vanishes without close_notify: the survivor reports truncation. */
     memset(&cl, 0, sizeof cl);
-    closed = srv.closed;
+    closed_ok = srv.closed_ok;
     client_start(&cl, &loop, cctx, srv.addr);
     RUN_UNTIL(&loop, cl.hs_calls == 1 && srv.hs_ok == 2);
     close_order_n = 0;
     tls_conn_abort(cl.conn, HBC_EPROTO, "test gives up");
     tls_conn_abort(cl.conn, HBC_EPROTO, "test gives up");
-    RUN_UNTIL(&loop, cl.close_calls == 1 && srv.closed == closed + 1);
+    RUN_UNTIL(&loop, cl.close_calls == 1 && srv.closed_ok == closed_ok + 1);
     assert_int_equal(cl.close_status, HBC_EPROTO);
     assert_string_equal(cl.close_reason, "test gives up");
-    assert_true(srv.last_close_status == -ECONNRESET || srv.last_close_status == HBC_ETRUNCATED);
+    assert_true(srv.ok_close_status == -ECONNRESET || srv.ok_close_status == HBC_ETRUNCATED);
 
     server_stop(&srv);
     finish_loop(&loop);
@@ -1187,6 +1270,7 @@ int main(void)
         cmocka_unit_test(test_stuck_client_times_out),
         cmocka_unit_test(test_client_refuses_bad_servers),
         cmocka_unit_test(test_backpressure_bounds_queued_bytes),
+        cmocka_unit_test(test_stop_and_resume_inside_on_read),
         cmocka_unit_test(test_reload_serves_new_certificate_to_new_connections),
         cmocka_unit_test(test_close_and_errors_call_back_exactly_once),
         cmocka_unit_test(test_context_errors),
