@@ -61,10 +61,15 @@
  * from raft_init(); listen(t, accept_cb) from raft_start(); connect(t, req,
  * id, address, cb) ends in exactly one cb(req, stream, 0) or cb(req, NULL,
  * RAFT_NOCONNECTION), or cb(req, NULL, RAFT_CANCELED) when the transport
- * closes first; close(t, cb) from raft_close(), after which accept_cb never
- * fires. libraft owns each stream it is given (it uv_close()s it and frees it
- * with raft_free()), only writes on dialled streams and only reads accepted
- * ones; it keeps t->data for itself (our state is t->impl).
+ * closes first (never, when connect itself returns nonzero: RAFT_NOCONNECTION
+ * for an unusable address, RAFT_NOMEM, RAFT_CANCELED once closing);
+ * close(t, cb) from raft_close(), after which accept_cb never fires: it
+ * fires the pending connect callbacks at once, closes every connection
+ * (an open one gracefully, so it may wait up to the TLS context's close
+ * timeout for a peer that does not hang up) and calls cb once all are gone
+ * (synchronously if there was nothing to close). libraft owns each stream it is given (it
+ * uv_close()s it and frees it with raft_free()), only writes on dialled streams and only reads
+ * accepted ones; it keeps t->data for itself (our state is t->impl).
  *
  * SIGPIPE: writes to a socket whose peer has gone raise it; the process must
  * ignore it (signal(SIGPIPE, SIG_IGN)).
