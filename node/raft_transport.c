@@ -30,6 +30,7 @@
  */
 #include "node/raft_transport.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -46,8 +47,6 @@
 #define RT_READ_CHUNK ((size_t)64 << 10)
 /* Fixed part of the preamble: magic, id, address length. */
 #define RT_HELLO_FIXED (RAFT_TRANSPORT_MAGIC_LEN + 8u + 2u)
-/* Time allowed between the end of the handshake and the end of the preamble exchange. */
-#define RT_HELLO_TIMEOUT_MS 10000u
 /* Resume reading once a full queue is below this. */
 #define RT_QUEUE_LOW (RAFT_TRANSPORT_QUEUE_MAX / 2)
 
@@ -76,29 +75,30 @@ struct rt {
     raft_uv_transport_close_cb close_cb; /* libraft's, until it fires */
     struct rt_conn *conns;               /* every connection not yet freed */
     unsigned pending_inbound;            /* inbound connections in handshake or preamble */
+    unsigned preamble_timeout_ms;        /* for the preamble exchange */
     struct raft_transport_stats stats;   /* counters */
 };
 
 /* One Raft connection: TLS on one side, a socketpair towards libraft on the other. */
 struct rt_conn {
-    struct rt *rt;                /* owner */
-    struct rt_conn *prev;         /* in rt->conns */
-    struct rt_conn *next;         /* idem */
-    enum rt_conn_state state;     /* see enum */
-    bool inbound;                 /* accepted (true) or dialled */
-    bool counted_pending;         /* counts in rt->pending_inbound */
-    struct tls_conn *tls;         /* NULL before tls_* created it and after its on_close */
-    uv_timer_t timer;             /* preamble deadline; data = this */
-    uv_pipe_t pipe;               /* our end of the socketpair, when pipe_inited; data = this */
-    bool pipe_inited;             /* pipe needs uv_close */
-    uv_pipe_t *raft_stream;       /* libraft's end until handed over (raft_malloc'ed) */
-    bool pipe_reading;            /* reading our end (towards TLS) */
-    bool tls_stopped;             /* TLS reading stopped because our end's queue is full */
-    int handles;                  /* our handles not yet closed (timer, pipe, raft_stream) */
-    raft_id peer_id;              /* dialled id, or the id the preamble claims */
-    struct raft_uv_connect *req;  /* dialled: libraft's request until its callback fires */
-    char peer_addr[64];           /* TCP peer "ip:port", for logs */
-    size_t hello_len;             /* preamble (or reply) bytes received */
+    struct rt *rt;               /* owner */
+    struct rt_conn *prev;        /* in rt->conns */
+    struct rt_conn *next;        /* idem */
+    enum rt_conn_state state;    /* see enum */
+    bool inbound;                /* accepted (true) or dialled */
+    bool counted_pending;        /* counts in rt->pending_inbound */
+    struct tls_conn *tls;        /* NULL before tls_* created it and after its on_close */
+    uv_timer_t timer;            /* preamble deadline; data = this */
+    uv_pipe_t pipe;              /* our end of the socketpair, when pipe_inited; data = this */
+    bool pipe_inited;            /* pipe needs uv_close */
+    uv_pipe_t *raft_stream;      /* libraft's end until handed over (raft_malloc'ed) */
+    bool pipe_reading;           /* reading our end (towards TLS) */
+    bool tls_stopped;            /* TLS reading stopped because our end's queue is full */
+    int handles;                 /* our handles not yet closed (timer, pipe, raft_stream) */
+    raft_id peer_id;             /* dialled id, or the id the preamble claims */
+    struct raft_uv_connect *req; /* dialled: libraft's request until its callback fires */
+    char peer_addr[64];          /* TCP peer "ip:port", for logs */
+    size_t hello_len;            /* preamble (or reply) bytes received */
     uint8_t hello[RT_HELLO_FIXED + RAFT_TRANSPORT_ADDR_MAX + 1]; /* them; room for a NUL */
     uint8_t rbuf[RT_READ_CHUNK];                                 /* reads from our end */
 };
@@ -132,8 +132,9 @@ static const char *log_name(char *dst, size_t n, const char *src)
     size_t i = 0;
     for (; src != NULL && src[i] != '\0' && i + 1 < n; i++) {
         char ch = src[i];
-        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-                  ch == '.' || ch == '_' || ch == '-' || ch == '@' || ch == ':';
+        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                  (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' || ch == '-' || ch == '@' ||
+                  ch == ':';
         dst[i] = ok ? ch : '?';
     }
     dst[i] = '\0';
@@ -151,8 +152,9 @@ static bool address_ok(const char *a, size_t len)
     }
     for (size_t i = 0; i < len; i++) {
         char ch = a[i];
-        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-                  ch == '.' || ch == ':' || ch == '[' || ch == ']' || ch == '_' || ch == '-';
+        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                  (ch >= '0' && ch <= '9') || ch == '.' || ch == ':' || ch == '[' || ch == ']' ||
+                  ch == '_' || ch == '-';
         if (!ok) {
             return false;
         }
@@ -336,7 +338,7 @@ static void on_timer(uv_timer_t *timer)
     }
     char reason[128];
     snprintf(reason, sizeof reason, "no preamble %s within %u ms",
-             c->inbound ? "received" : "reply", RT_HELLO_TIMEOUT_MS);
+             c->inbound ? "received" : "reply", c->rt->preamble_timeout_ms);
     hbc_log(LOG_WARN, "event=raft_peer_timeout role=%s peer=%s reason=\"%s\"",
             c->inbound ? "server" : "client", c->peer_addr, reason);
     conn_close(c, -ETIMEDOUT, reason);
@@ -704,7 +706,7 @@ static void on_tls_handshake(struct tls_conn *tc, int status)
         return;
     }
     c->state = RT_HELLO;
-    uv_timer_start(&c->timer, on_timer, RT_HELLO_TIMEOUT_MS, 0);
+    uv_timer_start(&c->timer, on_timer, c->rt->preamble_timeout_ms, 0);
     if (c->inbound) {
         return;
     }
@@ -779,8 +781,7 @@ static int rt_init(struct raft_uv_transport *t, raft_id id, const char *address)
     struct rt *rt = t->impl;
     size_t n = strlen(address);
     if (id == 0 || !address_ok(address, n)) {
-        snprintf(t->errmsg, sizeof t->errmsg, "raft transport: bad id or address '%.64s'",
-                 address);
+        snprintf(t->errmsg, sizeof t->errmsg, "raft transport: bad id or address '%.64s'", address);
         return RAFT_INVALID;
     }
     char *copy = hbc_strdup(address);
@@ -860,8 +861,7 @@ static int rt_listen(struct raft_uv_transport *t, raft_uv_accept_cb cb)
                 uv_strerror(rc));
         return RAFT_IOERR;
     }
-    hbc_log(LOG_INFO, "event=raft_listening address=%s id=%llu", addr,
-            (unsigned long long)rt->id);
+    hbc_log(LOG_INFO, "event=raft_listening address=%s id=%llu", addr, (unsigned long long)rt->id);
     return 0;
 }
 
@@ -932,6 +932,7 @@ int raft_transport_init(struct raft_uv_transport *t, uv_loop_t *loop, struct tls
     rt->t = t;
     rt->loop = loop;
     rt->tls = tls;
+    rt->preamble_timeout_ms = RAFT_TRANSPORT_PREAMBLE_TIMEOUT_MS;
     t->impl = rt;
     t->errmsg[0] = '\0';
     t->init = rt_init;
@@ -959,6 +960,12 @@ int raft_transport_set_bind_address(struct raft_uv_transport *t, const char *bin
     return 0;
 }
 
+void raft_transport_set_preamble_timeout(struct raft_uv_transport *t, unsigned ms)
+{
+    struct rt *rt = t->impl;
+    rt->preamble_timeout_ms = ms != 0 ? ms : RAFT_TRANSPORT_PREAMBLE_TIMEOUT_MS;
+}
+
 void raft_transport_get_stats(const struct raft_uv_transport *t, struct raft_transport_stats *out)
 {
     const struct rt *rt = t->impl;
@@ -971,6 +978,8 @@ void raft_transport_release(struct raft_uv_transport *t)
     if (rt == NULL) {
         return;
     }
+    /* Only after close() has finished, or when nothing was ever opened. */
+    assert(rt->conns == NULL && (!rt->listener_inited || rt->listener_closed));
     hbc_free(rt->address);
     hbc_free(rt->bind_address);
     hbc_free(rt);

@@ -48,8 +48,11 @@
  * in its own stream) and about as much towards libraft (then it stops
  * reading TLS; the peer's writes back up in TCP). At most
  * RAFT_TRANSPORT_PENDING_MAX inbound connections may be in their handshake
- * or preamble at a time; more are closed at once. The preamble must arrive
- * within the TLS context's handshake timeout after the handshake.
+ * or preamble at a time; more are closed at once. The preamble exchange must
+ * end within RAFT_TRANSPORT_PREAMBLE_TIMEOUT_MS of the handshake's end
+ * (event=raft_peer_timeout; a dialled connection then fails with
+ * RAFT_NOCONNECTION). Per connection the transport itself holds a 64 KiB
+ * read buffer besides the queues and what tls.h keeps.
  *
  * Threads: everything runs on the loop given to raft_transport_init(), the
  * loop libraft runs on.
@@ -58,10 +61,15 @@
  * from raft_init(); listen(t, accept_cb) from raft_start(); connect(t, req,
  * id, address, cb) ends in exactly one cb(req, stream, 0) or cb(req, NULL,
  * RAFT_NOCONNECTION), or cb(req, NULL, RAFT_CANCELED) when the transport
- * closes first; close(t, cb) from raft_close(), after which accept_cb never
- * fires. libraft owns each stream it is given (it uv_close()s it and frees it
- * with raft_free()), only writes on dialled streams and only reads accepted
- * ones; it keeps t->data for itself (our state is t->impl).
+ * closes first (never, when connect itself returns nonzero: RAFT_NOCONNECTION
+ * for an unusable address, RAFT_NOMEM, RAFT_CANCELED once closing);
+ * close(t, cb) from raft_close(), after which accept_cb never fires: it
+ * fires the pending connect callbacks at once, closes every connection
+ * (an open one gracefully, so it may wait up to the TLS context's close
+ * timeout for a peer that does not hang up) and calls cb once all are gone
+ * (synchronously if there was nothing to close). libraft owns each stream it is given (it
+ * uv_close()s it and frees it with raft_free()), only writes on dialled streams and only reads
+ * accepted ones; it keeps t->data for itself (our state is t->impl).
  *
  * SIGPIPE: writes to a socket whose peer has gone raise it; the process must
  * ignore it (signal(SIGPIPE, SIG_IGN)).
@@ -73,6 +81,8 @@
 #define RAFT_TRANSPORT_PENDING_MAX 32u
 /* The longest Raft address a preamble may carry. */
 #define RAFT_TRANSPORT_ADDR_MAX 255u
+/* Default time allowed for the preamble and its reply after the TLS handshake. */
+#define RAFT_TRANSPORT_PREAMBLE_TIMEOUT_MS 10000u
 /* Preamble magic: "HBCRAFT" and the protocol version. */
 #define RAFT_TRANSPORT_MAGIC "HBCRAFT\x01"
 #define RAFT_TRANSPORT_MAGIC_LEN 8u
@@ -107,6 +117,12 @@ int raft_transport_init(struct raft_uv_transport *t, uv_loop_t *loop, struct tls
  */
 int raft_transport_set_bind_address(struct raft_uv_transport *t, const char *bind_address,
                                     struct err *e);
+
+/*
+ * Allow ms (0 = RAFT_TRANSPORT_PREAMBLE_TIMEOUT_MS) for the preamble exchange
+ * of connections made from now on. Loop thread.
+ */
+void raft_transport_set_preamble_timeout(struct raft_uv_transport *t, unsigned ms);
 
 /* Copy t's counters into *out. Loop thread. */
 void raft_transport_get_stats(const struct raft_uv_transport *t, struct raft_transport_stats *out);

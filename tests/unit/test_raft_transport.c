@@ -206,16 +206,16 @@ static void free_raft_handle(uv_handle_t *h)
 
 /* One side: a transport with libraft's callbacks replaced by the test's. */
 struct fake {
-    struct raft_uv_transport t;                   /* the transport; t.data = this */
-    struct tls_ctx *tls;                          /* its certificate */
-    raft_id id;                                   /* the id it was initialised with */
-    char addr[32];                                /* its address */
-    int n_accepted;                               /* accept callbacks */
-    raft_id accepted_id[FAKE_MAX_ACCEPTED];       /* their ids */
-    char accepted_addr[FAKE_MAX_ACCEPTED][64];    /* their addresses */
-    uv_stream_t *accepted[FAKE_MAX_ACCEPTED];     /* their streams, until closed */
-    bool closed;                                  /* the close callback fired */
-    int close_order;                              /* event number of the close callback */
+    struct raft_uv_transport t;                /* the transport; t.data = this */
+    struct tls_ctx *tls;                       /* its certificate */
+    raft_id id;                                /* the id it was initialised with */
+    char addr[32];                             /* its address */
+    int n_accepted;                            /* accept callbacks */
+    raft_id accepted_id[FAKE_MAX_ACCEPTED];    /* their ids */
+    char accepted_addr[FAKE_MAX_ACCEPTED][64]; /* their addresses */
+    uv_stream_t *accepted[FAKE_MAX_ACCEPTED];  /* their streams, until closed */
+    bool closed;                               /* the close callback fired */
+    int close_order;                           /* event number of the close callback */
 };
 
 static int event_counter; /* orders callbacks across objects */
@@ -305,10 +305,10 @@ static void dial(struct fake *f, struct dial *d, raft_id id, const char *addr)
 
 /* Reads a stream the way libraft's receiving side does, checking the flood pattern. */
 struct reader {
-    uint64_t got;     /* bytes read */
-    bool eof;         /* EOF or an error was seen */
-    bool bad;         /* a byte did not match */
-    char text[64];    /* the first bytes, NUL-terminated */
+    uint64_t got;       /* bytes read */
+    bool eof;           /* EOF or an error was seen */
+    bool bad;           /* a byte did not match */
+    char text[64];      /* the first bytes, NUL-terminated */
     uint8_t buf[65536]; /* read buffer */
 };
 
@@ -490,7 +490,11 @@ static void test_backpressure_bounds_both_directions(void **state)
     for (size_t off = 0; off < total; off += MiB, writes++) {
         stream_write(d.stream, data + off, MiB, &done, &failed);
     }
-    RUN_UNTIL(&loop, stats_of(&a).backpressure >= 1 && stats_of(&b).backpressure >= 1);
+    /* Without backpressure every write would complete, the transport holding the rest. */
+    RUN_UNTIL(&loop,
+              (stats_of(&a).backpressure >= 1 && stats_of(&b).backpressure >= 1) || done == writes);
+    assert_true(stats_of(&a).backpressure >= 1);
+    assert_true(stats_of(&b).backpressure >= 1);
     size_t bound = RAFT_TRANSPORT_QUEUE_MAX + TLS_READ_CHUNK;
     assert_true(stats_of(&a).queued_peak <= bound);
     assert_true(stats_of(&b).queued_peak <= bound);
@@ -613,8 +617,10 @@ static void raw_tls_handshake(struct tls_conn *c, int status)
         return;
     }
     r->handshake_ok = true;
-    uv_buf_t b = uv_buf_init((char *)r->send, (unsigned)r->send_len);
-    assert_int_equal(tls_conn_write(c, &b, 1, NULL, NULL, NULL), 0);
+    if (r->send_len > 0) {
+        uv_buf_t b = uv_buf_init((char *)r->send, (unsigned)r->send_len);
+        assert_int_equal(tls_conn_write(c, &b, 1, NULL, NULL, NULL), 0);
+    }
 }
 
 static void raw_tls_read(struct tls_conn *c, const uint8_t *data, size_t n)
@@ -701,13 +707,13 @@ static void test_listener_refuses_malformed_preambles(void **state)
 
 /* A plain TCP client: connects, writes its bytes, reads until the server hangs up. */
 struct plain {
-    uv_tcp_t tcp;          /* the socket */
-    uv_connect_t conn;     /* connect request */
-    uv_write_t write;      /* its one write */
-    uv_buf_t out;          /* what it writes */
-    bool ended;            /* EOF or an error */
-    bool closed;           /* handle closed */
-    char in[4096];         /* read buffer */
+    uv_tcp_t tcp;      /* the socket */
+    uv_connect_t conn; /* connect request */
+    uv_write_t write;  /* its one write */
+    uv_buf_t out;      /* what it writes */
+    bool ended;        /* EOF or an error */
+    bool closed;       /* handle closed */
+    char in[4096];     /* read buffer */
 };
 
 static void plain_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -744,8 +750,7 @@ static void plain_connected(uv_connect_t *req, int status)
     struct plain *p = req->data;
     assert_int_equal(status, 0);
     if (p->out.len > 0) {
-        assert_int_equal(uv_write(&p->write, (uv_stream_t *)&p->tcp, &p->out, 1, plain_written),
-                         0);
+        assert_int_equal(uv_write(&p->write, (uv_stream_t *)&p->tcp, &p->out, 1, plain_written), 0);
     }
     assert_int_equal(uv_read_start((uv_stream_t *)&p->tcp, plain_alloc, plain_read), 0);
 }
@@ -763,8 +768,7 @@ static void plain_connect(struct plain *p, uv_loop_t *loop, const char *addr, co
     p->tcp.data = p;
     p->conn.data = p;
     p->out = uv_buf_init((char *)data, (unsigned)n);
-    assert_int_equal(uv_tcp_connect(&p->conn, &p->tcp, (struct sockaddr *)&sa, plain_connected),
-                     0);
+    assert_int_equal(uv_tcp_connect(&p->conn, &p->tcp, (struct sockaddr *)&sa, plain_connected), 0);
 }
 
 /* libraft's own TCP handshake, as a plaintext libraft node would send it. */
@@ -901,6 +905,139 @@ static void test_close_cancels_pending_connects(void **state)
     finish_loop(&loop);
 }
 
+/* A TLS server with node1's certificate that completes handshakes and then says nothing. */
+struct mute_tls {
+    uv_tcp_t listener;     /* 127.0.0.1:port */
+    struct tls_ctx *tls;   /* node1's certificate */
+    struct tls_conn *conn; /* the accepted connection, until its on_close */
+    char addr[32];         /* "127.0.0.1:port" */
+};
+
+static void mute_tls_close(struct tls_conn *c, int status, const char *reason)
+{
+    (void)status;
+    (void)reason;
+    struct mute_tls *m = tls_conn_data(c);
+    m->conn = NULL;
+}
+
+static void mute_tls_on_connection(uv_stream_t *server, int status)
+{
+    struct mute_tls *m = server->data;
+    assert_int_equal(status, 0);
+    assert_null(m->conn);
+    struct tls_conn_cbs cbs = {NULL, NULL, mute_tls_close};
+    assert_int_equal(tls_accept(server, m->tls, &cbs, m, &m->conn, NULL), 0);
+}
+
+static void test_preamble_must_come_in_time(void **state)
+{
+    (void)state;
+    log_clear();
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct fake a;
+    fake_up(&a, &loop, "node1", raft_id_from_name("node1"));
+    raft_transport_set_preamble_timeout(&a.t, 100);
+
+    /* A peer that completes the handshake and never sends its preamble is cut off. */
+    struct tls_ctx *node2 = make_ctx("node2");
+    struct raw_tls r = {.send = NULL, .send_len = 0};
+    struct tls_conn_cbs cbs = {raw_tls_handshake, raw_tls_read, raw_tls_close};
+    assert_int_equal(tls_connect(&loop, node2, a.addr, &cbs, &r, NULL, NULL), 0);
+    RUN_UNTIL(&loop, r.closed);
+    assert_true(r.handshake_ok);
+    assert_logged("event=raft_peer_timeout role=server", "no preamble received within 100 ms",
+                  NULL);
+    assert_int_equal(a.n_accepted, 0);
+
+    /* A server that never answers our preamble: the connect fails. */
+    struct mute_tls m;
+    memset(&m, 0, sizeof m);
+    m.tls = make_ctx("node1");
+    uv_tcp_init(&loop, &m.listener);
+    m.listener.data = &m;
+    struct sockaddr_in sa;
+    uv_ip4_addr("127.0.0.1", 0, &sa);
+    assert_int_equal(uv_tcp_bind(&m.listener, (struct sockaddr *)&sa, 0), 0);
+    assert_int_equal(uv_listen((uv_stream_t *)&m.listener, 4, mute_tls_on_connection), 0);
+    int len = sizeof sa;
+    uv_tcp_getsockname(&m.listener, (struct sockaddr *)&sa, &len);
+    snprintf(m.addr, sizeof m.addr, "127.0.0.1:%d", ntohs(sa.sin_port));
+    struct fake b;
+    fake_up(&b, &loop, "node2", raft_id_from_name("node2"));
+    raft_transport_set_preamble_timeout(&b.t, 100);
+    struct dial d;
+    dial(&b, &d, raft_id_from_name("node1"), m.addr);
+    RUN_UNTIL(&loop, d.done);
+    assert_int_equal(d.status, RAFT_NOCONNECTION);
+    assert_logged("event=raft_peer_timeout role=client", "no preamble reply within 100 ms", NULL);
+
+    fake_down(&a, &loop);
+    fake_down(&b, &loop);
+    RUN_UNTIL(&loop, m.conn == NULL); /* b's close_notify ends it */
+    uv_close((uv_handle_t *)&m.listener, NULL);
+    tls_ctx_free(m.tls);
+    tls_ctx_free(node2);
+    finish_loop(&loop);
+}
+
+static void test_pending_inbound_connections_are_bounded(void **state)
+{
+    (void)state;
+    log_clear();
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct fake a, b;
+    fake_up(&a, &loop, "node1", raft_id_from_name("node1"));
+    fake_up(&b, &loop, "node2", raft_id_from_name("node2"));
+
+    /* Silent TCP clients hold handshakes open; the one past the bound is closed at once. */
+    unsigned n = RAFT_TRANSPORT_PENDING_MAX + 1;
+    struct plain *p = calloc(n, sizeof *p);
+    assert_non_null(p);
+    for (unsigned i = 0; i < n; i++) {
+        plain_connect(&p[i], &loop, a.addr, NULL, 0);
+    }
+    RUN_UNTIL(&loop, stats_of(&a).busy == 1);
+    unsigned ended = 0;
+    for (;;) {
+        ended = 0;
+        for (unsigned i = 0; i < n; i++) {
+            ended += p[i].closed ? 1u : 0u;
+        }
+        if (ended > 0) {
+            break;
+        }
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+    assert_int_equal(ended, 1);
+    assert_logged("event=raft_accept_busy", NULL, NULL);
+
+    /* While they hold the slots, a real peer is turned away too... */
+    struct dial d;
+    dial(&b, &d, a.id, a.addr);
+    RUN_UNTIL(&loop, d.done);
+    assert_int_equal(d.status, RAFT_NOCONNECTION);
+    assert_int_equal(stats_of(&a).busy, 2);
+
+    /* ...and once they are gone it gets through. */
+    for (unsigned i = 0; i < n; i++) {
+        if (!p[i].closed) {
+            uv_close((uv_handle_t *)&p[i].tcp, plain_closed);
+        }
+    }
+    RUN_UNTIL(&loop, stats_of(&a).handshake_failed == RAFT_TRANSPORT_PENDING_MAX);
+    dial(&b, &d, a.id, a.addr);
+    RUN_UNTIL(&loop, d.done && a.n_accepted == 1);
+    assert_int_equal(d.status, 0);
+    uv_close((uv_handle_t *)d.stream, free_raft_handle);
+    fake_down(&a, &loop);
+    fake_down(&b, &loop);
+    finish_loop(&loop);
+    free(p);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Real libraft over the transport                                           */
 /* ------------------------------------------------------------------------ */
@@ -909,18 +1046,18 @@ static void test_close_cancels_pending_connects(void **state)
 
 /* One libraft server with its transport and a state machine that digests what it applies. */
 struct rnode {
-    char name[16];               /* node name = certificate CN */
-    raft_id id;                  /* Raft id it runs with */
-    char addr[32];               /* Raft address */
-    char dir[512];               /* data directory */
-    struct tls_ctx *tls;         /* its certificate */
-    struct raft_uv_transport t;  /* our transport */
-    struct raft_io io;           /* libraft's uv I/O */
-    struct raft_fsm fsm;         /* the state machine; data = this */
-    struct raft r;               /* the server; data = this */
-    uint64_t applied;            /* entries applied */
-    uint64_t digest;             /* FNV-1a over the applied payloads, in order */
-    bool closed;                 /* raft_close's callback fired */
+    char name[16];              /* node name = certificate CN */
+    raft_id id;                 /* Raft id it runs with */
+    char addr[32];              /* Raft address */
+    char dir[512];              /* data directory */
+    struct tls_ctx *tls;        /* its certificate */
+    struct raft_uv_transport t; /* our transport */
+    struct raft_io io;          /* libraft's uv I/O */
+    struct raft_fsm fsm;        /* the state machine; data = this */
+    struct raft r;              /* the server; data = this */
+    uint64_t applied;           /* entries applied */
+    uint64_t digest;            /* FNV-1a over the applied payloads, in order */
+    bool closed;                /* raft_close's callback fired */
 };
 
 static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
@@ -1042,9 +1179,9 @@ static void rnodes_stop(struct rnode *nodes, int count, uv_loop_t *loop)
 
 /* A three-node cluster node1..node3. */
 struct cluster {
-    struct rnode n[CLUSTER];   /* the servers */
-    raft_id ids[CLUSTER];      /* their ids */
-    char addrs[CLUSTER][32];   /* their addresses */
+    struct rnode n[CLUSTER]; /* the servers */
+    raft_id ids[CLUSTER];    /* their ids */
+    char addrs[CLUSTER][32]; /* their addresses */
 };
 
 static void cluster_start(struct cluster *c, uv_loop_t *loop, const char *test)
@@ -1239,6 +1376,8 @@ int main(void)
         cmocka_unit_test(test_plaintext_client_is_refused),
         cmocka_unit_test(test_connect_to_dead_address_fails),
         cmocka_unit_test(test_close_cancels_pending_connects),
+        cmocka_unit_test(test_preamble_must_come_in_time),
+        cmocka_unit_test(test_pending_inbound_connections_are_bounded),
         cmocka_unit_test(test_three_raft_servers_elect_and_commit),
         cmocka_unit_test(test_raft_impostor_cannot_reach_the_cluster),
         cmocka_unit_test(test_plaintext_raft_port_is_refused_while_cluster_runs),
