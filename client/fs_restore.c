@@ -148,6 +148,17 @@ static int path_check(const char *path, struct err *e)
 }
 
 /*
+ * Whether name in dirfd is a symlink, after opening it with O_NOFOLLOW failed
+ * with code (-ELOOP, or -ENOTDIR when O_DIRECTORY was also given).
+ */
+static bool is_symlink(int dirfd, const char *name, int code)
+{
+    struct stat st;
+    return code == -ELOOP ||
+           (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode));
+}
+
+/*
  * Reach the parent of path component by component from the target, never
  * following a symlink, creating missing directories if create is set.
  * parent is the path without its last component (non-empty).
@@ -179,9 +190,7 @@ static int walk_parent(struct fs_restore *r, const char *path, const char *paren
         }
         if (next < 0) {
             int code = -errno;
-            struct stat st;
-            bool link = code == -ELOOP ||
-                        (fstatat(fd, comp, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode));
+            bool link = is_symlink(fd, comp, code);
             close(fd);
             size_t upto = (size_t)(c - parent);
             if (upto > 0 && parent[upto - 1] == '/') {
@@ -368,9 +377,7 @@ int fs_restore_mkdir(struct fs_restore *r, const char *path, struct err *e)
             close(fd);
             goto done;
         }
-        struct stat st;
-        if (errno == ELOOP ||
-            (fstatat(p.dirfd, p.leaf, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode))) {
+        if (is_symlink(p.dirfd, p.leaf, -errno)) {
             rc = err_setraw(e, HBC_EDENIED,
                             "refusing '%s': it exists as a symlink: path leaves the restore "
                             "target",
@@ -395,8 +402,13 @@ int fs_restore_dir_meta(struct fs_restore *r, const char *path, const struct tre
     }
     int fd = openat(p.dirfd, p.leaf, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) {
-        rc =
-            err_set(e, errno == ELOOP ? HBC_EDENIED : -errno, "restore '%s': open directory", path);
+        int code = -errno;
+        if (is_symlink(p.dirfd, p.leaf, code)) {
+            rc = err_setraw(e, HBC_EDENIED,
+                            "refusing '%s': it is a symlink: path leaves the restore target", path);
+        } else {
+            rc = err_set(e, code, "restore '%s': open directory", path);
+        }
         place_done(&p);
         return rc;
     }

@@ -712,6 +712,12 @@ done:
     return rc;
 }
 
+/* Whether d holds a NUL byte (protobuf-c leaves data NULL for empty fields). */
+static bool has_nul(const ProtobufCBinaryData *d)
+{
+    return d->len > 0 && memchr(d->data, '\0', d->len) != NULL;
+}
+
 /* Check one parsed entry; add the bytes its strings need to *strings. */
 static int entry_parsed_check(const Hbc__TreeEntry *t, size_t *strings, struct err *e)
 {
@@ -735,7 +741,7 @@ static int entry_parsed_check(const Hbc__TreeEntry *t, size_t *strings, struct e
     if (t->has_rdev && t->rdev == 0) {
         return err_set(e, HBC_EFORMAT, "rdev present and zero");
     }
-    if (t->has_symlink_target && memchr(t->symlink_target.data, '\0', t->symlink_target.len)) {
+    if (t->has_symlink_target && has_nul(&t->symlink_target)) {
         return err_set(e, HBC_EFORMAT, "symlink target contains NUL");
     }
     if (t->has_hardlink_path) {
@@ -751,11 +757,10 @@ static int entry_parsed_check(const Hbc__TreeEntry *t, size_t *strings, struct e
     if (t->has_subtree && t->subtree.len != TREE_ID_LEN) {
         return err_set(e, HBC_EFORMAT, "subtree id of %zu bytes", t->subtree.len);
     }
-    if (t->has_user && (t->user.len > TREE_MAX_OWNER || memchr(t->user.data, '\0', t->user.len))) {
+    if (t->has_user && (t->user.len > TREE_MAX_OWNER || has_nul(&t->user))) {
         return err_set(e, HBC_EFORMAT, "user name of %zu bytes or with NUL", t->user.len);
     }
-    if (t->has_group &&
-        (t->group.len > TREE_MAX_OWNER || memchr(t->group.data, '\0', t->group.len))) {
+    if (t->has_group && (t->group.len > TREE_MAX_OWNER || has_nul(&t->group))) {
         return err_set(e, HBC_EFORMAT, "group name of %zu bytes or with NUL", t->group.len);
     }
     if (t->n_chunks > TREE_INLINE_CHUNKS || t->n_chunk_lists > TREE_MAX_CHUNK_LISTS) {
@@ -790,7 +795,9 @@ static int entry_parsed_check(const Hbc__TreeEntry *t, size_t *strings, struct e
 static const char *str_copy(char **p, const ProtobufCBinaryData *d)
 {
     char *s = *p;
-    memcpy(s, d->data, d->len);
+    if (d->len > 0) {
+        memcpy(s, d->data, d->len);
+    }
     s[d->len] = '\0';
     *p += d->len + 1;
     return s;

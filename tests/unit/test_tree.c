@@ -165,7 +165,7 @@ static void sample_entries(struct tree_entry *en)
     en[6] =
         (struct tree_entry){.name = "empty", .type = TREE_FILE, .mode = 0600, .has_sha256 = true};
     fill(en[6].sha256, TREE_ID_LEN, 6);
-    en[7] = (struct tree_entry){.name = "fifo", .type = TREE_FIFO, .mode = 0644};
+    en[7] = (struct tree_entry){.name = "fifo", .type = TREE_FIFO, .mode = 0644, .user = ""};
     en[8] = (struct tree_entry){.name = "link", .type = TREE_BLOCK, .mode = 0660, .rdev = 0x0801};
     en[9] = (struct tree_entry){.name = "\xc3\xa9\xff",
                                 .type = TREE_FILE,
