@@ -41,8 +41,7 @@ struct fs_file {
     struct place at;                  /* parent and final name */
     int fd;                           /* the temporary file, open for writing */
     char tmp[sizeof TMP_PREFIX + 16]; /* its name */
-    const char *path;                 /* the entry's path, for messages (in at.buf's copy) */
-    char *path_copy;                  /* owned copy of the path */
+    char *path;                       /* the entry's path, for messages (owned copy) */
 };
 
 void fs_restore_options_default(struct fs_restore_options *o)
@@ -177,14 +176,14 @@ static int walk_parent(struct fs_restore *r, const char *path, const char *paren
         size_t n = s != NULL ? (size_t)(s - c) : strlen(c);
         memcpy(comp, c, n);
         comp[n] = '\0';
+        int upto = (int)(c + n - parent); /* bytes of parent up to this component, for messages */
         c += s != NULL ? n + 1 : n;
         int next = openat(fd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (next < 0 && errno == ENOENT && create) {
             if (mkdirat(fd, comp, 0700) != 0 && errno != EEXIST) {
                 int code = -errno;
                 close(fd);
-                return err_set(e, code, "restore '%s': mkdir '%.*s'", path, (int)(c - parent),
-                               parent);
+                return err_set(e, code, "restore '%s': mkdir '%.*s'", path, upto, parent);
             }
             next = openat(fd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         }
@@ -192,17 +191,13 @@ static int walk_parent(struct fs_restore *r, const char *path, const char *paren
             int code = -errno;
             bool link = is_symlink(fd, comp, code);
             close(fd);
-            size_t upto = (size_t)(c - parent);
-            if (upto > 0 && parent[upto - 1] == '/') {
-                upto--;
-            }
             if (link) {
                 return err_setraw(e, HBC_EDENIED,
                                   "refusing '%s': '%.*s' is a symlink: path leaves the restore "
                                   "target",
-                                  path, (int)upto, parent);
+                                  path, upto, parent);
             }
-            return err_set(e, code, "restore '%s': open '%.*s'", path, (int)upto, parent);
+            return err_set(e, code, "restore '%s': open '%.*s'", path, upto, parent);
         }
         close(fd);
         fd = next;
@@ -255,7 +250,9 @@ static int place_get(struct fs_restore *r, const char *path, bool create, struct
             break; /* the component walk creates what is missing */
         case ELOOP:
         case EXDEV:
-            /* A symlink on the way, or an escape: the component walk names the component. */
+        case EAGAIN:
+            /* A symlink on the way, an escape, or a rename race: the component walk decides,
+             * and names the component. */
             break;
         case ENOSYS:
         case EPERM:
@@ -435,12 +432,11 @@ int fs_restore_file_begin(struct fs_restore *r, const char *path, struct fs_file
     if (rc != 0) {
         goto fail;
     }
-    f->path_copy = hbc_strdup(path);
-    if (f->path_copy == NULL) {
+    f->path = hbc_strdup(path);
+    if (f->path == NULL) {
         rc = err_set(e, HBC_ENOMEM, "restore '%s'", path);
         goto fail;
     }
-    f->path = f->path_copy;
     for (int i = 0; i < TMP_TRIES && f->fd < 0; i++) {
         rc = tmp_name(f->tmp, sizeof f->tmp);
         if (rc != 0) {
@@ -462,7 +458,7 @@ int fs_restore_file_begin(struct fs_restore *r, const char *path, struct fs_file
     return 0;
 fail:
     place_done(&f->at);
-    hbc_free(f->path_copy);
+    hbc_free(f->path);
     hbc_free(f);
     return rc;
 }
@@ -531,7 +527,7 @@ void fs_file_abort(struct fs_file *f)
         (void)unlinkat(f->at.dirfd, f->tmp, 0);
     }
     place_done(&f->at);
-    hbc_free(f->path_copy);
+    hbc_free(f->path);
     hbc_free(f);
 }
 

@@ -131,23 +131,43 @@ static void link_free(struct link_table *t)
     memset(t, 0, sizeof *t);
 }
 
-/* Tell error_cb about the current path. Returns 0 to go on or the callback's stop code. */
-static int report(struct walker *w, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int report(struct walker *w, int code, const char *fmt, ...)
+/* Tell error_cb about path. Returns 0 to go on or the callback's stop code. */
+static int report_va(struct walker *w, const char *path, int code, const char *fmt, va_list ap)
 {
     w->errors++;
     if (w->o->error_cb == NULL) {
         return 0;
     }
     char msg[256];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    int rc = w->o->error_cb(w->o->arg, path, code, msg);
+    return rc < 0 ? rc : 0;
+}
+
+/* report_va() for the current path. */
+static int report(struct walker *w, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int report(struct walker *w, int code, const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    int rc = report_va(w, w->path, code, fmt, ap);
     va_end(ap);
-    int rc = w->o->error_cb(w->o->arg, w->path, code, msg);
-    return rc < 0 ? rc : 0;
+    return rc;
+}
+
+/* report_va() for a root that cannot be put in the path buffer. */
+static int report_root(struct walker *w, const char *root, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int report_root(struct walker *w, const char *root, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = report_va(w, root, code, fmt, ap);
+    va_end(ap);
+    return rc;
 }
 
 /* openat with O_NOATIME where the kernel allows it (own files, or privileged). */
@@ -525,6 +545,11 @@ int walk_run(const char *const *paths, size_t n, const struct walk_options *o, s
         o->max_path == 0 || o->max_path > ((size_t)1 << 24)) {
         return err_set(e, HBC_EINVAL, "walk: no entry callback, or zero or huge bounds");
     }
+    for (size_t i = 0; i < n; i++) {
+        if (paths[i] == NULL || paths[i][0] == '\0') {
+            return err_set(e, HBC_EINVAL, "walk: root %zu is empty", i);
+        }
+    }
     struct walker *w = hbc_calloc(1, sizeof *w);
     if (w == NULL) {
         return err_set(e, HBC_ENOMEM, "walk");
@@ -537,14 +562,9 @@ int walk_run(const char *const *paths, size_t n, const struct walk_options *o, s
     }
     int rc = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
-        if (paths[i] == NULL || paths[i][0] == '\0') {
-            rc = err_set(e, HBC_EINVAL, "walk: root %zu is empty", i);
-            break;
-        }
         if (root_set(w, paths[i], i) != 0) {
-            w->path[0] = '\0';
-            w->len = 0;
-            rc = report(w, -ENAMETOOLONG, "root %zu: path longer than %zu bytes", i, o->max_path);
+            rc = report_root(w, paths[i], -ENAMETOOLONG, "root %zu: path longer than %zu bytes", i,
+                             o->max_path);
             continue;
         }
         struct stat st;
