@@ -24,15 +24,15 @@ enum cli_exit {
 
 /* Global options and connection settings. */
 struct cli {
-    bool json;                      /* --json: machine-readable output on stdout */
+    bool json;                        /* --json: machine-readable output on stdout */
     const char *addrs[CLI_MAX_ADDRS]; /* cluster data-plane addresses to try */
-    int naddrs;                     /* how many */
-    char addr_buf[4096];            /* storage for addresses parsed from a list */
-    const char *ca;                 /* CA certificate */
-    const char *cert;               /* client certificate */
-    const char *key;                /* client key */
-    unsigned timeout_ms;            /* per request */
-    struct tls_ctx *tls;            /* made on first use */
+    int naddrs;                       /* how many */
+    char addr_buf[4096];              /* storage for addresses parsed from a list */
+    const char *ca;                   /* CA certificate */
+    const char *cert;                 /* client certificate */
+    const char *key;                  /* client key */
+    unsigned timeout_ms;              /* per request */
+    struct tls_ctx *tls;              /* made on first use */
 };
 
 /* Print an error for a person on stderr ("hbc: ..."). */
@@ -46,7 +46,8 @@ struct tls_ctx *cli_tls(struct cli *c);
  * redirects (ProposeReply.leader_address) up to a few times, and return the
  * reply (free with frame_free). Returns 0 or an error with a message.
  */
-int cli_request(struct cli *c, Hbc__Frame *req, bool follow_leader, Hbc__Frame **reply, struct err *e);
+int cli_request(struct cli *c, Hbc__Frame *req, bool follow_leader, Hbc__Frame **reply,
+                struct err *e);
 
 /* Print a JSON value on stdout (compact, one line) and free it. */
 void cli_print_json(json_t *v);

@@ -64,9 +64,10 @@ static int ask_status(struct cli *c, const char *addr, Hbc__Frame **out, struct 
     req.cluster_status = &cs;
     int rv = rpc_call(cli_tls(c), addr, &req, c->timeout_ms, out, e);
     if (rv == 0 && (*out)->body_case != HBC__FRAME__BODY_CLUSTER_STATUS_REPLY) {
-        const char *msg = (*out)->body_case == HBC__FRAME__BODY_PROPOSE_REPLY ? (*out)->propose_reply->message
-                          : (*out)->body_case == HBC__FRAME__BODY_ERROR     ? (*out)->error->message
-                                                                             : "unexpected reply";
+        const char *msg = (*out)->body_case == HBC__FRAME__BODY_PROPOSE_REPLY
+                              ? (*out)->propose_reply->message
+                          : (*out)->body_case == HBC__FRAME__BODY_ERROR ? (*out)->error->message
+                                                                        : "unexpected reply";
         err_setraw(e, HBC_EUNAVAILABLE, "%s: %s", addr, msg);
         frame_free(*out);
         *out = NULL;
@@ -100,7 +101,8 @@ static int cluster_status(struct cli *c)
     json_t *nodes = json_array();
     json_t *unreachable = json_array();
     uint64_t leader = 0;
-    /* Ask every known node, and every address given (a node may be a member the state machine has not recorded). */
+    /* Ask every known node, and every address given (a node may be a member the state machine has
+     * not recorded). */
     uint64_t seen[256];
     size_t nseen = 0;
     size_t total = view->n_nodes + (size_t)c->naddrs;
@@ -141,14 +143,15 @@ static int cluster_status(struct cli *c)
     int rv = json_array_size(unreachable) > 0 ? CLI_PARTIAL : CLI_OK;
     if (c->json) {
         json_t *o = json_object();
-        json_object_set_new(o, "leader_raft_id", leader != 0 ? json_integer((json_int_t)leader) : json_null());
+        json_object_set_new(o, "leader_raft_id",
+                            leader != 0 ? json_integer((json_int_t)leader) : json_null());
         json_object_set_new(o, "members", json_integer((json_int_t)view->n_members));
         json_object_set_new(o, "nodes", nodes);
         json_object_set_new(o, "unreachable", unreachable);
         cli_print_json(o);
     } else {
-        printf("%-12s %-10s %-8s %-9s %-5s %6s %8s %8s %8s %s\n", "NODE", "SITE", "ROLE", "STATE", "MEDIA", "TERM",
-               "COMMIT", "APPLIED", "CONTACT", "DIGEST");
+        printf("%-12s %-10s %-8s %-9s %-5s %6s %8s %8s %8s %s\n", "NODE", "SITE", "ROLE", "STATE",
+               "MEDIA", "TERM", "COMMIT", "APPLIED", "CONTACT", "DIGEST");
         size_t k;
         json_t *n;
         json_array_foreach(nodes, k, n)
@@ -162,8 +165,8 @@ static int cluster_status(struct cli *c)
             const char *media = json_string_value(json_object_get(n, "media"));
             printf("%-12s %-10s %-8s %-9s %-5s %6lld %8lld %8lld %8s %.16s\n",
                    json_string_value(json_object_get(n, "node")), site != NULL ? site : "?",
-                   json_string_value(json_object_get(n, "role")), json_string_value(json_object_get(n, "state")),
-                   media != NULL ? media : "?",
+                   json_string_value(json_object_get(n, "role")),
+                   json_string_value(json_object_get(n, "state")), media != NULL ? media : "?",
                    (long long)json_integer_value(json_object_get(n, "term")),
                    (long long)json_integer_value(json_object_get(n, "commit_index")),
                    (long long)json_integer_value(json_object_get(n, "applied_index")), contact,
@@ -199,7 +202,8 @@ static int cluster_remove(struct cli *c, const char *node)
         return e.code == HBC_ECONFIG ? CLI_USAGE : CLI_UNAVAILABLE;
     }
     int code = r->body_case == HBC__FRAME__BODY_PROPOSE_REPLY ? r->propose_reply->code : HBC_EPROTO;
-    const char *msg = r->body_case == HBC__FRAME__BODY_PROPOSE_REPLY ? r->propose_reply->message : "unexpected reply";
+    const char *msg = r->body_case == HBC__FRAME__BODY_PROPOSE_REPLY ? r->propose_reply->message
+                                                                     : "unexpected reply";
     if (c->json) {
         json_t *o = json_object();
         json_object_set_new(o, "node", json_string(node));

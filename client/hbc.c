@@ -16,30 +16,30 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "Usage: hbc [GLOBAL OPTIONS] COMMAND [ARGS]\n"
-            "\n"
-            "The HBC backup client.\n"
-            "\n"
-            "Commands:\n"
-            "  cluster status            every member's role, site, term, indexes and last contact\n"
-            "  cluster remove NODE       remove a node from the cluster (admin)\n"
-            "\n"
-            "Global options:\n"
-            "  --json                    machine-readable output (one JSON document on stdout)\n"
-            "  --cluster ADDR[,ADDR...]  data-plane addresses of cluster nodes  [HBC_CLUSTER]\n"
-            "  --ca FILE                 the cluster CA certificate              [HBC_CA]\n"
-            "  --cert FILE               your client certificate                 [HBC_CERT]\n"
-            "  --key FILE                its private key                         [HBC_KEY]\n"
-            "  --timeout SECONDS         per request (default 10)                [HBC_TIMEOUT]\n"
-            "  --help, --version\n"
-            "\n"
-            "Exit codes:\n"
-            "  0  done\n"
-            "  1  the command failed\n"
-            "  2  bad command line or settings\n"
-            "  3  done in part (some files skipped or some nodes unreachable)\n"
-            "  4  the cluster could not be reached or has no leader\n");
+    fprintf(
+        f, "Usage: hbc [GLOBAL OPTIONS] COMMAND [ARGS]\n"
+           "\n"
+           "The HBC backup client.\n"
+           "\n"
+           "Commands:\n"
+           "  cluster status            every member's role, site, term, indexes and last contact\n"
+           "  cluster remove NODE       remove a node from the cluster (admin)\n"
+           "\n"
+           "Global options:\n"
+           "  --json                    machine-readable output (one JSON document on stdout)\n"
+           "  --cluster ADDR[,ADDR...]  data-plane addresses of cluster nodes  [HBC_CLUSTER]\n"
+           "  --ca FILE                 the cluster CA certificate              [HBC_CA]\n"
+           "  --cert FILE               your client certificate                 [HBC_CERT]\n"
+           "  --key FILE                its private key                         [HBC_KEY]\n"
+           "  --timeout SECONDS         per request (default 10)                [HBC_TIMEOUT]\n"
+           "  --help, --version\n"
+           "\n"
+           "Exit codes:\n"
+           "  0  done\n"
+           "  1  the command failed\n"
+           "  2  bad command line or settings\n"
+           "  3  done in part (some files skipped or some nodes unreachable)\n"
+           "  4  the cluster could not be reached or has no leader\n");
 }
 
 void cli_error(const char *fmt, ...)
@@ -68,7 +68,8 @@ struct tls_ctx *cli_tls(struct cli *c)
         return c->tls;
     }
     if (c->ca == NULL || c->cert == NULL || c->key == NULL) {
-        cli_error("connection settings missing: give --ca, --cert and --key (or HBC_CA, HBC_CERT, HBC_KEY)");
+        cli_error("connection settings missing: give --ca, --cert and --key (or HBC_CA, HBC_CERT, "
+                  "HBC_KEY)");
         return NULL;
     }
     struct tls_ctx_opts o = {.ca_file = c->ca, .cert_file = c->cert, .key_file = c->key};
@@ -80,14 +81,16 @@ struct tls_ctx *cli_tls(struct cli *c)
     return c->tls;
 }
 
-int cli_request(struct cli *c, Hbc__Frame *req, bool follow_leader, Hbc__Frame **reply, struct err *e)
+int cli_request(struct cli *c, Hbc__Frame *req, bool follow_leader, Hbc__Frame **reply,
+                struct err *e)
 {
     struct tls_ctx *tls = cli_tls(c);
     if (tls == NULL) {
         return err_setraw(e, HBC_ECONFIG, "no TLS settings");
     }
     if (c->naddrs == 0) {
-        return err_setraw(e, HBC_ECONFIG, "no cluster address: give --cluster ADDR (or HBC_CLUSTER)");
+        return err_setraw(e, HBC_ECONFIG,
+                          "no cluster address: give --cluster ADDR (or HBC_CLUSTER)");
     }
     char leader[64] = "";
     int rv = HBC_EUNAVAILABLE;
@@ -103,7 +106,8 @@ int cli_request(struct cli *c, Hbc__Frame *req, bool follow_leader, Hbc__Frame *
             }
             if (follow_leader && r->body_case == HBC__FRAME__BODY_PROPOSE_REPLY &&
                 r->propose_reply->code == HBC_ENOTLEADER) {
-                if (r->propose_reply->leader_address != NULL && r->propose_reply->leader_address[0] != '\0') {
+                if (r->propose_reply->leader_address != NULL &&
+                    r->propose_reply->leader_address[0] != '\0') {
                     snprintf(leader, sizeof leader, "%s", r->propose_reply->leader_address);
                     frame_free(r);
                     i--; /* ask the leader next */

@@ -18,11 +18,11 @@
 
 /* A request waiting for Raft. */
 struct pending {
-    struct raft_node *rn;         /* the node */
-    uint64_t request_id;          /* to answer */
-    control_reply_fn reply;       /* how */
-    void *ctx;                    /* its context */
-    Hbc__Frame *frame;            /* a deep copy of the request (reads after a barrier) */
+    struct raft_node *rn;   /* the node */
+    uint64_t request_id;    /* to answer */
+    control_reply_fn reply; /* how */
+    void *ctx;              /* its context */
+    Hbc__Frame *frame;      /* a deep copy of the request (reads after a barrier) */
 };
 
 bool control_is_request(const Hbc__Frame *f)
@@ -40,8 +40,8 @@ bool control_is_request(const Hbc__Frame *f)
     }
 }
 
-static void reply_propose(struct raft_node *rn, uint64_t request_id, int code, uint64_t index, const char *msg,
-                          control_reply_fn reply, void *ctx)
+static void reply_propose(struct raft_node *rn, uint64_t request_id, int code, uint64_t index,
+                          const char *msg, control_reply_fn reply, void *ctx)
 {
     Hbc__Frame f = HBC__FRAME__INIT;
     Hbc__ProposeReply pr = HBC__PROPOSE_REPLY__INIT;
@@ -67,7 +67,8 @@ static void pending_done_cb(void *arg, int code, uint64_t index, const char *msg
     hbc_free(p);
 }
 
-static struct pending *pending_new(struct raft_node *rn, const Hbc__Frame *f, control_reply_fn reply, void *ctx)
+static struct pending *pending_new(struct raft_node *rn, const Hbc__Frame *f,
+                                   control_reply_fn reply, void *ctx)
 {
     struct pending *p = hbc_calloc(1, sizeof *p);
     if (p != NULL) {
@@ -140,20 +141,23 @@ static int vault_cb(const Hbc__VaultInfo *v, void *arg)
     return collect_add(arg, &v->base);
 }
 
-static void reply_error(uint64_t request_id, int code, const char *msg, control_reply_fn reply, void *ctx)
+static void reply_error(uint64_t request_id, int code, const char *msg, control_reply_fn reply,
+                        void *ctx)
 {
     Hbc__Frame f = HBC__FRAME__INIT;
     Hbc__Error err = HBC__ERROR__INIT;
     f.request_id = request_id;
     f.body_case = HBC__FRAME__BODY_ERROR;
     f.error = &err;
-    err.code = code == HBC_ENOMEM ? HBC__ERROR_CODE__ERROR_INTERNAL : HBC__ERROR_CODE__ERROR_BAD_REQUEST;
+    err.code =
+        code == HBC_ENOMEM ? HBC__ERROR_CODE__ERROR_INTERNAL : HBC__ERROR_CODE__ERROR_BAD_REQUEST;
     err.message = (char *)msg;
     reply(ctx, &f);
 }
 
 /* Answer a read from this node's applied state. */
-static void answer_read(struct raft_node *rn, const Hbc__Frame *f, control_reply_fn reply, void *ctx)
+static void answer_read(struct raft_node *rn, const Hbc__Frame *f, control_reply_fn reply,
+                        void *ctx)
 {
     struct fsm *fsm = raft_node_fsm(rn);
     struct collect c = {0};
@@ -166,7 +170,8 @@ static void answer_read(struct raft_node *rn, const Hbc__Frame *f, control_reply
         Hbc__ListSnapshotsRequest *q = f->list_snapshots;
         if (q->has_vault_id) {
             if (q->vault_id.len != FSM_ID_LEN) {
-                reply_error(f->request_id, HBC_EINVAL, "list snapshots: a vault id has 16 bytes", reply, ctx);
+                reply_error(f->request_id, HBC_EINVAL, "list snapshots: a vault id has 16 bytes",
+                            reply, ctx);
                 return;
             }
             rv = fsm_list_snapshots(fsm, q->vault_id.data, snap_cb, &c, &e);
@@ -221,7 +226,8 @@ static void read_barrier_cb(void *arg, int code, uint64_t index, const char *msg
     hbc_free(p);
 }
 
-static void handle_read(struct raft_node *rn, const Hbc__Frame *f, control_reply_fn reply, void *ctx)
+static void handle_read(struct raft_node *rn, const Hbc__Frame *f, control_reply_fn reply,
+                        void *ctx)
 {
     bool current = f->body_case == HBC__FRAME__BODY_LIST_SNAPSHOTS
                        ? (f->list_snapshots->has_current && f->list_snapshots->current)
@@ -278,13 +284,17 @@ void control_handle(struct raft_node *rn, const Hbc__Frame *f, const struct cont
         return;
     case HBC__FRAME__BODY_PROPOSE: {
         Hbc__Command *cmd = f->propose->command;
-        if (cmd->cmd_case == HBC__COMMAND__CMD_NODE_JOIN || cmd->cmd_case == HBC__COMMAND__CMD_NODE_REMOVE ||
+        if (cmd->cmd_case == HBC__COMMAND__CMD_NODE_JOIN ||
+            cmd->cmd_case == HBC__COMMAND__CMD_NODE_REMOVE ||
             cmd->cmd_case == HBC__COMMAND__CMD_NODE_UPDATE) {
             if (!peer->is_node && !peer->is_admin) {
-                hbc_log(LOG_WARN, "event=refused subject=\"%s\" reason=\"node commands need a node or admin certificate\"",
+                hbc_log(LOG_WARN,
+                        "event=refused subject=\"%s\" reason=\"node commands need a node or admin "
+                        "certificate\"",
                         peer->subject);
                 reply_propose(rn, f->request_id, HBC_EDENIED, 0,
-                              "node membership commands need a node or admin certificate", reply, ctx);
+                              "node membership commands need a node or admin certificate", reply,
+                              ctx);
                 return;
             }
         }
@@ -304,7 +314,8 @@ void control_handle(struct raft_node *rn, const Hbc__Frame *f, const struct cont
         const Hbc__NodeJoin *nj = f->join->node;
         if (!peer->is_node || strcmp(peer->cn, nj->node_id) != 0) {
             char msg[200];
-            snprintf(msg, sizeof msg, "a join must come from the joining node's own certificate (CN=%.64s, OU=node)",
+            snprintf(msg, sizeof msg,
+                     "a join must come from the joining node's own certificate (CN=%.64s, OU=node)",
                      nj->node_id);
             hbc_log(LOG_WARN, "event=refused subject=\"%s\" reason=\"%s\"", peer->subject, msg);
             reply_propose(rn, f->request_id, HBC_EDENIED, 0, msg, reply, ctx);
@@ -324,7 +335,8 @@ void control_handle(struct raft_node *rn, const Hbc__Frame *f, const struct cont
     }
     case HBC__FRAME__BODY_REMOVE: {
         if (!peer->is_admin && !peer->is_node) {
-            reply_propose(rn, f->request_id, HBC_EDENIED, 0, "removing a node needs an admin certificate", reply, ctx);
+            reply_propose(rn, f->request_id, HBC_EDENIED, 0,
+                          "removing a node needs an admin certificate", reply, ctx);
             return;
         }
         struct pending *p = pending_new(rn, f, reply, ctx);

@@ -475,7 +475,9 @@ int fsm_apply_at(struct fsm *f, uint64_t index, const void *buf, size_t len, int
     ProtobufCAllocator alloc = fsm_pb_allocator(&oom);
     /* The entry: length prefix, protobuf, zero padding to 8 bytes (fsm_command_encode). */
     const uint8_t *eb = buf;
-    size_t plen = len >= FSM_ENTRY_PREFIX ? ((size_t)eb[0] << 24 | (size_t)eb[1] << 16 | (size_t)eb[2] << 8 | eb[3]) : 0;
+    size_t plen = len >= FSM_ENTRY_PREFIX
+                      ? ((size_t)eb[0] << 24 | (size_t)eb[1] << 16 | (size_t)eb[2] << 8 | eb[3])
+                      : 0;
     bool padding_ok = len >= FSM_ENTRY_PREFIX && plen <= len - FSM_ENTRY_PREFIX &&
                       len - FSM_ENTRY_PREFIX - plen < 8;
     for (size_t i = FSM_ENTRY_PREFIX + plen; padding_ok && i < len; i++) {

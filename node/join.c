@@ -77,12 +77,13 @@ static int reply_cb(Hbc__Frame *f, void *arg)
     }
     if (code == HBC_ENOTLEADER && f->propose_reply->leader_address != NULL &&
         f->propose_reply->leader_address[0] != '\0') {
-        hbc_log(LOG_INFO, "event=join_redirect from=%s to=%s", j->addr, f->propose_reply->leader_address);
+        hbc_log(LOG_INFO, "event=join_redirect from=%s to=%s", j->addr,
+                f->propose_reply->leader_address);
         snprintf(j->addr, sizeof j->addr, "%s", f->propose_reply->leader_address);
         j->retry_ms = 100;
     } else {
-        hbc_log(code == HBC_EDENIED ? LOG_ERROR : LOG_WARN, "event=join_refused via=%s code=%s msg=\"%s\"", j->addr,
-                hbc_errname(code), msg);
+        hbc_log(code == HBC_EDENIED ? LOG_ERROR : LOG_WARN,
+                "event=join_refused via=%s code=%s msg=\"%s\"", j->addr, hbc_errname(code), msg);
         j->retry_ms = code == HBC_EDENIED ? JOIN_REFUSED_RETRY_MS : JOIN_RETRY_MS;
     }
     frame_free(f);
@@ -165,8 +166,8 @@ static void join_try(struct join *j)
     }
 }
 
-int join_start(uv_loop_t *loop, struct tls_ctx *tls, const struct node_config *cfg, void (*done)(void *, int),
-               void *arg, struct join **out, struct err *e)
+int join_start(uv_loop_t *loop, struct tls_ctx *tls, const struct node_config *cfg,
+               void (*done)(void *, int), void *arg, struct join **out, struct err *e)
 {
     struct join *j = hbc_calloc(1, sizeof *j);
     if (j == NULL) {

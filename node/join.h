@@ -15,8 +15,8 @@ struct join;
  * retrying until it is admitted or join_cancel() is called; then done(arg, 0)
  * fires once. tls and cfg are borrowed and must outlive the join. Loop thread.
  */
-int join_start(uv_loop_t *loop, struct tls_ctx *tls, const struct node_config *cfg, void (*done)(void *, int),
-               void *arg, struct join **out, struct err *e);
+int join_start(uv_loop_t *loop, struct tls_ctx *tls, const struct node_config *cfg,
+               void (*done)(void *, int), void *arg, struct join **out, struct err *e);
 
 /* Stop trying; j is freed once its handles have closed. NULL is a no-op. Loop thread. */
 void join_cancel(struct join *j);

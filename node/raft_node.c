@@ -45,56 +45,56 @@ enum member_op_kind { OP_JOIN, OP_REMOVE };
 
 /* One queued membership change (leader only). */
 struct member_op {
-    struct raft_node *rn;      /* owner */
-    enum member_op_kind kind;  /* join or remove */
-    raft_id id;                /* the server */
-    char address[64];          /* its Raft address (join) */
-    char node_id[72];          /* its node id */
-    char site[72];             /* its site (join), for voter spreading */
-    int step;                  /* 0: add/remove, 1: assign */
-    struct raft_change req;    /* libraft's request */
-    raft_node_cb cb;           /* caller's callback */
-    void *arg;                 /* its argument */
-    uint64_t index;            /* Raft index of the state-machine record */
-    struct member_op *next;    /* queue link */
+    struct raft_node *rn;     /* owner */
+    enum member_op_kind kind; /* join or remove */
+    raft_id id;               /* the server */
+    char address[64];         /* its Raft address (join) */
+    char node_id[72];         /* its node id */
+    char site[72];            /* its site (join), for voter spreading */
+    int step;                 /* 0: add/remove, 1: assign */
+    struct raft_change req;   /* libraft's request */
+    raft_node_cb cb;          /* caller's callback */
+    void *arg;                /* its argument */
+    uint64_t index;           /* Raft index of the state-machine record */
+    struct member_op *next;   /* queue link */
 };
 
 /* One proposal in flight. */
 struct proposal {
-    struct raft_apply req;     /* libraft's request (first: cast back in the callback) */
-    struct raft_node *rn;      /* owner */
-    raft_node_cb cb;           /* caller's callback */
-    void *arg;                 /* its argument */
+    struct raft_apply req; /* libraft's request (first: cast back in the callback) */
+    struct raft_node *rn;  /* owner */
+    raft_node_cb cb;       /* caller's callback */
+    void *arg;             /* its argument */
 };
 
 struct barrier {
-    struct raft_barrier req;   /* libraft's request */
-    struct raft_node *rn;      /* owner */
-    raft_node_cb cb;           /* caller's callback */
-    void *arg;                 /* its argument */
+    struct raft_barrier req; /* libraft's request */
+    struct raft_node *rn;    /* owner */
+    raft_node_cb cb;         /* caller's callback */
+    void *arg;               /* its argument */
 };
 
 struct raft_node {
-    uv_loop_t *loop;                    /* the node's loop */
-    const struct node_config *cfg;      /* borrowed */
-    struct fsm *fsm;                    /* borrowed */
-    struct raft raft;                   /* libraft's instance */
-    struct raft_io io;                  /* libraft's libuv I/O */
-    struct raft_uv_transport transport; /* our TLS transport */
-    raft_id id;                         /* this node's Raft id */
-    char dir[PATH_MAX];                 /* Raft data directory */
+    uv_loop_t *loop;                       /* the node's loop */
+    const struct node_config *cfg;         /* borrowed */
+    struct fsm *fsm;                       /* borrowed */
+    struct raft raft;                      /* libraft's instance */
+    struct raft_io io;                     /* libraft's libuv I/O */
+    struct raft_uv_transport transport;    /* our TLS transport */
+    raft_id id;                            /* this node's Raft id */
+    char dir[PATH_MAX];                    /* Raft data directory */
     struct member_op *ops_head, *ops_tail; /* membership changes waiting */
-    struct member_op *op_running;       /* the change libraft is working on */
-    unsigned inflight;                  /* proposals and barriers not yet called back */
-    bool stopping;                      /* raft_node_stop() was called */
-    uv_timer_t stop_timer;              /* polls last_stored during stop */
-    uv_timer_t self_timer;              /* registers this node in the state machine */
-    uint64_t stop_started;              /* uv_now when stop began */
-    void (*done)(void *);               /* stop's callback */
-    void *done_arg;                     /* its argument */
-    unsigned handles_open;              /* our timers not yet closed */
-    bool raft_closed;                   /* raft_close finished */
-    char leader_addr[64];               /* cache for raft_node_leader_data_address */
+    struct member_op *op_running;          /* the change libraft is working on */
+    unsigned inflight;                     /* proposals and barriers not yet called back */
+    bool stopping;                         /* raft_node_stop() was called */
+    uv_timer_t stop_timer;                 /* polls last_stored during stop */
+    uv_timer_t self_timer;                 /* registers this node in the state machine */
+    uint64_t stop_started;                 /* uv_now when stop began */
+    void (*done)(void *);                  /* stop's callback */
+    void *done_arg;                        /* its argument */
+    unsigned handles_open;                 /* our timers not yet closed */
+    bool raft_closed;                      /* raft_close finished */
+    char leader_addr[64];                  /* cache for raft_node_leader_data_address */
 };
 
 static void member_next(struct raft_node *rn);
@@ -171,8 +171,8 @@ static void apply_done_cb(struct raft_apply *req, int status, void *result)
     hbc_free(p);
 }
 
-int raft_node_propose(struct raft_node *rn, Hbc__Command *cmd, const char *proposer, raft_node_cb cb, void *arg,
-                      struct err *e)
+int raft_node_propose(struct raft_node *rn, Hbc__Command *cmd, const char *proposer,
+                      raft_node_cb cb, void *arg, struct err *e)
 {
     if (rn->stopping) {
         return err_setraw(e, HBC_EUNAVAILABLE, "propose: the node is stopping");
@@ -273,9 +273,10 @@ static void member_finish(struct member_op *op, int code, const char *msg)
 {
     struct raft_node *rn = op->rn;
     rn->op_running = NULL;
-    hbc_log(code == 0 ? LOG_INFO : LOG_WARN, "event=membership_change kind=%s node=%s raft_id=%llu code=%s msg=\"%s\"",
-            op->kind == OP_JOIN ? "join" : "remove", op->node_id, (unsigned long long)op->id, hbc_errname(code),
-            msg);
+    hbc_log(code == 0 ? LOG_INFO : LOG_WARN,
+            "event=membership_change kind=%s node=%s raft_id=%llu code=%s msg=\"%s\"",
+            op->kind == OP_JOIN ? "join" : "remove", op->node_id, (unsigned long long)op->id,
+            hbc_errname(code), msg);
     if (op->cb != NULL) {
         op->cb(op->arg, code, op->index, msg);
     }
@@ -322,7 +323,8 @@ static void member_next(struct raft_node *rn)
         rn->op_running = op;
         if (rn->stopping || rn->raft.state != RAFT_LEADER) {
             member_finish(op, rn->stopping ? HBC_EUNAVAILABLE : HBC_ENOTLEADER,
-                          rn->stopping ? "the node is stopping" : "this node is no longer the leader");
+                          rn->stopping ? "the node is stopping"
+                                       : "this node is no longer the leader");
             continue;
         }
         op->req.data = op;
@@ -377,7 +379,8 @@ static void member_enqueue(struct raft_node *rn, struct member_op *op)
     member_next(rn);
 }
 
-/* After the state machine recorded a join (or refused it as a duplicate), change the configuration. */
+/* After the state machine recorded a join (or refused it as a duplicate), change the configuration.
+ */
 static void member_record_cb(void *arg, int code, uint64_t index, const char *msg)
 {
     struct member_op *op = arg;
@@ -398,11 +401,12 @@ static void member_record_cb(void *arg, int code, uint64_t index, const char *ms
     member_enqueue(rn, op);
 }
 
-int raft_node_join(struct raft_node *rn, const Hbc__NodeJoin *join, const char *proposer, raft_node_cb cb,
-                   void *arg, struct err *e)
+int raft_node_join(struct raft_node *rn, const Hbc__NodeJoin *join, const char *proposer,
+                   raft_node_cb cb, void *arg, struct err *e)
 {
     if (join->raft_id != raft_id_from_name(join->node_id)) {
-        return err_setraw(e, HBC_EINVAL, "join: raft id %llu is not the one derived from node id '%s'",
+        return err_setraw(e, HBC_EINVAL,
+                          "join: raft id %llu is not the one derived from node id '%s'",
                           (unsigned long long)join->raft_id, join->node_id);
     }
     struct member_op *op = hbc_calloc(1, sizeof *op);
@@ -431,8 +435,8 @@ int raft_node_join(struct raft_node *rn, const Hbc__NodeJoin *join, const char *
     return 0;
 }
 
-int raft_node_remove(struct raft_node *rn, const char *node_id, const char *proposer, raft_node_cb cb, void *arg,
-                     struct err *e)
+int raft_node_remove(struct raft_node *rn, const char *node_id, const char *proposer,
+                     raft_node_cb cb, void *arg, struct err *e)
 {
     (void)proposer;
     if (rn->raft.state != RAFT_LEADER) {
@@ -443,7 +447,9 @@ int raft_node_remove(struct raft_node *rn, const char *node_id, const char *prop
     }
     raft_id id = raft_id_from_name(node_id);
     if (id == rn->id) {
-        return err_setraw(e, HBC_EINVAL, "remove: the leader cannot remove itself; stop it and remove it from another node");
+        return err_setraw(
+            e, HBC_EINVAL,
+            "remove: the leader cannot remove itself; stop it and remove it from another node");
     }
     struct member_op *op = hbc_calloc(1, sizeof *op);
     if (op == NULL) {
@@ -513,10 +519,10 @@ static void self_timer_cb(uv_timer_t *t)
 /* Status                                                                  */
 
 struct leader_find {
-    raft_id id;      /* the leader's Raft id */
-    char *out;       /* where its data address goes */
-    size_t len;      /* room there */
-    bool found;      /* whether it was found */
+    raft_id id; /* the leader's Raft id */
+    char *out;  /* where its data address goes */
+    size_t len; /* room there */
+    bool found; /* whether it was found */
 };
 
 static int leader_find_cb(const Hbc__NodeInfo *n, void *arg)
@@ -628,7 +634,8 @@ int raft_node_status(struct raft_node *rn, Hbc__ClusterStatusReply *r, struct er
     if (rn->raft.state == RAFT_FOLLOWER && lid != 0) {
         r->has_last_contact_ms = true;
         raft_time now = rn->io.time(&rn->io);
-        r->last_contact_ms = now >= rn->raft.election_timer_start ? now - rn->raft.election_timer_start : 0;
+        r->last_contact_ms =
+            now >= rn->raft.election_timer_start ? now - rn->raft.election_timer_start : 0;
     } else if (rn->raft.state == RAFT_LEADER) {
         r->has_last_contact_ms = true;
         r->last_contact_ms = 0;
@@ -693,8 +700,8 @@ void raft_node_status_free(Hbc__ClusterStatusReply *r)
 /* ---------------------------------------------------------------------- */
 /* Start and stop                                                          */
 
-int raft_node_start(uv_loop_t *loop, const struct node_config *cfg, struct tls_ctx *tls, struct fsm *fsm,
-                    struct raft_node **out, struct err *e)
+int raft_node_start(uv_loop_t *loop, const struct node_config *cfg, struct tls_ctx *tls,
+                    struct fsm *fsm, struct raft_node **out, struct err *e)
 {
     struct raft_node *rn = hbc_calloc(1, sizeof *rn);
     if (rn == NULL) {
@@ -755,15 +762,15 @@ int raft_node_start(uv_loop_t *loop, const struct node_config *cfg, struct tls_c
         snprintf(msg, sizeof msg, "%s", raft_errmsg(&rn->raft));
         /* raft_close would need the loop; the caller exits on this error. */
         *out = NULL;
-        return err_setraw(e, HBC_EIO, "raft start on %s: %s%s%s", cfg->raft_listen, raft_strerror(rv),
-                          msg[0] != '\0' ? ": " : "", msg);
+        return err_setraw(e, HBC_EIO, "raft start on %s: %s%s%s", cfg->raft_listen,
+                          raft_strerror(rv), msg[0] != '\0' ? ": " : "", msg);
     }
     uv_timer_init(loop, &rn->self_timer);
     rn->self_timer.data = rn;
     rn->handles_open++;
     uv_timer_start(&rn->self_timer, self_timer_cb, 200, 500);
-    hbc_log(LOG_INFO, "event=raft_started node=%s raft_id=%llu listen=%s", cfg->node_id, (unsigned long long)rn->id,
-            cfg->raft_listen);
+    hbc_log(LOG_INFO, "event=raft_started node=%s raft_id=%llu listen=%s", cfg->node_id,
+            (unsigned long long)rn->id, cfg->raft_listen);
     *out = rn;
     return 0;
 }

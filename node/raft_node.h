@@ -33,8 +33,8 @@ typedef void (*raft_node_cb)(void *arg, int code, uint64_t index, const char *ms
  * cfg->raft_bootstrap is set and the log is empty. Returns 0 or an error
  * with a message. Loop thread.
  */
-int raft_node_start(uv_loop_t *loop, const struct node_config *cfg, struct tls_ctx *tls, struct fsm *fsm,
-                    struct raft_node **out, struct err *e);
+int raft_node_start(uv_loop_t *loop, const struct node_config *cfg, struct tls_ctx *tls,
+                    struct fsm *fsm, struct raft_node **out, struct err *e);
 
 /*
  * Stop: refuse new proposals, let the log writes in flight reach the disk
@@ -50,8 +50,8 @@ void raft_node_stop(struct raft_node *rn, void (*done)(void *arg), void *arg);
  * calls cb later exactly once, or returns an error without calling cb
  * (HBC_ENOTLEADER, HBC_EUNAVAILABLE, HBC_ETOOBIG, HBC_ENOMEM).
  */
-int raft_node_propose(struct raft_node *rn, Hbc__Command *cmd, const char *proposer, raft_node_cb cb, void *arg,
-                      struct err *e);
+int raft_node_propose(struct raft_node *rn, Hbc__Command *cmd, const char *proposer,
+                      raft_node_cb cb, void *arg, struct err *e);
 
 /* A Raft barrier: cb fires once every entry committed before it is applied here (leader only). */
 int raft_node_barrier(struct raft_node *rn, raft_node_cb cb, void *arg, struct err *e);
@@ -62,12 +62,12 @@ int raft_node_barrier(struct raft_node *rn, raft_node_cb cb, void *arg, struct e
  * are fewer than max_voters (preferring sites without a voter), otherwise a
  * standby. Membership changes run one at a time, queued. Leader only.
  */
-int raft_node_join(struct raft_node *rn, const Hbc__NodeJoin *join, const char *proposer, raft_node_cb cb,
-                   void *arg, struct err *e);
+int raft_node_join(struct raft_node *rn, const Hbc__NodeJoin *join, const char *proposer,
+                   raft_node_cb cb, void *arg, struct err *e);
 
 /* Remove node_id from the Raft configuration and the state machine. Leader only. */
-int raft_node_remove(struct raft_node *rn, const char *node_id, const char *proposer, raft_node_cb cb, void *arg,
-                     struct err *e);
+int raft_node_remove(struct raft_node *rn, const char *node_id, const char *proposer,
+                     raft_node_cb cb, void *arg, struct err *e);
 
 /* True once this node holds a Raft configuration (bootstrapped or admitted). */
 bool raft_node_is_member(const struct raft_node *rn);

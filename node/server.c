@@ -98,7 +98,7 @@ struct server {
     const struct node_config *cfg;       /* borrowed */
     struct tls_ctx *tls;                 /* borrowed */
     struct shard_store *store;           /* borrowed */
-    struct raft_node *raft; /* the metadata plane (borrowed), or NULL */
+    struct raft_node *raft;              /* the metadata plane (borrowed), or NULL */
     uv_tcp_t listener;                   /* the listening socket */
     uv_timer_t sweep;                    /* idle sweep */
     struct conn *conns;                  /* open connections */
