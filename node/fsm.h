@@ -70,8 +70,8 @@
 #define FSM_PROPOSER_MAX 256   /* longest proposer (certificate subject) */
 #define FSM_MAX_COPIES 8       /* most copies in a vault policy */
 #define FSM_DIGEST_LEN 32      /* SHA-256 */
-#define FSM_ENTRY_PREFIX 4 /* length prefix of a Command in a Raft entry (see fsm_command_encode)  \
-                            */
+/* Length prefix of a Command in a Raft entry (see fsm_command_encode). */
+#define FSM_ENTRY_PREFIX 4
 
 struct fsm;
 
