@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <uv.h>
@@ -118,6 +119,33 @@ static void hup_signal_cb(uv_signal_t *h, int signum)
                 e.msg);
     } else {
         hbc_log(LOG_INFO, "event=tls_reloaded");
+    }
+}
+
+/*
+ * Every connection holds a descriptor, and Debian's default soft limit (1024)
+ * is below the default data.max_connections: raise the soft limit to the hard
+ * one, and say so if even that is too low for the configured connections.
+ */
+static void raise_nofile_limit(const struct node_config *cfg)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        return;
+    }
+    if (rl.rlim_cur < rl.rlim_max) {
+        rlim_t old = rl.rlim_cur;
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+            rl.rlim_cur = old;
+        }
+    }
+    /* The store, RocksDB and the listener need descriptors of their own too. */
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < (rlim_t)cfg->max_connections + 512) {
+        hbc_log(LOG_WARN,
+                "event=fd_limit_low limit=%llu max_connections=%u note=\"connections beyond the "
+                "limit will fail to be accepted; raise LimitNOFILE\"",
+                (unsigned long long)rl.rlim_cur, cfg->max_connections);
     }
 }
 
@@ -259,6 +287,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "hbcd: %s\n", e.msg);
         return 2;
     }
+    raise_nofile_limit(&n.cfg);
     uv_loop_init(&n.loop);
     int rv = node_run(&n, &e);
     if (rv != 0) {
