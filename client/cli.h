@@ -54,5 +54,9 @@ void cli_print_json(json_t *v);
 
 /* Subcommands: argc/argv start at the subcommand's own arguments. */
 int cli_cluster(struct cli *c, int argc, char **argv);
+int cli_backup(struct cli *c, int argc, char **argv);    /* client/cli_backup.c */
+int cli_snapshots(struct cli *c, int argc, char **argv); /* client/cli_backup.c */
+int cli_ls(struct cli *c, int argc, char **argv);        /* client/cli_backup.c */
+int cli_restore(struct cli *c, int argc, char **argv);   /* client/cli_backup.c */
 
 #endif /* HBC_CLIENT_CLI_H */

@@ -24,6 +24,18 @@ static void usage(FILE *f)
            "Commands:\n"
            "  cluster status            every member's role, site, term, indexes and last contact\n"
            "  cluster remove NODE       remove a node from the cluster (admin)\n"
+           "  backup PATH...            back up files and directories into the vault as a snapshot\n"
+           "         [--parent SNAP | --force-read] [--one-file-system] [--threads N]\n"
+           "  snapshots                 the vault's snapshots, oldest first\n"
+           "  ls SNAP [PATH]            what a snapshot holds (below PATH)\n"
+           "  restore SNAP --target DIR [--include PATTERN]... [--verify]\n"
+           "                            restore a snapshot (SNAP: an id prefix or latest)\n"
+           "  restore SNAP --verify [--copy N]\n"
+           "                            restore test: read and check everything, write nothing,\n"
+           "                            record the result in the cluster\n"
+           "  (backup, snapshots, ls, restore take --vault NAME [HBC_VAULT] and --keyfile FILE\n"
+           "   [HBC_KEYFILE]; the passphrase comes from HBC_PASSPHRASE, HBC_PASSPHRASE_FILE\n"
+           "   or a prompt)\n"
            "\n"
            "Global options:\n"
            "  --json                    machine-readable output (one JSON document on stdout)\n"
@@ -39,6 +51,7 @@ static void usage(FILE *f)
            "  1  the command failed\n"
            "  2  bad command line or settings\n"
            "  3  done in part (some files skipped or some nodes unreachable)\n"
+           "     (restore: any entry that could not be restored and checked exits 1)\n"
            "  4  the cluster could not be reached or has no leader\n");
 }
 
@@ -215,6 +228,16 @@ int main(int argc, char **argv)
     int rv;
     if (strcmp(cmd, "cluster") == 0) {
         rv = cli_cluster(&c, argc - i - 1, argv + i + 1);
+#ifndef HBC_NO_BACKUP_CLI
+    } else if (strcmp(cmd, "backup") == 0) {
+        rv = cli_backup(&c, argc - i - 1, argv + i + 1);
+    } else if (strcmp(cmd, "snapshots") == 0) {
+        rv = cli_snapshots(&c, argc - i - 1, argv + i + 1);
+    } else if (strcmp(cmd, "ls") == 0) {
+        rv = cli_ls(&c, argc - i - 1, argv + i + 1);
+    } else if (strcmp(cmd, "restore") == 0) {
+        rv = cli_restore(&c, argc - i - 1, argv + i + 1);
+#endif
     } else {
         cli_error("unknown command '%s' (see hbc --help)", cmd);
         rv = CLI_USAGE;
