@@ -368,9 +368,11 @@ static void restore_file(struct restore *rs, const char *path, const struct tree
         rfile_finish(rs, f);
         return;
     }
-    f->left = f->n;
+    /* Once the last job is queued a worker may finish and free f: read nothing of it after. */
+    size_t n = f->n;
+    f->left = n;
     uint64_t off = 0;
-    for (size_t i = 0; i < f->n; i++) {
+    for (size_t i = 0; i < n; i++) {
         struct rjob *j = hbc_malloc(sizeof *j);
         if (j == NULL) {
             /* Count the chunks never queued as failed, so the file still finishes. */
@@ -378,7 +380,7 @@ static void restore_file(struct restore *rs, const char *path, const struct tree
             if (f->err == 0) {
                 f->err = err_set(&f->e, HBC_ENOMEM, "restore job");
             }
-            f->left -= f->n - i;
+            f->left -= n - i;
             bool last = f->left == 0;
             pthread_mutex_unlock(&f->mu);
             if (last) {
