@@ -180,10 +180,14 @@ int raft_node_propose(struct raft_node *rn, Hbc__Command *cmd, const char *propo
     if (rn->raft.state != RAFT_LEADER) {
         return err_setraw(e, HBC_ENOTLEADER, "propose: this node is not the leader");
     }
+    /* cmd usually belongs to a received frame, freed with protobuf_c_message_free_unpacked():
+     * proposer is borrowed for the encoding only, and the frame's own field put back. */
+    char *given = cmd->proposer;
     cmd->leader_time_ms = wall_ms();
     cmd->proposer = (char *)(proposer != NULL ? proposer : "");
     struct raft_buffer buf;
     int rv = fsm_command_encode(cmd, &buf, e);
+    cmd->proposer = given;
     if (rv != 0) {
         return err_wrap(e, "propose");
     }
