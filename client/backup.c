@@ -60,7 +60,7 @@ static size_t idset_slot(const uint8_t *id, size_t cap)
 static int idset_grow(struct idset *s)
 {
     size_t ncap = s->cap == 0 ? 4096 : s->cap * 2;
-    uint8_t (*n)[TREE_ID_LEN] = hbc_calloc(ncap, TREE_ID_LEN);
+    uint8_t(*n)[TREE_ID_LEN] = hbc_calloc(ncap, TREE_ID_LEN);
     if (n == NULL) {
         return HBC_ENOMEM;
     }
@@ -85,6 +85,9 @@ static int idset_add(struct idset *s, const uint8_t id[TREE_ID_LEN])
     if (memcmp(id, zero_id, TREE_ID_LEN) == 0) {
         if (s->has_zero) {
             return 0;
+        }
+        if (s->cap == 0 && idset_grow(s) != 0) {
+            return HBC_ENOMEM; /* idset_sorted() needs a slot for it */
         }
         s->has_zero = true;
         s->count++;
@@ -145,62 +148,63 @@ struct job {
 };
 
 struct level {
-    char *name;             /* its name in the parent level (NULL for the root) */
-    struct stat st;         /* its stat, for its entry in the parent */
-    struct snap_dir *pdir;  /* the parent snapshot's same directory, or NULL */
-    bool open;              /* in use */
+    char *name;            /* its name in the parent level (NULL for the root) */
+    struct stat st;        /* its stat, for its entry in the parent */
+    struct snap_dir *pdir; /* the parent snapshot's same directory, or NULL */
+    bool open;             /* in use */
 };
 
 struct backup {
-    struct repo *r;                /* the vault */
+    struct repo *r;                 /* the vault */
     const struct backup_options *o; /* options (borrowed) */
-    struct backup_result *res;     /* totals */
-    struct crypto_hmac *ids;       /* chunk-id key, for the tree builders */
-    struct chunker ck;             /* the file chunker */
-    uint8_t *buf;                  /* READ_BUF bytes */
-    struct idset set;              /* ids the snapshot uses */
-    struct tree_chunk *chunks;     /* the current file's chunks */
-    size_t nchunks;                /* used */
-    size_t chunks_cap;             /* allocated */
+    struct backup_result *res;      /* totals */
+    struct crypto_hmac *ids;        /* chunk-id key, for the tree builders */
+    struct chunker ck;              /* the file chunker */
+    uint8_t *buf;                   /* READ_BUF bytes */
+    struct idset set;               /* ids the snapshot uses */
+    struct tree_chunk *chunks;      /* the current file's chunks */
+    size_t nchunks;                 /* used */
+    size_t chunks_cap;              /* allocated */
 
-    char **roots;                  /* absolute, normalised, sorted (owned) */
-    size_t nroots;                 /* how many */
-    size_t cur_root;               /* root being walked (SIZE_MAX before the first) */
-    struct level *levels;          /* levels[0] is "/" */
+    char **roots;                   /* absolute, normalised, sorted (owned) */
+    size_t nroots;                  /* how many */
+    size_t cur_root;                /* root being walked (SIZE_MAX before the first) */
+    struct level *levels;           /* levels[0] is "/" */
     struct tree_builder **builders; /* one per level index, kept for reuse */
-    size_t nlevels;                /* open levels */
-    size_t levels_cap;             /* allocated */
+    size_t nlevels;                 /* open levels */
+    size_t levels_cap;              /* allocated */
 
-    pthread_mutex_t mu;            /* guards everything below */
-    pthread_cond_t work;           /* jobs queued or closing */
-    pthread_cond_t room;           /* bytes in flight went down */
-    struct job *head;              /* queue */
-    struct job *tail;              /* queue end */
-    size_t queued;                 /* jobs in the queue */
-    size_t inflight;               /* bytes of jobs not yet finished */
-    size_t budget;                 /* inflight bound */
-    bool closing;                  /* no more jobs will come */
-    int failed;                    /* first error of a worker (0: none) */
-    struct err ferr;               /* its message */
-    uint64_t new_chunks;           /* stored */
-    uint64_t new_bytes;            /* their bytes */
-    uint64_t dedup_chunks;         /* found present */
+    pthread_mutex_t mu;    /* guards everything below */
+    pthread_cond_t work;   /* jobs queued or closing */
+    pthread_cond_t room;   /* bytes in flight went down */
+    struct job *head;      /* queue */
+    struct job *tail;      /* queue end */
+    size_t queued;         /* jobs in the queue */
+    size_t inflight;       /* bytes of jobs not yet finished */
+    size_t budget;         /* inflight bound */
+    bool closing;          /* no more jobs will come */
+    int failed;            /* first error of a worker (0: none) */
+    struct err ferr;       /* its message */
+    uint64_t new_chunks;   /* stored */
+    uint64_t new_bytes;    /* their bytes */
+    uint64_t dedup_chunks; /* found present */
 
-    struct err walk_err;           /* an error of the callbacks that stops the walk */
-    bool partial;                  /* something was skipped */
-    double t0;                     /* start */
-    double last_progress;          /* time of the last progress call */
-    atomic_uint_fast64_t scan_files;  /* scanner counts */
-    atomic_uint_fast64_t scan_bytes;  /* scanner counts */
-    atomic_bool scan_done;            /* scanner finished */
-    atomic_bool scan_stop;            /* ask the scanner to stop */
+    struct err walk_err;             /* an error of the callbacks that stops the walk */
+    bool partial;                    /* something was skipped */
+    double t0;                       /* start */
+    double last_progress;            /* time of the last progress call */
+    uint64_t reused_bytes;           /* bytes of files taken from the parent */
+    atomic_uint_fast64_t scan_files; /* scanner counts */
+    atomic_uint_fast64_t scan_bytes; /* scanner counts */
+    atomic_bool scan_done;           /* scanner finished */
+    atomic_bool scan_stop;           /* ask the scanner to stop */
 };
 
 static void *worker_main(void *arg)
 {
     struct backup *bk = arg;
     struct job *batch[BACKUP_HAVE_BATCH];
-    uint8_t (*ids)[TREE_ID_LEN] = hbc_malloc(BACKUP_HAVE_BATCH * TREE_ID_LEN);
+    uint8_t(*ids)[TREE_ID_LEN] = hbc_malloc(BACKUP_HAVE_BATCH * TREE_ID_LEN);
     bool present[BACKUP_HAVE_BATCH];
     struct err e = {0};
     pthread_mutex_lock(&bk->mu);
@@ -234,7 +238,7 @@ static void *worker_main(void *arg)
             for (size_t i = 0; i < n; i++) {
                 memcpy(ids[i], batch[i]->id, TREE_ID_LEN);
             }
-            rv = repo_have(bk->r, (const uint8_t (*)[TREE_ID_LEN])ids, n, present, &e);
+            rv = repo_have(bk->r, (const uint8_t(*)[TREE_ID_LEN])ids, n, present, &e);
             if (rv != 0) {
                 err_wrap(&e, "ask which chunks exist");
             }
@@ -351,7 +355,7 @@ static void progress(struct backup *bk, bool done)
     bk->last_progress = t;
     struct backup_progress p = {
         .files = bk->res->files + bk->res->dirs + bk->res->others,
-        .bytes = bk->res->bytes,
+        .bytes = bk->reused_bytes + bk->res->bytes_read,
         .bytes_read = bk->res->bytes_read,
         .files_total = atomic_load(&bk->scan_files),
         .bytes_total = atomic_load(&bk->scan_bytes),
@@ -679,8 +683,7 @@ static int sync_to_root(struct backup *bk, size_t r, struct err *e)
 /* ------------------------------------------------------------------------- */
 /* Files.                                                                    */
 
-static int chunk_push(struct backup *bk, const uint8_t id[TREE_ID_LEN], uint32_t len,
-                      struct err *e)
+static int chunk_push(struct backup *bk, const uint8_t id[TREE_ID_LEN], uint32_t len, struct err *e)
 {
     if (bk->nchunks == bk->chunks_cap) {
         size_t ncap = bk->chunks_cap == 0 ? 64 : bk->chunks_cap * 2;
@@ -715,8 +718,8 @@ static int emit_chunk(struct backup *bk, const uint8_t *data, size_t len, struct
  * SHA-256 into sha, bytes into *size. A read error is returned as -errno
  * with *io set (the file is skipped); other errors stop the backup.
  */
-static int read_file(struct backup *bk, int fd, uint8_t sha[TREE_ID_LEN], uint64_t *size,
-                     bool *io, struct err *e)
+static int read_file(struct backup *bk, int fd, uint8_t sha[TREE_ID_LEN], uint64_t *size, bool *io,
+                     struct err *e)
 {
     *io = false;
     *size = 0;
@@ -840,6 +843,7 @@ static int do_file(struct backup *bk, struct walk_entry *we, struct tree_builder
             }
         }
         bk->res->files_reused++;
+        bk->reused_bytes += en.size;
     } else {
         int fd = -1;
         struct err fe = {0};
@@ -987,8 +991,8 @@ static int find_parent(struct backup *bk, uint8_t root_tree[TREE_ID_LEN], struct
                 enum tree_type type;
                 uint8_t dir[TREE_ID_LEN];
                 struct err le = {0};
-                all = snap_lookup(bk->r, list[i]->root_tree_id.data, bk->roots[k], -1, &type,
-                                  dir, &le) == 1;
+                all = snap_lookup(bk->r, list[i]->root_tree_id.data, bk->roots[k], -1, &type, dir,
+                                  &le) == 1;
             }
             if (all) {
                 found = list[i];
@@ -1007,7 +1011,7 @@ static int find_parent(struct backup *bk, uint8_t root_tree[TREE_ID_LEN], struct
     for (size_t i = 0; i < n; i++) {
         protobuf_c_message_free_unpacked(&list[i]->base, NULL);
     }
-    free(list);
+    hbc_free(list);
     return rv;
 }
 
@@ -1151,7 +1155,7 @@ drain:
     /* Every chunk and tree is durable: store the reference list, then commit. */
     size_t nids = idset_sorted(&bk->set);
     res->chunks = nids;
-    rv = snap_reflist_store(r, (const uint8_t (*)[TREE_ID_LEN])bk->set.slots, nids, ref_id, e);
+    rv = snap_reflist_store(r, (const uint8_t(*)[TREE_ID_LEN])bk->set.slots, nids, ref_id, e);
     if (rv != 0) {
         goto done;
     }

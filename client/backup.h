@@ -50,14 +50,14 @@
 
 /* Progress, as often as about 5 times a second and once at the end. */
 struct backup_progress {
-    uint64_t files;        /* entries done */
-    uint64_t bytes;        /* bytes of files done (read or reused) */
-    uint64_t bytes_read;   /* bytes actually read */
-    uint64_t files_total;  /* entries found by the scanner so far */
-    uint64_t bytes_total;  /* bytes of files found by the scanner so far */
-    bool totals_final;     /* the scanner has finished: the totals are final */
-    double elapsed;        /* seconds since the start */
-    bool done;             /* the last call */
+    uint64_t files;       /* entries done */
+    uint64_t bytes;       /* bytes of files done (read or reused) */
+    uint64_t bytes_read;  /* bytes actually read */
+    uint64_t files_total; /* entries found by the scanner so far */
+    uint64_t bytes_total; /* bytes of files found by the scanner so far */
+    bool totals_final;    /* the scanner has finished: the totals are final */
+    double elapsed;       /* seconds since the start */
+    bool done;            /* the last call */
 };
 
 /* Called on the walking thread; must not block for long. */
@@ -68,15 +68,15 @@ typedef void (*backup_skip_cb)(void *arg, const char *path, int code, const char
 
 /* What to back up and how. A plain option struct: zero it, then fill. */
 struct backup_options {
-    const char *const *paths; /* what to back up (borrowed), 1..BACKUP_MAX_PATHS */
-    size_t npaths;            /* how many */
-    const char *parent;       /* parent snapshot ("latest" or an id prefix), NULL: the latest
-                                 snapshot holding every path, if any */
-    bool force_read;          /* no parent: read every file */
-    bool one_file_system;     /* do not descend into other file systems */
-    unsigned threads;         /* worker threads (0: 2 per core), at most BACKUP_MAX_THREADS */
-    size_t inflight_bytes;    /* job bytes in flight (0: BACKUP_INFLIGHT_DEFAULT) */
-    uint64_t time_ms;         /* snapshot time (0: now) */
+    const char *const *paths;    /* what to back up (borrowed), 1..BACKUP_MAX_PATHS */
+    size_t npaths;               /* how many */
+    const char *parent;          /* parent snapshot ("latest" or an id prefix), NULL: the latest
+                                    snapshot holding every path, if any */
+    bool force_read;             /* no parent: read every file */
+    bool one_file_system;        /* do not descend into other file systems */
+    unsigned threads;            /* worker threads (0: 2 per core), at most BACKUP_MAX_THREADS */
+    size_t inflight_bytes;       /* job bytes in flight (0: BACKUP_INFLIGHT_DEFAULT) */
+    uint64_t time_ms;            /* snapshot time (0: now) */
     backup_progress_cb progress; /* may be NULL (then no scanner runs) */
     backup_skip_cb skipped;      /* may be NULL */
     void *arg;                   /* for both callbacks */

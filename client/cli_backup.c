@@ -205,8 +205,8 @@ static void skipped_cb(void *arg, const char *path, int code, const char *msg)
 {
     struct skipped *s = arg;
     if (s->json) {
-        json_array_append_new(s->list, json_pack("{s:o, s:s, s:s}", "path", json_path(path),
-                                                 "code", hbc_errname(code), "error", msg));
+        json_array_append_new(s->list, json_pack("{s:o, s:s, s:s}", "path", json_path(path), "code",
+                                                 hbc_errname(code), "error", msg));
     } else {
         fprintf(stderr, "hbc: skipped %s: %s\n", path, msg);
     }
@@ -302,10 +302,12 @@ static int cmd_backup(struct cli *c, int argc, char **argv)
             "files_reused", (json_int_t)s.files_reused, "chunks", (json_int_t)s.chunks,
             "new_chunks", (json_int_t)s.new_chunks, "new_bytes", (json_int_t)s.new_bytes,
             "dedup_chunks", (json_int_t)s.dedup_chunks, "skipped_count", (json_int_t)s.skipped,
-            "skipped", cb.skipped.list, "duration_s", s.seconds, "read_mb_s", mbs,
-            "peak_rss_kib", (json_int_t)rss, "result",
-            rv == 0 ? "ok" : rv == HBC_EPARTIAL ? "partial" : "failed", "error",
-            rv != 0 ? hbc_client_errmsg(h) : NULL);
+            "skipped", cb.skipped.list, "duration_s", s.seconds, "read_mb_s", mbs, "peak_rss_kib",
+            (json_int_t)rss, "result",
+            rv == 0              ? "ok"
+            : rv == HBC_EPARTIAL ? "partial"
+                                 : "failed",
+            "error", rv != 0 ? hbc_client_errmsg(h) : NULL);
         cli_print_json(doc);
     } else if (s.snapshot[0] != '\0') {
         char b1[32];
@@ -314,13 +316,11 @@ static int cmd_backup(struct cli *c, int argc, char **argv)
         progress_bytes(b2, sizeof b2, (double)s.new_bytes);
         printf("snapshot %s saved\n", s.snapshot);
         if (s.parent[0] != '\0') {
-            printf("  parent %s: %" PRIu64 " unchanged files not read\n", s.parent,
-                   s.files_reused);
+            printf("  parent %s: %" PRIu64 " unchanged files not read\n", s.parent, s.files_reused);
         }
         printf("  %" PRIu64 " files, %" PRIu64 " directories, %" PRIu64 " other entries, %s\n",
                s.files, s.dirs, s.others, b1);
-        printf("  %" PRIu64 " chunks, %" PRIu64 " new (%s), %" PRIu64
-               " already in the vault\n",
+        printf("  %" PRIu64 " chunks, %" PRIu64 " new (%s), %" PRIu64 " already in the vault\n",
                s.chunks, s.new_chunks, b2, s.dedup_chunks);
         printf("  %.1f s, %.1f MB/s read, peak memory %.0f MiB\n", s.seconds, mbs,
                (double)rss / 1024);
@@ -374,8 +374,7 @@ static int cmd_snapshots(struct cli *c, int argc, char **argv)
                 arr, json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I}", "id", s[i].id, "time", t,
                                "time_ms", (json_int_t)s[i].time_ms, "committed_ms",
                                (json_int_t)s[i].committed_ms, "files", (json_int_t)s[i].files,
-                               "bytes", (json_int_t)s[i].bytes, "chunks",
-                               (json_int_t)s[i].chunks));
+                               "bytes", (json_int_t)s[i].bytes, "chunks", (json_int_t)s[i].chunks));
         }
         cli_print_json(arr);
     } else {
@@ -417,13 +416,13 @@ static int ls_cb(void *arg, const struct hbc_entry *en)
     }
     char t[32];
     time_text((uint64_t)(en->mtime_ns / 1000000), t, sizeof t);
-    char kind = strcmp(en->type, "dir") == 0       ? 'd'
-                : strcmp(en->type, "symlink") == 0 ? 'l'
+    char kind = strcmp(en->type, "dir") == 0        ? 'd'
+                : strcmp(en->type, "symlink") == 0  ? 'l'
                 : strcmp(en->type, "hardlink") == 0 ? 'h'
                 : strcmp(en->type, "file") == 0     ? '-'
                                                     : '?';
-    printf("%c%04o %6u %6u %12" PRIu64 " %s /%s%s%s\n", kind, en->mode, en->uid, en->gid,
-           en->size, t, en->path, en->target != NULL ? (kind == 'h' ? " => /" : " -> ") : "",
+    printf("%c%04o %6u %6u %12" PRIu64 " %s /%s%s%s\n", kind, en->mode, en->uid, en->gid, en->size,
+           t, en->path, en->target != NULL ? (kind == 'h' ? " => /" : " -> ") : "",
            en->target != NULL ? en->target : "");
     return 0;
 }
@@ -578,10 +577,10 @@ static int cmd_restore(struct cli *c, int argc, char **argv)
             "snapshot", s.snapshot, "target", o.target, "test", o.target == NULL, "files",
             (json_int_t)s.files, "dirs", (json_int_t)s.dirs, "others", (json_int_t)s.others,
             "bytes", (json_int_t)s.bytes, "chunks", (json_int_t)s.chunks, "chunk_bytes",
-            (json_int_t)s.chunk_bytes, "shards_read", (json_int_t)s.shards_read,
-            "shard_errors", (json_int_t)s.shard_errors, "verified", (json_int_t)s.verified,
-            "errors", (json_int_t)s.errors, "recorded", s.recorded != 0, "failed", cb.errors,
-            "duration_s", s.seconds, "mb_s", mbs, "peak_rss_kib", (json_int_t)rss, "result",
+            (json_int_t)s.chunk_bytes, "shards_read", (json_int_t)s.shards_read, "shard_errors",
+            (json_int_t)s.shard_errors, "verified", (json_int_t)s.verified, "errors",
+            (json_int_t)s.errors, "recorded", s.recorded != 0, "failed", cb.errors, "duration_s",
+            s.seconds, "mb_s", mbs, "peak_rss_kib", (json_int_t)rss, "result",
             rv == 0 ? "ok" : "failed", "error", rv != 0 ? hbc_client_errmsg(h) : NULL);
         cli_print_json(doc);
     } else {
@@ -600,8 +599,8 @@ static int cmd_restore(struct cli *c, int argc, char **argv)
             if (o.copy >= 0) {
                 printf("  copy %d only\n", o.copy);
             }
-            printf("  %" PRIu64 " files (%s) checked, %" PRIu64 " chunks%s\n", s.files, b,
-                   s.chunks, s.recorded ? ", result recorded in the cluster" : "");
+            printf("  %" PRIu64 " files (%s) checked, %" PRIu64 " chunks%s\n", s.files, b, s.chunks,
+                   s.recorded ? ", result recorded in the cluster" : "");
         }
         printf("  %.1f s, %.1f MB/s, %" PRIu64 " shards read, %" PRIu64
                " bad or missing shards recovered, %" PRIu64 " errors, peak memory %.0f MiB\n",

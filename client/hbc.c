@@ -24,7 +24,7 @@ static void usage(FILE *f)
            "Commands:\n"
            "  cluster status            every member's role, site, term, indexes and last contact\n"
            "  cluster remove NODE       remove a node from the cluster (admin)\n"
-           "  backup PATH...            back up files and directories into the vault as a snapshot\n"
+           "  backup PATH...            back up files and directories as a snapshot of the vault\n"
            "         [--parent SNAP | --force-read] [--one-file-system] [--threads N]\n"
            "  snapshots                 the vault's snapshots, oldest first\n"
            "  ls SNAP [PATH]            what a snapshot holds (below PATH)\n"

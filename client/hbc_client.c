@@ -12,8 +12,8 @@
 #define CLIENT_INFLIGHT_MB 64 /* shard bytes the vault connection keeps in flight */
 
 struct hbc_client {
-    struct repo *r;  /* the open vault; NULL if opening failed */
-    struct err err;  /* the last failure */
+    struct repo *r; /* the open vault; NULL if opening failed */
+    struct err err; /* the last failure */
 };
 
 static int fail(hbc_client *c, int rv)
@@ -47,7 +47,8 @@ int hbc_client_open(const struct hbc_settings *s, hbc_client **out)
         .max_inflight_mb = CLIENT_INFLIGHT_MB,
     };
     if (s->vault == NULL || s->vault[0] == '\0') {
-        return fail(c, err_setraw(&c->err, HBC_ECONFIG, "no vault given (--vault NAME or HBC_VAULT)"));
+        return fail(c,
+                    err_setraw(&c->err, HBC_ECONFIG, "no vault given (--vault NAME or HBC_VAULT)"));
     }
     if (s->keyfile == NULL || s->passphrase == NULL) {
         return fail(c, err_setraw(&c->err, HBC_ECONFIG,
@@ -87,9 +88,9 @@ static int ready(hbc_client *c)
 /* ------------------------------------------------------------------------- */
 
 struct bridge {
-    hbc_progress_cb progress;     /* the application's */
-    hbc_entry_error_cb error;     /* the application's */
-    void *arg;                    /* its argument */
+    hbc_progress_cb progress; /* the application's */
+    hbc_entry_error_cb error; /* the application's */
+    void *arg;                /* its argument */
 };
 
 static void fill_rate(struct hbc_progress *p)
@@ -238,10 +239,10 @@ static const char *type_name(enum tree_type t)
 }
 
 struct ls {
-    hbc_client *c;  /* the client */
-    hbc_ls_cb cb;   /* the application's */
-    void *arg;      /* its argument */
-    char *path;     /* TREE_MAX_PATH + 1 bytes: the current path */
+    hbc_client *c; /* the client */
+    hbc_ls_cb cb;  /* the application's */
+    void *arg;     /* its argument */
+    char *path;    /* TREE_MAX_PATH + 1 bytes: the current path */
 };
 
 static int ls_entry(struct ls *l, const struct tree_entry *en, const char *path)
@@ -254,7 +255,9 @@ static int ls_entry(struct ls *l, const struct tree_entry *en, const char *path)
         .gid = en->gid,
         .mtime_ns = en->mtime_ns,
         .size = en->size,
-        .target = en->type == TREE_SYMLINK ? en->target : en->type == TREE_HARDLINK ? en->link : NULL,
+        .target = en->type == TREE_SYMLINK    ? en->target
+                  : en->type == TREE_HARDLINK ? en->link
+                                              : NULL,
     };
     return l->cb(l->arg, &x) != 0 ? err_setraw(&l->c->err, HBC_ECANCELED, "listing stopped") : 0;
 }

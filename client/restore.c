@@ -67,26 +67,26 @@ struct deferred {
 };
 
 struct restore {
-    struct repo *r;                 /* the vault */
+    struct repo *r;                  /* the vault */
     const struct restore_options *o; /* options (borrowed) */
-    struct restore_result *res;     /* totals (under mu) */
-    struct fs_restore *fsr;         /* the target, or NULL */
-    struct deferred *defs;          /* hard links and directories */
-    size_t ndefs;                   /* used */
-    size_t defs_cap;                /* allocated */
+    struct restore_result *res;      /* totals (under mu) */
+    struct fs_restore *fsr;          /* the target, or NULL */
+    struct deferred *defs;           /* hard links and directories */
+    size_t ndefs;                    /* used */
+    size_t defs_cap;                 /* allocated */
 
-    pthread_mutex_t mu;             /* guards everything below and res */
-    pthread_cond_t work;            /* jobs queued or closing */
-    pthread_cond_t room;            /* budget or files freed */
-    struct rjob *head;              /* queue */
-    struct rjob *tail;              /* queue end */
-    size_t inflight;                /* chunk bytes reserved */
-    size_t budget;                  /* inflight bound */
-    size_t open_files;              /* files not finished */
-    bool closing;                   /* no more jobs */
-    double t0;                      /* start */
-    double last_progress;           /* last progress call */
-    uint64_t bytes_total;           /* for progress */
+    pthread_mutex_t mu;   /* guards everything below and res */
+    pthread_cond_t work;  /* jobs queued or closing */
+    pthread_cond_t room;  /* budget or files freed */
+    struct rjob *head;    /* queue */
+    struct rjob *tail;    /* queue end */
+    size_t inflight;      /* chunk bytes reserved */
+    size_t budget;        /* inflight bound */
+    size_t open_files;    /* files not finished */
+    bool closing;         /* no more jobs */
+    double t0;            /* start */
+    double last_progress; /* last progress call */
+    uint64_t bytes_total; /* for progress */
 };
 
 static void report(struct restore *rs, const char *path, int code, const char *msg)
@@ -221,8 +221,7 @@ static void *worker_main(void *arg)
         struct repo_read_stats st = {0};
         int rv = repo_get_chunk(rs->r, c->id, rs->o->copy, &plain, &len, &st, &e);
         if (rv == 0 && len != c->len) {
-            rv = err_set(&e, HBC_EFORMAT, "chunk of %zu bytes where the tree says %u", len,
-                         c->len);
+            rv = err_set(&e, HBC_EFORMAT, "chunk of %zu bytes where the tree says %u", len, c->len);
         }
         if (rv == 0 && f->ff != NULL) {
             rv = fs_file_write(f->ff, j->off, plain, len, &e);
@@ -679,8 +678,7 @@ int restore_run(struct repo *r, const struct restore_options *o, struct restore_
         }
     }
     if (rv == 0 && res->errors > 0) {
-        rv = err_setraw(e, HBC_EPARTIAL, "%llu entries failed",
-                        (unsigned long long)res->errors);
+        rv = err_setraw(e, HBC_EPARTIAL, "%llu entries failed", (unsigned long long)res->errors);
     }
     fs_restore_close(rs->fsr);
     hbc_free(rs->defs);

@@ -54,16 +54,16 @@ typedef void (*restore_error_cb)(void *arg, const char *path, int code, const ch
 
 /* What to restore. A plain option struct: zero it, then fill. */
 struct restore_options {
-    const char *snapshot;     /* "latest" or an id prefix */
-    const char *target;       /* directory to restore into; NULL: a restore test */
-    const char *const *includes; /* fnmatch patterns of paths to restore (NULL: everything) */
-    size_t nincludes;            /* how many */
-    bool verify;              /* with a target: read back each file and check its SHA-256 */
-    int copy;                 /* -1: any copy; else only that copy (0-based) */
-    bool fsync;               /* fsync files and directories */
-    bool record;              /* restore test: record the result in the cluster */
-    unsigned threads;         /* workers (0: 2 per core) */
-    size_t inflight_bytes;    /* chunk bytes in flight (0: default) */
+    const char *snapshot;         /* "latest" or an id prefix */
+    const char *target;           /* directory to restore into; NULL: a restore test */
+    const char *const *includes;  /* fnmatch patterns of paths to restore (NULL: everything) */
+    size_t nincludes;             /* how many */
+    bool verify;                  /* with a target: read back each file and check its SHA-256 */
+    int copy;                     /* -1: any copy; else only that copy (0-based) */
+    bool fsync;                   /* fsync files and directories */
+    bool record;                  /* restore test: record the result in the cluster */
+    unsigned threads;             /* workers (0: 2 per core) */
+    size_t inflight_bytes;        /* chunk bytes in flight (0: default) */
     restore_progress_cb progress; /* may be NULL */
     restore_error_cb error;       /* may be NULL */
     void *arg;                    /* for both */

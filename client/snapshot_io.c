@@ -1,4 +1,5 @@
-/* Reading and naming what snapshots hold: ids, "latest", directory cursors over trees, chunk and reference lists. */
+/* Reading and naming what snapshots hold: ids, "latest", directory cursors over trees, chunk and
+ * reference lists. */
 #include "client/snapshot_io.h"
 
 #include <ctype.h>
@@ -59,8 +60,9 @@ int snap_find(Hbc__SnapshotInfo *const *list, size_t n, const char *spec,
         return err_setraw(e, HBC_ENOTFOUND, "no snapshot %s in this vault", spec);
     }
     if (matches > 1) {
-        return err_setraw(e, HBC_EINVAL, "snapshot prefix %s matches %zu snapshots: give more digits",
-                          spec, matches);
+        return err_setraw(e, HBC_EINVAL,
+                          "snapshot prefix %s matches %zu snapshots: give more digits", spec,
+                          matches);
     }
     *out = found;
     return 0;
@@ -197,8 +199,7 @@ int snap_dir_next(struct snap_dir *d, const struct tree_entry **en, struct err *
     }
 }
 
-int snap_dir_find(struct snap_dir *d, const char *name, const struct tree_entry **en,
-                  struct err *e)
+int snap_dir_find(struct snap_dir *d, const char *name, const struct tree_entry **en, struct err *e)
 {
     for (;;) {
         const struct tree_entry *x;
@@ -408,12 +409,12 @@ int snap_reflist_decode(const uint8_t *data, size_t len, const uint8_t (**parts)
         return err_set(e, HBC_EFORMAT, "reference list: %zu parts and %zu ids", np, ni);
     }
     if (len != SNAP_REFLIST_HEADER + (np + ni) * TREE_ID_LEN) {
-        return err_set(e, len < SNAP_REFLIST_HEADER + (np + ni) * TREE_ID_LEN ? HBC_ETRUNCATED
-                                                                             : HBC_EFORMAT,
-                       "reference list of %zu bytes for %zu parts and %zu ids", len, np, ni);
+        return err_set(
+            e, len < SNAP_REFLIST_HEADER + (np + ni) * TREE_ID_LEN ? HBC_ETRUNCATED : HBC_EFORMAT,
+            "reference list of %zu bytes for %zu parts and %zu ids", len, np, ni);
     }
-    const uint8_t (*pp)[TREE_ID_LEN] = (const uint8_t (*)[TREE_ID_LEN])(data + SNAP_REFLIST_HEADER);
-    const uint8_t (*ip)[TREE_ID_LEN] = pp + np;
+    const uint8_t(*pp)[TREE_ID_LEN] = (const uint8_t(*)[TREE_ID_LEN])(data + SNAP_REFLIST_HEADER);
+    const uint8_t(*ip)[TREE_ID_LEN] = pp + np;
     for (size_t i = 1; i < ni; i++) {
         if (memcmp(ip[i - 1], ip[i], TREE_ID_LEN) >= 0) {
             return err_set(e, HBC_EFORMAT, "reference list: ids not increasing at %zu", i);
@@ -451,7 +452,7 @@ int snap_reflist_store(struct repo *r, const uint8_t (*ids)[TREE_ID_LEN], size_t
     if (nparts > SNAP_REFLIST_MAX_PARTS) {
         return err_set(e, HBC_ETOOBIG, "reference list of %zu ids", n);
     }
-    uint8_t (*parts)[TREE_ID_LEN] = NULL;
+    uint8_t(*parts)[TREE_ID_LEN] = NULL;
     if (nparts > 0) {
         parts = hbc_malloc(nparts * TREE_ID_LEN);
         if (parts == NULL) {
@@ -465,7 +466,7 @@ int snap_reflist_store(struct repo *r, const uint8_t (*ids)[TREE_ID_LEN], size_t
     }
     if (rv == 0) {
         size_t done = nparts * SNAP_REFLIST_PER_OBJECT;
-        rv = reflist_put(r, (const uint8_t (*)[TREE_ID_LEN])parts, nparts, ids + done, n - done,
+        rv = reflist_put(r, (const uint8_t(*)[TREE_ID_LEN])parts, nparts, ids + done, n - done,
                          head, e);
     }
     hbc_free(parts);
@@ -482,7 +483,7 @@ static int reflist_append(uint8_t (**all)[TREE_ID_LEN], size_t *count,
     if (*count > 0 && memcmp((*all)[*count - 1], ids[0], TREE_ID_LEN) >= 0) {
         return err_set(e, HBC_EFORMAT, "reference list: ids not increasing across objects");
     }
-    uint8_t (*grown)[TREE_ID_LEN] = hbc_realloc(*all, (*count + n) * TREE_ID_LEN);
+    uint8_t(*grown)[TREE_ID_LEN] = hbc_realloc(*all, (*count + n) * TREE_ID_LEN);
     if (grown == NULL) {
         return err_set(e, HBC_ENOMEM, "reference list");
     }
@@ -503,12 +504,12 @@ int snap_reflist_load(struct repo *r, const uint8_t head[TREE_ID_LEN], uint8_t (
     if (rv != 0) {
         return err_wrap(e, "read reference list");
     }
-    const uint8_t (*parts)[TREE_ID_LEN];
-    const uint8_t (*hids)[TREE_ID_LEN];
+    const uint8_t(*parts)[TREE_ID_LEN];
+    const uint8_t(*hids)[TREE_ID_LEN];
     size_t nparts;
     size_t nh;
     rv = snap_reflist_decode(hbuf, hlen, &parts, &nparts, &hids, &nh, e);
-    uint8_t (*all)[TREE_ID_LEN] = NULL;
+    uint8_t(*all)[TREE_ID_LEN] = NULL;
     size_t count = 0;
     for (size_t i = 0; rv == 0 && i < nparts; i++) {
         uint8_t *pbuf = NULL;
@@ -518,8 +519,8 @@ int snap_reflist_load(struct repo *r, const uint8_t head[TREE_ID_LEN], uint8_t (
             err_wrap(e, "read reference list part");
             break;
         }
-        const uint8_t (*pp)[TREE_ID_LEN];
-        const uint8_t (*pids)[TREE_ID_LEN];
+        const uint8_t(*pp)[TREE_ID_LEN];
+        const uint8_t(*pids)[TREE_ID_LEN];
         size_t npp;
         size_t np;
         rv = snap_reflist_decode(pbuf, plen, &pp, &npp, &pids, &np, e);

@@ -1,4 +1,5 @@
-/* Reading and naming what snapshots hold: ids, "latest", directory cursors over trees, chunk and reference lists. */
+/* Reading and naming what snapshots hold: ids, "latest", directory cursors over trees, chunk and
+ * reference lists. */
 #ifndef HBC_CLIENT_SNAPSHOT_IO_H
 #define HBC_CLIENT_SNAPSHOT_IO_H
 
@@ -39,12 +40,12 @@
  * head). Decoding checks all of that (HBC_EFORMAT) and the bounds below.
  */
 
-#define SNAP_ID_HEX (REPO_ID_LEN * 2)     /* hex digits of a snapshot id */
-#define SNAP_REFLIST_MAGIC "HBCR"         /* reference list objects */
-#define SNAP_REFLIST_VERSION 1            /* written and accepted */
-#define SNAP_REFLIST_HEADER 16            /* bytes before the ids */
-#define SNAP_REFLIST_PER_OBJECT 131000u   /* ids in one object (about 4 MiB) */
-#define SNAP_REFLIST_MAX_PARTS 65536u     /* parts a head may name */
+#define SNAP_ID_HEX (REPO_ID_LEN * 2)   /* hex digits of a snapshot id */
+#define SNAP_REFLIST_MAGIC "HBCR"       /* reference list objects */
+#define SNAP_REFLIST_VERSION 1          /* written and accepted */
+#define SNAP_REFLIST_HEADER 16          /* bytes before the ids */
+#define SNAP_REFLIST_PER_OBJECT 131000u /* ids in one object (about 4 MiB) */
+#define SNAP_REFLIST_MAX_PARTS 65536u   /* parts a head may name */
 
 /* Write id as SNAP_ID_HEX lowercase hex digits and a NUL into out. */
 void snap_id_hex(const uint8_t id[REPO_ID_LEN], char out[SNAP_ID_HEX + 1]);

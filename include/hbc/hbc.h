@@ -85,16 +85,16 @@ typedef void (*hbc_entry_error_cb)(void *arg, const char *path, int code, const 
 
 /* What to back up. A plain option struct: zero it, then fill. */
 struct hbc_backup_options {
-    const char *const *paths;     /* files or directories, stored under their absolute paths */
-    size_t npaths;                /* how many */
-    const char *parent;           /* parent snapshot (id prefix or "latest"); NULL: the
-                                     latest snapshot holding every path */
-    int force_read;               /* nonzero: no parent, read every file */
-    int one_file_system;          /* nonzero: stay on each path's file system */
-    unsigned threads;             /* worker threads (0: two per core) */
-    hbc_progress_cb progress;     /* may be NULL */
-    hbc_entry_error_cb skipped;   /* may be NULL */
-    void *arg;                    /* for the callbacks */
+    const char *const *paths;   /* files or directories, stored under their absolute paths */
+    size_t npaths;              /* how many */
+    const char *parent;         /* parent snapshot (id prefix or "latest"); NULL: the
+                                   latest snapshot holding every path */
+    int force_read;             /* nonzero: no parent, read every file */
+    int one_file_system;        /* nonzero: stay on each path's file system */
+    unsigned threads;           /* worker threads (0: two per core) */
+    hbc_progress_cb progress;   /* may be NULL */
+    hbc_entry_error_cb skipped; /* may be NULL */
+    void *arg;                  /* for the callbacks */
 };
 
 /* What a backup did. */
@@ -146,13 +146,13 @@ void hbc_snapshots_free(struct hbc_snapshot *s);
 
 /* One entry of a snapshot, for hbc_ls(). Pointers valid during the callback. */
 struct hbc_entry {
-    const char *path;   /* relative to the snapshot root ('/'-joined) */
-    const char *type;   /* "file", "dir", "symlink", "hardlink", "fifo", "char", "block", "socket" */
-    unsigned mode;      /* permission bits (07777) */
-    uint32_t uid;       /* owner */
-    uint32_t gid;       /* group */
-    int64_t mtime_ns;   /* modification time, ns since the epoch */
-    uint64_t size;      /* bytes (files) */
+    const char *path; /* relative to the snapshot root ('/'-joined) */
+    const char *type; /* "file", "dir", "symlink", "hardlink", "fifo", "char", "block", "socket" */
+    unsigned mode;    /* permission bits (07777) */
+    uint32_t uid;     /* owner */
+    uint32_t gid;     /* group */
+    int64_t mtime_ns; /* modification time, ns since the epoch */
+    uint64_t size;    /* bytes (files) */
     const char *target; /* symlinks: the target; hard links: the first name; else NULL */
 };
 

@@ -31,9 +31,9 @@ struct repo {
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static struct obj *buckets[BUCKETS];
-static uint8_t **snaps;             /* packed SnapshotInfo records */
-static size_t *snap_lens;           /* their lengths */
-static size_t nsnaps;               /* how many */
+static uint8_t **snaps;   /* packed SnapshotInfo records */
+static size_t *snap_lens; /* their lengths */
+static size_t nsnaps;     /* how many */
 static struct repo_fake_stats stats;
 static long fail_puts_after = -1;
 static size_t fail_get_len;

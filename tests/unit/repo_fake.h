@@ -1,4 +1,5 @@
-/* TEST FAKE: an in-memory client/repo.h for the backup and restore unit tests (never linked into hbc). */
+/* TEST FAKE: an in-memory client/repo.h for the backup and restore unit tests (never linked into
+ * hbc). */
 #ifndef HBC_TESTS_REPO_FAKE_H
 #define HBC_TESTS_REPO_FAKE_H
 
@@ -8,14 +9,14 @@
 
 /* Counters of calls into the fake since the last reset. */
 struct repo_fake_stats {
-    uint64_t puts;        /* repo_put_chunk calls */
-    uint64_t put_bytes;   /* their bytes */
-    uint64_t gets;        /* repo_get_chunk calls */
-    uint64_t have_calls;  /* repo_have calls */
-    uint64_t have_ids;    /* ids asked about */
-    uint64_t objects;     /* objects stored */
-    uint64_t snapshots;   /* snapshots committed */
-    uint64_t tests;       /* restore tests recorded */
+    uint64_t puts;             /* repo_put_chunk calls */
+    uint64_t put_bytes;        /* their bytes */
+    uint64_t gets;             /* repo_get_chunk calls */
+    uint64_t have_calls;       /* repo_have calls */
+    uint64_t have_ids;         /* ids asked about */
+    uint64_t objects;          /* objects stored */
+    uint64_t snapshots;        /* snapshots committed */
+    uint64_t tests;            /* restore tests recorded */
     uint64_t last_test_errors; /* errors of the last restore test recorded */
     uint64_t last_test_chunks; /* chunks of the last restore test recorded */
 };

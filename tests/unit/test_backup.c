@@ -1,4 +1,5 @@
-/* Unit tests of the backup and restore pipelines, snapshot_io and libhbc's API, over the in-memory repo fake. */
+/* Unit tests of the backup and restore pipelines, snapshot_io and libhbc's API, over the in-memory
+ * repo fake. */
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -26,7 +27,7 @@ struct fixture {
     char base[64]; /* temporary directory */
     char src[96];  /* base/src: what is backed up */
     char dst[96];  /* base/dst: where it is restored */
-    hbc_client *c;       /* open on the fake */
+    hbc_client *c; /* open on the fake */
 };
 
 static void write_bytes(const char *path, const void *data, size_t len)
@@ -199,8 +200,8 @@ static void assert_restored(struct fixture *f)
 static int backup(struct fixture *f, const char *parent, bool force, struct hbc_backup_summary *s)
 {
     const char *paths[] = {f->src};
-    struct hbc_backup_options o = {.paths = paths, .npaths = 1, .parent = parent,
-                                   .force_read = force, .threads = 3};
+    struct hbc_backup_options o = {
+        .paths = paths, .npaths = 1, .parent = parent, .force_read = force, .threads = 3};
     int rv = hbc_backup(f->c, &o, s);
     if (rv != 0) {
         print_message("backup: %s\n", hbc_client_errmsg(f->c));
@@ -218,8 +219,12 @@ static int restore(struct fixture *f, const char *snap, const char *target, bool
                    const char *include, struct hbc_restore_summary *s)
 {
     const char *inc[] = {include};
-    struct hbc_restore_options o = {.snapshot = snap, .target = target, .verify = verify,
-                                    .copy = -1, .threads = 3, .error = entry_error,
+    struct hbc_restore_options o = {.snapshot = snap,
+                                    .target = target,
+                                    .verify = verify,
+                                    .copy = -1,
+                                    .threads = 3,
+                                    .error = entry_error,
                                     .includes = include != NULL ? inc : NULL,
                                     .nincludes = include != NULL ? 1 : 0};
     int rv = hbc_restore(f->c, &o, s);
@@ -390,11 +395,11 @@ static void test_include_and_ls(void **state)
 }
 
 struct count {
-    int files;    /* entries of type file */
-    int symlinks; /* of type symlink */
-    int first;    /* the first path was the one asked for */
+    int files;        /* entries of type file */
+    int symlinks;     /* of type symlink */
+    int first;        /* the first path was the one asked for */
     const char *want; /* that path */
-    int n;        /* entries */
+    int n;            /* entries */
 };
 
 static int count_cb(void *arg, const struct hbc_entry *en)
@@ -466,12 +471,12 @@ static void test_reflist_format(void **state)
     uint8_t *buf;
     size_t len;
     struct err e;
-    assert_int_equal(snap_reflist_encode((const uint8_t (*)[TREE_ID_LEN])parts, 1,
-                                         (const uint8_t (*)[TREE_ID_LEN])ids, 3, &buf, &len, &e),
+    assert_int_equal(snap_reflist_encode((const uint8_t(*)[TREE_ID_LEN])parts, 1,
+                                         (const uint8_t(*)[TREE_ID_LEN])ids, 3, &buf, &len, &e),
                      0);
     assert_int_equal(len, SNAP_REFLIST_HEADER + 4 * TREE_ID_LEN);
-    const uint8_t (*pp)[TREE_ID_LEN];
-    const uint8_t (*ip)[TREE_ID_LEN];
+    const uint8_t(*pp)[TREE_ID_LEN];
+    const uint8_t(*ip)[TREE_ID_LEN];
     size_t np;
     size_t ni;
     assert_int_equal(snap_reflist_decode(buf, len, &pp, &np, &ip, &ni, &e), 0);
@@ -494,9 +499,9 @@ static void test_reflist_format(void **state)
     hbc_free(buf);
     /* Unsorted input is refused when encoding. */
     uint8_t bad[2][TREE_ID_LEN] = {{2}, {1}};
-    assert_int_equal(snap_reflist_encode(NULL, 0, (const uint8_t (*)[TREE_ID_LEN])bad, 2, &buf,
-                                         &len, &e),
-                     HBC_EINVAL);
+    assert_int_equal(
+        snap_reflist_encode(NULL, 0, (const uint8_t(*)[TREE_ID_LEN])bad, 2, &buf, &len, &e),
+        HBC_EINVAL);
 }
 
 static void test_reflist_parts_round_trip(void **state)
@@ -507,7 +512,7 @@ static void test_reflist_parts_round_trip(void **state)
     struct err e;
     assert_int_equal(repo_open(NULL, &r, &e), 0);
     size_t n = 2 * SNAP_REFLIST_PER_OBJECT + 17;
-    uint8_t (*ids)[TREE_ID_LEN] = calloc(n, TREE_ID_LEN);
+    uint8_t(*ids)[TREE_ID_LEN] = calloc(n, TREE_ID_LEN);
     assert_non_null(ids);
     for (size_t i = 0; i < n; i++) {
         ids[i][0] = (uint8_t)(i >> 24);
@@ -516,9 +521,9 @@ static void test_reflist_parts_round_trip(void **state)
         ids[i][3] = (uint8_t)i;
     }
     uint8_t head[TREE_ID_LEN];
-    assert_int_equal(snap_reflist_store(r, (const uint8_t (*)[TREE_ID_LEN])ids, n, head, &e), 0);
+    assert_int_equal(snap_reflist_store(r, (const uint8_t(*)[TREE_ID_LEN])ids, n, head, &e), 0);
     assert_int_equal(repo_fake_stats().objects, 3);
-    uint8_t (*back)[TREE_ID_LEN];
+    uint8_t(*back)[TREE_ID_LEN];
     size_t m;
     assert_int_equal(snap_reflist_load(r, head, &back, &m, &e), 0);
     assert_int_equal(m, n);
@@ -542,8 +547,12 @@ static void test_progress_format(void **state)
 {
     (void)state;
     char buf[256];
-    struct hbc_progress p = {.files = 12, .bytes = 3u << 20, .bytes_total = 6u << 20,
-                             .totals_final = 1, .rate = 1u << 20, .eta = 3};
+    struct hbc_progress p = {.files = 12,
+                             .bytes = 3u << 20,
+                             .bytes_total = 6u << 20,
+                             .totals_final = 1,
+                             .rate = 1u << 20,
+                             .eta = 3};
     progress_format(buf, sizeof buf, "backup", &p);
     assert_string_equal(buf, "backup 3.0 MiB / 6.0 MiB, 12 files, 1.0 MiB/s, ETA 0:03");
     p.totals_final = 0;
