@@ -395,6 +395,8 @@ static void *scanner_main(void *arg)
     return NULL;
 }
 
+static void skip(struct backup *bk, const char *path, int code, const char *msg);
+
 /* ------------------------------------------------------------------------- */
 /* Roots: absolute, normalised, sorted by components, nested ones dropped.   */
 
@@ -504,12 +506,17 @@ static int roots_prepare(struct backup *bk, struct err *e)
         return err_set(e, HBC_ENOMEM, "paths");
     }
     for (size_t i = 0; i < o->npaths; i++) {
-        int rv = root_normalise(o->paths[i], &bk->roots[i], e);
-        if (rv != 0) {
-            bk->nroots = i;
+        struct err re = {0};
+        int rv = root_normalise(o->paths[i], &bk->roots[bk->nroots], &re);
+        if (rv == HBC_ENOMEM) {
+            *e = re;
             return rv;
         }
-        bk->nroots = i + 1;
+        if (rv != 0) {
+            skip(bk, o->paths[i], rv, re.msg); /* like a path the walk cannot open */
+            continue;
+        }
+        bk->nroots++;
     }
     qsort(bk->roots, bk->nroots, sizeof *bk->roots, path_qsort_cmp);
     size_t k = 0;
@@ -1109,6 +1116,10 @@ int backup_run(struct repo *r, const struct backup_options *o, struct backup_res
     wo.error_cb = error_cb;
     wo.arg = bk;
     struct err we = {0};
+    if (bk->nroots == 0) {
+        rv = err_setraw(e, HBC_ENOTFOUND, "none of the paths to back up could be read");
+        goto drain;
+    }
     walk_rv = walk_run((const char *const *)bk->roots, bk->nroots, &wo, &we);
     if (walk_rv != 0 && walk_rv != HBC_EPARTIAL) {
         rv = walk_rv;
@@ -1116,6 +1127,11 @@ int backup_run(struct repo *r, const struct backup_options *o, struct backup_res
         if (e->code == 0) {
             err_set(e, rv, "walk");
         }
+        goto drain;
+    }
+    if (bk->cur_root == SIZE_MAX) {
+        /* Not one path could be read: an empty snapshot would only hide that. */
+        rv = err_setraw(e, HBC_ENOTFOUND, "none of the paths to back up could be read");
         goto drain;
     }
     /* Close the synthetic levels and finish the root. */

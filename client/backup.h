@@ -107,8 +107,9 @@ struct backup_result {
 /*
  * Back up o->paths (see the top of this file) into r's open vault and fill
  * res. Returns 0; HBC_EPARTIAL (committed, some entries skipped);
- * HBC_EINVAL for bad options or paths (nothing committed); or the error
- * that stopped it (nothing committed), with a message.
+ * HBC_EINVAL for bad options; HBC_ENOTFOUND if not one path could be read
+ * (nothing committed); or the error that stopped it (nothing committed),
+ * with a message.
  */
 int backup_run(struct repo *r, const struct backup_options *o, struct backup_result *res,
                struct err *e);

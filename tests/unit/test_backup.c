@@ -271,13 +271,14 @@ static void test_incremental_reads_only_changes(void **state)
     assert_int_equal(backup(f, NULL, false, &b1), 0);
     uint64_t puts1 = repo_fake_stats().put_bytes;
 
-    /* Nothing changed: nothing is read, and only the reference list is new. */
+    /* Nothing changed: nothing is read, and nothing is new but the root tree (it holds the
+     * entry of /tmp, whose time other programs change). */
     struct hbc_backup_summary b2;
     assert_int_equal(backup(f, NULL, false, &b2), 0);
     assert_string_equal(b2.parent, b1.snapshot);
     assert_int_equal(b2.bytes_read, 0);
     assert_int_equal(b2.files_reused, b1.files);
-    assert_int_equal(b2.new_chunks, 0);
+    assert_true(b2.new_chunks <= 1);
     assert_int_equal(b2.chunks, b1.chunks);
 
     /* One small file changed: only it is read. */
@@ -295,7 +296,7 @@ static void test_incremental_reads_only_changes(void **state)
     assert_int_equal(backup(f, NULL, true, &b4), 0);
     assert_string_equal(b4.parent, "");
     assert_int_equal(b4.bytes_read, b4.bytes);
-    assert_int_equal(b4.new_chunks, 0);
+    assert_true(b4.new_chunks <= 1); /* the root tree, as above */
 
     /* The incremental snapshot restores the changed content. */
     struct hbc_restore_summary r;
@@ -372,6 +373,13 @@ static void test_missing_path_is_partial(void **state)
     assert_int_equal(hbc_backup(f->c, &o, &b), HBC_EPARTIAL);
     assert_int_equal(b.skipped, 1);
     assert_int_equal(strlen(b.snapshot), 32);
+    assert_int_equal(repo_fake_stats().snapshots, 1);
+    /* When nothing at all can be read, nothing is committed. */
+    const char *none[] = {missing, "/no/such/dir/below"};
+    o.paths = none;
+    o.npaths = 2;
+    assert_int_equal(hbc_backup(f->c, &o, &b), HBC_ENOTFOUND);
+    assert_string_equal(b.snapshot, "");
     assert_int_equal(repo_fake_stats().snapshots, 1);
 }
 
