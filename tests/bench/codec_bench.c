@@ -23,7 +23,7 @@
  * Rows whose module has not landed on main yet are left out.
  * TODO: remove these switches once chunker, crypto and chunk_object are merged.
  */
-#define HAVE_CHUNKER 0
+#define HAVE_CHUNKER 1
 #define HAVE_CRYPTO 0
 #define HAVE_CHUNK_OBJECT 0
 

@@ -9,6 +9,22 @@
 
 #include "common/alloc.h"
 #include "common/erasure.h"
+#include "fuzz_keys.h"
+
+/* TODO: remove these switches once frame, chunk_object and keys are merged. */
+#define HAVE_FRAME 0
+#define HAVE_CHUNK_OBJECT 0
+#define HAVE_KEYS 0
+
+#if HAVE_FRAME
+#include "common/frame.h"
+#endif
+#if HAVE_CHUNK_OBJECT
+#include "common/chunk_object.h"
+#endif
+#if HAVE_KEYS
+#include "common/keys.h"
+#endif
 
 /*
  * Usage: fuzz_seeds OUTDIR. Creates OUTDIR/NAME/ for each target that takes
@@ -99,6 +115,134 @@ static void erasure_seeds(void)
     }
 }
 
+#if HAVE_FRAME
+/* Append f's encoding to buf at *pos. */
+static void frame_append(const Hbc__Frame *f, uint8_t *buf, size_t cap, size_t *pos)
+{
+    size_t n;
+    struct err e;
+    if (frame_encode_into(f, buf + *pos, cap - *pos, &n, &e) != 0) {
+        die("frame_encode_into", &e);
+    }
+    *pos += n;
+}
+
+static void frame_seeds(void)
+{
+    make_dir("frame_reader");
+    uint8_t vault[16] = {1}, chunk[32] = {2}, shard[64] = {3};
+    uint8_t *ids[2] = {chunk, chunk};
+
+    Hbc__StatusRequest status = HBC__STATUS_REQUEST__INIT;
+    Hbc__ShardBlob blob = HBC__SHARD_BLOB__INIT;
+    blob.vault_id = (ProtobufCBinaryData){sizeof vault, vault};
+    blob.chunk_id = (ProtobufCBinaryData){sizeof chunk, chunk};
+    blob.index = 1;
+    blob.data = (ProtobufCBinaryData){sizeof shard, shard};
+    Hbc__ShardBlob *blobs[1] = {&blob};
+    Hbc__PutShards put = HBC__PUT_SHARDS__INIT;
+    put.n_shards = 1;
+    put.shards = blobs;
+    Hbc__ShardKey key = HBC__SHARD_KEY__INIT;
+    key.vault_id = blob.vault_id;
+    key.chunk_id = blob.chunk_id;
+    Hbc__ShardKey *keys[1] = {&key};
+    Hbc__GetShards get = HBC__GET_SHARDS__INIT;
+    get.n_keys = 1;
+    get.keys = keys;
+    Hbc__HaveChunks have = HBC__HAVE_CHUNKS__INIT;
+    have.vault_id = blob.vault_id;
+    ProtobufCBinaryData id_list[2] = {{32, ids[0]}, {32, ids[1]}};
+    have.n_chunk_ids = 2;
+    have.chunk_ids = id_list;
+    Hbc__StatusReply reply = HBC__STATUS_REPLY__INIT;
+    reply.node_id = "n1";
+    reply.version = "0.1.0";
+    reply.site = "s1";
+
+    Hbc__Frame frames[5];
+    for (int i = 0; i < 5; i++) {
+        hbc__frame__init(&frames[i]);
+        frames[i].request_id = (uint64_t)i + 1;
+    }
+    frames[0].body_case = HBC__FRAME__BODY_STATUS;
+    frames[0].status = &status;
+    frames[1].body_case = HBC__FRAME__BODY_PUT_SHARDS;
+    frames[1].put_shards = &put;
+    frames[2].body_case = HBC__FRAME__BODY_GET_SHARDS;
+    frames[2].get_shards = &get;
+    frames[3].body_case = HBC__FRAME__BODY_HAVE_CHUNKS;
+    frames[3].have_chunks = &have;
+    frames[4].body_case = HBC__FRAME__BODY_STATUS_REPLY;
+    frames[4].status_reply = &reply;
+
+    /* Each frame alone, then all five in one stream; byte 0 sets how it is cut. */
+    uint8_t all[4096];
+    size_t all_len = 1;
+    all[0] = 7;
+    for (int i = 0; i < 5; i++) {
+        uint8_t one[1024];
+        size_t len = 1;
+        one[0] = (uint8_t)(i * 37);
+        frame_append(&frames[i], one, sizeof one, &len);
+        frame_append(&frames[i], all, sizeof all, &all_len);
+        char name[32];
+        snprintf(name, sizeof name, "frame-%d", i);
+        write_seed("frame_reader", name, one, len);
+    }
+    write_seed("frame_reader", "stream", all, all_len);
+}
+#endif
+
+#if HAVE_CHUNK_OBJECT
+static void chunk_object_seeds(void)
+{
+    make_dir("chunk_object");
+    struct chunk_ctx *ctx = NULL;
+    struct chunk_key key;
+    struct err e;
+    if (chunk_ctx_new(&ctx, &e) != 0 ||
+        chunk_key_init(&key, fuzz_data_key, FUZZ_KEY_GENERATION, &e) != 0) {
+        die("chunk key", &e);
+    }
+    static uint8_t plain[4096], obj[8192];
+    for (size_t i = 0; i < sizeof plain; i++) {
+        plain[i] = i < 100 ? (uint8_t)(i * 131 + 7) : (uint8_t)("hello world "[i % 12]);
+    }
+    /* Empty, 100 incompressible bytes, 4 KiB that zstd packs. */
+    static const size_t lens[][2] = {{0, 0}, {0, 100}, {100, sizeof plain - 100}};
+    static const char *names[] = {"empty", "stored", "zstd"};
+    for (int i = 0; i < 3; i++) {
+        size_t n;
+        if (chunk_object_seal(ctx, &key, fuzz_vault_id, fuzz_chunk_id, plain + lens[i][0],
+                              lens[i][1], obj, sizeof obj, &n, &e) != 0) {
+            die("chunk_object_seal", &e);
+        }
+        write_seed("chunk_object", names[i], obj, n);
+    }
+    chunk_key_clear(&key);
+    chunk_ctx_free(ctx);
+}
+#endif
+
+#if HAVE_KEYS
+static void keyfile_seeds(void)
+{
+    make_dir("keyfile");
+    uint8_t kek[CRYPTO_KEY_LEN] = {9}, file[KEYFILE_LEN];
+    struct keyfile_params cheap = {.log2_n = 10, .r = 8, .p = 1};
+    struct err e;
+    if (keyfile_encode(kek, FUZZ_PASSPHRASE, FUZZ_PASSPHRASE_LEN, &cheap, file, &e) != 0) {
+        die("keyfile_encode", &e);
+    }
+    write_seed("keyfile", "valid", file, sizeof file);
+    if (keyfile_encode(kek, "other", 5, &cheap, file, &e) != 0) {
+        die("keyfile_encode", &e);
+    }
+    write_seed("keyfile", "other-passphrase", file, sizeof file);
+}
+#endif
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -107,5 +251,14 @@ int main(int argc, char **argv)
     }
     outdir = argv[1];
     erasure_seeds();
+#if HAVE_FRAME
+    frame_seeds();
+#endif
+#if HAVE_CHUNK_OBJECT
+    chunk_object_seeds();
+#endif
+#if HAVE_KEYS
+    keyfile_seeds();
+#endif
     return 0;
 }
