@@ -1,4 +1,120 @@
-/* TODO(issue 3): frame. */
+/* Data-plane framing: a 4-byte big-endian length, then one protobuf hbc.Frame. */
 #ifndef HBC_COMMON_FRAME_H
 #define HBC_COMMON_FRAME_H
-#endif
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+#include "hbc.pb-c.h"
+
+/* Bytes of the length prefix in front of every frame. */
+#define FRAME_PREFIX_LEN 4
+
+/*
+ * Default bound on a frame's body (the value of the length prefix) on the
+ * data plane: shards are at most 4 MiB, and a PutShards or GetShardsReply
+ * batches several of them.
+ */
+#define FRAME_MAX_DEFAULT ((size_t)64 << 20)
+
+/*
+ * Encoding. A frame must have a body (f->body_case set); one without is
+ * refused with HBC_EINVAL, since every peer would refuse it with HBC_EPROTO.
+ * The body may not exceed 4 GiB - 1 bytes (HBC_ETOOBIG); a receiver applies
+ * its own, smaller bound.
+ */
+
+/* The size of f on the wire, prefix included. */
+size_t frame_encoded_size(const Hbc__Frame *f);
+
+/*
+ * Encode f (borrowed) into buf[0..cap), prefix first, and set *out_len to the
+ * bytes written. Returns 0, HBC_EINVAL (no body), HBC_ETOOBIG (body over
+ * 4 GiB - 1) or HBC_ETRUNCATED (cap smaller than frame_encoded_size(f)).
+ */
+int frame_encode_into(const Hbc__Frame *f, uint8_t *buf, size_t cap, size_t *out_len,
+                      struct err *e);
+
+/*
+ * Encode f (borrowed) into a new buffer *out of *out_len bytes, prefix first;
+ * the caller frees it with hbc_free(). Returns 0, HBC_EINVAL, HBC_ETOOBIG or
+ * HBC_ENOMEM; *out is NULL on error.
+ */
+int frame_encode(const Hbc__Frame *f, uint8_t **out, size_t *out_len, struct err *e);
+
+/* Free a frame delivered by a frame_reader. NULL is a no-op. */
+void frame_free(Hbc__Frame *f);
+
+/*
+ * Called once per complete, valid frame. Ownership of frame passes to the
+ * callback, which releases it with frame_free() (now or later, e.g. after
+ * work on another thread). Return 0 to go on; any other value stops
+ * frame_reader_feed(), which returns it, and poisons the reader.
+ */
+typedef int (*frame_reader_cb)(Hbc__Frame *frame, void *arg);
+
+/*
+ * An incremental reader: feed it the byte stream in pieces of any size (as
+ * TLS delivers them) and it calls back with each complete frame. A frame's
+ * body is gathered in one buffer sized from its length prefix (no
+ * reallocation, no quadratic copying); a frame that arrives whole inside one
+ * piece is decoded in place without copying. Memory held between frames is
+ * at most FRAME_KEEP_BUFFER bytes; during a frame, its body length, which
+ * max_len bounds before anything is allocated.
+ *
+ * After any error the reader is poisoned: every later feed returns the same
+ * code. The stream is out of sync and its connection must be closed.
+ *
+ * Embed it in the connection's state; one thread at a time.
+ */
+struct frame_reader {
+    size_t max_len;            /* largest body accepted, at most UINT32_MAX */
+    frame_reader_cb cb;        /* receives each frame */
+    void *arg;                 /* passed to cb */
+    uint8_t prefix[4];         /* length prefix gathered so far */
+    size_t prefix_have;        /* bytes of prefix[] filled */
+    uint8_t *buf;              /* body being gathered (or kept for reuse), or NULL */
+    size_t cap;                /* allocated bytes at buf */
+    size_t need;               /* body length of the frame in progress; 0 between frames */
+    size_t have;               /* body bytes of that frame in buf */
+    int poison;                /* the error that stopped the reader, or 0 */
+    unsigned long long frames; /* frames delivered so far */
+    unsigned long long bytes;  /* stream bytes consumed so far (for error messages) */
+};
+
+/* A body buffer up to this size is kept for the next frame; a larger one is freed. */
+#define FRAME_KEEP_BUFFER ((size_t)64 << 10)
+
+/*
+ * Set up r to deliver frames to cb(frame, arg). max_len bounds the body
+ * length; 0 means FRAME_MAX_DEFAULT, and values above UINT32_MAX are clamped.
+ * Allocates nothing.
+ */
+void frame_reader_init(struct frame_reader *r, size_t max_len, frame_reader_cb cb, void *arg);
+
+/*
+ * Feed len bytes of data (borrowed; not kept after the call). Calls cb for
+ * every frame completed by these bytes, in order. Returns 0 when all bytes
+ * were consumed, or:
+ *   HBC_ETOOBIG  a length prefix exceeds max_len (checked before allocating);
+ *   HBC_EFORMAT  a zero length, or a body that does not unpack as hbc.Frame;
+ *   HBC_EPROTO   a frame with no body set: an unknown frame type, e.g. from a
+ *                newer peer;
+ *   HBC_ENOMEM   out of memory;
+ *   the callback's nonzero return value;
+ *   the earlier error if the reader is already poisoned.
+ * Frames delivered before an error stay delivered.
+ */
+int frame_reader_feed(struct frame_reader *r, const void *data, size_t len, struct err *e);
+
+/*
+ * Bytes of an incomplete frame held (prefix included): nonzero when the
+ * stream ended mid-frame, i.e. the peer sent a truncated frame.
+ */
+size_t frame_reader_partial(const struct frame_reader *r);
+
+/* Free r's buffer. r may be initialised again afterwards. NULL is a no-op. */
+void frame_reader_release(struct frame_reader *r);
+
+#endif /* HBC_COMMON_FRAME_H */

@@ -1,0 +1,961 @@
+/*
+ * The data-plane server of hbcd: accepts mutual-TLS connections, reads
+ * length-prefixed frames and answers put, get, have and status requests.
+ *
+ * Happy path of a put: a PutShards frame arrives on a connection; it joins
+ * the commit queue; when no commit is running, the queued puts (up to the
+ * configured shards and bytes) become one group commit that runs on the
+ * thread pool: every shard's format and SHA-256 is checked, then the store
+ * appends them all, fdatasyncs each segment once and writes one synced
+ * index batch. Only in the after-work callback, on the loop, are the puts
+ * acknowledged. Puts that arrive meanwhile wait for the next commit, so one
+ * fsync covers everything that arrived during the previous one.
+ *
+ * Gets and existence queries run on the thread pool too (the store checks
+ * every record's SHA-256 before returning it); status is answered inline.
+ *
+ * Failure modes: a peer that fails the TLS handshake, sends a length above
+ * max_frame, a frame that does not parse or has an unknown type, or stays
+ * idle too long is closed with a logged reason; its requests already in a
+ * commit still complete (their replies are dropped). A request with a bad
+ * shard gets an error frame and stores nothing. A store error fails the
+ * whole commit: every put in it gets an error frame, nothing is acknowledged.
+ *
+ * Memory: each connection's held bytes (requests read but not answered plus
+ * replies not yet sent) are bounded by conn_buffer: above it the server
+ * stops reading from that peer until half of it has drained.
+ */
+#include "node/server.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/erasure.h"
+#include "common/frame.h"
+#include "common/log.h"
+#include "hbc.pb-c.h"
+
+/* Requests a connection may have in flight before reading pauses. */
+#define CONN_MAX_INFLIGHT 512
+/* How often idle connections are looked for, ms. */
+#define SWEEP_INTERVAL_MS 1000
+/* Largest number of keys or ids in one get or have request. */
+#define REQUEST_MAX_KEYS 4096
+
+struct conn;
+
+enum req_kind { REQ_PUT, REQ_GET, REQ_HAVE };
+
+/* One request being worked on: owns its frame until answered. */
+struct req {
+    enum req_kind kind;   /* what was asked */
+    struct conn *conn;    /* who asked (holds a reference) */
+    Hbc__Frame *frame;    /* the request, owned */
+    size_t bytes;         /* bytes charged to the connection for it */
+    int status;           /* 0, or why it failed (for an error frame) */
+    char msg[256];        /* the failure's explanation */
+    struct req *next;     /* commit queue / commit batch link */
+    uv_work_t work;       /* for gets and haves */
+    Hbc__Frame *reply;    /* get/have: the reply built on the worker */
+    uint8_t **datas;      /* get: shard data per key (owned) */
+    size_t *lens;         /* get: their lengths */
+    int *results;         /* get: per-key results */
+    protobuf_c_boolean *present; /* have: per-id answer */
+};
+
+/* One group commit on the thread pool. */
+struct commit {
+    struct server *srv;   /* owner */
+    uv_work_t work;       /* the thread-pool request */
+    struct req *reqs;     /* the puts it covers, in arrival order */
+    size_t nshards;       /* shards in it */
+    int status;           /* 0 or the store's error for the whole batch */
+    char msg[512];        /* its explanation */
+};
+
+struct conn {
+    struct server *srv;          /* owner */
+    struct tls_conn *tls;        /* the connection; NULL once closed */
+    struct frame_reader reader;  /* incoming frames */
+    struct conn *prev, *next;    /* the server's list */
+    unsigned refs;               /* 1 while open + 1 per request in flight */
+    unsigned inflight;           /* requests not yet answered */
+    size_t held;                 /* bytes held: requests in flight + unsent replies */
+    bool paused;                 /* reading stopped for backpressure */
+    bool handshaken;             /* TLS handshake completed */
+    uint64_t last_active;        /* uv_now of the last frame or reply */
+    char peer[64];               /* peer address, for logs */
+};
+
+struct server {
+    uv_loop_t *loop;                 /* the node's loop */
+    const struct node_config *cfg;   /* borrowed */
+    struct tls_ctx *tls;             /* borrowed */
+    struct shard_store *store;       /* borrowed */
+    uv_tcp_t listener;               /* the listening socket */
+    uv_timer_t sweep;                /* idle sweep */
+    struct conn *conns;              /* open connections */
+    struct req *queue_head, *queue_tail; /* puts waiting for the next commit */
+    size_t queue_shards;             /* shards in the queue */
+    struct commit *committing;       /* the commit running, or NULL */
+    unsigned works;                  /* get/have works running */
+    unsigned handles_open;           /* listener + sweep handles not yet closed */
+    bool stopping;                   /* server_stop() was called */
+    bool stopped_conns;              /* connections were told to close */
+    void (*done)(void *);            /* server_stop()'s callback */
+    void *done_arg;                  /* its argument */
+    struct server_stats stats;       /* counters */
+};
+
+static void conn_read_check(struct conn *c);
+static void server_maybe_commit(struct server *s);
+static void server_maybe_finish(struct server *s);
+
+/* ---------------------------------------------------------------------- */
+/* Connections                                                             */
+
+static void conn_unref(struct conn *c)
+{
+    if (--c->refs > 0) {
+        return;
+    }
+    frame_reader_release(&c->reader);
+    hbc_free(c);
+}
+
+/* Take back bytes charged to c and resume reading if it paused. */
+static void conn_release_bytes(struct conn *c, size_t n)
+{
+    c->held = c->held >= n ? c->held - n : 0;
+    conn_read_check(c);
+}
+
+/* Pause or resume reading from c so that what it holds stays bounded. */
+static void conn_read_check(struct conn *c)
+{
+    struct server *s = c->srv;
+    if (c->tls == NULL || !c->handshaken) {
+        return;
+    }
+    bool over = c->held > s->cfg->conn_buffer || c->inflight >= CONN_MAX_INFLIGHT;
+    bool under = c->held <= s->cfg->conn_buffer / 2 && c->inflight < CONN_MAX_INFLIGHT / 2;
+    if (!c->paused && (over || s->stopping)) {
+        if (tls_conn_read_stop(c->tls) == 0) {
+            c->paused = true;
+        }
+    } else if (c->paused && under && !s->stopping) {
+        if (tls_conn_read_start(c->tls) == 0) {
+            c->paused = false;
+        }
+    }
+}
+
+static void reply_written_cb(struct tls_conn *t, int status, void *arg)
+{
+    (void)t;
+    (void)status;
+    struct req *r = arg;
+    struct conn *c = r->conn;
+    conn_release_bytes(c, r->bytes);
+    hbc_free(r);
+    conn_unref(c);
+}
+
+static void req_free(struct req *r)
+{
+    frame_free(r->frame);
+    r->frame = NULL;
+    hbc_free(r->datas);
+    hbc_free(r->lens);
+    hbc_free(r->results);
+    hbc_free(r->present);
+    r->datas = NULL;
+    r->lens = NULL;
+    r->results = NULL;
+    r->present = NULL;
+}
+
+/* Drop r without a reply (its connection is gone or the reply failed). */
+static void req_drop(struct req *r)
+{
+    struct conn *c = r->conn;
+    struct server *s = c->srv;
+    req_free(r);
+    conn_release_bytes(c, r->bytes);
+    hbc_free(r);
+    conn_unref(c);
+    server_maybe_finish(s);
+}
+
+/*
+ * Send reply (borrowed; it may point into r's request) for r, then release
+ * r: the reply's bytes stay charged to the connection until written. If the
+ * connection is gone the reply is dropped.
+ */
+static void req_finish(struct req *r, const Hbc__Frame *reply)
+{
+    struct conn *c = r->conn;
+    struct server *s = c->srv;
+    c->inflight--;
+    c->last_active = uv_now(s->loop);
+    if (c->tls == NULL) {
+        req_drop(r);
+        return;
+    }
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    struct err e;
+    err_clear(&e);
+    int rv = frame_encode(reply, &buf, &len, &e);
+    req_free(r);
+    if (rv == 0) {
+        /* The reply's size replaces the request's in what the connection holds. */
+        c->held += len;
+        conn_release_bytes(c, r->bytes);
+        r->bytes = len;
+        uv_buf_t b = uv_buf_init((char *)buf, (unsigned)len);
+        rv = tls_conn_write(c->tls, &b, 1, reply_written_cb, r, &e);
+        hbc_free(buf);
+        if (rv == 0) {
+            server_maybe_finish(s);
+            return;
+        }
+    }
+    hbc_log(LOG_WARN, "event=reply_failed peer=%s reason=\"%s\"", c->peer, e.msg);
+    req_drop(r);
+}
+
+static Hbc__ErrorCode error_code_for(int code)
+{
+    switch (code) {
+    case HBC_ENOTFOUND:
+        return HBC__ERROR_CODE__ERROR_NOT_FOUND;
+    case HBC_ECORRUPT:
+    case HBC_EVERSION:
+    case HBC_ETRUNCATED:
+        return HBC__ERROR_CODE__ERROR_CORRUPT;
+    case -ENOSPC:
+        return HBC__ERROR_CODE__ERROR_NO_SPACE;
+    case HBC_ETOOBIG:
+        return HBC__ERROR_CODE__ERROR_TOO_BIG;
+    case HBC_EDENIED:
+        return HBC__ERROR_CODE__ERROR_DENIED;
+    case HBC_EUNAVAILABLE:
+    case HBC_EBUSY:
+        return HBC__ERROR_CODE__ERROR_UNAVAILABLE;
+    case HBC_EINVAL:
+    case HBC_EFORMAT:
+    case HBC_EPROTO:
+        return HBC__ERROR_CODE__ERROR_BAD_REQUEST;
+    default:
+        return HBC__ERROR_CODE__ERROR_INTERNAL;
+    }
+}
+
+/* Answer r with an error frame carrying code and msg. */
+static void req_fail(struct req *r, int code, const char *msg)
+{
+    Hbc__Frame f = HBC__FRAME__INIT;
+    Hbc__Error err = HBC__ERROR__INIT;
+    f.request_id = r->frame != NULL ? r->frame->request_id : 0;
+    f.body_case = HBC__FRAME__BODY_ERROR;
+    f.error = &err;
+    err.code = error_code_for(code);
+    err.message = (char *)msg;
+    r->conn->srv->stats.bad_requests++;
+    hbc_log(LOG_INFO, "event=request_failed peer=%s request=%llu code=%s reason=\"%s\"", r->conn->peer,
+            (unsigned long long)f.request_id, hbc_errname(code), msg);
+    req_finish(r, &f);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Group commit                                                            */
+
+/* Check one shard blob of a put: bounded, well formed, and naming what it claims. */
+static int check_blob(const Hbc__ShardBlob *b, uint64_t max_shard, char *msg, size_t mlen)
+{
+    if (b->vault_id.len != SHARD_STORE_VAULT_ID_LEN || b->chunk_id.len != SHARD_STORE_CHUNK_ID_LEN) {
+        snprintf(msg, mlen, "shard key has a %zu-byte vault id and a %zu-byte chunk id (want 16 and 32)",
+                 b->vault_id.len, b->chunk_id.len);
+        return HBC_EINVAL;
+    }
+    if (b->data.len > max_shard) {
+        snprintf(msg, mlen, "shard of %zu bytes exceeds the node's max_shard of %llu", b->data.len,
+                 (unsigned long long)max_shard);
+        return HBC_ETOOBIG;
+    }
+    struct erasure_shard_info info;
+    const uint8_t *payload;
+    struct err e;
+    int rv = erasure_shard_decode(b->data.data, b->data.len, &info, &payload, &e);
+    if (rv != 0) {
+        snprintf(msg, mlen, "shard %u: %s", b->index, e.msg);
+        return rv;
+    }
+    if (memcmp(info.vault_id, b->vault_id.data, SHARD_STORE_VAULT_ID_LEN) != 0 ||
+        memcmp(info.chunk_id, b->chunk_id.data, SHARD_STORE_CHUNK_ID_LEN) != 0 || info.index != b->index) {
+        snprintf(msg, mlen, "shard %u: its header names another vault, chunk or index than the request",
+                 b->index);
+        return HBC_EINVAL;
+    }
+    return 0;
+}
+
+static void commit_work_cb(uv_work_t *w)
+{
+    struct commit *cm = w->data;
+    struct server *s = cm->srv;
+    struct shard_put *puts = hbc_calloc(cm->nshards, sizeof *puts);
+    int *results = hbc_calloc(cm->nshards, sizeof *results);
+    if (puts == NULL || results == NULL) {
+        cm->status = HBC_ENOMEM;
+        snprintf(cm->msg, sizeof cm->msg, "group commit: out of memory");
+        goto out;
+    }
+    size_t n = 0;
+    uint64_t bytes = 0;
+    for (struct req *r = cm->reqs; r != NULL; r = r->next) {
+        Hbc__PutShards *p = r->frame->put_shards;
+        for (size_t i = 0; i < p->n_shards && r->status == 0; i++) {
+            r->status = check_blob(p->shards[i], s->cfg->max_shard, r->msg, sizeof r->msg);
+        }
+        if (r->status != 0) {
+            continue;
+        }
+        for (size_t i = 0; i < p->n_shards; i++) {
+            Hbc__ShardBlob *b = p->shards[i];
+            memcpy(puts[n].key.vault_id, b->vault_id.data, SHARD_STORE_VAULT_ID_LEN);
+            memcpy(puts[n].key.chunk_id, b->chunk_id.data, SHARD_STORE_CHUNK_ID_LEN);
+            puts[n].key.index = b->index;
+            puts[n].data = b->data.data;
+            puts[n].len = b->data.len;
+            bytes += b->data.len + SHARD_STORE_RECORD_HEADER_LEN;
+            n++;
+        }
+    }
+    if (n == 0) {
+        goto out;
+    }
+    struct shard_store_stats st;
+    shard_store_stats(s->store, &st);
+    if (st.used_bytes + bytes > s->cfg->capacity) {
+        cm->status = -ENOSPC;
+        snprintf(cm->msg, sizeof cm->msg, "node is full: %llu of %llu bytes used, %llu more asked",
+                 (unsigned long long)st.used_bytes, (unsigned long long)s->cfg->capacity,
+                 (unsigned long long)bytes);
+        goto out;
+    }
+    struct err e;
+    err_clear(&e);
+    int rv = shard_store_put_batch(s->store, puts, n, results, &e);
+    if (rv != 0) {
+        cm->status = rv;
+        snprintf(cm->msg, sizeof cm->msg, "group commit: %s", e.msg);
+        goto out;
+    }
+    /* A different shard already stored under a key fails that request. */
+    size_t k = 0;
+    for (struct req *r = cm->reqs; r != NULL; r = r->next) {
+        if (r->status != 0) {
+            continue;
+        }
+        Hbc__PutShards *p = r->frame->put_shards;
+        for (size_t i = 0; i < p->n_shards; i++, k++) {
+            if (results[k] < 0 && r->status == 0) {
+                r->status = results[k];
+                snprintf(r->msg, sizeof r->msg, "shard %u: %s", p->shards[i]->index,
+                         results[k] == HBC_EEXIST ? "a different shard is already stored under this key"
+                                                  : hbc_strerror(results[k]));
+            }
+        }
+    }
+out:
+    hbc_free(puts);
+    hbc_free(results);
+}
+
+static void commit_after_cb(uv_work_t *w, int status)
+{
+    struct commit *cm = w->data;
+    struct server *s = cm->srv;
+    (void)status;
+    s->committing = NULL;
+    s->stats.commits++;
+    struct req *r = cm->reqs;
+    while (r != NULL) {
+        struct req *next = r->next;
+        if (cm->status != 0) {
+            req_fail(r, cm->status, cm->msg);
+        } else if (r->status != 0) {
+            req_fail(r, r->status, r->msg);
+        } else {
+            Hbc__Frame f = HBC__FRAME__INIT;
+            Hbc__PutShardsReply rep = HBC__PUT_SHARDS_REPLY__INIT;
+            f.request_id = r->frame->request_id;
+            f.body_case = HBC__FRAME__BODY_PUT_SHARDS_REPLY;
+            f.put_shards_reply = &rep;
+            rep.stored = (uint32_t)r->frame->put_shards->n_shards;
+            s->stats.puts_acked += rep.stored;
+            req_finish(r, &f);
+        }
+        r = next;
+    }
+    if (cm->status != 0) {
+        hbc_log(LOG_ERROR, "event=commit_failed shards=%zu reason=\"%s\"", cm->nshards, cm->msg);
+    }
+    hbc_free(cm);
+    server_maybe_commit(s);
+    server_maybe_finish(s);
+}
+
+/* Start a group commit of the queued puts if none is running. */
+static void server_maybe_commit(struct server *s)
+{
+    if (s->committing != NULL || s->queue_head == NULL) {
+        return;
+    }
+    struct commit *cm = hbc_calloc(1, sizeof *cm);
+    if (cm == NULL) {
+        return; /* retried when the next put arrives or a reply is sent */
+    }
+    cm->srv = s;
+    size_t bytes = 0;
+    struct req **tail = &cm->reqs;
+    while (s->queue_head != NULL) {
+        struct req *r = s->queue_head;
+        size_t n = r->frame->put_shards->n_shards;
+        if (cm->reqs != NULL &&
+            (cm->nshards + n > s->cfg->commit_max_shards || bytes + r->bytes > s->cfg->commit_max_bytes)) {
+            break;
+        }
+        s->queue_head = r->next;
+        r->next = NULL;
+        *tail = r;
+        tail = &r->next;
+        cm->nshards += n;
+        bytes += r->bytes;
+        s->queue_shards -= n;
+    }
+    if (s->queue_head == NULL) {
+        s->queue_tail = NULL;
+    }
+    cm->work.data = cm;
+    s->committing = cm;
+    int rv = uv_queue_work(s->loop, &cm->work, commit_work_cb, commit_after_cb);
+    if (rv != 0) {
+        cm->status = rv;
+        snprintf(cm->msg, sizeof cm->msg, "group commit: queue work: %s", uv_strerror(rv));
+        commit_after_cb(&cm->work, rv);
+    }
+}
+
+/* ---------------------------------------------------------------------- */
+/* Gets and existence queries                                              */
+
+static void get_work_cb(uv_work_t *w)
+{
+    struct req *r = w->data;
+    struct server *s = r->conn->srv;
+    Hbc__GetShards *g = r->frame->get_shards;
+    size_t n = g->n_keys;
+    struct shard_key *keys = hbc_calloc(n, sizeof *keys);
+    r->datas = hbc_calloc(n, sizeof *r->datas);
+    r->lens = hbc_calloc(n, sizeof *r->lens);
+    r->results = hbc_calloc(n, sizeof *r->results);
+    if (keys == NULL || r->datas == NULL || r->lens == NULL || r->results == NULL) {
+        r->status = HBC_ENOMEM;
+        snprintf(r->msg, sizeof r->msg, "get shards: out of memory");
+        hbc_free(keys);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        Hbc__ShardKey *k = g->keys[i];
+        memcpy(keys[i].vault_id, k->vault_id.data, SHARD_STORE_VAULT_ID_LEN);
+        memcpy(keys[i].chunk_id, k->chunk_id.data, SHARD_STORE_CHUNK_ID_LEN);
+        keys[i].index = k->index;
+    }
+    struct err e;
+    int rv = shard_store_get_batch(s->store, keys, n, r->datas, r->lens, r->results, &e);
+    hbc_free(keys);
+    if (rv != 0) {
+        r->status = rv;
+        snprintf(r->msg, sizeof r->msg, "get shards: %s", e.msg);
+    }
+}
+
+static void get_after_cb(uv_work_t *w, int status)
+{
+    struct req *r = w->data;
+    struct server *s = r->conn->srv;
+    (void)status;
+    s->works--;
+    if (r->status != 0) {
+        req_fail(r, r->status, r->msg);
+        return;
+    }
+    Hbc__GetShards *g = r->frame->get_shards;
+    size_t n = g->n_keys;
+    Hbc__Frame f = HBC__FRAME__INIT;
+    Hbc__GetShardsReply rep = HBC__GET_SHARDS_REPLY__INIT;
+    Hbc__ShardBlob *blobs = hbc_calloc(n, sizeof *blobs);
+    Hbc__ShardBlob **bp = hbc_calloc(n, sizeof *bp);
+    Hbc__ShardKey **missing = hbc_calloc(n, sizeof *missing);
+    if (blobs == NULL || bp == NULL || missing == NULL) {
+        hbc_free(blobs);
+        hbc_free(bp);
+        hbc_free(missing);
+        for (size_t i = 0; i < n; i++) {
+            hbc_free(r->datas[i]);
+        }
+        req_fail(r, HBC_ENOMEM, "get shards: out of memory");
+        return;
+    }
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        Hbc__ShardKey *k = g->keys[i];
+        if (r->results[i] == 0) {
+            hbc__shard_blob__init(&blobs[rep.n_shards]);
+            blobs[rep.n_shards].vault_id = k->vault_id;
+            blobs[rep.n_shards].chunk_id = k->chunk_id;
+            blobs[rep.n_shards].index = k->index;
+            blobs[rep.n_shards].data.data = r->datas[i];
+            blobs[rep.n_shards].data.len = r->lens[i];
+            bp[rep.n_shards] = &blobs[rep.n_shards];
+            rep.n_shards++;
+            total += r->lens[i] + 64;
+        } else {
+            if (r->results[i] == HBC_ECORRUPT) {
+                hbc_log(LOG_ERROR, "event=corrupt_shard_not_served peer=%s index=%u", r->conn->peer, k->index);
+            }
+            missing[rep.n_missing++] = k;
+        }
+    }
+    rep.shards = bp;
+    rep.missing = missing;
+    f.request_id = r->frame->request_id;
+    f.body_case = HBC__FRAME__BODY_GET_SHARDS_REPLY;
+    f.get_shards_reply = &rep;
+    s->stats.gets_served += rep.n_shards;
+    uint8_t **datas = r->datas;
+    r->datas = NULL;
+    if (total + 1024 > s->cfg->max_frame) {
+        req_fail(r, HBC_ETOOBIG, "get shards: the reply would exceed max_frame; ask for fewer shards at once");
+    } else {
+        req_finish(r, &f);
+    }
+    for (size_t i = 0; i < n; i++) {
+        hbc_free(datas[i]);
+    }
+    hbc_free(datas);
+    hbc_free(blobs);
+    hbc_free(bp);
+    hbc_free(missing);
+}
+
+static void have_work_cb(uv_work_t *w)
+{
+    struct req *r = w->data;
+    struct server *s = r->conn->srv;
+    Hbc__HaveChunks *h = r->frame->have_chunks;
+    size_t n = h->n_chunk_ids;
+    uint8_t(*ids)[32] = hbc_calloc(n, 32);
+    bool *present = hbc_calloc(n, sizeof *present);
+    r->present = hbc_calloc(n, sizeof *r->present);
+    if (ids == NULL || present == NULL || r->present == NULL) {
+        r->status = HBC_ENOMEM;
+        snprintf(r->msg, sizeof r->msg, "have chunks: out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        memcpy(ids[i], h->chunk_ids[i].data, 32);
+    }
+    struct err e;
+    int rv = shard_store_exists_batch(s->store, h->vault_id.data, (const uint8_t(*)[32])ids, n, present, &e);
+    if (rv != 0) {
+        r->status = rv;
+        snprintf(r->msg, sizeof r->msg, "have chunks: %s", e.msg);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        r->present[i] = present[i];
+    }
+out:
+    hbc_free(ids);
+    hbc_free(present);
+}
+
+static void have_after_cb(uv_work_t *w, int status)
+{
+    struct req *r = w->data;
+    struct server *s = r->conn->srv;
+    (void)status;
+    s->works--;
+    if (r->status != 0) {
+        req_fail(r, r->status, r->msg);
+        return;
+    }
+    Hbc__Frame f = HBC__FRAME__INIT;
+    Hbc__HaveChunksReply rep = HBC__HAVE_CHUNKS_REPLY__INIT;
+    f.request_id = r->frame->request_id;
+    f.body_case = HBC__FRAME__BODY_HAVE_CHUNKS_REPLY;
+    f.have_chunks_reply = &rep;
+    rep.n_present = r->frame->have_chunks->n_chunk_ids;
+    rep.present = r->present;
+    req_finish(r, &f);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Requests                                                                */
+
+static void answer_status(struct req *r)
+{
+    struct server *s = r->conn->srv;
+    struct shard_store_stats st;
+    shard_store_stats(s->store, &st);
+    Hbc__Frame f = HBC__FRAME__INIT;
+    Hbc__StatusReply rep = HBC__STATUS_REPLY__INIT;
+    f.request_id = r->frame->request_id;
+    f.body_case = HBC__FRAME__BODY_STATUS_REPLY;
+    f.status_reply = &rep;
+    rep.node_id = s->cfg->node_id;
+    rep.version = (char *)hbc_version();
+    rep.capacity_bytes = s->cfg->capacity;
+    rep.used_bytes = st.used_bytes;
+    rep.shard_count = st.shard_count;
+    rep.site = s->cfg->site;
+    rep.region = s->cfg->region;
+    rep.media = s->cfg->media;
+    rep.has_worm = true;
+    rep.worm = s->cfg->worm;
+    req_finish(r, &f);
+}
+
+/* Check keys of a get request before any work is queued. */
+static int check_get(const Hbc__GetShards *g, char *msg, size_t mlen)
+{
+    if (g->n_keys == 0 || g->n_keys > REQUEST_MAX_KEYS) {
+        snprintf(msg, mlen, "get shards: %zu keys (1 to %d allowed)", g->n_keys, REQUEST_MAX_KEYS);
+        return HBC_EINVAL;
+    }
+    for (size_t i = 0; i < g->n_keys; i++) {
+        if (g->keys[i]->vault_id.len != 16 || g->keys[i]->chunk_id.len != 32) {
+            snprintf(msg, mlen, "get shards: key %zu has a bad vault or chunk id length", i);
+            return HBC_EINVAL;
+        }
+    }
+    return 0;
+}
+
+static int check_have(const Hbc__HaveChunks *h, char *msg, size_t mlen)
+{
+    if (h->vault_id.len != 16) {
+        snprintf(msg, mlen, "have chunks: vault id of %zu bytes (want 16)", h->vault_id.len);
+        return HBC_EINVAL;
+    }
+    if (h->n_chunk_ids > REQUEST_MAX_KEYS) {
+        snprintf(msg, mlen, "have chunks: %zu ids (at most %d)", h->n_chunk_ids, REQUEST_MAX_KEYS);
+        return HBC_EINVAL;
+    }
+    for (size_t i = 0; i < h->n_chunk_ids; i++) {
+        if (h->chunk_ids[i].len != 32) {
+            snprintf(msg, mlen, "have chunks: id %zu has %zu bytes (want 32)", i, h->chunk_ids[i].len);
+            return HBC_EINVAL;
+        }
+    }
+    return 0;
+}
+
+static int frame_cb(Hbc__Frame *frame, void *arg)
+{
+    struct conn *c = arg;
+    struct server *s = c->srv;
+    struct req *r = hbc_calloc(1, sizeof *r);
+    if (r == NULL) {
+        frame_free(frame);
+        return HBC_ENOMEM;
+    }
+    r->conn = c;
+    r->frame = frame;
+    r->bytes = hbc__frame__get_packed_size(frame);
+    c->refs++;
+    c->inflight++;
+    c->held += r->bytes;
+    c->last_active = uv_now(s->loop);
+    int rv = 0;
+    switch (frame->body_case) {
+    case HBC__FRAME__BODY_PUT_SHARDS: {
+        size_t n = frame->put_shards->n_shards;
+        if (n == 0 || n > SHARD_STORE_MAX_BATCH) {
+            snprintf(r->msg, sizeof r->msg, "put shards: %zu shards (1 to %u allowed)", n, SHARD_STORE_MAX_BATCH);
+            req_fail(r, HBC_EINVAL, r->msg);
+            break;
+        }
+        if (s->stopping) {
+            req_fail(r, HBC_EUNAVAILABLE, "node is shutting down");
+            break;
+        }
+        r->kind = REQ_PUT;
+        if (s->queue_tail != NULL) {
+            s->queue_tail->next = r;
+        } else {
+            s->queue_head = r;
+        }
+        s->queue_tail = r;
+        s->queue_shards += n;
+        server_maybe_commit(s);
+        break;
+    }
+    case HBC__FRAME__BODY_GET_SHARDS:
+    case HBC__FRAME__BODY_HAVE_CHUNKS: {
+        bool get = frame->body_case == HBC__FRAME__BODY_GET_SHARDS;
+        rv = get ? check_get(frame->get_shards, r->msg, sizeof r->msg)
+                 : check_have(frame->have_chunks, r->msg, sizeof r->msg);
+        if (rv != 0) {
+            req_fail(r, rv, r->msg);
+            rv = 0;
+            break;
+        }
+        r->kind = get ? REQ_GET : REQ_HAVE;
+        r->work.data = r;
+        rv = uv_queue_work(s->loop, &r->work, get ? get_work_cb : have_work_cb,
+                           get ? get_after_cb : have_after_cb);
+        if (rv != 0) {
+            req_fail(r, HBC_EUNAVAILABLE, "cannot queue work");
+            rv = 0;
+        } else {
+            s->works++;
+        }
+        break;
+    }
+    case HBC__FRAME__BODY_STATUS:
+        answer_status(r);
+        break;
+    default:
+        /* A reply type sent to a server: the peer is confused; tell it and go on. */
+        req_fail(r, HBC_EPROTO, "this frame type is a reply, not a request");
+        break;
+    }
+    conn_read_check(c);
+    return rv;
+}
+
+static void on_read(struct tls_conn *t, const uint8_t *data, size_t n)
+{
+    struct conn *c = tls_conn_data(t);
+    struct err e;
+    err_clear(&e);
+    c->last_active = uv_now(c->srv->loop);
+    int rv = frame_reader_feed(&c->reader, data, n, &e);
+    if (rv != 0) {
+        c->srv->stats.conns_refused++;
+        tls_conn_abort(t, rv, e.msg);
+    }
+}
+
+static void on_handshake(struct tls_conn *t, int status)
+{
+    struct conn *c = tls_conn_data(t);
+    if (status != 0) {
+        return; /* on_close follows and logs the reason */
+    }
+    c->handshaken = true;
+    c->last_active = uv_now(c->srv->loop);
+    hbc_log(LOG_DEBUG, "event=conn_open peer=%s subject=\"%s\"", c->peer, tls_conn_peer_subject(t));
+    if (c->srv->stopping) {
+        tls_conn_close(t, 0, "node is shutting down");
+    }
+}
+
+static void on_close(struct tls_conn *t, int status, const char *reason)
+{
+    struct conn *c = tls_conn_data(t);
+    struct server *s = c->srv;
+    if (status != 0 && status != HBC_ECANCELED) {
+        if (!c->handshaken) {
+            s->stats.conns_refused++;
+        }
+        hbc_log(LOG_WARN, "event=conn_closed peer=%s subject=\"%s\" code=%s reason=\"%s\" truncated_frame_bytes=%zu",
+                c->peer, tls_conn_peer_subject(t), hbc_errname(status), reason, frame_reader_partial(&c->reader));
+    } else {
+        hbc_log(LOG_DEBUG, "event=conn_closed peer=%s reason=\"%s\"", c->peer, reason);
+    }
+    c->tls = NULL;
+    if (c->prev != NULL) {
+        c->prev->next = c->next;
+    } else {
+        s->conns = c->next;
+    }
+    if (c->next != NULL) {
+        c->next->prev = c->prev;
+    }
+    s->stats.conns_open--;
+    conn_unref(c);
+    server_maybe_finish(s);
+}
+
+static const struct tls_conn_cbs conn_cbs = {
+    .on_handshake = on_handshake,
+    .on_read = on_read,
+    .on_close = on_close,
+};
+
+static void on_connection(uv_stream_t *listener, int status)
+{
+    struct server *s = listener->data;
+    if (status != 0) {
+        hbc_log(LOG_WARN, "event=accept_failed reason=\"%s\"", uv_strerror(status));
+        return;
+    }
+    struct conn *c = hbc_calloc(1, sizeof *c);
+    if (c == NULL) {
+        hbc_log(LOG_ERROR, "event=accept_failed reason=\"out of memory\"");
+        return;
+    }
+    c->srv = s;
+    c->refs = 1;
+    frame_reader_init(&c->reader, s->cfg->max_frame, frame_cb, c);
+    struct err e;
+    int rv = tls_accept(listener, s->tls, &conn_cbs, c, &c->tls, &e);
+    if (rv != 0) {
+        hbc_log(LOG_WARN, "event=accept_failed reason=\"%s\"", e.msg);
+        hbc_free(c);
+        return;
+    }
+    snprintf(c->peer, sizeof c->peer, "%s", tls_conn_peer_addr(c->tls));
+    c->next = s->conns;
+    if (s->conns != NULL) {
+        s->conns->prev = c;
+    }
+    s->conns = c;
+    s->stats.conns_open++;
+    s->stats.conns_accepted++;
+    c->last_active = uv_now(s->loop);
+    if (s->stats.conns_open > s->cfg->max_connections) {
+        s->stats.conns_refused++;
+        tls_conn_abort(c->tls, HBC_EBUSY, "too many connections (data.max_connections)");
+    }
+}
+
+/* Close connections that have been idle (no request in flight) too long. */
+static void sweep_cb(uv_timer_t *t)
+{
+    struct server *s = t->data;
+    uint64_t now = uv_now(s->loop);
+    uint64_t limit = (uint64_t)s->cfg->idle_timeout * 1000;
+    for (struct conn *c = s->conns; c != NULL; c = c->next) {
+        if (c->tls != NULL && c->inflight == 0 && now - c->last_active > limit) {
+            tls_conn_close(c->tls, -ETIMEDOUT, "idle for longer than data.idle_timeout");
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------- */
+/* Start and stop                                                          */
+
+int server_start(uv_loop_t *loop, const struct node_config *cfg, struct tls_ctx *tls,
+                 struct shard_store *store, struct server **out, struct err *e)
+{
+    struct server *s = hbc_calloc(1, sizeof *s);
+    if (s == NULL) {
+        return err_set(e, HBC_ENOMEM, "start server");
+    }
+    s->loop = loop;
+    s->cfg = cfg;
+    s->tls = tls;
+    s->store = store;
+    struct sockaddr_in addr;
+    char host[64];
+    unsigned port = 0;
+    if (sscanf(cfg->listen, "%63[0-9.]:%u", host, &port) != 2 || uv_ip4_addr(host, (int)port, &addr) != 0) {
+        hbc_free(s);
+        return err_setraw(e, HBC_ECONFIG, "data.listen: '%s' is not an IPv4 address and port", cfg->listen);
+    }
+    uv_tcp_init(loop, &s->listener);
+    s->listener.data = s;
+    s->handles_open++;
+    int rv = uv_tcp_bind(&s->listener, (const struct sockaddr *)&addr, 0);
+    if (rv == 0) {
+        rv = uv_listen((uv_stream_t *)&s->listener, 511, on_connection);
+    }
+    if (rv != 0) {
+        uv_close((uv_handle_t *)&s->listener, NULL);
+        uv_run(loop, UV_RUN_NOWAIT);
+        hbc_free(s);
+        return err_setraw(e, rv, "listen on %s: %s", cfg->listen, uv_strerror(rv));
+    }
+    uv_timer_init(loop, &s->sweep);
+    s->sweep.data = s;
+    s->handles_open++;
+    uv_timer_start(&s->sweep, sweep_cb, SWEEP_INTERVAL_MS, SWEEP_INTERVAL_MS);
+    *out = s;
+    return 0;
+}
+
+static void handle_closed_cb(uv_handle_t *h)
+{
+    struct server *s = h->data;
+    s->handles_open--;
+    server_maybe_finish(s);
+}
+
+/*
+ * During a stop: once every received put is committed and answered, close
+ * the connections; once they are all gone, the server is done.
+ */
+static void server_maybe_finish(struct server *s)
+{
+    if (!s->stopping) {
+        return;
+    }
+    if (s->committing != NULL || s->queue_head != NULL || s->works > 0) {
+        return;
+    }
+    if (!s->stopped_conns) {
+        s->stopped_conns = true;
+        for (struct conn *c = s->conns; c != NULL;) {
+            struct conn *next = c->next;
+            if (c->tls != NULL) {
+                tls_conn_close(c->tls, 0, "node is shutting down");
+            }
+            c = next;
+        }
+        return;
+    }
+    if (s->conns != NULL || s->handles_open > 0 || s->done == NULL) {
+        return;
+    }
+    void (*done)(void *) = s->done;
+    void *arg = s->done_arg;
+    s->done = NULL;
+    hbc_log(LOG_INFO, "event=server_stopped puts_acked=%llu commits=%llu",
+            (unsigned long long)s->stats.puts_acked, (unsigned long long)s->stats.commits);
+    hbc_free(s);
+    done(arg);
+}
+
+void server_stop(struct server *s, void (*done)(void *arg), void *arg)
+{
+    if (s->stopping) {
+        return;
+    }
+    s->stopping = true;
+    s->done = done;
+    s->done_arg = arg;
+    hbc_log(LOG_INFO, "event=server_stopping queued_shards=%zu commit_running=%d", s->queue_shards,
+            s->committing != NULL);
+    uv_close((uv_handle_t *)&s->listener, handle_closed_cb);
+    uv_timer_stop(&s->sweep);
+    uv_close((uv_handle_t *)&s->sweep, handle_closed_cb);
+    for (struct conn *c = s->conns; c != NULL; c = c->next) {
+        conn_read_check(c);
+    }
+    server_maybe_finish(s);
+}
+
+void server_get_stats(const struct server *s, struct server_stats *out)
+{
+    *out = s->stats;
+}
