@@ -11,7 +11,7 @@
 
 #include "common/alloc.h"
 
-enum key_type { KEY_STRING, KEY_BOOL, KEY_SIZE, KEY_U32, KEY_ADDR, KEY_MEDIA };
+enum key_type { KEY_STRING, KEY_BOOL, KEY_SIZE, KEY_U32, KEY_ADDR, KEY_MEDIA, KEY_OPTADDR };
 
 struct key_spec {
     const char *section; /* INI section */
@@ -62,6 +62,24 @@ static const struct key_spec keys[] = {
      "puts covered by one group commit at most"},
     {"store", "commit_max_bytes", KEY_SIZE, OFF(commit_max_bytes), "64M", 1 * MiB, 4 * GiB,
      "bytes covered by one group commit at most"},
+    {"raft", "listen", KEY_OPTADDR, OFF(raft_listen), NULL, 0, 0,
+     "Raft address, IPv4 ip:port (unset: data plane only, no metadata plane)"},
+    {"raft", "bootstrap", KEY_BOOL, OFF(raft_bootstrap), "false", 0, 0,
+     "true on the first node only: start a new cluster with it as the one voter"},
+    {"raft", "join", KEY_OPTADDR, OFF(raft_join), NULL, 0, 0,
+     "data-plane address of a member to ask for admission (new nodes)"},
+    {"raft", "election_timeout", KEY_U32, OFF(election_timeout), "1000", 100, 60000,
+     "ms without a leader before an election (randomised up to 2x)"},
+    {"raft", "heartbeat_timeout", KEY_U32, OFF(heartbeat_timeout), "100", 10, 10000,
+     "ms between the leader's heartbeats"},
+    {"raft", "snapshot_threshold", KEY_U32, OFF(snapshot_threshold), "4096", 2, 10000000,
+     "log entries between Raft snapshots"},
+    {"raft", "snapshot_trailing", KEY_U32, OFF(snapshot_trailing), "1024", 1, 10000000,
+     "log entries kept after a snapshot, for lagging followers"},
+    {"raft", "max_voters", KEY_U32, OFF(max_voters), "5", 1, 9,
+     "voters at most, spread over the sites; later nodes are standbys"},
+    {"raft", "segment_size", KEY_SIZE, OFF(raft_segment_size), "8M", 64 * KiB, 1 * GiB,
+     "bytes per Raft log segment file"},
 };
 
 #define NKEYS (sizeof keys / sizeof keys[0])
@@ -141,6 +159,7 @@ static int set_value(struct node_config *cfg, const struct key_spec *k, const ch
     switch (k->type) {
     case KEY_STRING:
     case KEY_ADDR:
+    case KEY_OPTADDR:
     case KEY_MEDIA: {
         size_t len = strlen(value);
         if (len < k->min || (k->max != 0 && len > k->max)) {
@@ -148,7 +167,7 @@ static int set_value(struct node_config *cfg, const struct key_spec *k, const ch
                      k->name, (unsigned long long)k->min, (unsigned long long)k->max);
             return HBC_EINVAL;
         }
-        if (k->type == KEY_ADDR && parse_addr(value) != 0) {
+        if ((k->type == KEY_ADDR || k->type == KEY_OPTADDR) && parse_addr(value) != 0) {
             snprintf(reason, rlen, "%s.%s: '%s' is not an IPv4 address with a port (a.b.c.d:port)",
                      k->section, k->name, value);
             return HBC_EINVAL;
@@ -261,7 +280,7 @@ int node_config_load(struct node_config *cfg, const char *path, struct err *e)
             st.reason[0] != '\0' ? st.reason : "syntax error (expected [section] or key = value)");
     }
     for (size_t i = 0; i < NKEYS; i++) {
-        if (keys[i].def == NULL && !st.seen[i]) {
+        if (keys[i].def == NULL && keys[i].type != KEY_OPTADDR && !st.seen[i]) {
             node_config_free(cfg);
             return err_setraw(e, HBC_ECONFIG, "%s: required key %s.%s is missing (%s)", path,
                               keys[i].section, keys[i].name, keys[i].help);
@@ -274,13 +293,30 @@ int node_config_load(struct node_config *cfg, const char *path, struct err *e)
                           "%s: data.max_frame (%llu) must exceed store.max_shard (%llu) by 4K",
                           path, (unsigned long long)max_frame, (unsigned long long)max_shard);
     }
+    if (cfg->raft_bootstrap && cfg->raft_join != NULL) {
+        node_config_free(cfg);
+        return err_setraw(e, HBC_ECONFIG, "%s: raft.bootstrap and raft.join exclude each other",
+                          path);
+    }
+    if ((cfg->raft_bootstrap || cfg->raft_join != NULL) && cfg->raft_listen == NULL) {
+        node_config_free(cfg);
+        return err_setraw(e, HBC_ECONFIG, "%s: raft.bootstrap or raft.join needs raft.listen",
+                          path);
+    }
+    if (cfg->heartbeat_timeout * 5 > cfg->election_timeout) {
+        node_config_free(cfg);
+        return err_setraw(
+            e, HBC_ECONFIG,
+            "%s: raft.heartbeat_timeout must be at most a fifth of raft.election_timeout", path);
+    }
     return 0;
 }
 
 void node_config_free(struct node_config *cfg)
 {
     for (size_t i = 0; i < NKEYS; i++) {
-        if (keys[i].type == KEY_STRING || keys[i].type == KEY_ADDR || keys[i].type == KEY_MEDIA) {
+        if (keys[i].type == KEY_STRING || keys[i].type == KEY_ADDR || keys[i].type == KEY_MEDIA ||
+            keys[i].type == KEY_OPTADDR) {
             char **slot = (char **)((char *)cfg + keys[i].offset);
             hbc_free(*slot);
             *slot = NULL;
@@ -297,7 +333,9 @@ void node_config_describe(FILE *out)
             fprintf(out, "%s[%s]\n", i == 0 ? "" : "\n", section);
         }
         fprintf(out, "# %s\n", keys[i].help);
-        if (keys[i].def == NULL) {
+        if (keys[i].def == NULL && keys[i].type == KEY_OPTADDR) {
+            fprintf(out, "# %s = (unset)\n", keys[i].name);
+        } else if (keys[i].def == NULL) {
             fprintf(out, "# %s = (required)\n", keys[i].name);
         } else {
             fprintf(out, "# %s = %s\n", keys[i].name, keys[i].def);

@@ -30,6 +30,15 @@ struct node_config {
     uint64_t max_shard;    /* [store] max_shard: largest encoded shard accepted */
     uint32_t commit_max_shards; /* [store] commit_max_shards: puts per group commit at most */
     uint64_t commit_max_bytes;  /* [store] commit_max_bytes: bytes per group commit at most */
+    char *raft_listen;          /* [raft] listen: Raft address, ip:port; NULL = data plane only */
+    bool raft_bootstrap;        /* [raft] bootstrap: start a new cluster with this node as voter */
+    char *raft_join;            /* [raft] join: data-plane address of a member to join through */
+    uint32_t election_timeout; /* [raft] election_timeout: ms without a leader before an election */
+    uint32_t heartbeat_timeout;  /* [raft] heartbeat_timeout: ms between leader heartbeats */
+    uint32_t snapshot_threshold; /* [raft] snapshot_threshold: entries between Raft snapshots */
+    uint32_t snapshot_trailing;  /* [raft] snapshot_trailing: entries kept after a snapshot */
+    uint32_t max_voters;         /* [raft] max_voters: voters at most; later nodes are standbys */
+    uint64_t raft_segment_size;  /* [raft] segment_size: bytes per Raft log segment */
 };
 
 /*

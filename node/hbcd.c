@@ -85,7 +85,9 @@ static void hup_signal_cb(uv_signal_t *h, int signum)
     struct err e;
     (void)signum;
     if (tls_ctx_reload(n->tls, &e) != 0) {
-        hbc_log(LOG_ERROR, "event=tls_reload_failed reason=\"%s\" note=\"old certificates stay in use\"", e.msg);
+        hbc_log(LOG_ERROR,
+                "event=tls_reload_failed reason=\"%s\" note=\"old certificates stay in use\"",
+                e.msg);
     } else {
         hbc_log(LOG_INFO, "event=tls_reloaded");
     }
@@ -141,10 +143,12 @@ static int node_run(struct node *n, struct err *e)
     struct shard_store_stats st;
     shard_store_stats(n->store, &st);
     hbc_log(LOG_INFO,
-            "event=hbcd_started version=%s node=%s site=%s region=%s media=%s worm=%d listen=%s shards=%llu "
+            "event=hbcd_started version=%s node=%s site=%s region=%s media=%s worm=%d listen=%s "
+            "shards=%llu "
             "recovered_cut_bytes=%llu",
-            hbc_version(), n->cfg.node_id, n->cfg.site, n->cfg.region, n->cfg.media, n->cfg.worm, n->cfg.listen,
-            (unsigned long long)st.shard_count, (unsigned long long)st.recovered_cut_bytes);
+            hbc_version(), n->cfg.node_id, n->cfg.site, n->cfg.region, n->cfg.media, n->cfg.worm,
+            n->cfg.listen, (unsigned long long)st.shard_count,
+            (unsigned long long)st.recovered_cut_bytes);
 
     uv_run(&n->loop, UV_RUN_DEFAULT);
 

@@ -32,6 +32,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <hbc/hbc.h>
+
 #include "common/alloc.h"
 #include "common/erasure.h"
 #include "common/frame.h"
@@ -51,63 +53,63 @@ enum req_kind { REQ_PUT, REQ_GET, REQ_HAVE };
 
 /* One request being worked on: owns its frame until answered. */
 struct req {
-    enum req_kind kind;   /* what was asked */
-    struct conn *conn;    /* who asked (holds a reference) */
-    Hbc__Frame *frame;    /* the request, owned */
-    size_t bytes;         /* bytes charged to the connection for it */
-    int status;           /* 0, or why it failed (for an error frame) */
-    char msg[256];        /* the failure's explanation */
-    struct req *next;     /* commit queue / commit batch link */
-    uv_work_t work;       /* for gets and haves */
-    Hbc__Frame *reply;    /* get/have: the reply built on the worker */
-    uint8_t **datas;      /* get: shard data per key (owned) */
-    size_t *lens;         /* get: their lengths */
-    int *results;         /* get: per-key results */
+    enum req_kind kind;          /* what was asked */
+    struct conn *conn;           /* who asked (holds a reference) */
+    Hbc__Frame *frame;           /* the request, owned */
+    size_t bytes;                /* bytes charged to the connection for it */
+    int status;                  /* 0, or why it failed (for an error frame) */
+    char msg[256];               /* the failure's explanation */
+    struct req *next;            /* commit queue / commit batch link */
+    uv_work_t work;              /* for gets and haves */
+    Hbc__Frame *reply;           /* get/have: the reply built on the worker */
+    uint8_t **datas;             /* get: shard data per key (owned) */
+    size_t *lens;                /* get: their lengths */
+    int *results;                /* get: per-key results */
     protobuf_c_boolean *present; /* have: per-id answer */
 };
 
 /* One group commit on the thread pool. */
 struct commit {
-    struct server *srv;   /* owner */
-    uv_work_t work;       /* the thread-pool request */
-    struct req *reqs;     /* the puts it covers, in arrival order */
-    size_t nshards;       /* shards in it */
-    int status;           /* 0 or the store's error for the whole batch */
-    char msg[512];        /* its explanation */
+    struct server *srv; /* owner */
+    uv_work_t work;     /* the thread-pool request */
+    struct req *reqs;   /* the puts it covers, in arrival order */
+    size_t nshards;     /* shards in it */
+    int status;         /* 0 or the store's error for the whole batch */
+    char msg[512];      /* its explanation */
 };
 
 struct conn {
-    struct server *srv;          /* owner */
-    struct tls_conn *tls;        /* the connection; NULL once closed */
-    struct frame_reader reader;  /* incoming frames */
-    struct conn *prev, *next;    /* the server's list */
-    unsigned refs;               /* 1 while open + 1 per request in flight */
-    unsigned inflight;           /* requests not yet answered */
-    size_t held;                 /* bytes held: requests in flight + unsent replies */
-    bool paused;                 /* reading stopped for backpressure */
-    bool handshaken;             /* TLS handshake completed */
-    uint64_t last_active;        /* uv_now of the last frame or reply */
-    char peer[64];               /* peer address, for logs */
+    struct server *srv;         /* owner */
+    struct tls_conn *tls;       /* the connection; NULL once closed */
+    struct frame_reader reader; /* incoming frames */
+    struct conn *prev, *next;   /* the server's list */
+    unsigned refs;              /* 1 while open + 1 per request in flight */
+    unsigned inflight;          /* requests not yet answered */
+    size_t held;                /* bytes held: requests in flight + unsent replies */
+    bool paused;                /* reading stopped for backpressure */
+    bool handshaken;            /* TLS handshake completed */
+    uint64_t last_active;       /* uv_now of the last frame or reply */
+    char peer[64];              /* peer address, for logs */
 };
 
 struct server {
-    uv_loop_t *loop;                 /* the node's loop */
-    const struct node_config *cfg;   /* borrowed */
-    struct tls_ctx *tls;             /* borrowed */
-    struct shard_store *store;       /* borrowed */
-    uv_tcp_t listener;               /* the listening socket */
-    uv_timer_t sweep;                /* idle sweep */
-    struct conn *conns;              /* open connections */
+    uv_loop_t *loop;                     /* the node's loop */
+    const struct node_config *cfg;       /* borrowed */
+    struct tls_ctx *tls;                 /* borrowed */
+    struct shard_store *store;           /* borrowed */
+    uv_tcp_t listener;                   /* the listening socket */
+    uv_timer_t sweep;                    /* idle sweep */
+    struct conn *conns;                  /* open connections */
     struct req *queue_head, *queue_tail; /* puts waiting for the next commit */
-    size_t queue_shards;             /* shards in the queue */
-    struct commit *committing;       /* the commit running, or NULL */
-    unsigned works;                  /* get/have works running */
-    unsigned handles_open;           /* listener + sweep handles not yet closed */
-    bool stopping;                   /* server_stop() was called */
-    bool stopped_conns;              /* connections were told to close */
-    void (*done)(void *);            /* server_stop()'s callback */
-    void *done_arg;                  /* its argument */
-    struct server_stats stats;       /* counters */
+    size_t queue_shards;                 /* shards in the queue */
+    struct commit *committing;           /* the commit running, or NULL */
+    unsigned works;                      /* get/have works running */
+    unsigned handles_open;               /* listener + sweep handles not yet closed */
+    bool stopping;                       /* server_stop() was called */
+    bool stopped_conns;                  /* connections were told to close */
+    void (*done)(void *);                /* server_stop()'s callback */
+    void *done_arg;                      /* its argument */
+    struct server_stats stats;           /* counters */
 };
 
 static void conn_read_check(struct conn *c);
@@ -266,8 +268,8 @@ static void req_fail(struct req *r, int code, const char *msg)
     err.code = error_code_for(code);
     err.message = (char *)msg;
     r->conn->srv->stats.bad_requests++;
-    hbc_log(LOG_INFO, "event=request_failed peer=%s request=%llu code=%s reason=\"%s\"", r->conn->peer,
-            (unsigned long long)f.request_id, hbc_errname(code), msg);
+    hbc_log(LOG_INFO, "event=request_failed peer=%s request=%llu code=%s reason=\"%s\"",
+            r->conn->peer, (unsigned long long)f.request_id, hbc_errname(code), msg);
     req_finish(r, &f);
 }
 
@@ -277,8 +279,10 @@ static void req_fail(struct req *r, int code, const char *msg)
 /* Check one shard blob of a put: bounded, well formed, and naming what it claims. */
 static int check_blob(const Hbc__ShardBlob *b, uint64_t max_shard, char *msg, size_t mlen)
 {
-    if (b->vault_id.len != SHARD_STORE_VAULT_ID_LEN || b->chunk_id.len != SHARD_STORE_CHUNK_ID_LEN) {
-        snprintf(msg, mlen, "shard key has a %zu-byte vault id and a %zu-byte chunk id (want 16 and 32)",
+    if (b->vault_id.len != SHARD_STORE_VAULT_ID_LEN ||
+        b->chunk_id.len != SHARD_STORE_CHUNK_ID_LEN) {
+        snprintf(msg, mlen,
+                 "shard key has a %zu-byte vault id and a %zu-byte chunk id (want 16 and 32)",
                  b->vault_id.len, b->chunk_id.len);
         return HBC_EINVAL;
     }
@@ -292,12 +296,14 @@ static int check_blob(const Hbc__ShardBlob *b, uint64_t max_shard, char *msg, si
     struct err e;
     int rv = erasure_shard_decode(b->data.data, b->data.len, &info, &payload, &e);
     if (rv != 0) {
-        snprintf(msg, mlen, "shard %u: %s", b->index, e.msg);
+        snprintf(msg, mlen, "shard %u: %.200s", b->index, e.msg);
         return rv;
     }
     if (memcmp(info.vault_id, b->vault_id.data, SHARD_STORE_VAULT_ID_LEN) != 0 ||
-        memcmp(info.chunk_id, b->chunk_id.data, SHARD_STORE_CHUNK_ID_LEN) != 0 || info.index != b->index) {
-        snprintf(msg, mlen, "shard %u: its header names another vault, chunk or index than the request",
+        memcmp(info.chunk_id, b->chunk_id.data, SHARD_STORE_CHUNK_ID_LEN) != 0 ||
+        info.index != b->index) {
+        snprintf(msg, mlen,
+                 "shard %u: its header names another vault, chunk or index than the request",
                  b->index);
         return HBC_EINVAL;
     }
@@ -353,7 +359,7 @@ static void commit_work_cb(uv_work_t *w)
     int rv = shard_store_put_batch(s->store, puts, n, results, &e);
     if (rv != 0) {
         cm->status = rv;
-        snprintf(cm->msg, sizeof cm->msg, "group commit: %s", e.msg);
+        snprintf(cm->msg, sizeof cm->msg, "group commit: %.480s", e.msg);
         goto out;
     }
     /* A different shard already stored under a key fails that request. */
@@ -367,8 +373,9 @@ static void commit_work_cb(uv_work_t *w)
             if (results[k] < 0 && r->status == 0) {
                 r->status = results[k];
                 snprintf(r->msg, sizeof r->msg, "shard %u: %s", p->shards[i]->index,
-                         results[k] == HBC_EEXIST ? "a different shard is already stored under this key"
-                                                  : hbc_strerror(results[k]));
+                         results[k] == HBC_EEXIST
+                             ? "a different shard is already stored under this key"
+                             : hbc_strerror(results[k]));
             }
         }
     }
@@ -427,8 +434,8 @@ static void server_maybe_commit(struct server *s)
     while (s->queue_head != NULL) {
         struct req *r = s->queue_head;
         size_t n = r->frame->put_shards->n_shards;
-        if (cm->reqs != NULL &&
-            (cm->nshards + n > s->cfg->commit_max_shards || bytes + r->bytes > s->cfg->commit_max_bytes)) {
+        if (cm->reqs != NULL && (cm->nshards + n > s->cfg->commit_max_shards ||
+                                 bytes + r->bytes > s->cfg->commit_max_bytes)) {
             break;
         }
         s->queue_head = r->next;
@@ -482,7 +489,7 @@ static void get_work_cb(uv_work_t *w)
     hbc_free(keys);
     if (rv != 0) {
         r->status = rv;
-        snprintf(r->msg, sizeof r->msg, "get shards: %s", e.msg);
+        snprintf(r->msg, sizeof r->msg, "get shards: %.220s", e.msg);
     }
 }
 
@@ -528,7 +535,8 @@ static void get_after_cb(uv_work_t *w, int status)
             total += r->lens[i] + 64;
         } else {
             if (r->results[i] == HBC_ECORRUPT) {
-                hbc_log(LOG_ERROR, "event=corrupt_shard_not_served peer=%s index=%u", r->conn->peer, k->index);
+                hbc_log(LOG_ERROR, "event=corrupt_shard_not_served peer=%s index=%u", r->conn->peer,
+                        k->index);
             }
             missing[rep.n_missing++] = k;
         }
@@ -542,7 +550,8 @@ static void get_after_cb(uv_work_t *w, int status)
     uint8_t **datas = r->datas;
     r->datas = NULL;
     if (total + 1024 > s->cfg->max_frame) {
-        req_fail(r, HBC_ETOOBIG, "get shards: the reply would exceed max_frame; ask for fewer shards at once");
+        req_fail(r, HBC_ETOOBIG,
+                 "get shards: the reply would exceed max_frame; ask for fewer shards at once");
     } else {
         req_finish(r, &f);
     }
@@ -573,10 +582,11 @@ static void have_work_cb(uv_work_t *w)
         memcpy(ids[i], h->chunk_ids[i].data, 32);
     }
     struct err e;
-    int rv = shard_store_exists_batch(s->store, h->vault_id.data, (const uint8_t(*)[32])ids, n, present, &e);
+    int rv = shard_store_exists_batch(s->store, h->vault_id.data, (const uint8_t(*)[32])ids, n,
+                                      present, &e);
     if (rv != 0) {
         r->status = rv;
-        snprintf(r->msg, sizeof r->msg, "have chunks: %s", e.msg);
+        snprintf(r->msg, sizeof r->msg, "have chunks: %.220s", e.msg);
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
@@ -661,7 +671,8 @@ static int check_have(const Hbc__HaveChunks *h, char *msg, size_t mlen)
     }
     for (size_t i = 0; i < h->n_chunk_ids; i++) {
         if (h->chunk_ids[i].len != 32) {
-            snprintf(msg, mlen, "have chunks: id %zu has %zu bytes (want 32)", i, h->chunk_ids[i].len);
+            snprintf(msg, mlen, "have chunks: id %zu has %zu bytes (want 32)", i,
+                     h->chunk_ids[i].len);
             return HBC_EINVAL;
         }
     }
@@ -689,7 +700,8 @@ static int frame_cb(Hbc__Frame *frame, void *arg)
     case HBC__FRAME__BODY_PUT_SHARDS: {
         size_t n = frame->put_shards->n_shards;
         if (n == 0 || n > SHARD_STORE_MAX_BATCH) {
-            snprintf(r->msg, sizeof r->msg, "put shards: %zu shards (1 to %u allowed)", n, SHARD_STORE_MAX_BATCH);
+            snprintf(r->msg, sizeof r->msg, "put shards: %zu shards (1 to %u allowed)", n,
+                     SHARD_STORE_MAX_BATCH);
             req_fail(r, HBC_EINVAL, r->msg);
             break;
         }
@@ -777,8 +789,11 @@ static void on_close(struct tls_conn *t, int status, const char *reason)
         if (!c->handshaken) {
             s->stats.conns_refused++;
         }
-        hbc_log(LOG_WARN, "event=conn_closed peer=%s subject=\"%s\" code=%s reason=\"%s\" truncated_frame_bytes=%zu",
-                c->peer, tls_conn_peer_subject(t), hbc_errname(status), reason, frame_reader_partial(&c->reader));
+        hbc_log(LOG_WARN,
+                "event=conn_closed peer=%s subject=\"%s\" code=%s reason=\"%s\" "
+                "truncated_frame_bytes=%zu",
+                c->peer, tls_conn_peer_subject(t), hbc_errname(status), reason,
+                frame_reader_partial(&c->reader));
     } else {
         hbc_log(LOG_DEBUG, "event=conn_closed peer=%s reason=\"%s\"", c->peer, reason);
     }
@@ -869,9 +884,11 @@ int server_start(uv_loop_t *loop, const struct node_config *cfg, struct tls_ctx 
     struct sockaddr_in addr;
     char host[64];
     unsigned port = 0;
-    if (sscanf(cfg->listen, "%63[0-9.]:%u", host, &port) != 2 || uv_ip4_addr(host, (int)port, &addr) != 0) {
+    if (sscanf(cfg->listen, "%63[0-9.]:%u", host, &port) != 2 ||
+        uv_ip4_addr(host, (int)port, &addr) != 0) {
         hbc_free(s);
-        return err_setraw(e, HBC_ECONFIG, "data.listen: '%s' is not an IPv4 address and port", cfg->listen);
+        return err_setraw(e, HBC_ECONFIG, "data.listen: '%s' is not an IPv4 address and port",
+                          cfg->listen);
     }
     uv_tcp_init(loop, &s->listener);
     s->listener.data = s;

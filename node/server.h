@@ -16,13 +16,13 @@ struct server;
 
 /* Counters for status replies, logs and tests. */
 struct server_stats {
-    uint64_t conns_accepted;   /* connections accepted since start */
-    uint64_t conns_refused;    /* closed for a handshake failure, a bad frame or a limit */
-    uint64_t conns_open;       /* connections open now */
-    uint64_t puts_acked;       /* shards acknowledged as durable */
-    uint64_t commits;          /* group commits (one fdatasync + one synced index batch each) */
-    uint64_t gets_served;      /* shards sent */
-    uint64_t bad_requests;     /* requests answered with an error frame */
+    uint64_t conns_accepted; /* connections accepted since start */
+    uint64_t conns_refused;  /* closed for a handshake failure, a bad frame or a limit */
+    uint64_t conns_open;     /* connections open now */
+    uint64_t puts_acked;     /* shards acknowledged as durable */
+    uint64_t commits;        /* group commits (one fdatasync + one synced index batch each) */
+    uint64_t gets_served;    /* shards sent */
+    uint64_t bad_requests;   /* requests answered with an error frame */
 };
 
 /*
