@@ -731,12 +731,12 @@ static const struct row rows[] = {
 #endif
     {"RS(4,2) encode", "ec_encode_data", 0.90, 4, 2, false, rs_setup, rs_encode_codec,
      rs_encode_raw, rs_teardown},
-    {"RS(4,2) decode, 2 data lost", "ec_encode_data", 0, 4, 2, false, rs_setup, rs_decode_codec,
-     rs_decode_raw, rs_teardown},
+    {"RS(4,2) decode, 2 data lost", "ec_encode_data (lost)", 0, 4, 2, false, rs_setup,
+     rs_decode_codec, rs_decode_raw, rs_teardown},
     {"RS(8,3) encode", "ec_encode_data", 0.90, 8, 3, false, rs_setup, rs_encode_codec,
      rs_encode_raw, rs_teardown},
-    {"RS(8,3) decode, 3 data lost", "ec_encode_data", 0, 8, 3, false, rs_setup, rs_decode_codec,
-     rs_decode_raw, rs_teardown},
+    {"RS(8,3) decode, 3 data lost", "ec_encode_data (lost)", 0, 8, 3, false, rs_setup,
+     rs_decode_codec, rs_decode_raw, rs_teardown},
 };
 
 #define NROWS (sizeof rows / sizeof rows[0])

@@ -12,7 +12,7 @@
 #include "fuzz_keys.h"
 
 /* TODO: remove these switches once frame, chunk_object and keys are merged. */
-#define HAVE_FRAME 0
+#define HAVE_FRAME 1
 #define HAVE_CHUNK_OBJECT 0
 #define HAVE_KEYS 0
 
