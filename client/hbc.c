@@ -1,27 +1,224 @@
-/* hbc: the HBC command-line client. */
+/* hbc: the HBC command-line client (global options, settings, dispatch). */
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <hbc/hbc.h>
 
+#include "client/cli.h"
+#include "common/alloc.h"
+#include "common/frame.h"
+#include "common/log.h"
+#include "common/rpc_call.h"
+
 static void usage(FILE *f)
 {
-    fprintf(f, "Usage: hbc [--json] COMMAND [ARGS]\n"
-               "       hbc --help | --version\n");
+    fprintf(
+        f, "Usage: hbc [GLOBAL OPTIONS] COMMAND [ARGS]\n"
+           "\n"
+           "The HBC backup client.\n"
+           "\n"
+           "Commands:\n"
+           "  cluster status            every member's role, site, term, indexes and last contact\n"
+           "  cluster remove NODE       remove a node from the cluster (admin)\n"
+           "\n"
+           "Global options:\n"
+           "  --json                    machine-readable output (one JSON document on stdout)\n"
+           "  --cluster ADDR[,ADDR...]  data-plane addresses of cluster nodes  [HBC_CLUSTER]\n"
+           "  --ca FILE                 the cluster CA certificate              [HBC_CA]\n"
+           "  --cert FILE               your client certificate                 [HBC_CERT]\n"
+           "  --key FILE                its private key                         [HBC_KEY]\n"
+           "  --timeout SECONDS         per request (default 10)                [HBC_TIMEOUT]\n"
+           "  --help, --version\n"
+           "\n"
+           "Exit codes:\n"
+           "  0  done\n"
+           "  1  the command failed\n"
+           "  2  bad command line or settings\n"
+           "  3  done in part (some files skipped or some nodes unreachable)\n"
+           "  4  the cluster could not be reached or has no leader\n");
+}
+
+void cli_error(const char *fmt, ...)
+{
+    va_list ap;
+    fputs("hbc: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+void cli_print_json(json_t *v)
+{
+    char *s = json_dumps(v, JSON_COMPACT | JSON_ENSURE_ASCII);
+    if (s != NULL) {
+        puts(s);
+        free(s);
+    }
+    json_decref(v);
+}
+
+struct tls_ctx *cli_tls(struct cli *c)
+{
+    if (c->tls != NULL) {
+        return c->tls;
+    }
+    if (c->ca == NULL || c->cert == NULL || c->key == NULL) {
+        cli_error("connection settings missing: give --ca, --cert and --key (or HBC_CA, HBC_CERT, "
+                  "HBC_KEY)");
+        return NULL;
+    }
+    struct tls_ctx_opts o = {.ca_file = c->ca, .cert_file = c->cert, .key_file = c->key};
+    struct err e;
+    if (tls_ctx_new(&o, &c->tls, &e) != 0) {
+        cli_error("%s", e.msg);
+        return NULL;
+    }
+    return c->tls;
+}
+
+int cli_request(struct cli *c, Hbc__Frame *req, bool follow_leader, Hbc__Frame **reply,
+                struct err *e)
+{
+    struct tls_ctx *tls = cli_tls(c);
+    if (tls == NULL) {
+        return err_setraw(e, HBC_ECONFIG, "no TLS settings");
+    }
+    if (c->naddrs == 0) {
+        return err_setraw(e, HBC_ECONFIG,
+                          "no cluster address: give --cluster ADDR (or HBC_CLUSTER)");
+    }
+    char leader[64] = "";
+    int rv = HBC_EUNAVAILABLE;
+    err_setraw(e, rv, "no node answered");
+    for (int round = 0; round < 5; round++) {
+        for (int i = 0; i < c->naddrs; i++) {
+            const char *addr = leader[0] != '\0' ? leader : c->addrs[i];
+            Hbc__Frame *r = NULL;
+            rv = rpc_call(tls, addr, req, c->timeout_ms, &r, e);
+            if (rv != 0) {
+                leader[0] = '\0';
+                continue;
+            }
+            if (follow_leader && r->body_case == HBC__FRAME__BODY_PROPOSE_REPLY &&
+                r->propose_reply->code == HBC_ENOTLEADER) {
+                if (r->propose_reply->leader_address != NULL &&
+                    r->propose_reply->leader_address[0] != '\0') {
+                    snprintf(leader, sizeof leader, "%s", r->propose_reply->leader_address);
+                    frame_free(r);
+                    i--; /* ask the leader next */
+                    continue;
+                }
+                err_setraw(e, HBC_ENOTLEADER, "%s: %s", addr, r->propose_reply->message);
+                frame_free(r);
+                rv = HBC_ENOTLEADER;
+                continue;
+            }
+            *reply = r;
+            return 0;
+        }
+        /* No leader known yet (an election may be running): wait and try again. */
+        struct timespec ts = {0, 300 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return rv;
+}
+
+static int add_addrs(struct cli *c, const char *list)
+{
+    size_t used = 0;
+    while (c->addrs[0] != NULL && used < sizeof c->addr_buf && c->addr_buf[used] != '\0') {
+        used += strlen(c->addr_buf + used) + 1;
+    }
+    const char *p = list;
+    while (*p != '\0') {
+        const char *end = strchr(p, ',');
+        size_t n = end != NULL ? (size_t)(end - p) : strlen(p);
+        if (n > 0) {
+            if (c->naddrs == CLI_MAX_ADDRS || used + n + 1 > sizeof c->addr_buf) {
+                cli_error("too many cluster addresses");
+                return -1;
+            }
+            memcpy(c->addr_buf + used, p, n);
+            c->addr_buf[used + n] = '\0';
+            c->addrs[c->naddrs++] = c->addr_buf + used;
+            used += n + 1;
+        }
+        p += n + (end != NULL ? 1 : 0);
+    }
+    return 0;
 }
 
 int main(int argc, char **argv)
 {
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+    static struct cli c;
+    signal(SIGPIPE, SIG_IGN);
+    log_level_current = LOG_ERROR;
+    log_init_from_env();
+    c.ca = getenv("HBC_CA");
+    c.cert = getenv("HBC_CERT");
+    c.key = getenv("HBC_KEY");
+    c.timeout_ms = 10000;
+    const char *t = getenv("HBC_TIMEOUT");
+    if (t != NULL && atoi(t) > 0) {
+        c.timeout_ms = (unsigned)atoi(t) * 1000;
+    }
+    const char *cl = getenv("HBC_CLUSTER");
+    int i = 1;
+    bool cluster_given = false;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
-            return 0;
-        }
-        if (strcmp(argv[i], "--version") == 0) {
+            return CLI_OK;
+        } else if (strcmp(a, "--version") == 0) {
             printf("hbc %s\n", hbc_version());
-            return 0;
+            return CLI_OK;
+        } else if (strcmp(a, "--json") == 0) {
+            c.json = true;
+        } else if (v != NULL && strcmp(a, "--cluster") == 0) {
+            if (add_addrs(&c, v) != 0) {
+                return CLI_USAGE;
+            }
+            cluster_given = true;
+            i++;
+        } else if (v != NULL && strcmp(a, "--ca") == 0) {
+            c.ca = argv[++i];
+        } else if (v != NULL && strcmp(a, "--cert") == 0) {
+            c.cert = argv[++i];
+        } else if (v != NULL && strcmp(a, "--key") == 0) {
+            c.key = argv[++i];
+        } else if (v != NULL && strcmp(a, "--timeout") == 0) {
+            if (atoi(v) <= 0) {
+                cli_error("--timeout wants a number of seconds, not '%s'", v);
+                return CLI_USAGE;
+            }
+            c.timeout_ms = (unsigned)atoi(argv[++i]) * 1000;
+        } else {
+            cli_error("unknown option '%s' (see hbc --help)", a);
+            return CLI_USAGE;
         }
     }
-    usage(stderr);
-    return 2;
+    if (!cluster_given && cl != NULL && add_addrs(&c, cl) != 0) {
+        return CLI_USAGE;
+    }
+    if (i >= argc) {
+        usage(stderr);
+        return CLI_USAGE;
+    }
+    const char *cmd = argv[i];
+    int rv;
+    if (strcmp(cmd, "cluster") == 0) {
+        rv = cli_cluster(&c, argc - i - 1, argv + i + 1);
+    } else {
+        cli_error("unknown command '%s' (see hbc --help)", cmd);
+        rv = CLI_USAGE;
+    }
+    tls_ctx_free(c.tls);
+    return rv;
 }

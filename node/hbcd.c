@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <uv.h>
@@ -13,6 +14,9 @@
 #include "common/log.h"
 #include "common/tls.h"
 #include "node/config.h"
+#include "node/fsm.h"
+#include "node/join.h"
+#include "node/raft_node.h"
 #include "node/server.h"
 #include "node/shard_store.h"
 
@@ -23,6 +27,9 @@ struct node {
     struct tls_ctx *tls;       /* cluster CA, node certificate and key */
     struct shard_store *store; /* shards and their index */
     struct server *server;     /* the data plane */
+    struct fsm *fsm;           /* the replicated state (metadata plane only) */
+    struct raft_node *raft;    /* the metadata plane, or NULL */
+    struct join *join;         /* asking to be admitted, or NULL */
     uv_signal_t sigterm;       /* graceful stop */
     uv_signal_t sigint;        /* graceful stop (terminal) */
     uv_signal_t sighup;        /* reload certificates */
@@ -58,13 +65,35 @@ static void close_walk_cb(uv_handle_t *h, void *arg)
     }
 }
 
+static void raft_done_cb(void *arg)
+{
+    struct node *n = arg;
+    n->raft = NULL;
+    uv_close((uv_handle_t *)&n->sigterm, NULL);
+    uv_close((uv_handle_t *)&n->sigint, NULL);
+    uv_close((uv_handle_t *)&n->sighup, NULL);
+}
+
+/* The data plane has drained; then Raft stops (after its log writes land). */
 static void server_done_cb(void *arg)
 {
     struct node *n = arg;
     n->server = NULL;
-    uv_close((uv_handle_t *)&n->sigterm, NULL);
-    uv_close((uv_handle_t *)&n->sigint, NULL);
-    uv_close((uv_handle_t *)&n->sighup, NULL);
+    join_cancel(n->join);
+    n->join = NULL;
+    if (n->raft != NULL) {
+        raft_node_stop(n->raft, raft_done_cb, n);
+    } else {
+        raft_done_cb(n);
+    }
+}
+
+static void joined_cb(void *arg, int status)
+{
+    struct node *n = arg;
+    (void)status;
+    join_cancel(n->join); /* admitted: release the connection and timer */
+    n->join = NULL;
 }
 
 static void stop_signal_cb(uv_signal_t *h, int signum)
@@ -90,6 +119,33 @@ static void hup_signal_cb(uv_signal_t *h, int signum)
                 e.msg);
     } else {
         hbc_log(LOG_INFO, "event=tls_reloaded");
+    }
+}
+
+/*
+ * Every connection holds a descriptor, and Debian's default soft limit (1024)
+ * is below the default data.max_connections: raise the soft limit to the hard
+ * one, and say so if even that is too low for the configured connections.
+ */
+static void raise_nofile_limit(const struct node_config *cfg)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        return;
+    }
+    if (rl.rlim_cur < rl.rlim_max) {
+        rlim_t old = rl.rlim_cur;
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+            rl.rlim_cur = old;
+        }
+    }
+    /* The store, RocksDB and the listener need descriptors of their own too. */
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < (rlim_t)cfg->max_connections + 512) {
+        hbc_log(LOG_WARN,
+                "event=fd_limit_low limit=%llu max_connections=%u note=\"connections beyond the "
+                "limit will fail to be accepted; raise LimitNOFILE\"",
+                (unsigned long long)rl.rlim_cur, cfg->max_connections);
     }
 }
 
@@ -128,9 +184,28 @@ static int node_run(struct node *n, struct err *e)
     if (rv != 0) {
         goto close_store;
     }
+    if (n->cfg.raft_listen != NULL) {
+        snprintf(path, sizeof path, "%s/meta", n->cfg.data_dir);
+        rv = fsm_open(path, &n->fsm, e);
+        if (rv != 0) {
+            err_wrap(e, "open state machine %s", path);
+            goto close_tls;
+        }
+        rv = raft_node_start(&n->loop, &n->cfg, n->tls, n->fsm, &n->raft, e);
+        if (rv != 0) {
+            goto close_fsm;
+        }
+    }
     rv = server_start(&n->loop, &n->cfg, n->tls, n->store, &n->server, e);
     if (rv != 0) {
-        goto close_tls;
+        goto close_fsm;
+    }
+    server_set_raft(n->server, n->raft);
+    if (n->raft != NULL && n->cfg.raft_join != NULL && !raft_node_is_member(n->raft)) {
+        rv = join_start(&n->loop, n->tls, &n->cfg, joined_cb, n, &n->join, e);
+        if (rv != 0) {
+            goto close_fsm;
+        }
     }
     uv_signal_init(&n->loop, &n->sigterm);
     uv_signal_init(&n->loop, &n->sigint);
@@ -152,6 +227,10 @@ static int node_run(struct node *n, struct err *e)
 
     uv_run(&n->loop, UV_RUN_DEFAULT);
 
+close_fsm:
+    /* On a start failure Raft may hold the loop's handles: they close with the loop. */
+    fsm_close(n->fsm);
+    n->fsm = NULL;
 close_tls:
     tls_ctx_free(n->tls);
 close_store : {
@@ -208,6 +287,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "hbcd: %s\n", e.msg);
         return 2;
     }
+    raise_nofile_limit(&n.cfg);
     uv_loop_init(&n.loop);
     int rv = node_run(&n, &e);
     if (rv != 0) {

@@ -38,6 +38,7 @@
 #include "common/erasure.h"
 #include "common/frame.h"
 #include "common/log.h"
+#include "node/control.h"
 #include "hbc.pb-c.h"
 
 /* Requests a connection may have in flight before reading pauses. */
@@ -97,6 +98,7 @@ struct server {
     const struct node_config *cfg;       /* borrowed */
     struct tls_ctx *tls;                 /* borrowed */
     struct shard_store *store;           /* borrowed */
+    struct raft_node *raft;              /* the metadata plane (borrowed), or NULL */
     uv_tcp_t listener;                   /* the listening socket */
     uv_timer_t sweep;                    /* idle sweep */
     struct conn *conns;                  /* open connections */
@@ -184,12 +186,10 @@ static void req_free(struct req *r)
 static void req_drop(struct req *r)
 {
     struct conn *c = r->conn;
-    struct server *s = c->srv;
     req_free(r);
     conn_release_bytes(c, r->bytes);
     hbc_free(r);
     conn_unref(c);
-    server_maybe_finish(s);
 }
 
 /*
@@ -222,7 +222,6 @@ static void req_finish(struct req *r, const Hbc__Frame *reply)
         rv = tls_conn_write(c->tls, &b, 1, reply_written_cb, r, &e);
         hbc_free(buf);
         if (rv == 0) {
-            server_maybe_finish(s);
             return;
         }
     }
@@ -493,12 +492,10 @@ static void get_work_cb(uv_work_t *w)
     }
 }
 
-static void get_after_cb(uv_work_t *w, int status)
+/* Answer a get whose store reads are done. */
+static void get_reply(struct req *r)
 {
-    struct req *r = w->data;
     struct server *s = r->conn->srv;
-    (void)status;
-    s->works--;
     if (r->status != 0) {
         req_fail(r, r->status, r->msg);
         return;
@@ -564,6 +561,17 @@ static void get_after_cb(uv_work_t *w, int status)
     hbc_free(missing);
 }
 
+static void get_after_cb(uv_work_t *w, int status)
+{
+    struct req *r = w->data;
+    struct server *s = r->conn->srv;
+    (void)status;
+    s->works--;
+    get_reply(r);
+    /* Only now, after the reply is queued, may a stopping server close the connections. */
+    server_maybe_finish(s);
+}
+
 static void have_work_cb(uv_work_t *w)
 {
     struct req *r = w->data;
@@ -605,6 +613,7 @@ static void have_after_cb(uv_work_t *w, int status)
     s->works--;
     if (r->status != 0) {
         req_fail(r, r->status, r->msg);
+        server_maybe_finish(s);
         return;
     }
     Hbc__Frame f = HBC__FRAME__INIT;
@@ -615,6 +624,7 @@ static void have_after_cb(uv_work_t *w, int status)
     rep.n_present = r->frame->have_chunks->n_chunk_ids;
     rep.present = r->present;
     req_finish(r, &f);
+    server_maybe_finish(s);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -677,6 +687,11 @@ static int check_have(const Hbc__HaveChunks *h, char *msg, size_t mlen)
         }
     }
     return 0;
+}
+
+static void control_reply_cb(void *ctx, const Hbc__Frame *reply)
+{
+    req_finish(ctx, reply);
 }
 
 static int frame_cb(Hbc__Frame *frame, void *arg)
@@ -746,6 +761,16 @@ static int frame_cb(Hbc__Frame *frame, void *arg)
         answer_status(r);
         break;
     default:
+        if (control_is_request(frame)) {
+            struct control_peer peer = {
+                .subject = tls_conn_peer_subject(c->tls),
+                .cn = tls_conn_peer_cn(c->tls),
+                .is_node = tls_conn_peer_has_ou(c->tls, "node"),
+                .is_admin = tls_conn_peer_has_ou(c->tls, "admin"),
+            };
+            control_handle(s->raft, frame, &peer, control_reply_cb, r);
+            break;
+        }
         /* A reply type sent to a server: the peer is confused; tell it and go on. */
         req_fail(r, HBC_EPROTO, "this frame type is a reply, not a request");
         break;
@@ -785,15 +810,20 @@ static void on_close(struct tls_conn *t, int status, const char *reason)
 {
     struct conn *c = tls_conn_data(t);
     struct server *s = c->srv;
-    if (status != 0 && status != HBC_ECANCELED) {
+    size_t partial = frame_reader_partial(&c->reader);
+    if ((status != 0 && status != HBC_ECANCELED) || partial > 0) {
+        /* A peer that hangs up cleanly in the middle of a frame sent a truncated frame. */
+        if (status == 0) {
+            status = HBC_ETRUNCATED;
+            reason = "the peer closed the connection in the middle of a frame";
+        }
         if (!c->handshaken) {
             s->stats.conns_refused++;
         }
         hbc_log(LOG_WARN,
                 "event=conn_closed peer=%s subject=\"%s\" code=%s reason=\"%s\" "
                 "truncated_frame_bytes=%zu",
-                c->peer, tls_conn_peer_subject(t), hbc_errname(status), reason,
-                frame_reader_partial(&c->reader));
+                c->peer, tls_conn_peer_subject(t), hbc_errname(status), reason, partial);
     } else {
         hbc_log(LOG_DEBUG, "event=conn_closed peer=%s reason=\"%s\"", c->peer, reason);
     }
@@ -849,7 +879,7 @@ static void on_connection(uv_stream_t *listener, int status)
     s->stats.conns_accepted++;
     c->last_active = uv_now(s->loop);
     if (s->stats.conns_open > s->cfg->max_connections) {
-        s->stats.conns_refused++;
+        /* Counted as refused once, in on_close (the handshake never happened). */
         tls_conn_abort(c->tls, HBC_EBUSY, "too many connections (data.max_connections)");
     }
 }
@@ -970,6 +1000,11 @@ void server_stop(struct server *s, void (*done)(void *arg), void *arg)
         conn_read_check(c);
     }
     server_maybe_finish(s);
+}
+
+void server_set_raft(struct server *s, struct raft_node *rn)
+{
+    s->raft = rn;
 }
 
 void server_get_stats(const struct server *s, struct server_stats *out)

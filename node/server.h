@@ -41,6 +41,11 @@ int server_start(uv_loop_t *loop, const struct node_config *cfg, struct tls_ctx 
  */
 void server_stop(struct server *s, void (*done)(void *arg), void *arg);
 
+struct raft_node;
+
+/* Answer control-plane requests with rn (borrowed; NULL: no metadata plane). Loop thread. */
+void server_set_raft(struct server *s, struct raft_node *rn);
+
 /* A copy of the counters. Loop thread. */
 void server_get_stats(const struct server *s, struct server_stats *out);
 

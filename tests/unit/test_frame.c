@@ -292,8 +292,8 @@ static void test_unknown_frame_type_is_a_protocol_error(void **state)
     struct seen s = {0};
     struct frame_reader r;
     struct err e;
-    /* A newer peer's message: request_id = 5 and an unknown field 11 (length-delimited). */
-    static const uint8_t newer[] = {0, 0, 0, 4, 0x08, 0x05, 0x5a, 0x00};
+    /* A newer peer's message: request_id = 5 and an unknown field 99 (length-delimited). */
+    static const uint8_t newer[] = {0, 0, 0, 5, 0x08, 0x05, 0x9a, 0x06, 0x00};
     frame_reader_init(&r, 0, seen_cb, &s);
     assert_int_equal(frame_reader_feed(&r, newer, sizeof newer, &e), HBC_EPROTO);
     assert_non_null(strstr(e.msg, "unknown frame type"));

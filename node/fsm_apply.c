@@ -1,0 +1,548 @@
+/* The replicated state machine's commands: validate each, then add its records to one batch. */
+#include "common/log.h"
+#include "node/fsm_internal.h"
+
+#include <string.h>
+
+#include <openssl/evp.h>
+
+#include "common/alloc.h"
+#include "common/erasure.h"
+
+/*
+ * Every handler follows one contract: it reads the current state, decides,
+ * and sets *code to 0 (and adds its records to c->batch) or to a refusal
+ * (and adds nothing). It returns nonzero only for a local failure (RocksDB,
+ * memory, a stored record that does not parse), which must never become a
+ * refusal: other nodes would decide differently.
+ */
+struct apply_ctx {
+    struct fsm *f;        /* the state machine */
+    struct meta_batch *b; /* the one batch this entry writes */
+    uint64_t index;       /* the entry's Raft index */
+    uint64_t time_ms;     /* the command's time: leader time, never earlier than before */
+    const char *proposer; /* who asked ("" if unknown) */
+};
+
+/* Text fields: 1..max bytes, no control characters (UTF-8 passes). */
+static bool text_ok(const char *s, size_t max)
+{
+    if (s == NULL) {
+        return false;
+    }
+    size_t n = strlen(s);
+    if (n == 0 || n > max) {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch < 0x20 || ch == 0x7f) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Node ids appear in keys, logs and file names: letters, digits, '.', '_', '-'. */
+static bool node_id_ok(const char *s)
+{
+    if (!text_ok(s, FSM_NAME_MAX)) {
+        return false;
+    }
+    for (const char *p = s; *p != '\0'; p++) {
+        char ch = *p;
+        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                  (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' || ch == '-';
+        if (!ok) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool node_state_ok(Hbc__NodeState s)
+{
+    return s == HBC__NODE_STATE__NODE_JOINING || s == HBC__NODE_STATE__NODE_UP ||
+           s == HBC__NODE_STATE__NODE_DRAINING || s == HBC__NODE_STATE__NODE_DOWN;
+}
+
+/* Store m under key in cf (packed). */
+static int put_record(struct apply_ctx *c, enum meta_cf cf, const void *key, size_t klen,
+                      const ProtobufCMessage *m, struct err *e)
+{
+    uint8_t *v = NULL;
+    size_t n = 0;
+    int rc = fsm_record_pack(m, &v, &n, e);
+    if (rc != 0) {
+        return rc;
+    }
+    meta_batch_put(c->b, cf, key, klen, v, n);
+    hbc_free(v);
+    return 0;
+}
+
+/* Load and unpack the record under key: 0, HBC_ENOTFOUND, or a local failure. */
+static int get_record(struct apply_ctx *c, enum meta_cf cf, const void *key, size_t klen,
+                      const ProtobufCMessageDescriptor *d, void **out, struct err *e)
+{
+    void *v = NULL;
+    size_t n = 0;
+    *out = NULL;
+    int rc = meta_store_get(c->f->store, NULL, cf, key, klen, &v, &n, e);
+    if (rc != 0) {
+        return rc;
+    }
+    rc = fsm_record_unpack(d, v, n, out, e);
+    hbc_free(v);
+    return rc;
+}
+
+/* Whether key exists in cf: 0 (no), 1 (yes) or a local failure. */
+static int key_exists(struct apply_ctx *c, enum meta_cf cf, const void *key, size_t klen,
+                      struct err *e)
+{
+    void *v = NULL;
+    size_t n = 0;
+    int rc = meta_store_get(c->f->store, NULL, cf, key, klen, &v, &n, e);
+    hbc_free(v);
+    if (rc == HBC_ENOTFOUND) {
+        return 0;
+    }
+    return rc == 0 ? 1 : rc;
+}
+
+/* ---- nodes ---- */
+
+struct raft_id_search {
+    uint64_t raft_id; /* the id looked for */
+    struct err *e;    /* where a local failure goes */
+};
+
+static int raft_id_visit(const void *key, size_t klen, const void *val, size_t vlen, void *arg)
+{
+    (void)key;
+    (void)klen;
+    struct raft_id_search *s = arg;
+    Hbc__NodeInfo *n = NULL;
+    int rc = fsm_record_unpack(&hbc__node_info__descriptor, val, vlen, (void **)&n, s->e);
+    if (rc != 0) {
+        return rc;
+    }
+    bool same = n->raft_id == s->raft_id;
+    fsm_record_free(n);
+    return same ? 1 : 0;
+}
+
+static int apply_node_join(struct apply_ctx *c, const Hbc__NodeJoin *j, int *code, struct err *e)
+{
+    if (!node_id_ok(j->node_id) || !text_ok(j->data_address, FSM_NAME_MAX) ||
+        !text_ok(j->raft_address, FSM_NAME_MAX) || j->raft_id == 0 ||
+        !text_ok(j->site, FSM_NAME_MAX) || !text_ok(j->region, FSM_NAME_MAX) ||
+        !text_ok(j->media, FSM_NAME_MAX) || !node_state_ok(j->state)) {
+        *code = HBC_EINVAL;
+        return 0;
+    }
+    size_t klen = strlen(j->node_id);
+    int rc = key_exists(c, META_CF_NODES, j->node_id, klen, e);
+    if (rc < 0) {
+        return rc;
+    }
+    if (rc == 1) {
+        *code = HBC_EEXIST;
+        return 0;
+    }
+    struct raft_id_search s = {.raft_id = j->raft_id, .e = e};
+    rc = meta_store_scan(c->f->store, NULL, META_CF_NODES, NULL, 0, raft_id_visit, &s, e);
+    if (rc < 0) {
+        return rc;
+    }
+    if (rc == 1) {
+        *code = HBC_EEXIST;
+        return 0;
+    }
+    Hbc__NodeInfo n = HBC__NODE_INFO__INIT;
+    n.node_id = j->node_id;
+    n.data_address = j->data_address;
+    n.raft_address = j->raft_address;
+    n.raft_id = j->raft_id;
+    n.site = j->site;
+    n.region = j->region;
+    n.media = j->media;
+    n.worm = j->worm;
+    n.capacity_bytes = j->capacity_bytes;
+    n.state = j->state;
+    n.joined_ms = c->time_ms;
+    n.updated_ms = c->time_ms;
+    return put_record(c, META_CF_NODES, j->node_id, klen, &n.base, e);
+}
+
+static int apply_node_update(struct apply_ctx *c, const Hbc__NodeUpdate *u, int *code,
+                             struct err *e)
+{
+    if (!node_id_ok(u->node_id) ||
+        (u->data_address != NULL && !text_ok(u->data_address, FSM_NAME_MAX)) ||
+        (u->raft_address != NULL && !text_ok(u->raft_address, FSM_NAME_MAX)) ||
+        (u->site != NULL && !text_ok(u->site, FSM_NAME_MAX)) ||
+        (u->region != NULL && !text_ok(u->region, FSM_NAME_MAX)) ||
+        (u->media != NULL && !text_ok(u->media, FSM_NAME_MAX)) ||
+        (u->has_state && !node_state_ok(u->state))) {
+        *code = HBC_EINVAL;
+        return 0;
+    }
+    size_t klen = strlen(u->node_id);
+    Hbc__NodeInfo *n = NULL;
+    int rc =
+        get_record(c, META_CF_NODES, u->node_id, klen, &hbc__node_info__descriptor, (void **)&n, e);
+    if (rc == HBC_ENOTFOUND) {
+        *code = HBC_ENOTFOUND;
+        return 0;
+    }
+    if (rc != 0) {
+        return rc;
+    }
+    /* Point the unpacked record at the update's strings; it is freed before u is. */
+    Hbc__NodeInfo m = *n;
+    m.data_address = u->data_address != NULL ? u->data_address : n->data_address;
+    m.raft_address = u->raft_address != NULL ? u->raft_address : n->raft_address;
+    m.site = u->site != NULL ? u->site : n->site;
+    m.region = u->region != NULL ? u->region : n->region;
+    m.media = u->media != NULL ? u->media : n->media;
+    if (u->has_worm) {
+        m.worm = u->worm;
+    }
+    if (u->has_capacity_bytes) {
+        m.capacity_bytes = u->capacity_bytes;
+    }
+    if (u->has_state) {
+        m.state = u->state;
+    }
+    m.updated_ms = c->time_ms;
+    rc = put_record(c, META_CF_NODES, u->node_id, klen, &m.base, e);
+    fsm_record_free(n);
+    return rc;
+}
+
+static int apply_node_remove(struct apply_ctx *c, const Hbc__NodeRemove *r, int *code,
+                             struct err *e)
+{
+    if (!node_id_ok(r->node_id)) {
+        *code = HBC_EINVAL;
+        return 0;
+    }
+    size_t klen = strlen(r->node_id);
+    int rc = key_exists(c, META_CF_NODES, r->node_id, klen, e);
+    if (rc < 0) {
+        return rc;
+    }
+    if (rc == 0) {
+        *code = HBC_ENOTFOUND;
+        return 0;
+    }
+    meta_batch_delete(c->b, META_CF_NODES, r->node_id, klen);
+    return 0;
+}
+
+/* ---- vaults ---- */
+
+static int apply_vault_create(struct apply_ctx *c, const Hbc__VaultCreate *v, int *code,
+                              struct err *e)
+{
+    if (v->vault_id.len != FSM_ID_LEN || !text_ok(v->name, FSM_VAULT_NAME_MAX) || v->copies < 1 ||
+        v->copies > FSM_MAX_COPIES || v->k < 1 || v->k > ERASURE_MAX_K || v->m > ERASURE_MAX_M) {
+        *code = HBC_EINVAL;
+        return 0;
+    }
+    uint8_t id_key[1 + FSM_ID_LEN];
+    id_key[0] = FSM_VAULT_BY_ID;
+    memcpy(id_key + 1, v->vault_id.data, FSM_ID_LEN);
+    size_t name_len = strlen(v->name);
+    uint8_t name_key[1 + FSM_VAULT_NAME_MAX];
+    name_key[0] = FSM_VAULT_BY_NAME;
+    memcpy(name_key + 1, v->name, name_len);
+
+    int rc = key_exists(c, META_CF_VAULTS, id_key, sizeof id_key, e);
+    if (rc == 0) {
+        rc = key_exists(c, META_CF_VAULTS, name_key, 1 + name_len, e);
+    }
+    if (rc < 0) {
+        return rc;
+    }
+    if (rc == 1) {
+        *code = HBC_EEXIST;
+        return 0;
+    }
+    Hbc__VaultInfo info = HBC__VAULT_INFO__INIT;
+    info.vault_id = v->vault_id;
+    info.name = v->name;
+    info.copies = v->copies;
+    info.k = v->k;
+    info.m = v->m;
+    info.created_ms = c->time_ms;
+    info.created_index = c->index;
+    info.created_by = (char *)c->proposer;
+    rc = put_record(c, META_CF_VAULTS, id_key, sizeof id_key, &info.base, e);
+    if (rc == 0) {
+        meta_batch_put(c->b, META_CF_VAULTS, name_key, 1 + name_len, v->vault_id.data, FSM_ID_LEN);
+    }
+    return rc;
+}
+
+/* ---- snapshots ---- */
+
+/* Whether a stored snapshot carries exactly the client fields of commit s. */
+static bool same_snapshot(const Hbc__SnapshotInfo *a, const Hbc__SnapshotCommit *s)
+{
+    return a->vault_id.len == s->vault_id.len &&
+           memcmp(a->vault_id.data, s->vault_id.data, s->vault_id.len) == 0 &&
+           a->time_ms == s->time_ms && a->root_tree_id.len == s->root_tree_id.len &&
+           memcmp(a->root_tree_id.data, s->root_tree_id.data, s->root_tree_id.len) == 0 &&
+           a->ref_list_id.len == s->ref_list_id.len &&
+           memcmp(a->ref_list_id.data, s->ref_list_id.data, s->ref_list_id.len) == 0 &&
+           a->files == s->files && a->bytes == s->bytes && a->chunks == s->chunks;
+}
+
+static int apply_snapshot_commit(struct apply_ctx *c, const Hbc__SnapshotCommit *s, int *code,
+                                 struct err *e)
+{
+    if (s->snapshot_id.len != FSM_ID_LEN || s->vault_id.len != FSM_ID_LEN ||
+        s->root_tree_id.len != FSM_TREE_ID_LEN || s->ref_list_id.len != FSM_TREE_ID_LEN) {
+        *code = HBC_EINVAL;
+        return 0;
+    }
+    uint8_t snap_key[1 + FSM_ID_LEN];
+    snap_key[0] = FSM_SNAP_BY_ID;
+    memcpy(snap_key + 1, s->snapshot_id.data, FSM_ID_LEN);
+    Hbc__SnapshotInfo *old = NULL;
+    int rc = get_record(c, META_CF_SNAPSHOTS, snap_key, sizeof snap_key,
+                        &hbc__snapshot_info__descriptor, (void **)&old, e);
+    if (rc == 0) {
+        /* The idempotency key: a retried commit changes nothing. */
+        *code = same_snapshot(old, s) ? HBC_EEXIST : HBC_EINVAL;
+        fsm_record_free(old);
+        return 0;
+    }
+    if (rc != HBC_ENOTFOUND) {
+        return rc;
+    }
+    uint8_t vault_key[1 + FSM_ID_LEN];
+    vault_key[0] = FSM_VAULT_BY_ID;
+    memcpy(vault_key + 1, s->vault_id.data, FSM_ID_LEN);
+    rc = key_exists(c, META_CF_VAULTS, vault_key, sizeof vault_key, e);
+    if (rc < 0) {
+        return rc;
+    }
+    if (rc == 0) {
+        *code = HBC_ENOTFOUND;
+        return 0;
+    }
+    Hbc__SnapshotInfo info = HBC__SNAPSHOT_INFO__INIT;
+    info.snapshot_id = s->snapshot_id;
+    info.vault_id = s->vault_id;
+    info.time_ms = s->time_ms;
+    info.root_tree_id = s->root_tree_id;
+    info.ref_list_id = s->ref_list_id;
+    info.files = s->files;
+    info.bytes = s->bytes;
+    info.chunks = s->chunks;
+    info.committed_ms = c->time_ms;
+    info.commit_index = c->index;
+    info.committed_by = (char *)c->proposer;
+    rc = put_record(c, META_CF_SNAPSHOTS, snap_key, sizeof snap_key, &info.base, e);
+    if (rc != 0) {
+        return rc;
+    }
+    /* The vault's list, ordered by commit index. */
+    uint8_t by_vault[1 + FSM_ID_LEN + 8];
+    by_vault[0] = FSM_SNAP_BY_VAULT;
+    memcpy(by_vault + 1, s->vault_id.data, FSM_ID_LEN);
+    fsm_put_be64(by_vault + 1 + FSM_ID_LEN, c->index);
+    meta_batch_put(c->b, META_CF_SNAPSHOTS, by_vault, sizeof by_vault, s->snapshot_id.data,
+                   FSM_ID_LEN);
+    return 0;
+}
+
+static int apply_restore_test(struct apply_ctx *c, const Hbc__RestoreTestRecord *t, int *code,
+                              struct err *e)
+{
+    if (t->snapshot_id.len != FSM_ID_LEN ||
+        (t->copy != NULL && t->copy[0] != '\0' && !text_ok(t->copy, FSM_NAME_MAX)) ||
+        (t->result != HBC__RESTORE_TEST_RESULT__RESTORE_TEST_PASSED &&
+         t->result != HBC__RESTORE_TEST_RESULT__RESTORE_TEST_FAILED)) {
+        *code = HBC_EINVAL;
+        return 0;
+    }
+    uint8_t snap_key[1 + FSM_ID_LEN];
+    snap_key[0] = FSM_SNAP_BY_ID;
+    memcpy(snap_key + 1, t->snapshot_id.data, FSM_ID_LEN);
+    Hbc__SnapshotInfo *snap = NULL;
+    int rc = get_record(c, META_CF_SNAPSHOTS, snap_key, sizeof snap_key,
+                        &hbc__snapshot_info__descriptor, (void **)&snap, e);
+    if (rc == HBC_ENOTFOUND) {
+        *code = HBC_ENOTFOUND;
+        return 0;
+    }
+    if (rc != 0) {
+        return rc;
+    }
+    Hbc__RestoreTestInfo info = HBC__RESTORE_TEST_INFO__INIT;
+    info.snapshot_id = t->snapshot_id;
+    info.vault_id = snap->vault_id;
+    info.copy = t->copy;
+    info.chunks = t->chunks;
+    info.bytes = t->bytes;
+    info.errors = t->errors;
+    info.duration_ms = t->duration_ms;
+    info.result = t->result;
+    info.recorded_ms = c->time_ms;
+    info.index = c->index;
+    info.recorded_by = (char *)c->proposer;
+    uint8_t key[FSM_ID_LEN + 8];
+    memcpy(key, t->snapshot_id.data, FSM_ID_LEN);
+    fsm_put_be64(key + FSM_ID_LEN, c->index);
+    rc = put_record(c, META_CF_RESTORE_TESTS, key, sizeof key, &info.base, e);
+    fsm_record_free(snap);
+    return rc;
+}
+
+static int dispatch(struct apply_ctx *c, const Hbc__Command *cmd, int *code, struct err *e)
+{
+    if (cmd->proposer != NULL && cmd->proposer[0] != '\0' &&
+        !text_ok(cmd->proposer, FSM_PROPOSER_MAX)) {
+        *code = HBC_EINVAL;
+        return 0;
+    }
+    switch (cmd->cmd_case) {
+    case HBC__COMMAND__CMD_NODE_JOIN:
+        return apply_node_join(c, cmd->node_join, code, e);
+    case HBC__COMMAND__CMD_NODE_UPDATE:
+        return apply_node_update(c, cmd->node_update, code, e);
+    case HBC__COMMAND__CMD_NODE_REMOVE:
+        return apply_node_remove(c, cmd->node_remove, code, e);
+    case HBC__COMMAND__CMD_VAULT_CREATE:
+        return apply_vault_create(c, cmd->vault_create, code, e);
+    case HBC__COMMAND__CMD_SNAPSHOT_COMMIT:
+        return apply_snapshot_commit(c, cmd->snapshot_commit, code, e);
+    case HBC__COMMAND__CMD_RESTORE_TEST_RECORD:
+        return apply_restore_test(c, cmd->restore_test_record, code, e);
+    default:
+        /* No command, or one a newer version added: refused the same way everywhere. */
+        *code = HBC_EPROTO;
+        return 0;
+    }
+}
+
+/* next = SHA-256(prev || be64 index || entry): the order and content of every entry applied. */
+static int chain_next(const uint8_t prev[32], uint64_t index, const void *buf, size_t len,
+                      uint8_t next[32], struct err *e)
+{
+    uint8_t idx[8];
+    fsm_put_be64(idx, index);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    unsigned int n = 0;
+    bool ok = md != NULL && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1 &&
+              EVP_DigestUpdate(md, prev, 32) == 1 && EVP_DigestUpdate(md, idx, 8) == 1 &&
+              (len == 0 || EVP_DigestUpdate(md, buf, len) == 1) &&
+              EVP_DigestFinal_ex(md, next, &n) == 1 && n == 32;
+    EVP_MD_CTX_free(md);
+    if (!ok) {
+        return err_openssl(e, HBC_ECRYPTO, "command chain");
+    }
+    return 0;
+}
+
+int fsm_apply_at(struct fsm *f, uint64_t index, const void *buf, size_t len, int *code,
+                 struct err *e)
+{
+    *code = 0;
+    if (index == 0 || (buf == NULL && len > 0)) {
+        return err_set(e, HBC_EINVAL, "apply: index 0 or no buffer");
+    }
+    if (index <= f->applied) {
+        /* A replay after a restart: RocksDB already holds this entry's effect. */
+        f->stats.skipped++;
+        return 0;
+    }
+    struct meta_batch *b = NULL;
+    int rc = meta_batch_new(f->store, &b, e);
+    if (rc != 0) {
+        err_wrap(e, "apply %llu", (unsigned long long)index);
+        return rc;
+    }
+    struct apply_ctx c = {.f = f, .b = b, .index = index, .time_ms = f->leader_time_ms};
+    Hbc__Command *cmd = NULL;
+    int outcome = 0;
+    bool oom = false;
+    ProtobufCAllocator alloc = fsm_pb_allocator(&oom);
+    /* The entry: length prefix, protobuf, zero padding to 8 bytes (fsm_command_encode). */
+    const uint8_t *eb = buf;
+    size_t plen = len >= FSM_ENTRY_PREFIX
+                      ? ((size_t)eb[0] << 24 | (size_t)eb[1] << 16 | (size_t)eb[2] << 8 | eb[3])
+                      : 0;
+    bool padding_ok = len >= FSM_ENTRY_PREFIX && plen <= len - FSM_ENTRY_PREFIX &&
+                      len - FSM_ENTRY_PREFIX - plen < 8;
+    for (size_t i = FSM_ENTRY_PREFIX + plen; padding_ok && i < len; i++) {
+        padding_ok = eb[i] == 0;
+    }
+    if (len > FSM_COMMAND_MAX) {
+        outcome = HBC_ETOOBIG;
+    } else if (!padding_ok) {
+        outcome = HBC_EPROTO;
+    } else {
+        cmd = hbc__command__unpack(&alloc, plen, eb + FSM_ENTRY_PREFIX);
+        if (cmd == NULL && oom) {
+            rc = err_set(e, HBC_ENOMEM, "unpack command");
+            goto out;
+        }
+        if (cmd == NULL) {
+            outcome = HBC_EPROTO;
+        }
+    }
+    if (cmd != NULL) {
+        if (cmd->leader_time_ms > c.time_ms) {
+            c.time_ms = cmd->leader_time_ms;
+        }
+        c.proposer = cmd->proposer != NULL ? cmd->proposer : "";
+        rc = dispatch(&c, cmd, &outcome, e);
+        if (rc != 0) {
+            goto out;
+        }
+    }
+    if (outcome != 0) {
+        meta_batch_clear(b);
+    }
+
+    uint8_t chain[32];
+    rc = chain_next(f->chain, index, buf, len, chain, e);
+    if (rc != 0) {
+        goto out;
+    }
+    uint8_t applied[8];
+    uint8_t time[8];
+    fsm_put_be64(applied, index);
+    fsm_put_be64(time, c.time_ms);
+    meta_batch_put(b, META_CF_META, FSM_META_APPLIED, strlen(FSM_META_APPLIED), applied, 8);
+    meta_batch_put(b, META_CF_META, FSM_META_LEADER_TIME, strlen(FSM_META_LEADER_TIME), time, 8);
+    meta_batch_put(b, META_CF_META, FSM_META_CHAIN, strlen(FSM_META_CHAIN), chain, 32);
+    /* sync=false: the Raft log is the durable record (see fsm.h). */
+    rc = meta_batch_write(b, false, e);
+    if (rc != 0) {
+        goto out;
+    }
+    f->applied = index;
+    f->leader_time_ms = c.time_ms;
+    memcpy(f->chain, chain, 32);
+    f->stats.applied++;
+    if (outcome != 0) {
+        f->stats.refused++;
+    }
+    *code = outcome;
+out:
+    if (cmd != NULL) {
+        hbc__command__free_unpacked(cmd, &alloc);
+    }
+    meta_batch_free(b);
+    if (rc != 0) {
+        err_wrap(e, "apply %llu", (unsigned long long)index);
+    }
+    return rc;
+}
