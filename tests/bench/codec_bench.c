@@ -16,26 +16,11 @@
 #include <openssl/evp.h>
 
 #include "common/alloc.h"
+#include "common/chunk_object.h"
+#include "common/chunker.h"
+#include "common/crypto.h"
 #include "common/erasure.h"
 #include "common/err.h"
-
-/*
- * Rows whose module has not landed on main yet are left out.
- * TODO: remove these switches once chunker, crypto and chunk_object are merged.
- */
-#define HAVE_CHUNKER 1
-#define HAVE_CRYPTO 0
-#define HAVE_CHUNK_OBJECT 0
-
-#if HAVE_CHUNKER
-#include "common/chunker.h"
-#endif
-#if HAVE_CRYPTO
-#include "common/crypto.h"
-#endif
-#if HAVE_CHUNK_OBJECT
-#include "common/chunk_object.h"
-#endif
 
 /*
  * How the figures are made (also printed in the output header):
@@ -118,28 +103,27 @@ struct bench {
     uint64_t counter; /* nonces of the raw AES side */
 
     /* chunk ids */
-    uint64_t *cuts;   /* chunk end offsets in random */
-    size_t ncuts;     /* entries in cuts */
-    EVP_MD *sha256;   /* fetched once */
-    void *hmac;       /* struct crypto_hmac * */
-    size_t ids_bytes; /* bytes the chunk ids cover */
+    uint64_t *cuts;           /* chunk end offsets in random */
+    size_t ncuts;             /* entries in cuts */
+    EVP_MD *sha256;           /* fetched once */
+    struct crypto_hmac *hmac; /* keyed with a random chunk-id key */
 
     /* seal and open */
-    const uint8_t *plain; /* the working set of the current row */
-    size_t nbuf;          /* SEAL_BUF buffers in it */
-    void *cctx;           /* struct chunk_ctx * */
-    void *ckey;           /* struct chunk_key * */
-    uint8_t vault_id[16]; /* constant ids bound into the objects */
-    uint8_t chunk_id[32]; /* (their value does not change the cost) */
-    size_t sealed_stride; /* chunk_object_max_sealed(SEAL_BUF) */
-    uint8_t *sealed;      /* nbuf sealed objects, sealed_stride apart */
-    size_t *sealed_len;   /* their lengths */
-    uint8_t *rawct;       /* nbuf raw AES-GCM ciphertexts */
-    uint8_t (*tags)[16];  /* their tags */
-    EVP_CIPHER *aes;      /* AES-256-GCM, fetched once */
-    EVP_CIPHER_CTX *evp;  /* the raw side's context, re-keyed per buffer */
-    uint8_t aes_key[32];  /* the raw side's key */
-    uint8_t data_key[32]; /* the vault data key of the seal side */
+    const uint8_t *plain;   /* the working set of the current row */
+    size_t nbuf;            /* SEAL_BUF buffers in it */
+    struct chunk_ctx *cctx; /* the seal side's working state */
+    struct chunk_key ckey;  /* the seal side's derived keys */
+    uint8_t vault_id[16];   /* constant ids bound into the objects */
+    uint8_t chunk_id[32];   /* (their value does not change the cost) */
+    size_t sealed_stride;   /* chunk_object_max_sealed(SEAL_BUF) */
+    uint8_t *sealed;        /* nbuf sealed objects, sealed_stride apart */
+    size_t *sealed_len;     /* their lengths */
+    uint8_t *rawct;         /* nbuf raw AES-GCM ciphertexts */
+    uint8_t (*tags)[16];    /* their tags */
+    EVP_CIPHER *aes;        /* AES-256-GCM, fetched once */
+    EVP_CIPHER_CTX *evp;    /* the raw side's context, re-keyed per buffer */
+    uint8_t aes_key[32];    /* the raw side's key */
+    uint8_t data_key[32];   /* the vault data key of the seal side */
 
     /* Reed–Solomon */
     const struct erasure_scheme *scheme; /* the row's RS(k,m) */
@@ -231,7 +215,6 @@ static void fill_text(uint8_t *p, size_t n, uint64_t seed)
 /* ------------------------------------------------------------------------ */
 /* Raw AES-256-GCM through EVP: key and nonce set per buffer, context reused. */
 
-#if HAVE_CHUNK_OBJECT
 static int aes_setup(struct bench *b)
 {
     if (b->aes != NULL) {
@@ -274,12 +257,10 @@ static int aes_gcm(struct bench *b, int enc, uint64_t nonce, const uint8_t *in, 
     }
     return 0;
 }
-#endif
 
 /* ------------------------------------------------------------------------ */
 /* Chunking: FastCDC over the stream vs a plain gear-hash loop over every byte. */
 
-#if HAVE_CHUNKER
 static int chunking_codec(struct bench *b, uint64_t *bytes)
 {
     struct chunker c;
@@ -325,12 +306,10 @@ static int chunking_raw(struct bench *b, uint64_t *bytes)
     *bytes = b->ws;
     return 0;
 }
-#endif
 
 /* ------------------------------------------------------------------------ */
 /* Chunk ids: HMAC-SHA-256 vs SHA-256 on the chunks the chunker cut. */
 
-#if HAVE_CRYPTO && HAVE_CHUNKER
 static int ids_setup(struct bench *b, const struct row *r)
 {
     (void)r;
@@ -339,11 +318,10 @@ static int ids_setup(struct bench *b, const struct row *r)
     }
     uint8_t key[32];
     fill_random(key, sizeof key, 3);
-    struct crypto_hmac *h = NULL;
-    if (crypto_hmac_new(&h, key, sizeof key, &b->e) != 0) {
+    if (crypto_hmac_new(&b->hmac, key, sizeof key, &b->e) != 0) {
         return fail(b, "crypto_hmac_new");
     }
-    b->hmac = h;
+    struct crypto_hmac *h = b->hmac;
     b->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
     if (b->sha256 == NULL) {
         return err_openssl(&b->e, 0, "fetch SHA256"), fail(b, "SHA-256");
@@ -402,18 +380,16 @@ static int ids_raw(struct bench *b, uint64_t *bytes)
     *bytes = start;
     return 0;
 }
-#endif
 
 /* ------------------------------------------------------------------------ */
 /* Seal and open: chunk objects vs raw AES-256-GCM, 1 MiB buffers over the working set. */
 
-#if HAVE_CHUNK_OBJECT
 static int seal_all(struct bench *b, uint8_t *dst, size_t *lens, uint64_t *total)
 {
     *total = 0;
     for (size_t i = 0; i < b->nbuf; i++) {
         size_t n;
-        if (chunk_object_seal(b->cctx, b->ckey, b->vault_id, b->chunk_id, b->plain + i * SEAL_BUF,
+        if (chunk_object_seal(b->cctx, &b->ckey, b->vault_id, b->chunk_id, b->plain + i * SEAL_BUF,
                               SEAL_BUF, dst + i * b->sealed_stride, b->sealed_stride, &n,
                               &b->e) != 0) {
             return fail(b, "chunk_object_seal");
@@ -434,14 +410,11 @@ static int seal_setup(struct bench *b, const struct row *r)
     if (aes_setup(b) != 0) {
         return fail(b, "raw AES");
     }
-    struct chunk_ctx *c = NULL;
-    if (chunk_ctx_new(&c, &b->e) != 0) {
+    if (chunk_ctx_new(&b->cctx, &b->e) != 0) {
         return fail(b, "chunk_ctx_new");
     }
-    b->cctx = c;
-    b->ckey = xalloc(sizeof(struct chunk_key));
     fill_random(b->data_key, sizeof b->data_key, 11);
-    if (chunk_key_init(b->ckey, b->data_key, 1, &b->e) != 0) {
+    if (chunk_key_init(&b->ckey, b->data_key, 1, &b->e) != 0) {
         return fail(b, "chunk_key_init");
     }
     b->out_cap = b->nbuf * b->sealed_stride;
@@ -465,7 +438,7 @@ static int seal_setup(struct bench *b, const struct row *r)
     }
     /* Both sides must give back the plaintext they were handed. */
     size_t n;
-    if (chunk_object_open(b->cctx, b->ckey, b->vault_id, b->chunk_id, b->sealed, b->sealed_len[0],
+    if (chunk_object_open(b->cctx, &b->ckey, b->vault_id, b->chunk_id, b->sealed, b->sealed_len[0],
                           b->out, b->out_cap, &n, &b->e) != 0) {
         return fail(b, "chunk_object_open");
     }
@@ -485,11 +458,7 @@ static void seal_teardown(struct bench *b)
 {
     chunk_ctx_free(b->cctx);
     b->cctx = NULL;
-    if (b->ckey != NULL) {
-        chunk_key_clear(b->ckey);
-    }
-    hbc_free(b->ckey);
-    b->ckey = NULL;
+    chunk_key_clear(&b->ckey);
     hbc_free(b->out);
     hbc_free(b->sealed);
     hbc_free(b->sealed_len);
@@ -529,7 +498,7 @@ static int open_codec(struct bench *b, uint64_t *bytes)
 {
     for (size_t i = 0; i < b->nbuf; i++) {
         size_t n;
-        if (chunk_object_open(b->cctx, b->ckey, b->vault_id, b->chunk_id,
+        if (chunk_object_open(b->cctx, &b->ckey, b->vault_id, b->chunk_id,
                               b->sealed + i * b->sealed_stride, b->sealed_len[i],
                               b->out + i * SEAL_BUF, SEAL_BUF, &n, &b->e) != 0) {
             return fail(b, "chunk_object_open");
@@ -550,7 +519,6 @@ static int open_raw(struct bench *b, uint64_t *bytes)
     *bytes = b->nbuf * SEAL_BUF;
     return 0;
 }
-#endif
 
 /* ------------------------------------------------------------------------ */
 /* Reed–Solomon: erasure_encode/erasure_decode vs ec_encode_data on the same shards. */
@@ -711,15 +679,10 @@ static int rs_decode_check(struct bench *b)
 /* ------------------------------------------------------------------------ */
 
 static const struct row rows[] = {
-#if HAVE_CHUNKER
     {"chunking (FastCDC 256K/1M/4M)", "gear hash, every byte", 0, 0, 0, false, NULL, chunking_codec,
      chunking_raw, NULL},
-#endif
-#if HAVE_CRYPTO && HAVE_CHUNKER
     {"chunk ids (HMAC-SHA-256)", "SHA-256 (EVP_Digest)", 0, 0, 0, false, ids_setup, ids_codec,
      ids_raw, ids_teardown},
-#endif
-#if HAVE_CHUNK_OBJECT
     {"seal, incompressible", "AES-256-GCM encrypt", 0.80, 0, 0, false, seal_setup, seal_codec,
      seal_raw, seal_teardown},
     {"open, incompressible", "AES-256-GCM decrypt", 0.80, 0, 0, false, seal_setup, open_codec,
@@ -728,7 +691,6 @@ static const struct row rows[] = {
      seal_teardown},
     {"open, compressible", "AES-256-GCM decrypt", 0, 0, 0, true, seal_setup, open_codec, open_raw,
      seal_teardown},
-#endif
     {"RS(4,2) encode", "ec_encode_data", 0.90, 4, 2, false, rs_setup, rs_encode_codec,
      rs_encode_raw, rs_teardown},
     {"RS(4,2) decode, 2 data lost", "ec_encode_data (lost)", 0, 4, 2, false, rs_setup,

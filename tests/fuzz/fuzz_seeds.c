@@ -8,23 +8,11 @@
 #include <sys/stat.h>
 
 #include "common/alloc.h"
-#include "common/erasure.h"
-#include "fuzz_keys.h"
-
-/* TODO: remove these switches once frame, chunk_object and keys are merged. */
-#define HAVE_FRAME 1
-#define HAVE_CHUNK_OBJECT 0
-#define HAVE_KEYS 0
-
-#if HAVE_FRAME
-#include "common/frame.h"
-#endif
-#if HAVE_CHUNK_OBJECT
 #include "common/chunk_object.h"
-#endif
-#if HAVE_KEYS
+#include "common/erasure.h"
+#include "common/frame.h"
 #include "common/keys.h"
-#endif
+#include "fuzz_keys.h"
 
 /*
  * Usage: fuzz_seeds OUTDIR. Creates OUTDIR/NAME/ for each target that takes
@@ -115,7 +103,6 @@ static void erasure_seeds(void)
     }
 }
 
-#if HAVE_FRAME
 /* Append f's encoding to buf at *pos. */
 static void frame_append(const Hbc__Frame *f, uint8_t *buf, size_t cap, size_t *pos)
 {
@@ -192,9 +179,7 @@ static void frame_seeds(void)
     }
     write_seed("frame_reader", "stream", all, all_len);
 }
-#endif
 
-#if HAVE_CHUNK_OBJECT
 static void chunk_object_seeds(void)
 {
     make_dir("chunk_object");
@@ -219,13 +204,32 @@ static void chunk_object_seeds(void)
             die("chunk_object_seal", &e);
         }
         write_seed("chunk_object", names[i], obj, n);
+
+        /*
+         * The same object with its payload decrypted in place: the target
+         * encrypts and tags that region itself in its third attempt, so the
+         * fuzzer starts from a payload (a zstd frame) that opens.
+         */
+        size_t crc_off = CHUNK_OBJECT_PREFIX_LEN + ((size_t)obj[5] << 8 | obj[6]);
+        size_t payload_off = crc_off + CHUNK_OBJECT_CRC_LEN + CRYPTO_GCM_NONCE_LEN;
+        size_t p = n - payload_off - CRYPTO_GCM_TAG_LEN;
+        uint8_t aad[CHUNK_OBJECT_PREFIX_LEN + CHUNK_OBJECT_MAX_HEADER + 48];
+        memcpy(aad, obj, crc_off);
+        memcpy(aad + crc_off, fuzz_vault_id, sizeof fuzz_vault_id);
+        memcpy(aad + crc_off + sizeof fuzz_vault_id, fuzz_chunk_id, sizeof fuzz_chunk_id);
+        if (crypto_gcm_decrypt(NULL, key.gcm_key, obj + crc_off + CHUNK_OBJECT_CRC_LEN, aad,
+                               crc_off + 48, obj + payload_off, p, obj + payload_off,
+                               obj + payload_off + p, &e) != 0) {
+            die("crypto_gcm_decrypt", &e);
+        }
+        char name[32];
+        snprintf(name, sizeof name, "%s-clear", names[i]);
+        write_seed("chunk_object", name, obj, n);
     }
     chunk_key_clear(&key);
     chunk_ctx_free(ctx);
 }
-#endif
 
-#if HAVE_KEYS
 static void keyfile_seeds(void)
 {
     make_dir("keyfile");
@@ -241,7 +245,6 @@ static void keyfile_seeds(void)
     }
     write_seed("keyfile", "other-passphrase", file, sizeof file);
 }
-#endif
 
 int main(int argc, char **argv)
 {
@@ -251,14 +254,8 @@ int main(int argc, char **argv)
     }
     outdir = argv[1];
     erasure_seeds();
-#if HAVE_FRAME
     frame_seeds();
-#endif
-#if HAVE_CHUNK_OBJECT
     chunk_object_seeds();
-#endif
-#if HAVE_KEYS
     keyfile_seeds();
-#endif
     return 0;
 }
