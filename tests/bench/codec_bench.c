@@ -1,5 +1,4 @@
-/* codec_bench: single-thread throughput of HBC's data codecs beside the raw primitives under them.
- */
+/* codec_bench: one core's throughput of HBC's data codecs beside the primitives under them. */
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdbool.h>
@@ -46,7 +45,6 @@
 
 #define MIB ((size_t)1 << 20)
 #define SEAL_BUF MIB               /* plaintext bytes per seal/open call */
-#define RS_OBJECT (MIB + 79)       /* a sealed 1 MiB chunk: header, nonce and tag add 79 bytes */
 #define READ_BLOCK MIB             /* bytes per chunker_next() feed, as a file reader would */
 #define DEFAULT_WORKING_SET (256u) /* MiB */
 #define DEFAULT_ROUNDS 7
@@ -128,7 +126,8 @@ struct bench {
     /* Reed–Solomon */
     const struct erasure_scheme *scheme; /* the row's RS(k,m) */
     struct erasure_stripe stripe;        /* the codec's reused stripe */
-    size_t nobj;                         /* RS_OBJECT objects in random */
+    size_t rs_object;                    /* bytes per object: a sealed 1 MiB chunk */
+    size_t nobj;                         /* rs_object-byte objects in random */
     size_t shard_len;                    /* bytes per shard */
     uint8_t **data_ptrs;                 /* nobj * k data shard pointers, from erasure_encode */
     uint8_t *parity;                     /* nobj * m stored parity shards (decode rows) */
@@ -413,7 +412,6 @@ static int seal_setup(struct bench *b, const struct row *r)
     if (chunk_ctx_new(&b->cctx, &b->e) != 0) {
         return fail(b, "chunk_ctx_new");
     }
-    fill_random(b->data_key, sizeof b->data_key, 11);
     if (chunk_key_init(&b->ckey, b->data_key, 1, &b->e) != 0) {
         return fail(b, "chunk_key_init");
     }
@@ -529,18 +527,18 @@ static int rs_setup(struct bench *b, const struct row *r)
         return fail(b, "erasure_scheme_get");
     }
     unsigned k = r->k, m = r->m;
-    b->nobj = b->ws / RS_OBJECT;
-    b->shard_len = erasure_shard_length(k, RS_OBJECT);
+    b->nobj = b->ws / b->rs_object;
+    b->shard_len = erasure_shard_length(k, b->rs_object);
     b->data_ptrs = xalloc(b->nobj * k * sizeof *b->data_ptrs);
     b->parity = xalloc(b->nobj * m * b->shard_len);
     b->raw_parity = xalloc(m * b->shard_len);
-    b->out_cap = b->nobj * RS_OBJECT;
+    b->out_cap = b->nobj * b->rs_object;
     b->out = xalloc(b->out_cap);
 
     /* The data shards are slices of each object; keep them and the parity. */
     for (size_t i = 0; i < b->nobj; i++) {
-        if (erasure_encode(b->scheme, b->random + i * RS_OBJECT, RS_OBJECT, &b->stripe, &b->e) !=
-            0) {
+        if (erasure_encode(b->scheme, b->random + i * b->rs_object, b->rs_object, &b->stripe,
+                           &b->e) != 0) {
             return fail(b, "erasure_encode");
         }
         for (unsigned s = 0; s < k; s++) {
@@ -593,13 +591,13 @@ static void rs_teardown(struct bench *b)
 static int rs_encode_codec(struct bench *b, uint64_t *bytes)
 {
     for (size_t i = 0; i < b->nobj; i++) {
-        if (erasure_encode(b->scheme, b->random + i * RS_OBJECT, RS_OBJECT, &b->stripe, &b->e) !=
-            0) {
+        if (erasure_encode(b->scheme, b->random + i * b->rs_object, b->rs_object, &b->stripe,
+                           &b->e) != 0) {
             return fail(b, "erasure_encode");
         }
         sink += b->stripe.shards[b->scheme->k][0];
     }
-    *bytes = b->nobj * RS_OBJECT;
+    *bytes = b->nobj * b->rs_object;
     return 0;
 }
 
@@ -615,7 +613,7 @@ static int rs_encode_raw(struct bench *b, uint64_t *bytes)
                        &b->data_ptrs[i * k], parity);
         sink += parity[0][0];
     }
-    *bytes = b->nobj * RS_OBJECT;
+    *bytes = b->nobj * b->rs_object;
     return 0;
 }
 
@@ -636,11 +634,12 @@ static int rs_decode_codec(struct bench *b, uint64_t *bytes)
     const uint8_t *shards[ERASURE_MAX_SHARDS];
     for (size_t i = 0; i < b->nobj; i++) {
         rs_lost_view(b, i, shards);
-        if (erasure_decode(b->scheme, RS_OBJECT, shards, b->out + i * RS_OBJECT, &b->e) != 0) {
+        if (erasure_decode(b->scheme, b->rs_object, shards, b->out + i * b->rs_object, &b->e) !=
+            0) {
             return fail(b, "erasure_decode");
         }
     }
-    *bytes = b->nobj * RS_OBJECT;
+    *bytes = b->nobj * b->rs_object;
     return 0;
 }
 
@@ -656,11 +655,11 @@ static int rs_decode_raw(struct bench *b, uint64_t *bytes)
             src[s] = (uint8_t *)shards[m + s];
         }
         for (unsigned s = 0; s < m; s++) {
-            dst[s] = b->out + i * RS_OBJECT + s * b->shard_len;
+            dst[s] = b->out + i * b->rs_object + s * b->shard_len;
         }
         ec_encode_data((int)b->shard_len, (int)k, (int)m, b->dec_tables, src, dst);
     }
-    *bytes = b->nobj * RS_OBJECT;
+    *bytes = b->nobj * b->rs_object;
     return 0;
 }
 
@@ -668,8 +667,8 @@ static int rs_decode_raw(struct bench *b, uint64_t *bytes)
 static int rs_decode_check(struct bench *b)
 {
     size_t i = b->nobj - 1;
-    if (memcmp(b->out, b->random, RS_OBJECT) != 0 ||
-        memcmp(b->out + i * RS_OBJECT, b->random + i * RS_OBJECT, RS_OBJECT) != 0) {
+    if (memcmp(b->out, b->random, b->rs_object) != 0 ||
+        memcmp(b->out + i * b->rs_object, b->random + i * b->rs_object, b->rs_object) != 0) {
         fprintf(stderr, "codec_bench: decoded object differs from the original\n");
         return -1;
     }
@@ -860,8 +859,10 @@ static void print_header(const struct bench *b)
            " ratio = median of per-round codec/raw\n");
     printf("buffers:  chunking: one stream fed in 1 MiB reads; chunk ids: the chunks FastCDC cut;"
            "\n          seal/open: 1 MiB plaintexts cycled through the working set, raw AES-GCM"
-           " re-keyed per buffer;\n          RS: objects of 1 MiB + 79 bytes, parity into one"
-           " reused stripe; decode rebuilds the first m data shards\n");
+           " re-keyed per buffer;\n          RS: objects of %zu bytes (a sealed 1 MiB chunk), "
+           "parity into one"
+           " reused stripe; decode rebuilds the first m data shards\n",
+           b->rs_object);
     if (b->quick) {
         printf("          --quick: a smoke run, the figures mean little\n");
     }
@@ -925,11 +926,33 @@ static json_t *json_header(const struct bench *b)
     json_object_set_new(o, "quick", json_boolean(b->quick));
     json_object_set_new(o, "working_set_bytes", json_integer((json_int_t)b->ws));
     json_object_set_new(o, "rounds", json_integer(b->rounds));
+    json_object_set_new(o, "rs_object_bytes", json_integer((json_int_t)b->rs_object));
     json_object_set_new(o, "min_time_s", json_real(b->min_time));
     json_object_set_new(o, "unit", json_string("MB/s = 10^6 bytes per second of thread CPU time"));
     json_object_set_new(o, "ratio",
                         json_string("median over rounds of codec/raw, runs alternating AB, BA"));
     return o;
+}
+
+/* The length of a sealed 1 MiB chunk of incompressible data: the size of the RS rows' objects. */
+static int sealed_chunk_size(struct bench *b)
+{
+    size_t cap = chunk_object_max_sealed(SEAL_BUF);
+    uint8_t *obj = xalloc(cap);
+    struct chunk_ctx *c = NULL;
+    struct chunk_key k;
+    int rc = chunk_ctx_new(&c, &b->e);
+    if (rc == 0) {
+        rc = chunk_key_init(&k, b->data_key, 1, &b->e);
+    }
+    if (rc == 0) {
+        rc = chunk_object_seal(c, &k, b->vault_id, b->chunk_id, b->random, SEAL_BUF, obj, cap,
+                               &b->rs_object, &b->e);
+        chunk_key_clear(&k);
+    }
+    chunk_ctx_free(c);
+    hbc_free(obj);
+    return rc != 0 ? fail(b, "sealing a 1 MiB chunk") : 0;
 }
 
 static void usage(FILE *f)
@@ -1005,6 +1028,10 @@ int main(int argc, char **argv)
     fill_text(b.text, b.ws, 2);
     memset(b.vault_id, 0x5a, sizeof b.vault_id);
     memset(b.chunk_id, 0xa5, sizeof b.chunk_id);
+    fill_random(b.data_key, sizeof b.data_key, 11);
+    if (sealed_chunk_size(&b) != 0) {
+        return 1;
+    }
 
     json_t *root = NULL, *jrows = NULL;
     if (b.json) {
