@@ -733,50 +733,51 @@ static int timed_run(struct bench *b, pass_fn fn, double *mbps)
     return 0;
 }
 
+/* Set up a row, check both sides' output, then time the rounds. */
 static int run_row(struct bench *b, const struct row *r, struct result *res)
 {
     memset(res, 0, sizeof *res);
     b->packed = 0;
-    if (r->setup != NULL && r->setup(b, r) != 0) {
-        return -1;
+    int rc = r->setup != NULL ? r->setup(b, r) : 0;
+    if (rc != 0) {
+        goto done;
     }
     /* Warm-up: fault the pages in, build lazy tables, and check the output. */
     uint64_t n;
-    if (r->codec(b, &n) != 0 || r->raw(b, &n) != 0) {
-        return -1;
-    }
-    if (r->codec == rs_decode_codec) {
-        if (rs_decode_check(b) != 0) {
-            return -1;
-        }
+    rc = r->codec(b, &n) != 0 || r->raw(b, &n) != 0 ? -1 : 0;
+    if (rc == 0 && r->codec == rs_decode_codec) {
+        /* The raw side rebuilt the lost shards over the codec's objects; now the codec alone. */
+        rc = rs_decode_check(b);
         memset(b->out, 0, b->out_cap);
-        if (r->codec(b, &n) != 0 || rs_decode_check(b) != 0) {
-            return -1;
-        }
+        rc = rc != 0 || r->codec(b, &n) != 0 || rs_decode_check(b) != 0 ? -1 : 0;
     }
-    for (unsigned i = 0; i < b->rounds; i++) {
+    for (unsigned i = 0; rc == 0 && i < b->rounds; i++) {
         bool codec_first = i % 2 == 0;
         if (timed_run(b, codec_first ? r->codec : r->raw,
                       codec_first ? &res->codec[i] : &res->raw[i]) != 0 ||
             timed_run(b, codec_first ? r->raw : r->codec,
                       codec_first ? &res->raw[i] : &res->codec[i]) != 0) {
-            return -1;
+            rc = -1;
+            break;
         }
         res->ratio[i] = res->codec[i] / res->raw[i];
     }
-    res->codec_median = median(res->codec, b->rounds);
-    res->raw_median = median(res->raw, b->rounds);
-    res->ratio_median = median(res->ratio, b->rounds);
-    res->ratio_min = res->ratio_max = res->ratio[0];
-    for (unsigned i = 1; i < b->rounds; i++) {
-        res->ratio_min = res->ratio[i] < res->ratio_min ? res->ratio[i] : res->ratio_min;
-        res->ratio_max = res->ratio[i] > res->ratio_max ? res->ratio[i] : res->ratio_max;
+    if (rc == 0) {
+        res->codec_median = median(res->codec, b->rounds);
+        res->raw_median = median(res->raw, b->rounds);
+        res->ratio_median = median(res->ratio, b->rounds);
+        res->ratio_min = res->ratio_max = res->ratio[0];
+        for (unsigned i = 1; i < b->rounds; i++) {
+            res->ratio_min = res->ratio[i] < res->ratio_min ? res->ratio[i] : res->ratio_min;
+            res->ratio_max = res->ratio[i] > res->ratio_max ? res->ratio[i] : res->ratio_max;
+        }
+        res->packed = b->packed;
     }
-    res->packed = b->packed;
+done:
     if (r->teardown != NULL) {
         r->teardown(b);
     }
-    return 0;
+    return rc;
 }
 
 /* ------------------------------------------------------------------------ */
