@@ -3,7 +3,6 @@ log-uniform random sizes (1 B to 4 MiB), every byte compared; then a graceful
 stop (SIGTERM, exit 0) and a restart that still holds every acknowledged shard.
 """
 import json
-import os
 import signal
 import time
 
@@ -11,14 +10,6 @@ import hbctest
 
 SHARDS = 20000
 CLIENTS = 8
-
-
-def write_results(name, results):
-    path = os.path.join(hbctest.BUILD_DIR, "tests", "cluster", f"results-{name}.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2)
-    return path
 
 
 def test_put_get_20000_shards_then_sigterm_and_restart(tmp_path, ca):
@@ -75,5 +66,5 @@ def test_put_get_20000_shards_then_sigterm_and_restart(tmp_path, ca):
         "node_peak_rss_mib": round(peak / 1024, 1),
         "test_seconds": round(total, 1),
     }
-    path = write_results("data-plane", results)
+    path = hbctest.write_results("data-plane", results)
     print(f"\ndata plane: {json.dumps(results)}\n(written to {path})")
