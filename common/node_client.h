@@ -23,7 +23,9 @@
  * - with HBC_EPROTO if the node answered with the wrong kind of reply;
  * - with HBC_ECANCELED when the connection closes first (for any reason:
  *   node_client_close(), a failed connect or handshake, the node hanging up,
- *   a request timeout), the message then saying why.
+ *   a request timeout), the message then saying why. The outcome is then
+ *   unknown: a cancelled put may or may not be stored (sending it again is
+ *   safe: the node answers an identical shard already stored as stored).
  * A request function that returns nonzero never calls its callback.
  *
  * Requests may be issued right after node_client_connect(): they are
