@@ -43,21 +43,21 @@ struct rec {
 
 /* What the connection's callbacks saw. */
 struct conn_rec {
-    int connects;        /* on_connect calls */
-    int connect_status;  /* its status */
-    int drains;          /* on_drain calls */
-    int closes;          /* on_close calls */
-    int close_status;    /* its status */
-    char reason[256];    /* its reason */
-    int recs_at_close;   /* request callbacks that had fired when on_close came */
-    struct rec *watch;   /* requests to count at close */
-    size_t nwatch;       /* how many */
+    int connects;       /* on_connect calls */
+    int connect_status; /* its status */
+    int drains;         /* on_drain calls */
+    int closes;         /* on_close calls */
+    int close_status;   /* its status */
+    char reason[256];   /* its reason */
+    int recs_at_close;  /* request callbacks that had fired when on_close came */
+    struct rec *watch;  /* requests to count at close */
+    size_t nwatch;      /* how many */
 };
 
 struct fixture {
-    uv_loop_t loop;       /* the test's loop */
-    struct tls_ctx *tls;  /* client certificate */
-    struct conn_rec cr;   /* callbacks of the connection under test */
+    uv_loop_t loop;      /* the test's loop */
+    struct tls_ctx *tls; /* client certificate */
+    struct conn_rec cr;  /* callbacks of the connection under test */
 };
 
 static const char *env(const char *name)
@@ -113,8 +113,9 @@ static int setup(void **state)
     struct fixture *f = calloc(1, sizeof *f);
     assert_non_null(f);
     assert_int_equal(uv_loop_init(&f->loop), 0);
-    struct tls_ctx_opts o = {
-        .ca_file = env("HBC_TLS_CA"), .cert_file = env("HBC_TLS_CERT"), .key_file = env("HBC_TLS_KEY")};
+    struct tls_ctx_opts o = {.ca_file = env("HBC_TLS_CA"),
+                             .cert_file = env("HBC_TLS_CERT"),
+                             .key_file = env("HBC_TLS_KEY")};
     struct err e;
     if (tls_ctx_new(&o, &f->tls, &e) != 0) {
         fail_msg("%s", e.msg);
@@ -176,8 +177,11 @@ static void make_shard(uint8_t vault[16], uint8_t chunk[32], unsigned index, siz
     uint8_t *payload = hbc_malloc(payload_len);
     assert_non_null(payload);
     assert_int_equal(crypto_random(payload, payload_len, NULL), 0);
-    struct erasure_shard_info info = {.k = 4, .m = 2, .index = index,
-                                      .object_length = 4 * payload_len, .shard_length = payload_len};
+    struct erasure_shard_info info = {.k = 4,
+                                      .m = 2,
+                                      .index = index,
+                                      .object_length = 4 * payload_len,
+                                      .shard_length = payload_len};
     memcpy(info.vault_id, vault, 16);
     memcpy(info.chunk_id, chunk, 32);
     assert_int_equal(erasure_shard_encode(&info, payload, blob, len, NULL), 0);
@@ -392,9 +396,9 @@ static void test_refused_connection(void **state)
     assert_int_equal(r.calls, 1);
     assert_int_equal(r.status, HBC_ECANCELED);
     struct node_client *none = NULL;
-    assert_int_equal(node_client_connect(&f->loop, f->tls, "not-an-address", NULL, &cbs, &f->cr,
-                                         &none, &e),
-                     HBC_EINVAL);
+    assert_int_equal(
+        node_client_connect(&f->loop, f->tls, "not-an-address", NULL, &cbs, &f->cr, &none, &e),
+        HBC_EINVAL);
     assert_null(none);
 }
 

@@ -3,12 +3,14 @@ log-uniform random sizes (1 B to 4 MiB), every byte compared; then a graceful
 stop (SIGTERM, exit 0) and a restart that still holds every acknowledged shard.
 """
 import json
+import os
 import signal
 import time
 
 import hbctest
 
-SHARDS = 20000
+# HBC_DP_SHARDS lowers the count for a quick run (e.g. under the sanitizers); the issue asks 20,000.
+SHARDS = int(os.environ.get("HBC_DP_SHARDS", "20000"))
 CLIENTS = 8
 
 
