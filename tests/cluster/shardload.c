@@ -91,7 +91,8 @@ struct load {
 };
 
 static struct load L;
-static atomic_bool stop_flag;
+static atomic_bool stop_flag;    /* SIGINT or SIGTERM arrived */
+static atomic_uint workers_done; /* worker threads whose loop has ended */
 
 /* Counters of one thread, summed at the end. */
 struct counters {
@@ -804,6 +805,7 @@ static void *worker_main(void *arg)
         client_connect(&w->clients[i]);
     }
     uv_run(&w->loop, UV_RUN_DEFAULT);
+    atomic_fetch_add(&workers_done, 1);
     return NULL;
 }
 
@@ -1214,22 +1216,18 @@ int main(int argc, char **argv)
      * The signal handler only sets stop_flag; this thread passes it on to the
      * loops, which may be waiting for replies, and waits for them to finish.
      */
-    unsigned running = L.threads;
     bool told = false;
-    while (running > 0) {
-        running = 0;
-        for (unsigned t = 0; t < L.threads; t++) {
-            running += pthread_tryjoin_np(ws[t].thread, NULL) == EBUSY;
-        }
-        if (running > 0) {
-            if (atomic_load(&stop_flag) && !told) {
-                told = true;
-                for (unsigned t = 0; t < L.threads; t++) {
-                    uv_async_send(&ws[t].wake);
-                }
+    while (atomic_load(&workers_done) < L.threads) {
+        if (atomic_load(&stop_flag) && !told) {
+            told = true;
+            for (unsigned t = 0; t < L.threads; t++) {
+                uv_async_send(&ws[t].wake);
             }
-            usleep(20000);
         }
+        usleep(20000);
+    }
+    for (unsigned t = 0; t < L.threads; t++) {
+        pthread_join(ws[t].thread, NULL);
     }
     double secs = (double)(now_ms() - t0) / 1000.0;
 
