@@ -6,6 +6,7 @@ the test fails. Only 127.0.0.1 is used.
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -79,6 +80,7 @@ class Node:
                  scope="function"):
         self.name = name
         self.scope = scope
+        _created.setdefault(scope, []).append(self)
         self.starts = []  # log offset at each start, so that one run's lines can be told apart
         self.dir = os.path.join(str(root), name)
         self.data_dir = os.path.join(self.dir, "data")
@@ -249,6 +251,15 @@ class Shardload:
         return f"hbc-shardload exit {self.rc}, summary {self.summary}, stderr:\n{self.stderr[-3000:]}"
 
 
+def write_results(name, results):
+    """Keep a test's measured figures in BUILD_DIR/tests/cluster/results-NAME.json."""
+    path = os.path.join(BUILD_DIR, "tests", "cluster", f"results-{name}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    return path
+
+
 def peak_rss_kib(pid):
     """VmHWM of a live process, KiB."""
     with open(f"/proc/{pid}/status") as f:
@@ -259,6 +270,7 @@ def peak_rss_kib(pid):
 
 
 _live = {}
+_created = {}
 
 
 def _register(obj):
@@ -283,3 +295,6 @@ def stop_all(scope="function"):
                 o.stop(timeout=10)
         except Exception:
             pass
+    # Shard data runs to gigabytes: remove it; configs and logs stay for a post-mortem.
+    for n in _created.pop(scope, []):
+        shutil.rmtree(n.data_dir, ignore_errors=True)
