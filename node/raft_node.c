@@ -180,10 +180,19 @@ int raft_node_propose(struct raft_node *rn, Hbc__Command *cmd, const char *propo
     if (rn->raft.state != RAFT_LEADER) {
         return err_setraw(e, HBC_ENOTLEADER, "propose: this node is not the leader");
     }
+    /*
+     * Stamp, pack and put the caller's fields back: cmd is borrowed, and is
+     * often part of a received frame whose free would otherwise free the
+     * proposer string (the connection's certificate subject) too.
+     */
+    uint64_t caller_time = cmd->leader_time_ms;
+    char *caller_proposer = cmd->proposer;
     cmd->leader_time_ms = wall_ms();
     cmd->proposer = (char *)(proposer != NULL ? proposer : "");
     struct raft_buffer buf;
     int rv = fsm_command_encode(cmd, &buf, e);
+    cmd->leader_time_ms = caller_time;
+    cmd->proposer = caller_proposer;
     if (rv != 0) {
         return err_wrap(e, "propose");
     }
