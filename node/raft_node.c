@@ -167,7 +167,8 @@ static void apply_done_cb(struct raft_apply *req, int status, void *result)
         snprintf(msg, sizeof msg, "committed");
     }
     rn->inflight--;
-    p->cb(p->arg, code, status == 0 ? raft_last_applied(&rn->raft) : 0, msg);
+    /* libraft sets last_applied only after this callback: the entry's own index is req->index. */
+    p->cb(p->arg, code, status == 0 ? req->index : 0, msg);
     hbc_free(p);
 }
 
@@ -219,7 +220,7 @@ static void barrier_done_cb(struct raft_barrier *req, int status)
     struct barrier *b = (struct barrier *)req;
     struct raft_node *rn = b->rn;
     rn->inflight--;
-    b->cb(b->arg, code_from_raft(status), raft_last_applied(&rn->raft),
+    b->cb(b->arg, code_from_raft(status), status == 0 ? req->index : 0,
           status == 0 ? "current" : raft_strerror(status));
     hbc_free(b);
 }
@@ -654,8 +655,13 @@ int raft_node_status(struct raft_node *rn, Hbc__ClusterStatusReply *r, struct er
     fsm_list_nodes(rn->fsm, node_collect_cb, &nc, NULL);
     unsigned n = rn->raft.configuration.n;
     Hbc__ClusterMember **members = hbc_calloc(n + 1, sizeof *members);
-    Hbc__ClusterMember *mem = hbc_calloc(n + 1, sizeof *mem);
-    if (digest == NULL || members == NULL || mem == NULL || nc.rv != 0) {
+    /*
+     * The members live in one array that raft_node_status_free() finds through
+     * members[0]: none at all when there is no configuration (a node not yet
+     * admitted, or one whose Raft is closing).
+     */
+    Hbc__ClusterMember *mem = n > 0 ? hbc_calloc(n, sizeof *mem) : NULL;
+    if (digest == NULL || members == NULL || (n > 0 && mem == NULL) || nc.rv != 0) {
         hbc_free(digest);
         hbc_free(members);
         hbc_free(mem);

@@ -70,6 +70,8 @@ struct metaload {
     unsigned max_attempts;          /* sends per record at most */
     unsigned commit_timeout_ms;     /* time per record at most */
     unsigned timeout_s;             /* the whole run at most */
+    unsigned rate;                  /* records started per second at most, 0 = no limit */
+    uint64_t start_ms;              /* monotonic start of the commits */
     struct tls_ctx *tls;            /* shared by all threads */
     uint8_t vault_id[16];           /* resolved or created */
     FILE *ack;                      /* open ack log, or NULL */
@@ -126,6 +128,7 @@ struct client {
 
 static void client_next(struct client *c);
 static void client_send(struct client *c);
+static void client_begin(struct client *c);
 
 /* ---------------------------------------------------------------------- */
 /* Small helpers                                                           */
@@ -397,6 +400,17 @@ static void client_send(struct client *c)
     }
 }
 
+static void client_begin(struct client *c)
+{
+    c->started_ms = now_ms();
+    client_send(c);
+}
+
+static void begin_cb(uv_timer_t *t)
+{
+    client_begin(t->data);
+}
+
 /* Take the next record, or wind the client down when there is none. */
 static void client_next(struct client *c)
 {
@@ -425,9 +439,17 @@ static void client_next(struct client *c)
     c->chunks = c->files + splitmix64(&c->rng) % 100000;
     c->bytes = c->chunks * (splitmix64(&c->rng) % (4u << 20));
     c->attempts = 0;
-    c->started_ms = now_ms();
     c->active = true;
-    client_send(c);
+    if (M.rate > 0) {
+        /* Record n starts no earlier than n / rate seconds into the run. */
+        uint64_t due = M.start_ms + n * 1000 / M.rate;
+        uint64_t now = now_ms();
+        if (due > now) {
+            uv_timer_start(&c->timer, begin_cb, due - now, 0);
+            return;
+        }
+    }
+    client_begin(c);
 }
 
 static void *client_main(void *arg)
@@ -701,6 +723,8 @@ static void usage(FILE *f)
             "  --attempts N            sends per record at most (default 300)\n"
             "  --commit-timeout MS     time per record at most (default 60000)\n"
             "  --timeout S             the whole run at most (default 900)\n"
+            "  --rate N                start at most N records per second in all (default: no\n"
+            "                          limit), to spread a run over a known time\n"
             "  --json                  print the summary as one JSON object\n"
             "  --dump ADDR             print ADDR's status (applied index, state digest) and its\n"
             "                          snapshots of --vault-name as one JSON object; exit 1 when\n"
@@ -745,7 +769,8 @@ static int parse_args(int argc, char **argv)
 {
     enum {
         O_CLUSTER = 256, O_CA, O_CERT, O_KEY, O_CLIENTS, O_COMMITS, O_VAULT, O_ACK, O_SEED,
-        O_REQ_TIMEOUT, O_ATTEMPTS, O_COMMIT_TIMEOUT, O_TIMEOUT, O_JSON, O_DUMP, O_CURRENT, O_HELP
+        O_REQ_TIMEOUT, O_ATTEMPTS, O_COMMIT_TIMEOUT, O_TIMEOUT, O_JSON, O_DUMP, O_CURRENT, O_RATE,
+        O_HELP
     };
     static const struct option opts[] = {
         {"cluster", required_argument, NULL, O_CLUSTER},
@@ -764,6 +789,7 @@ static int parse_args(int argc, char **argv)
         {"json", no_argument, NULL, O_JSON},
         {"dump", required_argument, NULL, O_DUMP},
         {"current", no_argument, NULL, O_CURRENT},
+        {"rate", required_argument, NULL, O_RATE},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -819,6 +845,7 @@ static int parse_args(int argc, char **argv)
         case O_ATTEMPTS:
         case O_COMMIT_TIMEOUT:
         case O_TIMEOUT:
+        case O_RATE:
             bad = parse_u64(optarg, &v) != 0 || v == 0 || v > 86400000;
             if (ch == O_CLIENTS) {
                 bad = bad || v > 256;
@@ -829,6 +856,8 @@ static int parse_args(int argc, char **argv)
                 M.max_attempts = (unsigned)v;
             } else if (ch == O_COMMIT_TIMEOUT) {
                 M.commit_timeout_ms = (unsigned)v;
+            } else if (ch == O_RATE) {
+                M.rate = (unsigned)v;
             } else {
                 M.timeout_s = (unsigned)v;
             }
@@ -964,6 +993,7 @@ int main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
 
     uint64_t t0 = now_ms();
+    M.start_ms = t0;
     for (unsigned i = 0; i < M.clients; i++) {
         struct client *c = &cs[i];
         c->id = i;
