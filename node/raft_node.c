@@ -20,9 +20,9 @@
  * Failure modes: losing leadership fails pending proposals with
  * HBC_ENOTLEADER (libraft's RAFT_LEADERSHIPLOST) — the caller retries at
  * the new leader, and SnapshotCommit's id makes that retry harmless.
- * Stopping waits until libraft has stored every entry it appended (bounded
- * wait), because libraft 0.15 double-frees when closed with several appends
- * in flight.
+ * Stopping hands leadership over first (raft_transfer), then waits until
+ * libraft has stored every entry it appended (bounded wait), because libraft
+ * 0.15 double-frees when closed with several appends in flight.
  */
 #include "node/raft_node.h"
 
@@ -92,6 +92,8 @@ struct raft_node {
     bool stopping;                         /* raft_node_stop() was called */
     uv_timer_t stop_timer;                 /* polls last_stored during stop */
     uv_timer_t self_timer;                 /* registers this node in the state machine */
+    struct raft_transfer transfer;         /* hands leadership over during stop */
+    bool transferring;                     /* transfer started, its callback not yet run */
     uint64_t stop_started;                 /* uv_now when stop began */
     void (*done)(void *);                  /* stop's callback */
     void *done_arg;                        /* its argument */
@@ -920,11 +922,22 @@ static void raft_closed_cb(struct raft *r)
     stop_maybe_done(rn);
 }
 
+static void transfer_done_cb(struct raft_transfer *req)
+{
+    struct raft_node *rn = req->data;
+    rn->transferring = false;
+    raft_id id = 0;
+    const char *addr = NULL;
+    raft_leader(&rn->raft, &id, &addr);
+    hbc_log(LOG_INFO, "event=raft_leadership_handed_over to=%llu ok=%d", (unsigned long long)id,
+            id != 0 && id != rn->id);
+}
+
 static void stop_timer_cb(uv_timer_t *t)
 {
     struct raft_node *rn = t->data;
     raft_index last = raft_last_index(&rn->raft);
-    bool settled = rn->raft.last_stored >= last;
+    bool settled = rn->raft.last_stored >= last && !rn->transferring;
     uint64_t waited = uv_now(rn->loop) - rn->stop_started;
     if (!settled && waited < STOP_WAIT_MAX_MS) {
         return;
@@ -959,6 +972,18 @@ void raft_node_stop(struct raft_node *rn, void (*done)(void *arg), void *arg)
         hbc_free(op);
     }
     rn->ops_tail = NULL;
+    /*
+     * A leader hands over first (libraft picks the most up-to-date voter), so
+     * the others need not wait an election timeout to go on without it.
+     */
+    unsigned voters = 0;
+    for (unsigned i = 0; i < rn->raft.configuration.n; i++) {
+        voters += rn->raft.configuration.servers[i].role == RAFT_VOTER;
+    }
+    if (rn->raft.state == RAFT_LEADER && voters > 1) {
+        rn->transfer.data = rn;
+        rn->transferring = raft_transfer(&rn->raft, &rn->transfer, 0, transfer_done_cb) == 0;
+    }
     uv_timer_init(rn->loop, &rn->stop_timer);
     rn->stop_timer.data = rn;
     rn->handles_open++;

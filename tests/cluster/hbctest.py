@@ -563,12 +563,22 @@ class NetnsLab:
         self.spaces = []
         self.links = {}
         self.ips = {}
-        self._ip("netns", "add", self.hub)
-        self.spaces.append(self.hub)
-        self._ip("-n", self.hub, "link", "set", "lo", "up")
-        self._ip("-n", self.hub, "link", "add", "br0", "type", "bridge")
-        self._ip("-n", self.hub, "addr", "add", f"{self.SUBNET}.1/24", "dev", "br0")
-        self._ip("-n", self.hub, "link", "set", "br0", "up")
+        try:
+            self._new_netns(self.hub)
+            self._ip("-n", self.hub, "link", "add", "br0", "type", "bridge")
+            self._ip("-n", self.hub, "addr", "add", f"{self.SUBNET}.1/24", "dev", "br0")
+            self._ip("-n", self.hub, "link", "set", "br0", "up")
+        except Exception:
+            self.close()
+            raise
+
+    def _new_netns(self, ns):
+        # A namespace of this name can only be left over from a crashed run of this same pid.
+        subprocess.run(["ip", "netns", "del", ns], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=30)
+        self._ip("netns", "add", ns)
+        self.spaces.append(ns)
+        self._ip("-n", ns, "link", "set", "lo", "up")
 
     @staticmethod
     def _ip(*args):
@@ -581,9 +591,7 @@ class NetnsLab:
         ns = f"{self.tag}-{name}"
         link = f"hv{os.getpid() % 100000}x{i}"
         ip = f"{self.SUBNET}.{i}"
-        self._ip("netns", "add", ns)
-        self.spaces.append(ns)
-        self._ip("-n", ns, "link", "set", "lo", "up")
+        self._new_netns(ns)
         self._ip("link", "add", link, "netns", self.hub, "type", "veth", "peer", "name", "eth0",
                  "netns", ns)
         self._ip("-n", self.hub, "link", "set", link, "master", "br0")

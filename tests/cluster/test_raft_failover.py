@@ -35,6 +35,19 @@ def wait_acks(ml, ack, count, timeout=120.0):
     raise AssertionError(f"fewer than {count} acknowledgements after {timeout}s")
 
 
+def wait_leader(admin, addrs, what, timeout=60.0):
+    """The leader's name as `hbc cluster status` reports it, once there is one."""
+    deadline = time.monotonic() + timeout
+    status = None
+    while time.monotonic() < deadline:
+        rc, status = hbctest.cluster_status(admin, addrs)
+        name = hbctest.leader_name(status)
+        if name is not None:
+            return name
+        time.sleep(0.1)
+    raise AssertionError(f"no leader {what}: {status}")
+
+
 def wait_new_leader(admin, nodes, old_leader, timeout=60.0):
     """Poll the live nodes until one of them, not old_leader, is leader; (name, status)."""
     deadline = time.monotonic() + timeout
@@ -77,9 +90,7 @@ def test_kill_leader_twice_under_load(tmp_path, ca):
     for round_, at in enumerate((COMMITS // 5, COMMITS // 2)):
         wait_acks(ml, ack, at)
         assert ml.running(), "the load ended before the kills: " + ml.describe()
-        rc, status = hbctest.cluster_status(admin, addrs)
-        leader = hbctest.leader_name(status)
-        assert leader is not None, f"no leader before kill {round_ + 1}: {status}"
+        leader = wait_leader(admin, addrs, f"before kill {round_ + 1}")
         victim = by_name[leader]
         t_kill = time.monotonic()
         victim.kill9()
