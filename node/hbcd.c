@@ -11,6 +11,7 @@
 
 #include <hbc/hbc.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "common/tls.h"
 #include "node/config.h"
@@ -38,7 +39,7 @@ struct node {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "Usage: hbcd --config FILE\n"
+    fprintf(f, "Usage: hbcd --config FILE [--join ADDR]\n"
                "       hbcd --print-config | --help | --version\n"
                "\n"
                "Runs one HBC storage node: a mutual-TLS data plane that stores erasure-coded\n"
@@ -47,6 +48,8 @@ static void usage(FILE *f)
                "\n"
                "Options:\n"
                "  --config FILE    the node's INI configuration (see docs/operations.md)\n"
+               "  --join ADDR      ask the member at ADDR (data plane) to admit this node;\n"
+               "                   the same as raft.join in the configuration\n"
                "  --print-config   print every configuration key with its default and exit\n"
                "  --help           this text\n"
                "  --version        the version\n"
@@ -259,6 +262,7 @@ close_store : {
 int main(int argc, char **argv)
 {
     const char *config = NULL;
+    const char *join = NULL;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
@@ -274,6 +278,8 @@ int main(int argc, char **argv)
         }
         if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
             config = argv[++i];
+        } else if (strcmp(argv[i], "--join") == 0 && i + 1 < argc) {
+            join = argv[++i];
         } else if (strncmp(argv[i], "--config=", 9) == 0) {
             config = argv[i] + 9;
         } else {
@@ -298,6 +304,25 @@ int main(int argc, char **argv)
         return 2;
     }
     raise_nofile_limit(&n.cfg);
+    if (join != NULL) {
+        if (n.cfg.raft_listen == NULL || n.cfg.raft_bootstrap) {
+            fprintf(stderr, "hbcd: --join needs raft.listen and excludes raft.bootstrap in %s\n",
+                    config);
+            node_config_free(&n.cfg);
+            return 2;
+        }
+        char *copy = hbc_strdup(join);
+        unsigned a, b, c, d, port;
+        char tail;
+        if (copy == NULL || sscanf(join, "%u.%u.%u.%u:%u%c", &a, &b, &c, &d, &port, &tail) != 5) {
+            fprintf(stderr, "hbcd: --join '%s' is not an IPv4 address with a port\n", join);
+            hbc_free(copy);
+            node_config_free(&n.cfg);
+            return 2;
+        }
+        hbc_free(n.cfg.raft_join);
+        n.cfg.raft_join = copy;
+    }
     uv_loop_init(&n.loop);
     int rv = node_run(&n, &e);
     if (rv != 0) {

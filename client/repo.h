@@ -1,0 +1,102 @@
+/*
+ * The client's view of one vault on the cluster: keys, placement, and
+ * chunk objects stored as erasure-coded shards on the nodes.
+ *
+ * Every function here is BLOCKING and THREAD-SAFE: backup and restore
+ * pipelines call them from several worker threads at once. Inside, one
+ * network thread runs a libuv loop with a node_client (common/node_client.h)
+ * per node; calls hand their work to it and wait.
+ */
+#ifndef HBC_CLIENT_REPO_H
+#define HBC_CLIENT_REPO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+#include "hbc.pb-c.h"
+
+#define REPO_ID_LEN 16    /* vault and snapshot ids */
+#define REPO_CHUNK_ID 32  /* chunk ids (HMAC-SHA-256) */
+
+struct repo;
+
+/* How to reach the cluster and unlock the vault; strings borrowed for repo_open(). */
+struct repo_options {
+    const char *const *addrs; /* data-plane addresses of cluster nodes (any members) */
+    size_t naddrs;            /* how many */
+    const char *ca_file;      /* cluster CA */
+    const char *cert_file;    /* the user's client certificate */
+    const char *key_file;     /* its private key */
+    const char *keyfile;      /* the KEK key file (common/keys.h) */
+    const char *passphrase;   /* its passphrase */
+    size_t passphrase_len;    /* bytes */
+    const char *vault;        /* vault name; NULL for cluster-only operations (vault create/list) */
+    unsigned timeout_ms;      /* per network request (0: 30 s) */
+    unsigned max_inflight_mb; /* bytes of shards in flight at most (0: 256 MiB) */
+};
+
+/*
+ * Connect, read the cluster's node list and (when o->vault is set) the
+ * vault, unwrap its keys with the KEK. Returns 0 or an error with a
+ * message: HBC_EPASSPHRASE, HBC_ECORRUPT (key file), HBC_ENOTFOUND (no such
+ * vault), HBC_EWRONGKEY (the vault's keys were wrapped by another KEK),
+ * HBC_EUNAVAILABLE (no node answered), HBC_ECONFIG.
+ */
+int repo_open(const struct repo_options *o, struct repo **out, struct err *e);
+
+/* Close connections and wipe keys. NULL is a no-op. */
+void repo_close(struct repo *r);
+
+/* Create a vault: random data key (generation 1) and chunk-id key, wrapped by the KEK, committed through Raft. */
+int repo_vault_create(struct repo *r, const char *name, unsigned copies, unsigned k, unsigned m,
+                      uint8_t vault_id[REPO_ID_LEN], struct err *e);
+
+/* Every vault (records owned by the caller; free each with protobuf_c_message_free_unpacked). */
+int repo_vault_list(struct repo *r, Hbc__VaultInfo ***out, size_t *n, struct err *e);
+
+/* The open vault's id. */
+const uint8_t *repo_vault_id(const struct repo *r);
+
+/* The chunk id of plaintext (HMAC-SHA-256 under the vault's chunk-id key). */
+int repo_chunk_id(struct repo *r, const void *plain, size_t len, uint8_t id[REPO_CHUNK_ID], struct err *e);
+
+/* Which of ids are already stored in the vault (present[i]); asks the nodes holding them. */
+int repo_have(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t n, bool *present, struct err *e);
+
+/*
+ * Store one chunk (plain, len bytes, borrowed) under id: seal (zstd when it
+ * pays, AES-256-GCM), erasure-code once, and send the same shards to every
+ * copy's nodes; return once every copy has at least k+1 shards durable (or
+ * all k+m when fewer nodes exist). Idempotent: storing an id again is cheap.
+ */
+int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *plain, size_t len, struct err *e);
+
+/*
+ * Read one chunk: nearest copy first, data shards first; fall back to parity
+ * and to other copies on any error or checksum mismatch; rebuild, open
+ * (authenticate) and check the chunk id. On 0, *plain (hbc_free) holds *len
+ * bytes. copy >= 0 reads only that copy (restore tests). stats (may be NULL)
+ * counts shards read and errors met along the way.
+ */
+struct repo_read_stats {
+    uint64_t shards_read;   /* shards fetched */
+    uint64_t shard_errors;  /* missing or corrupt shards met (recovered from) */
+};
+int repo_get_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], int copy, uint8_t **plain, size_t *len,
+                   struct repo_read_stats *stats, struct err *e);
+
+/* Commit a snapshot record through Raft (idempotent on snapshot_id). */
+int repo_snapshot_commit(struct repo *r, const Hbc__SnapshotCommit *s, uint64_t *index, struct err *e);
+
+/* The vault's snapshots in commit order, read current (Raft barrier). Free each record. */
+int repo_snapshot_list(struct repo *r, Hbc__SnapshotInfo ***out, size_t *n, struct err *e);
+
+/* Record a restore test's result through Raft. */
+int repo_restore_test_record(struct repo *r, const Hbc__RestoreTestRecord *t, struct err *e);
+
+/* Copies of the open vault (for --copy N). */
+unsigned repo_copies(const struct repo *r);
+
+#endif /* HBC_CLIENT_REPO_H */
