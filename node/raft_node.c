@@ -294,8 +294,7 @@ static void member_finish(struct member_op *op, int code, const char *msg)
             op->kind == OP_JOIN     ? "join"
             : op->kind == OP_REMOVE ? "remove"
                                     : "promote",
-            op->node_id, (unsigned long long)op->id,
-            hbc_errname(code), msg);
+            op->node_id, (unsigned long long)op->id, hbc_errname(code), msg);
     if (op->cb != NULL) {
         op->cb(op->arg, code, op->index, msg);
     }
@@ -504,12 +503,12 @@ int raft_node_remove(struct raft_node *rn, const char *node_id, const char *prop
 
 /* What member_promote_maybe() learns of the nodes from the state machine. */
 struct site_scan {
-    struct raft_node *rn;       /* the node */
-    raft_id candidate;          /* a standby to promote, 0 if none */
-    bool candidate_new_site;    /* the candidate's site has no voter */
-    char candidate_name[72];    /* its node id */
-    char voter_sites[8][72];    /* sites that hold a voter (the first 8) */
-    unsigned n_voter_sites;     /* how many of them */
+    struct raft_node *rn;    /* the node */
+    raft_id candidate;       /* a standby to promote, 0 if none */
+    bool candidate_new_site; /* the candidate's site has no voter */
+    char candidate_name[72]; /* its node id */
+    char voter_sites[8][72]; /* sites that hold a voter (the first 8) */
+    unsigned n_voter_sites;  /* how many of them */
 };
 
 static int voter_site_cb(const Hbc__NodeInfo *n, void *arg)

@@ -54,31 +54,31 @@
 
 /* Options and shared state of the run. */
 struct metaload {
-    const char *addrs[MAX_ADDRS];   /* cluster addresses to try, in order */
-    unsigned naddrs;                /* how many */
-    char addr_buf[4096];            /* storage for the parsed list */
-    const char *ca, *cert, *key;    /* TLS files */
-    unsigned clients;               /* concurrent committers */
-    uint64_t commits;               /* records to commit in total */
-    const char *vault_name;         /* vault the records go to */
-    const char *ack_path;           /* --ack-log */
-    uint64_t seed;                  /* seeds the record fields (not the ids) */
-    bool json;                      /* JSON summary */
-    const char *dump_addr;          /* --dump: the node to describe */
-    bool current;                   /* --dump --current: read through a barrier */
-    unsigned request_timeout_ms;    /* a request unanswered this long is resent elsewhere */
-    unsigned max_attempts;          /* sends per record at most */
-    unsigned commit_timeout_ms;     /* time per record at most */
-    unsigned timeout_s;             /* the whole run at most */
-    unsigned rate;                  /* records started per second at most, 0 = no limit */
-    uint64_t start_ms;              /* monotonic start of the commits */
-    struct tls_ctx *tls;            /* shared by all threads */
-    uint8_t vault_id[16];           /* resolved or created */
-    FILE *ack;                      /* open ack log, or NULL */
-    pthread_mutex_t ack_lock;       /* serialises ack lines */
-    atomic_uint_fast64_t next;      /* next record number to take */
-    atomic_int printed;             /* error messages printed so far */
-    uint64_t deadline_ms;           /* monotonic end of the run */
+    const char *addrs[MAX_ADDRS]; /* cluster addresses to try, in order */
+    unsigned naddrs;              /* how many */
+    char addr_buf[4096];          /* storage for the parsed list */
+    const char *ca, *cert, *key;  /* TLS files */
+    unsigned clients;             /* concurrent committers */
+    uint64_t commits;             /* records to commit in total */
+    const char *vault_name;       /* vault the records go to */
+    const char *ack_path;         /* --ack-log */
+    uint64_t seed;                /* seeds the record fields (not the ids) */
+    bool json;                    /* JSON summary */
+    const char *dump_addr;        /* --dump: the node to describe */
+    bool current;                 /* --dump --current: read through a barrier */
+    unsigned request_timeout_ms;  /* a request unanswered this long is resent elsewhere */
+    unsigned max_attempts;        /* sends per record at most */
+    unsigned commit_timeout_ms;   /* time per record at most */
+    unsigned timeout_s;           /* the whole run at most */
+    unsigned rate;                /* records started per second at most, 0 = no limit */
+    uint64_t start_ms;            /* monotonic start of the commits */
+    struct tls_ctx *tls;          /* shared by all threads */
+    uint8_t vault_id[16];         /* resolved or created */
+    FILE *ack;                    /* open ack log, or NULL */
+    pthread_mutex_t ack_lock;     /* serialises ack lines */
+    atomic_uint_fast64_t next;    /* next record number to take */
+    atomic_int printed;           /* error messages printed so far */
+    uint64_t deadline_ms;         /* monotonic end of the run */
 };
 
 static struct metaload M;
@@ -105,25 +105,25 @@ struct u64vec {
 
 /* One committer: a thread with its loop and connection. */
 struct client {
-    unsigned id;              /* 0..clients-1 */
-    pthread_t thread;         /* its thread */
-    uv_loop_t loop;           /* its loop */
-    uv_timer_t timer;         /* resend delay */
-    struct node_client *nc;   /* the connection, or NULL */
-    char addr[ADDR_LEN];      /* where the connection goes */
-    unsigned addr_idx;        /* position in M.addrs of the last listed address used */
-    bool active;              /* a record is being committed */
-    uint8_t snapshot_id[16];  /* the record: idempotency key */
-    uint8_t root[32];         /* root tree id */
-    uint8_t refs[32];         /* reference list id */
-    uint64_t time_ms;         /* its time */
+    unsigned id;                   /* 0..clients-1 */
+    pthread_t thread;              /* its thread */
+    uv_loop_t loop;                /* its loop */
+    uv_timer_t timer;              /* resend delay */
+    struct node_client *nc;        /* the connection, or NULL */
+    char addr[ADDR_LEN];           /* where the connection goes */
+    unsigned addr_idx;             /* position in M.addrs of the last listed address used */
+    bool active;                   /* a record is being committed */
+    uint8_t snapshot_id[16];       /* the record: idempotency key */
+    uint8_t root[32];              /* root tree id */
+    uint8_t refs[32];              /* reference list id */
+    uint64_t time_ms;              /* its time */
     uint64_t files, bytes, chunks; /* its totals */
-    unsigned attempts;        /* sends of this record */
-    uint64_t started_ms;      /* first send of this record */
-    uint64_t rng;             /* field generator */
-    struct counters k;        /* counters */
-    struct u64vec latency;    /* ms from first send to ack, per record */
-    struct u64vec ack_times;  /* monotonic ms of each ack */
+    unsigned attempts;             /* sends of this record */
+    uint64_t started_ms;           /* first send of this record */
+    uint64_t rng;                  /* field generator */
+    struct counters k;             /* counters */
+    struct u64vec latency;         /* ms from first send to ack, per record */
+    struct u64vec ack_times;       /* monotonic ms of each ack */
 };
 
 static void client_next(struct client *c);
@@ -263,7 +263,8 @@ static void client_ack(struct client *c, uint64_t index, bool exists)
     client_next(c);
 }
 
-static void client_fail(struct client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void client_fail(struct client *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static void client_fail(struct client *c, const char *fmt, ...)
 {
     char msg[512];
@@ -556,8 +557,8 @@ static int vault_setup(struct err *e)
             sleep_ms(SETUP_DELAY_MS);
             continue;
         }
-        int code = r->body_case == HBC__FRAME__BODY_PROPOSE_REPLY ? r->propose_reply->code
-                                                                   : HBC_EPROTO;
+        int code =
+            r->body_case == HBC__FRAME__BODY_PROPOSE_REPLY ? r->propose_reply->code : HBC_EPROTO;
         if (code == 0) {
             memcpy(M.vault_id, fresh, 16);
             frame_free(r);
@@ -618,9 +619,9 @@ static int dump(void)
     json_object_set_new(o, "commit_index", json_integer((json_int_t)s->commit_index));
     json_object_set_new(o, "applied_index", json_integer((json_int_t)s->applied_index));
     json_object_set_new(o, "last_index", json_integer((json_int_t)s->last_index));
-    json_object_set_new(o, "leader_raft_id", s->has_leader_raft_id
-                                                 ? json_integer((json_int_t)s->leader_raft_id)
-                                                 : json_null());
+    json_object_set_new(o, "leader_raft_id",
+                        s->has_leader_raft_id ? json_integer((json_int_t)s->leader_raft_id)
+                                              : json_null());
     json_object_set_new(o, "members", json_integer((json_int_t)s->n_members));
     json_object_set_new(o, "state_digest", json_string(digest));
     frame_free(r);
@@ -660,16 +661,15 @@ static int dump(void)
         goto out;
     }
     if (r->body_case != HBC__FRAME__BODY_LIST_SNAPSHOTS_REPLY) {
-        int code = r->body_case == HBC__FRAME__BODY_PROPOSE_REPLY ? r->propose_reply->code
-                                                                   : HBC_EPROTO;
+        int code =
+            r->body_case == HBC__FRAME__BODY_PROPOSE_REPLY ? r->propose_reply->code : HBC_EPROTO;
         const char *msg = r->body_case == HBC__FRAME__BODY_PROPOSE_REPLY ? r->propose_reply->message
                           : r->body_case == HBC__FRAME__BODY_ERROR       ? r->error->message
                                                                          : "unexpected reply";
         json_object_set_new(o, "error", json_string(msg));
         json_object_set_new(o, "error_code", json_string(hbc_errname(code)));
         if (code == HBC_ENOTLEADER && r->propose_reply->leader_address != NULL) {
-            json_object_set_new(o, "leader_address",
-                                json_string(r->propose_reply->leader_address));
+            json_object_set_new(o, "leader_address", json_string(r->propose_reply->leader_address));
         }
         status = 1;
         goto out;
@@ -700,41 +700,42 @@ out:
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "Usage: hbc-metaload --cluster ADDR[,ADDR...] --ca FILE --cert FILE --key FILE\n"
-            "                    --vault-name NAME [options]\n"
-            "       hbc-metaload --dump ADDR --ca FILE --cert FILE --key FILE [--vault-name NAME]\n"
-            "                    [--current]\n"
-            "\n"
-            "Commits snapshot records (SnapshotCommit, each with a fresh random 16-byte id)\n"
-            "through the cluster's metadata plane with concurrent clients, following leader\n"
-            "redirects and resending the same record elsewhere when a node is lost.\n"
-            "\n"
-            "Options:\n"
-            "  --cluster LIST          data-plane addresses of members, comma-separated\n"
-            "  --clients N             concurrent committers, one record in flight each (default 4)\n"
-            "  --commits N             records to commit in total (default 1000)\n"
-            "  --vault-name NAME       the vault (created with VaultCreate if missing)\n"
-            "  --ack-log FILE          append 'snapshot-id-hex raft-index client' per acknowledged\n"
-            "                          record, flushed at once; index 0 means it was answered\n"
-            "                          HBC_EEXIST on a resend (committed by an earlier attempt)\n"
-            "  --seed S                seeds the record fields other than the id (default: time)\n"
-            "  --request-timeout MS    resend elsewhere after this long without a reply (5000)\n"
-            "  --attempts N            sends per record at most (default 300)\n"
-            "  --commit-timeout MS     time per record at most (default 60000)\n"
-            "  --timeout S             the whole run at most (default 900)\n"
-            "  --rate N                start at most N records per second in all (default: no\n"
-            "                          limit), to spread a run over a known time\n"
-            "  --json                  print the summary as one JSON object\n"
-            "  --dump ADDR             print ADDR's status (applied index, state digest) and its\n"
-            "                          snapshots of --vault-name as one JSON object; exit 1 when\n"
-            "                          the node cannot be asked or refuses\n"
-            "  --current               with --dump: list through a Raft barrier (leader only)\n"
-            "  --help                  this text\n"
-            "\n"
-            "SIGINT or SIGTERM: take no new records, finish the ones in flight, print the\n"
-            "summary. Exit status: 0 when every record was acknowledged, 1 otherwise, 2 on\n"
-            "bad usage.\n");
+    fprintf(
+        f,
+        "Usage: hbc-metaload --cluster ADDR[,ADDR...] --ca FILE --cert FILE --key FILE\n"
+        "                    --vault-name NAME [options]\n"
+        "       hbc-metaload --dump ADDR --ca FILE --cert FILE --key FILE [--vault-name NAME]\n"
+        "                    [--current]\n"
+        "\n"
+        "Commits snapshot records (SnapshotCommit, each with a fresh random 16-byte id)\n"
+        "through the cluster's metadata plane with concurrent clients, following leader\n"
+        "redirects and resending the same record elsewhere when a node is lost.\n"
+        "\n"
+        "Options:\n"
+        "  --cluster LIST          data-plane addresses of members, comma-separated\n"
+        "  --clients N             concurrent committers, one record in flight each (default 4)\n"
+        "  --commits N             records to commit in total (default 1000)\n"
+        "  --vault-name NAME       the vault (created with VaultCreate if missing)\n"
+        "  --ack-log FILE          append 'snapshot-id-hex raft-index client' per acknowledged\n"
+        "                          record, flushed at once; index 0 means it was answered\n"
+        "                          HBC_EEXIST on a resend (committed by an earlier attempt)\n"
+        "  --seed S                seeds the record fields other than the id (default: time)\n"
+        "  --request-timeout MS    resend elsewhere after this long without a reply (5000)\n"
+        "  --attempts N            sends per record at most (default 300)\n"
+        "  --commit-timeout MS     time per record at most (default 60000)\n"
+        "  --timeout S             the whole run at most (default 900)\n"
+        "  --rate N                start at most N records per second in all (default: no\n"
+        "                          limit), to spread a run over a known time\n"
+        "  --json                  print the summary as one JSON object\n"
+        "  --dump ADDR             print ADDR's status (applied index, state digest) and its\n"
+        "                          snapshots of --vault-name as one JSON object; exit 1 when\n"
+        "                          the node cannot be asked or refuses\n"
+        "  --current               with --dump: list through a Raft barrier (leader only)\n"
+        "  --help                  this text\n"
+        "\n"
+        "SIGINT or SIGTERM: take no new records, finish the ones in flight, print the\n"
+        "summary. Exit status: 0 when every record was acknowledged, 1 otherwise, 2 on\n"
+        "bad usage.\n");
 }
 
 static int parse_u64(const char *s, uint64_t *out)
@@ -768,8 +769,23 @@ static int parse_addrs(const char *list)
 static int parse_args(int argc, char **argv)
 {
     enum {
-        O_CLUSTER = 256, O_CA, O_CERT, O_KEY, O_CLIENTS, O_COMMITS, O_VAULT, O_ACK, O_SEED,
-        O_REQ_TIMEOUT, O_ATTEMPTS, O_COMMIT_TIMEOUT, O_TIMEOUT, O_JSON, O_DUMP, O_CURRENT, O_RATE,
+        O_CLUSTER = 256,
+        O_CA,
+        O_CERT,
+        O_KEY,
+        O_CLIENTS,
+        O_COMMITS,
+        O_VAULT,
+        O_ACK,
+        O_SEED,
+        O_REQ_TIMEOUT,
+        O_ATTEMPTS,
+        O_COMMIT_TIMEOUT,
+        O_TIMEOUT,
+        O_JSON,
+        O_DUMP,
+        O_CURRENT,
+        O_RATE,
         O_HELP
     };
     static const struct option opts[] = {

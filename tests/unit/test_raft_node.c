@@ -181,9 +181,9 @@ static void finish_loop(uv_loop_t *loop)
 
 /* What a raft_node_cb reported. */
 struct outcome {
-    bool done;      /* it fired */
-    int code;       /* its code */
-    uint64_t index; /* its index */
+    bool done;            /* it fired */
+    int code;             /* its code */
+    uint64_t index;       /* its index */
     uint64_t fsm_applied; /* the state machine's applied index when it fired */
     struct fsm *fsm;      /* to read that from */
 };
@@ -243,8 +243,7 @@ static void test_propose_keeps_the_command_and_reports_its_index(void **state)
 
     /* The same again: refused as existing, still at its own index. */
     struct outcome again = {.fsm = n.fsm};
-    assert_int_equal(raft_node_propose(n.rn, &cmd, "CN=alice,OU=admin", outcome_cb, &again, &e),
-                     0);
+    assert_int_equal(raft_node_propose(n.rn, &cmd, "CN=alice,OU=admin", outcome_cb, &again, &e), 0);
     RUN_UNTIL(&loop, again.done);
     assert_int_equal(again.code, HBC_EEXIST);
     assert_int_equal(again.index, again.fsm_applied);
