@@ -311,7 +311,8 @@ static void on_handshake(struct tls_conn *t, int status)
     if (!nc->connect_reported) {
         nc->connect_reported = true;
         if (nc->cbs.on_connect != NULL) {
-            nc->cbs.on_connect(nc, nc->state == NC_OPEN ? 0 : (status != 0 ? status : HBC_ECANCELED));
+            nc->cbs.on_connect(nc,
+                               nc->state == NC_OPEN ? 0 : (status != 0 ? status : HBC_ECANCELED));
         }
     }
 }
@@ -522,8 +523,8 @@ static int submit(struct node_client *nc, Hbc__Frame *f, Hbc__Frame__BodyCase ex
     return 0;
 }
 
-static int check_ids(const struct node_client *nc, const uint8_t *vault_id,
-                     const uint8_t *chunk_id, struct err *e)
+static int check_ids(const struct node_client *nc, const uint8_t *vault_id, const uint8_t *chunk_id,
+                     struct err *e)
 {
     if (vault_id == NULL || chunk_id == NULL) {
         return err_set(e, HBC_EINVAL, "node %s: a shard key without a vault or chunk id", nc->addr);
@@ -531,8 +532,8 @@ static int check_ids(const struct node_client *nc, const uint8_t *vault_id,
     return 0;
 }
 
-int node_client_put_shards(struct node_client *nc, const struct node_client_shard *shards,
-                           size_t n, node_client_cb cb, void *arg, struct err *e)
+int node_client_put_shards(struct node_client *nc, const struct node_client_shard *shards, size_t n,
+                           node_client_cb cb, void *arg, struct err *e)
 {
     if (n == 0 || n > NODE_CLIENT_MAX_BATCH || shards == NULL) {
         return err_set(e, HBC_EINVAL, "node %s: put of %zu shards (1 to %u)", nc->addr, n,

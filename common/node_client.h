@@ -23,7 +23,9 @@
  * - with HBC_EPROTO if the node answered with the wrong kind of reply;
  * - with HBC_ECANCELED when the connection closes first (for any reason:
  *   node_client_close(), a failed connect or handshake, the node hanging up,
- *   a request timeout), the message then saying why.
+ *   a request timeout), the message then saying why. The outcome is then
+ *   unknown: a cancelled put may or may not be stored (sending it again is
+ *   safe: the node answers an identical shard already stored as stored).
  * A request function that returns nonzero never calls its callback.
  *
  * Requests may be issued right after node_client_connect(): they are
@@ -73,11 +75,12 @@ struct node_client;
 
 /* How to connect; zero fields take the defaults. Strings are copied. */
 struct node_client_opts {
-    unsigned max_requests;       /* requests in flight at most; 0 = NODE_CLIENT_DEFAULT_REQUESTS */
-    size_t max_bytes;            /* encoded request bytes in flight; 0 = NODE_CLIENT_DEFAULT_BYTES */
-    size_t max_frame;            /* largest frame sent or accepted; 0 = FRAME_MAX_DEFAULT */
-    unsigned request_timeout_ms; /* an unanswered request this old closes the connection; 0 = never */
-    const char *node_id;         /* if set, the node's certificate CN must equal it */
+    unsigned max_requests; /* requests in flight at most; 0 = NODE_CLIENT_DEFAULT_REQUESTS */
+    size_t max_bytes;      /* encoded request bytes in flight; 0 = NODE_CLIENT_DEFAULT_BYTES */
+    size_t max_frame;      /* largest frame sent or accepted; 0 = FRAME_MAX_DEFAULT */
+    unsigned
+        request_timeout_ms; /* an unanswered request this old closes the connection; 0 = never */
+    const char *node_id;    /* if set, the node's certificate CN must equal it */
 };
 
 /* The connection's own events; each may be NULL. */
@@ -159,8 +162,8 @@ int node_client_connect(uv_loop_t *loop, struct tls_ctx *tls, const char *addr,
  * on_drain), HBC_ECANCELED (closing), HBC_ENOMEM, or a TLS write error (the
  * connection then closes). Loop thread.
  */
-int node_client_put_shards(struct node_client *nc, const struct node_client_shard *shards,
-                           size_t n, node_client_cb cb, void *arg, struct err *e);
+int node_client_put_shards(struct node_client *nc, const struct node_client_shard *shards, size_t n,
+                           node_client_cb cb, void *arg, struct err *e);
 
 /*
  * Get n shards (1..NODE_CLIENT_MAX_BATCH keys, borrowed for the call only).

@@ -195,6 +195,8 @@ static int fsm_raft_restore(struct raft_fsm *rf, struct raft_buffer *buf)
         hbc_log(LOG_ERROR, "event=fsm_restore_failed error=\"%s\"", f->last_err.msg);
         return raft_code(rc);
     }
+    hbc_log(LOG_INFO, "event=fsm_restored bytes=%zu applied_index=%llu", buf->len,
+            (unsigned long long)fsm_applied_index(f));
     raft_free(buf->base);
     return 0;
 }

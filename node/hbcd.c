@@ -68,27 +68,27 @@ static void close_walk_cb(uv_handle_t *h, void *arg)
     }
 }
 
-static void raft_done_cb(void *arg)
+/* Everything has stopped: the loop ends once the signal handles are closed. */
+static void server_done_cb(void *arg)
 {
     struct node *n = arg;
-    n->raft = NULL;
+    n->server = NULL;
     uv_close((uv_handle_t *)&n->sigterm, NULL);
     uv_close((uv_handle_t *)&n->sigint, NULL);
     uv_close((uv_handle_t *)&n->sighup, NULL);
 }
 
-/* The data plane has drained; then Raft stops (after its log writes land). */
-static void server_done_cb(void *arg)
+/*
+ * Raft has stopped: every proposal, read barrier and membership change it
+ * held has called back, so every control request has been answered while
+ * its connection was still open. Then the data plane drains and stops.
+ */
+static void raft_done_cb(void *arg)
 {
     struct node *n = arg;
-    n->server = NULL;
-    join_cancel(n->join);
-    n->join = NULL;
-    if (n->raft != NULL) {
-        raft_node_stop(n->raft, raft_done_cb, n);
-    } else {
-        raft_done_cb(n);
-    }
+    n->raft = NULL;
+    server_set_raft(n->server, NULL); /* later control requests: "no metadata plane" */
+    server_stop(n->server, server_done_cb, n);
 }
 
 static void joined_cb(void *arg, int status)
@@ -108,7 +108,17 @@ static void stop_signal_cb(uv_signal_t *h, int signum)
     }
     n->stopping = true;
     hbc_log(LOG_INFO, "event=stopping signal=%d", signum);
-    server_stop(n->server, server_done_cb, n);
+    join_cancel(n->join);
+    n->join = NULL;
+    /*
+     * Raft first: the server frees itself once its connections are gone, and
+     * a control request waiting for Raft holds its connection's reply path.
+     */
+    if (n->raft != NULL) {
+        raft_node_stop(n->raft, raft_done_cb, n);
+    } else {
+        server_stop(n->server, server_done_cb, n);
+    }
 }
 
 static void hup_signal_cb(uv_signal_t *h, int signum)

@@ -12,14 +12,17 @@
  * control plane forwards it to the leader by redirect). The leader records
  * the node (NodeJoin), then runs raft_add and raft_assign, one change at a
  * time from a queue, since libraft refuses a second change while one is
- * pending (RAFT_CANTCHANGE).
+ * pending (RAFT_CANTCHANGE). A removal takes the node out of the
+ * configuration, then out of the state machine (NodeRemove). When voters
+ * fall below max_voters, the leader promotes a standby, preferring one in a
+ * site without a voter.
  *
  * Failure modes: losing leadership fails pending proposals with
  * HBC_ENOTLEADER (libraft's RAFT_LEADERSHIPLOST) — the caller retries at
  * the new leader, and SnapshotCommit's id makes that retry harmless.
- * Stopping waits until libraft has stored every entry it appended (bounded
- * wait), because libraft 0.15 double-frees when closed with several appends
- * in flight.
+ * Stopping hands leadership over first (raft_transfer), then waits until
+ * libraft has stored every entry it appended (bounded wait), because libraft
+ * 0.15 double-frees when closed with several appends in flight.
  */
 #include "node/raft_node.h"
 
@@ -41,12 +44,12 @@
 /* How long stop waits for them at most, ms. */
 #define STOP_WAIT_MAX_MS 5000
 
-enum member_op_kind { OP_JOIN, OP_REMOVE };
+enum member_op_kind { OP_JOIN, OP_REMOVE, OP_PROMOTE };
 
 /* One queued membership change (leader only). */
 struct member_op {
     struct raft_node *rn;     /* owner */
-    enum member_op_kind kind; /* join or remove */
+    enum member_op_kind kind; /* join, remove or promote */
     raft_id id;               /* the server */
     char address[64];         /* its Raft address (join) */
     char node_id[72];         /* its node id */
@@ -89,6 +92,8 @@ struct raft_node {
     bool stopping;                         /* raft_node_stop() was called */
     uv_timer_t stop_timer;                 /* polls last_stored during stop */
     uv_timer_t self_timer;                 /* registers this node in the state machine */
+    struct raft_transfer transfer;         /* hands leadership over during stop */
+    bool transferring;                     /* transfer started, its callback not yet run */
     uint64_t stop_started;                 /* uv_now when stop began */
     void (*done)(void *);                  /* stop's callback */
     void *done_arg;                        /* its argument */
@@ -98,6 +103,7 @@ struct raft_node {
 };
 
 static void member_next(struct raft_node *rn);
+static void member_remove_record(struct member_op *op);
 
 static uint64_t wall_ms(void)
 {
@@ -167,7 +173,8 @@ static void apply_done_cb(struct raft_apply *req, int status, void *result)
         snprintf(msg, sizeof msg, "committed");
     }
     rn->inflight--;
-    p->cb(p->arg, code, status == 0 ? raft_last_applied(&rn->raft) : 0, msg);
+    /* libraft sets last_applied only after this callback: the entry's own index is req->index. */
+    p->cb(p->arg, code, status == 0 ? req->index : 0, msg);
     hbc_free(p);
 }
 
@@ -180,14 +187,19 @@ int raft_node_propose(struct raft_node *rn, Hbc__Command *cmd, const char *propo
     if (rn->raft.state != RAFT_LEADER) {
         return err_setraw(e, HBC_ENOTLEADER, "propose: this node is not the leader");
     }
-    /* cmd usually belongs to a received frame, freed with protobuf_c_message_free_unpacked():
-     * proposer is borrowed for the encoding only, and the frame's own field put back. */
-    char *given = cmd->proposer;
+    /*
+     * Stamp, pack and put the caller's fields back: cmd is borrowed, and is
+     * often part of a received frame whose free would otherwise free the
+     * proposer string (the connection's certificate subject) too.
+     */
+    uint64_t caller_time = cmd->leader_time_ms;
+    char *caller_proposer = cmd->proposer;
     cmd->leader_time_ms = wall_ms();
     cmd->proposer = (char *)(proposer != NULL ? proposer : "");
     struct raft_buffer buf;
     int rv = fsm_command_encode(cmd, &buf, e);
-    cmd->proposer = given;
+    cmd->leader_time_ms = caller_time;
+    cmd->proposer = caller_proposer;
     if (rv != 0) {
         return err_wrap(e, "propose");
     }
@@ -214,7 +226,7 @@ static void barrier_done_cb(struct raft_barrier *req, int status)
     struct barrier *b = (struct barrier *)req;
     struct raft_node *rn = b->rn;
     rn->inflight--;
-    b->cb(b->arg, code_from_raft(status), raft_last_applied(&rn->raft),
+    b->cb(b->arg, code_from_raft(status), status == 0 ? req->index : 0,
           status == 0 ? "current" : raft_strerror(status));
     hbc_free(b);
 }
@@ -279,8 +291,10 @@ static void member_finish(struct member_op *op, int code, const char *msg)
     rn->op_running = NULL;
     hbc_log(code == 0 ? LOG_INFO : LOG_WARN,
             "event=membership_change kind=%s node=%s raft_id=%llu code=%s msg=\"%s\"",
-            op->kind == OP_JOIN ? "join" : "remove", op->node_id, (unsigned long long)op->id,
-            hbc_errname(code), msg);
+            op->kind == OP_JOIN     ? "join"
+            : op->kind == OP_REMOVE ? "remove"
+                                    : "promote",
+            op->node_id, (unsigned long long)op->id, hbc_errname(code), msg);
     if (op->cb != NULL) {
         op->cb(op->arg, code, op->index, msg);
     }
@@ -309,10 +323,30 @@ static void change_cb(struct raft_change *req, int status)
         }
         return;
     }
-    member_finish(op, 0, op->kind == OP_JOIN ? "joined" : "removed");
+    if (op->kind == OP_REMOVE) {
+        /* Out of the configuration; now out of the state machine (whose nodes status lists). */
+        member_remove_record(op);
+        return;
+    }
+    member_finish(op, 0, op->kind == OP_JOIN ? "joined" : "promoted to voter");
 }
 
 static void member_record_cb(void *arg, int code, uint64_t index, const char *msg);
+
+/* A removal's last step: drop the node's state-machine record (member_record_cb finishes op). */
+static void member_remove_record(struct member_op *op)
+{
+    Hbc__Command cmd = HBC__COMMAND__INIT;
+    Hbc__NodeRemove nr = HBC__NODE_REMOVE__INIT;
+    nr.node_id = op->node_id;
+    cmd.cmd_case = HBC__COMMAND__CMD_NODE_REMOVE;
+    cmd.node_remove = &nr;
+    struct err e;
+    int rv = raft_node_propose(op->rn, &cmd, "hbcd", member_record_cb, op, &e);
+    if (rv != 0) {
+        member_finish(op, rv, e.msg);
+    }
+}
 
 /* Run the next queued membership change, if none is running. */
 static void member_next(struct raft_node *rn)
@@ -333,7 +367,14 @@ static void member_next(struct raft_node *rn)
         }
         op->req.data = op;
         int rv;
-        if (op->kind == OP_JOIN) {
+        if (op->kind == OP_PROMOTE) {
+            const struct raft_server *s = config_find(rn, op->id);
+            if (s == NULL || s->role == RAFT_VOTER) {
+                member_finish(op, 0, "nothing to promote");
+                continue;
+            }
+            rv = raft_assign(&rn->raft, &op->req, op->id, RAFT_VOTER, change_cb);
+        } else if (op->kind == OP_JOIN) {
             const struct raft_server *s = config_find(rn, op->id);
             if (s != NULL) {
                 /* Already a member (a restart or a wiped node rejoining): only fix its role. */
@@ -350,16 +391,7 @@ static void member_next(struct raft_node *rn)
         } else {
             if (config_find(rn, op->id) == NULL) {
                 /* Not in the configuration: only the state-machine record goes. */
-                Hbc__Command cmd = HBC__COMMAND__INIT;
-                Hbc__NodeRemove nr = HBC__NODE_REMOVE__INIT;
-                nr.node_id = op->node_id;
-                cmd.cmd_case = HBC__COMMAND__CMD_NODE_REMOVE;
-                cmd.node_remove = &nr;
-                struct err e;
-                rv = raft_node_propose(rn, &cmd, "hbcd", member_record_cb, op, &e);
-                if (rv != 0) {
-                    member_finish(op, rv, e.msg);
-                }
+                member_remove_record(op);
                 continue;
             }
             rv = raft_remove(&rn->raft, &op->req, op->id, change_cb);
@@ -469,6 +501,80 @@ int raft_node_remove(struct raft_node *rn, const char *node_id, const char *prop
     return 0;
 }
 
+/* What member_promote_maybe() learns of the nodes from the state machine. */
+struct site_scan {
+    struct raft_node *rn;    /* the node */
+    raft_id candidate;       /* a standby to promote, 0 if none */
+    bool candidate_new_site; /* the candidate's site has no voter */
+    char candidate_name[72]; /* its node id */
+    char voter_sites[8][72]; /* sites that hold a voter (the first 8) */
+    unsigned n_voter_sites;  /* how many of them */
+};
+
+static int voter_site_cb(const Hbc__NodeInfo *n, void *arg)
+{
+    struct site_scan *sc = arg;
+    const struct raft_server *s = config_find(sc->rn, n->raft_id);
+    if (s != NULL && s->role == RAFT_VOTER && sc->n_voter_sites < 8) {
+        snprintf(sc->voter_sites[sc->n_voter_sites++], sizeof sc->voter_sites[0], "%s", n->site);
+    }
+    return 0;
+}
+
+static int standby_cb(const Hbc__NodeInfo *n, void *arg)
+{
+    struct site_scan *sc = arg;
+    const struct raft_server *s = config_find(sc->rn, n->raft_id);
+    if (s == NULL || s->role != RAFT_STANDBY) {
+        return 0;
+    }
+    bool new_site = true;
+    for (unsigned i = 0; i < sc->n_voter_sites; i++) {
+        new_site &= strcmp(sc->voter_sites[i], n->site) != 0;
+    }
+    if (sc->candidate == 0 || (new_site && !sc->candidate_new_site)) {
+        sc->candidate = n->raft_id;
+        sc->candidate_new_site = new_site;
+        snprintf(sc->candidate_name, sizeof sc->candidate_name, "%s", n->node_id);
+    }
+    return 0;
+}
+
+/*
+ * Keep max_voters voters: when there are fewer (a voter was removed) and a
+ * standby exists, queue its promotion, preferring a standby in a site that
+ * has no voter. Leader only, while no membership change is under way.
+ */
+static void member_promote_maybe(struct raft_node *rn)
+{
+    if (rn->stopping || rn->raft.state != RAFT_LEADER || rn->op_running != NULL ||
+        rn->ops_head != NULL) {
+        return;
+    }
+    unsigned voters = 0, standbys = 0;
+    for (unsigned i = 0; i < rn->raft.configuration.n; i++) {
+        voters += rn->raft.configuration.servers[i].role == RAFT_VOTER;
+        standbys += rn->raft.configuration.servers[i].role == RAFT_STANDBY;
+    }
+    if (voters >= rn->cfg->max_voters || standbys == 0) {
+        return;
+    }
+    struct site_scan sc = {.rn = rn};
+    if (fsm_list_nodes(rn->fsm, voter_site_cb, &sc, NULL) != 0 ||
+        fsm_list_nodes(rn->fsm, standby_cb, &sc, NULL) != 0 || sc.candidate == 0) {
+        return; /* a standby the state machine does not know yet: next time */
+    }
+    struct member_op *op = hbc_calloc(1, sizeof *op);
+    if (op == NULL) {
+        return;
+    }
+    op->rn = rn;
+    op->kind = OP_PROMOTE;
+    op->id = sc.candidate;
+    snprintf(op->node_id, sizeof op->node_id, "%s", sc.candidate_name);
+    member_enqueue(rn, op);
+}
+
 /* ---------------------------------------------------------------------- */
 /* Self registration                                                       */
 
@@ -484,7 +590,8 @@ static void self_record_cb(void *arg, int code, uint64_t index, const char *msg)
 /*
  * The bootstrap node has no one to join through: once it leads, it records
  * itself in the state machine. Any leader also does this for itself if its
- * record is missing, which makes the record survive a lost join reply.
+ * record is missing, which makes the record survive a lost join reply. Once
+ * recorded, the leader keeps the number of voters up (member_promote_maybe).
  */
 static void self_timer_cb(uv_timer_t *t)
 {
@@ -495,6 +602,7 @@ static void self_timer_cb(uv_timer_t *t)
     Hbc__NodeInfo *info = NULL;
     if (fsm_get_node(rn->fsm, rn->cfg->node_id, &info, NULL) == 0) {
         fsm_record_free(info);
+        member_promote_maybe(rn);
         return;
     }
     const struct node_config *c = rn->cfg;
@@ -649,8 +757,13 @@ int raft_node_status(struct raft_node *rn, Hbc__ClusterStatusReply *r, struct er
     fsm_list_nodes(rn->fsm, node_collect_cb, &nc, NULL);
     unsigned n = rn->raft.configuration.n;
     Hbc__ClusterMember **members = hbc_calloc(n + 1, sizeof *members);
-    Hbc__ClusterMember *mem = hbc_calloc(n + 1, sizeof *mem);
-    if (digest == NULL || members == NULL || mem == NULL || nc.rv != 0) {
+    /*
+     * The members live in one array that raft_node_status_free() finds through
+     * members[0]: none at all when there is no configuration (a node not yet
+     * admitted, or one whose Raft is closing).
+     */
+    Hbc__ClusterMember *mem = n > 0 ? hbc_calloc(n, sizeof *mem) : NULL;
+    if (digest == NULL || members == NULL || (n > 0 && mem == NULL) || nc.rv != 0) {
         hbc_free(digest);
         hbc_free(members);
         hbc_free(mem);
@@ -808,11 +921,22 @@ static void raft_closed_cb(struct raft *r)
     stop_maybe_done(rn);
 }
 
+static void transfer_done_cb(struct raft_transfer *req)
+{
+    struct raft_node *rn = req->data;
+    rn->transferring = false;
+    raft_id id = 0;
+    const char *addr = NULL;
+    raft_leader(&rn->raft, &id, &addr);
+    hbc_log(LOG_INFO, "event=raft_leadership_handed_over to=%llu ok=%d", (unsigned long long)id,
+            id != 0 && id != rn->id);
+}
+
 static void stop_timer_cb(uv_timer_t *t)
 {
     struct raft_node *rn = t->data;
     raft_index last = raft_last_index(&rn->raft);
-    bool settled = rn->raft.last_stored >= last;
+    bool settled = rn->raft.last_stored >= last && !rn->transferring;
     uint64_t waited = uv_now(rn->loop) - rn->stop_started;
     if (!settled && waited < STOP_WAIT_MAX_MS) {
         return;
@@ -847,6 +971,18 @@ void raft_node_stop(struct raft_node *rn, void (*done)(void *arg), void *arg)
         hbc_free(op);
     }
     rn->ops_tail = NULL;
+    /*
+     * A leader hands over first (libraft picks the most up-to-date voter), so
+     * the others need not wait an election timeout to go on without it.
+     */
+    unsigned voters = 0;
+    for (unsigned i = 0; i < rn->raft.configuration.n; i++) {
+        voters += rn->raft.configuration.servers[i].role == RAFT_VOTER;
+    }
+    if (rn->raft.state == RAFT_LEADER && voters > 1) {
+        rn->transfer.data = rn;
+        rn->transferring = raft_transfer(&rn->raft, &rn->transfer, 0, transfer_done_cb) == 0;
+    }
     uv_timer_init(rn->loop, &rn->stop_timer);
     rn->stop_timer.data = rn;
     rn->handles_open++;

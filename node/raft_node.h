@@ -59,8 +59,11 @@ int raft_node_barrier(struct raft_node *rn, raft_node_cb cb, void *arg, struct e
 /*
  * Admit the node described by join (borrowed): record it in the state
  * machine, add it to the Raft configuration and make it a voter while there
- * are fewer than max_voters (preferring sites without a voter), otherwise a
- * standby. Membership changes run one at a time, queued. Leader only.
+ * are fewer than max_voters, otherwise a standby (the leader promotes a
+ * standby, preferring one in a site without a voter, when a voter goes).
+ * A node already recorded (HBC_EEXIST: a restart or a wiped node rejoining)
+ * keeps its record; only its configuration entry and role are fixed.
+ * Membership changes run one at a time, queued. Leader only.
  */
 int raft_node_join(struct raft_node *rn, const Hbc__NodeJoin *join, const char *proposer,
                    raft_node_cb cb, void *arg, struct err *e);

@@ -810,7 +810,8 @@ static void on_close(struct tls_conn *t, int status, const char *reason)
 {
     struct conn *c = tls_conn_data(t);
     struct server *s = c->srv;
-    size_t partial = frame_reader_partial(&c->reader);
+    /* After a frame error the reader is poisoned and what it holds means nothing. */
+    size_t partial = c->reader.poison == 0 ? frame_reader_partial(&c->reader) : 0;
     if ((status != 0 && status != HBC_ECANCELED) || partial > 0) {
         /* A peer that hangs up cleanly in the middle of a frame sent a truncated frame. */
         if (status == 0) {
@@ -884,14 +885,18 @@ static void on_connection(uv_stream_t *listener, int status)
     }
 }
 
-/* Close connections that have been idle (no request in flight) too long. */
+/*
+ * Close connections that have been idle (no request in flight) too long. One
+ * still in its handshake is TLS's to time out (data.handshake_timeout), so
+ * that the log names the right reason.
+ */
 static void sweep_cb(uv_timer_t *t)
 {
     struct server *s = t->data;
     uint64_t now = uv_now(s->loop);
     uint64_t limit = (uint64_t)s->cfg->idle_timeout * 1000;
     for (struct conn *c = s->conns; c != NULL; c = c->next) {
-        if (c->tls != NULL && c->inflight == 0 && now - c->last_active > limit) {
+        if (c->tls != NULL && c->handshaken && c->inflight == 0 && now - c->last_active > limit) {
             tls_conn_close(c->tls, -ETIMEDOUT, "idle for longer than data.idle_timeout");
         }
     }

@@ -6,6 +6,7 @@ the test fails. Only 127.0.0.1 is used.
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -79,6 +80,7 @@ class Node:
                  scope="function"):
         self.name = name
         self.scope = scope
+        _created.setdefault(scope, []).append(self)
         self.starts = []  # log offset at each start, so that one run's lines can be told apart
         self.dir = os.path.join(str(root), name)
         self.data_dir = os.path.join(self.dir, "data")
@@ -249,6 +251,15 @@ class Shardload:
         return f"hbc-shardload exit {self.rc}, summary {self.summary}, stderr:\n{self.stderr[-3000:]}"
 
 
+def write_results(name, results):
+    """Keep a test's measured figures in BUILD_DIR/tests/cluster/results-NAME.json."""
+    path = os.path.join(BUILD_DIR, "tests", "cluster", f"results-{name}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    return path
+
+
 def peak_rss_kib(pid):
     """VmHWM of a live process, KiB."""
     with open(f"/proc/{pid}/status") as f:
@@ -259,6 +270,7 @@ def peak_rss_kib(pid):
 
 
 _live = {}
+_created = {}
 
 
 def _register(obj):
@@ -283,3 +295,336 @@ def stop_all(scope="function"):
                 o.stop(timeout=10)
         except Exception:
             pass
+    # Shard data runs to gigabytes: remove it; configs and logs stay for a post-mortem.
+    for n in _created.pop(scope, []):
+        shutil.rmtree(n.data_dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# Metadata plane (Raft): nodes with a [raft] section, `hbc cluster status`,
+# hbc-metaload, and network namespaces for partitions.
+# ---------------------------------------------------------------------------
+
+# Short Raft timers for tests (ms), and small log segments.
+RAFT_FAST = {"election_timeout": "500", "heartbeat_timeout": "50", "segment_size": "1M"}
+
+
+def _netns_prefix(netns):
+    return ["ip", "netns", "exec", netns] if netns else []
+
+
+class RaftNode(Node):
+    """An hbcd that runs the metadata plane: [raft] listen on its own port,
+    bootstrap (the first node) or join = a member's data-plane address.
+
+    raft: more [raft] keys (override RAFT_FAST). ip/netns: run inside that
+    network namespace (see NetnsLab) at that address. hbcd: the binary to run
+    (e.g. a sanitizer build's); default the build's.
+    """
+
+    def __init__(self, root, ca, name, bootstrap=False, join=None, raft=None, ip="127.0.0.1",
+                 netns=None, hbcd=None, **kw):
+        self.raft_port = free_port()
+        section = dict(RAFT_FAST, listen=f"{ip}:{self.raft_port}")
+        if bootstrap:
+            section["bootstrap"] = "true"
+        if join:
+            section["join"] = join
+        section.update(raft or {})
+        extra = dict(kw.pop("extra", None) or {})
+        extra["raft"] = {**extra.get("raft", {}), **section}
+        super().__init__(root, ca, name, extra=extra, **kw)
+        self.ip = ip
+        self.netns = netns
+        self.hbcd = hbcd
+        self.ca = ca
+        if ip != "127.0.0.1":
+            ca._run("node", name, ip, "--force")
+            self.set_option("data", "listen", f"{ip}:{self.port}")
+
+    @property
+    def addr(self):
+        return f"{self.ip}:{self.port}"
+
+    @property
+    def raft_addr(self):
+        return f"{self.ip}:{self.raft_port}"
+
+    def set_option(self, section, key, value):
+        """Set (value not None) or remove (None) one key of the config file."""
+        with open(self.config) as f:
+            lines = f.read().splitlines()
+        out, cur, done = [], None, False
+        for line in lines:
+            if line.startswith("["):
+                if cur == section and not done and value is not None:
+                    out.append(f"{key} = {value}")
+                    done = True
+                cur = line.strip()[1:-1]
+            elif cur == section and line.split("=")[0].strip() == key:
+                if value is not None and not done:
+                    out.append(f"{key} = {value}")
+                done = True
+                continue
+            out.append(line)
+        if not done and value is not None:
+            if cur != section:
+                out.append(f"[{section}]")
+            out.append(f"{key} = {value}")
+        with open(self.config, "w") as f:
+            f.write("\n".join(out) + "\n")
+
+    def start(self, wait=True):
+        self.starts.append(os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0)
+        self.log = open(self.log_path, "ab")
+        env = dict(os.environ, HBC_LOG=os.environ.get("HBC_LOG", "info"))
+        cmd = _netns_prefix(self.netns) + [self.hbcd or binary("hbcd"), "--config", self.config]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        _register(self)
+        if wait:
+            if self.netns:
+                deadline = time.monotonic() + 30
+                while not self.events("hbcd_started", run=-1):
+                    if self.proc.poll() is not None:
+                        raise RuntimeError(f"{self.name} exited with {self.proc.returncode}")
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{self.name} did not start in 30 s")
+                    time.sleep(0.05)
+            else:
+                wait_port(self.port, proc=self.proc)
+        return self
+
+    def wipe(self):
+        """Remove the whole data directory (the node must be stopped)."""
+        assert self.proc is None or self.proc.poll() is not None
+        shutil.rmtree(self.data_dir)
+        os.makedirs(self.data_dir)
+
+
+def hbc_json(tls, addrs, *args, netns=None, timeout_s=3, proc_timeout=120):
+    """Run `hbc --json ARGS` against addrs; returns (exit code, parsed JSON or None, stderr)."""
+    cmd = _netns_prefix(netns) + [binary("hbc"), "--json", "--cluster", ",".join(addrs),
+                                  "--ca", tls["ca"], "--cert", tls["cert"], "--key", tls["key"],
+                                  "--timeout", str(timeout_s), *args]
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=proc_timeout)
+    out = p.stdout.decode(errors="replace").strip().splitlines()
+    doc = None
+    for line in reversed(out):
+        if line.startswith("{"):
+            doc = json.loads(line)
+            break
+    return p.returncode, doc, p.stderr.decode(errors="replace")
+
+
+def cluster_status(tls, addrs, netns=None):
+    """`hbc cluster status --json`: (exit code, document or None)."""
+    rc, doc, _ = hbc_json(tls, addrs, "cluster", "status", netns=netns)
+    return rc, doc
+
+
+def wait_cluster(tls, addrs, members, timeout=90.0, netns=None, voters=None):
+    """Wait until `hbc cluster status` shows `members` members, every one reachable and
+    recorded, a leader, and `voters` voters (default: all members); return the document."""
+    voters = members if voters is None else voters
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        rc, doc = cluster_status(tls, addrs, netns=netns)
+        last = (rc, doc)
+        if rc == 0 and doc and doc.get("leader_raft_id") and doc.get("members") == members:
+            nodes = doc.get("nodes", [])
+            if (len(nodes) == members and not doc.get("unreachable")
+                    and sum(1 for n in nodes if n.get("role") == "voter") == voters
+                    and all(n.get("address") for n in nodes)):
+                return doc
+        time.sleep(0.3)
+    raise AssertionError(f"cluster not formed in {timeout}s: last status {last}")
+
+
+def leader_name(doc):
+    """The node name of the leader in a cluster status document, or None."""
+    lid = doc.get("leader_raft_id") if doc else None
+    for n in (doc or {}).get("nodes", []):
+        if lid is not None and n.get("raft_id") == lid:
+            return n.get("node")
+    return None
+
+
+def metaload_dump(tls, addr, vault=None, current=False, netns=None, timeout=60):
+    """hbc-metaload --dump ADDR: (exit code, document or None)."""
+    cmd = _netns_prefix(netns) + [binary("hbc-metaload"), "--dump", addr, "--ca", tls["ca"],
+                                  "--cert", tls["cert"], "--key", tls["key"],
+                                  "--request-timeout", "3000"]
+    if vault:
+        cmd += ["--vault-name", vault]
+    if current:
+        cmd.append("--current")
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+    lines = [l for l in p.stdout.decode(errors="replace").splitlines() if l.startswith("{")]
+    return p.returncode, (json.loads(lines[-1]) if lines else None)
+
+
+def wait_converged(tls, addrs, vault, timeout=120.0, netns=None):
+    """Wait until every node at addrs answers, all have applied the same index (equal to
+    their commit index) and it did not move between two rounds; return {addr: dump}."""
+    deadline = time.monotonic() + timeout
+    prev = None
+    last = None
+    while time.monotonic() < deadline:
+        dumps = {}
+        for a in addrs:
+            rc, d = metaload_dump(tls, a, vault, netns=netns)
+            if rc != 0 or d is None:
+                break
+            dumps[a] = d
+        last = dumps
+        if len(dumps) == len(addrs):
+            idx = {(d["applied_index"], d["snapshots_applied_index"] if "snapshots_applied_index" in d
+                    else d["applied_index"]) for d in dumps.values()}
+            commits = {d["commit_index"] for d in dumps.values()}
+            if len(idx) == 1 and len(commits) == 1:
+                key = next(iter(idx))
+                if key[0] == key[1] == next(iter(commits)) and prev == key:
+                    return dumps
+                prev = key
+                time.sleep(0.3)
+                continue
+        prev = None
+        time.sleep(0.3)
+    summary = {a: (d.get("applied_index"), d.get("commit_index"), d.get("state")) for a, d in
+               (last or {}).items()}
+    raise AssertionError(f"nodes did not converge in {timeout}s: {summary}")
+
+
+def read_ack_log(path):
+    """hbc-metaload's ack log: a list of (snapshot id hex, raft index, client)."""
+    out = []
+    if not os.path.exists(path):
+        return out
+    with open(path) as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            sid, idx, client = line.split()
+            out.append((sid, int(idx), int(client)))
+    return out
+
+
+class Metaload:
+    """hbc-metaload committing snapshot records; run() waits, start()/finish() run it in
+    the background (registered for cleanup), stop() asks it to wind down (SIGINT)."""
+
+    def __init__(self, tls, addrs, vault, *args, netns=None, scope="function"):
+        self.cmd = _netns_prefix(netns) + [
+            binary("hbc-metaload"), "--cluster", ",".join(addrs), "--ca", tls["ca"], "--cert",
+            tls["cert"], "--key", tls["key"], "--vault-name", vault, "--json",
+            *[str(a) for a in args]]
+        self.scope = scope
+        self.proc = None
+        self.rc = None
+        self.summary = None
+        self.stderr = ""
+
+    def start(self):
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _register(self)
+        return self
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def finish(self, timeout=900):
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            _unregister(self)
+        self.rc = self.proc.returncode
+        self.stderr = err.decode(errors="replace")
+        lines = [l for l in out.decode(errors="replace").splitlines() if l.startswith("{")]
+        self.summary = json.loads(lines[-1]) if lines else None
+        return self.summary
+
+    def run(self, timeout=900):
+        self.start()
+        return self.finish(timeout=timeout)
+
+    def stop(self, timeout=120):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        if self.proc is not None and self.rc is None:
+            return self.finish(timeout=timeout)
+        return self.summary
+
+    def describe(self):
+        return f"hbc-metaload exit {self.rc}, summary {self.summary}, stderr:\n{self.stderr[-3000:]}"
+
+
+class NetnsLab:
+    """Network namespaces made for one test: a hub namespace holding a bridge
+    (10.213.0.1/24; the test's own tools run there), and one namespace per node,
+    each joined to the bridge by a veth pair whose hub end can be set down (cut)
+    and up again (heal). Nothing is created in the test process's namespace.
+    close() deletes every namespace it made (stop the processes first)."""
+
+    SUBNET = "10.213.0"
+
+    def __init__(self):
+        self.tag = f"hbct{os.getpid()}"
+        self.hub = f"{self.tag}-hub"
+        self.spaces = []
+        self.links = {}
+        self.ips = {}
+        try:
+            self._new_netns(self.hub)
+            self._ip("-n", self.hub, "link", "add", "br0", "type", "bridge")
+            self._ip("-n", self.hub, "addr", "add", f"{self.SUBNET}.1/24", "dev", "br0")
+            self._ip("-n", self.hub, "link", "set", "br0", "up")
+        except Exception:
+            self.close()
+            raise
+
+    def _new_netns(self, ns):
+        # A namespace of this name can only be left over from a crashed run of this same pid.
+        subprocess.run(["ip", "netns", "del", ns], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=30)
+        self._ip("netns", "add", ns)
+        self.spaces.append(ns)
+        self._ip("-n", ns, "link", "set", "lo", "up")
+
+    @staticmethod
+    def _ip(*args):
+        subprocess.run(["ip", *args], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, timeout=30)
+
+    def add(self, name):
+        """A namespace for node `name`; returns (namespace, ip)."""
+        i = len(self.links) + 2
+        ns = f"{self.tag}-{name}"
+        link = f"hv{os.getpid() % 100000}x{i}"
+        ip = f"{self.SUBNET}.{i}"
+        self._new_netns(ns)
+        self._ip("link", "add", link, "netns", self.hub, "type", "veth", "peer", "name", "eth0",
+                 "netns", ns)
+        self._ip("-n", self.hub, "link", "set", link, "master", "br0")
+        self._ip("-n", self.hub, "link", "set", link, "up")
+        self._ip("-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+        self._ip("-n", ns, "link", "set", "eth0", "up")
+        self.links[name] = link
+        self.ips[name] = ip
+        return ns, ip
+
+    def cut(self, name):
+        """Partition node `name` from everyone (its link to the bridge goes down)."""
+        self._ip("-n", self.hub, "link", "set", self.links[name], "down")
+
+    def heal(self, name):
+        self._ip("-n", self.hub, "link", "set", self.links[name], "up")
+
+    def close(self):
+        for ns in reversed(self.spaces):
+            subprocess.run(["ip", "netns", "del", ns], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=30)
+        self.spaces = []

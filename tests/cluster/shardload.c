@@ -62,55 +62,56 @@ struct ack_entry {
 
 /* Options and shared state of the whole run. */
 struct load {
-    const char *addr;         /* node address */
+    const char *addr;            /* node address */
     const char *ca, *cert, *key; /* TLS files */
-    unsigned clients;         /* connections */
-    unsigned threads;         /* loops (threads) */
-    uint64_t shards;          /* shard numbers 0..shards-1 */
-    uint64_t min_size;        /* smallest payload */
-    uint64_t max_size;        /* largest payload */
-    unsigned pipeline;        /* requests in flight per client */
-    unsigned batch;           /* shards per request at most */
-    uint64_t batch_bytes;     /* encoded bytes per request at most */
-    uint64_t seed;            /* data seed */
-    enum mode mode;           /* what to do */
-    const char *ack_path;     /* --ack-log */
-    const char *check_path;   /* --check */
-    bool json;                /* JSON summary */
-    bool allow_missing;       /* get: absent shards are not errors */
-    unsigned reconnect_s;     /* seconds of outage tolerated, 0 = none */
-    bool ack_fsync;           /* fsync the ack log after each batch */
-    uint8_t vault_id[16];     /* derived from the seed */
-    double log_lo, log_hi;    /* ln(min_size), ln(max_size + 1) */
-    struct tls_ctx *tls;      /* shared by all threads */
-    FILE *ack;                /* open ack log, or NULL */
-    pthread_mutex_t ack_lock; /* serialises ack log lines */
-    struct ack_entry *entries; /* check mode: the ack log */
-    uint64_t nentries;        /* their number */
-    atomic_int printed;       /* error messages printed so far */
+    unsigned clients;            /* connections */
+    unsigned threads;            /* loops (threads) */
+    uint64_t shards;             /* shard numbers 0..shards-1 */
+    uint64_t min_size;           /* smallest payload */
+    uint64_t max_size;           /* largest payload */
+    unsigned pipeline;           /* requests in flight per client */
+    unsigned batch;              /* shards per request at most */
+    uint64_t batch_bytes;        /* encoded bytes per request at most */
+    uint64_t seed;               /* data seed */
+    enum mode mode;              /* what to do */
+    const char *ack_path;        /* --ack-log */
+    const char *check_path;      /* --check */
+    bool json;                   /* JSON summary */
+    bool allow_missing;          /* get: absent shards are not errors */
+    unsigned reconnect_s;        /* seconds of outage tolerated, 0 = none */
+    bool ack_fsync;              /* fsync the ack log after each batch */
+    uint8_t vault_id[16];        /* derived from the seed */
+    double log_lo, log_hi;       /* ln(min_size), ln(max_size + 1) */
+    struct tls_ctx *tls;         /* shared by all threads */
+    FILE *ack;                   /* open ack log, or NULL */
+    pthread_mutex_t ack_lock;    /* serialises ack log lines */
+    struct ack_entry *entries;   /* check mode: the ack log */
+    uint64_t nentries;           /* their number */
+    atomic_int printed;          /* error messages printed so far */
 };
 
 static struct load L;
-static atomic_bool stop_flag;
+static atomic_bool stop_flag;    /* SIGINT or SIGTERM arrived */
+static atomic_uint workers_done; /* worker threads whose loop has ended */
 
 /* Counters of one thread, summed at the end. */
 struct counters {
-    uint64_t put_shards, put_bytes;   /* acknowledged puts */
-    uint64_t get_shards, get_bytes;   /* shards read back and verified */
-    uint64_t errors;                  /* failed requests or shards */
-    uint64_t mismatches;              /* shards whose bytes differ */
-    uint64_t missing;                 /* shards the node did not have */
-    uint64_t retried;                 /* shards re-sent after a lost connection */
-    uint64_t reconnects;              /* connections made after the first */
-    uint64_t abandoned;               /* shards not done because of a stop */
-    uint64_t attempted_below;         /* every shard number put was below this */
+    uint64_t put_shards, put_bytes; /* acknowledged puts */
+    uint64_t get_shards, get_bytes; /* shards read back and verified */
+    uint64_t errors;                /* failed requests or shards */
+    uint64_t mismatches;            /* shards whose bytes differ */
+    uint64_t missing;               /* shards the node did not have */
+    uint64_t retried;               /* shards re-sent after a lost connection */
+    uint64_t reconnects;            /* connections made after the first */
+    uint64_t abandoned;             /* shards not done because of a stop */
+    uint64_t attempted_below;       /* every shard number put was below this */
 };
 
 /* A growable list of shard numbers (or ack entry indices). */
 struct numvec {
-    uint64_t *v;  /* items */
-    size_t n;     /* used */
-    size_t cap;   /* allocated */
+    uint64_t *v; /* items */
+    size_t n;    /* used */
+    size_t cap;  /* allocated */
 };
 
 struct worker;
@@ -134,23 +135,23 @@ struct client {
 
 /* One thread with its loop and clients. */
 struct worker {
-    pthread_t thread;        /* the thread */
-    uv_loop_t loop;          /* its loop */
-    uv_async_t wake;         /* stop notifications */
-    struct client *clients;  /* its clients */
-    unsigned nclients;       /* how many */
-    unsigned live;           /* clients not finished */
-    struct counters k;       /* its counters */
+    pthread_t thread;       /* the thread */
+    uv_loop_t loop;         /* its loop */
+    uv_async_t wake;        /* stop notifications */
+    struct client *clients; /* its clients */
+    unsigned nclients;      /* how many */
+    unsigned live;          /* clients not finished */
+    struct counters k;      /* its counters */
 };
 
 /* One request in flight. */
 struct op {
-    struct client *c;      /* who sent it */
-    bool get;              /* get (else put) */
-    size_t n;              /* shards */
-    uint64_t *nums;        /* their numbers (check mode: entry indices) */
+    struct client *c;       /* who sent it */
+    bool get;               /* get (else put) */
+    size_t n;               /* shards */
+    uint64_t *nums;         /* their numbers (check mode: entry indices) */
     struct ack_entry *acks; /* put: what to log once acknowledged */
-    uint64_t bytes;        /* encoded bytes */
+    uint64_t bytes;         /* encoded bytes */
 };
 
 static void client_pump(struct client *c);
@@ -506,8 +507,8 @@ static void get_cb(struct node_client *nc, struct node_client_result *res, void 
     }
     if (j != g->n_shards) {
         k->errors++;
-        report("client %u: get reply holds %zu shards that were not asked for in that order",
-               c->id, g->n_shards - j);
+        report("client %u: get reply holds %zu shards that were not asked for in that order", c->id,
+               g->n_shards - j);
     }
     op_free(o);
     client_pump(c);
@@ -759,8 +760,8 @@ static void client_connect(struct client *c)
     if (o.max_frame < FRAME_MAX_DEFAULT) {
         o.max_frame = FRAME_MAX_DEFAULT;
     }
-    struct node_client_cbs cbs = {.on_connect = on_connect, .on_drain = on_drain,
-                                  .on_close = on_close};
+    struct node_client_cbs cbs = {
+        .on_connect = on_connect, .on_drain = on_drain, .on_close = on_close};
     struct err e;
     int rv = node_client_connect(&c->w->loop, L.tls, L.addr, &o, &cbs, c, &c->nc, &e);
     if (rv != 0) {
@@ -804,6 +805,7 @@ static void *worker_main(void *arg)
         client_connect(&w->clients[i]);
     }
     uv_run(&w->loop, UV_RUN_DEFAULT);
+    atomic_fetch_add(&workers_done, 1);
     return NULL;
 }
 
@@ -864,50 +866,49 @@ static int load_ack_log(const char *path, struct err *e)
 
 static void usage(FILE *f)
 {
-    fprintf(
-        f,
-        "Usage: hbc-shardload --addr IP:PORT --ca FILE --cert FILE --key FILE [options]\n"
-        "\n"
-        "Puts and gets erasure-coded test shards on one hbcd over mutual TLS, with many\n"
-        "connections and pipelined requests, and verifies every byte it reads back.\n"
-        "Shard n (0 <= n < --shards) is generated from (--seed, n): key, size and bytes, so\n"
-        "a later run with the same seed checks what an earlier one wrote. Each is a real\n"
-        "encoded shard (common/erasure.h, RS(4,2), index n %% 6) of a random payload.\n"
-        "\n"
-        "Options:\n"
-        "  --mode MODE       put: store the shards; get: read them back and compare byte for\n"
-        "                    byte; putget: put, and read each batch back once acknowledged;\n"
-        "                    check: read every shard listed in --check FILE and verify its\n"
-        "                    length and SHA-256 (default putget)\n"
-        "  --clients N       connections (default 8); client c handles shards n %% N == c\n"
-        "  --threads N       event-loop threads the clients are spread over (default 1)\n"
-        "  --shards N        shards in the set (default 1000)\n"
-        "  --min SIZE        smallest payload, bytes (default 1; K, M suffixes)\n"
-        "  --max SIZE        largest payload (default 4M). Sizes are LOG-UNIFORM between\n"
-        "                    min and max: each power of two is equally likely, so with the\n"
-        "                    defaults the mean is about 270 KiB and the median about 2 KiB\n"
-        "  --pipeline D      requests in flight per client (default 8)\n"
-        "  --batch B         shards per put or get request at most (default 8)\n"
-        "  --batch-bytes S   encoded bytes per request at most (default 32M; one shard is\n"
-        "                    always allowed)\n"
-        "  --seed S          data seed (default 1)\n"
-        "  --ack-log FILE    append one line per acknowledged shard, flushed as soon as its\n"
-        "                    put is acknowledged: 'n vault chunk index length sha256' (hex)\n"
-        "  --ack-fsync       also fsync the ack log after each acknowledged batch\n"
-        "  --check FILE      the ack log that --mode check verifies\n"
-        "  --allow-missing   get: shards the node does not have are counted, not errors\n"
-        "                    (present ones must still match)\n"
-        "  --reconnect SECS  when a connection is lost, reconnect and resend what was not\n"
-        "                    acknowledged, for up to SECS seconds of outage (default 0: a\n"
-        "                    lost connection fails its shards)\n"
-        "  --json            print the summary as one JSON object: shards, bytes, seconds,\n"
-        "                    mb_per_s, shards_per_s, errors, mismatches, missing, ...\n"
-        "  --help            this text\n"
-        "\n"
-        "SIGINT or SIGTERM: stop issuing requests, wait for those in flight, print the\n"
-        "summary. Exit status: 0 when every shard was done and matched, 1 on any error,\n"
-        "mismatch or (without --allow-missing) missing shard, 2 on bad usage.\n"
-        "MB/s counts 10^6 bytes of encoded shards.\n");
+    fprintf(f,
+            "Usage: hbc-shardload --addr IP:PORT --ca FILE --cert FILE --key FILE [options]\n"
+            "\n"
+            "Puts and gets erasure-coded test shards on one hbcd over mutual TLS, with many\n"
+            "connections and pipelined requests, and verifies every byte it reads back.\n"
+            "Shard n (0 <= n < --shards) is generated from (--seed, n): key, size and bytes, so\n"
+            "a later run with the same seed checks what an earlier one wrote. Each is a real\n"
+            "encoded shard (common/erasure.h, RS(4,2), index n %% 6) of a random payload.\n"
+            "\n"
+            "Options:\n"
+            "  --mode MODE       put: store the shards; get: read them back and compare byte for\n"
+            "                    byte; putget: put, and read each batch back once acknowledged;\n"
+            "                    check: read every shard listed in --check FILE and verify its\n"
+            "                    length and SHA-256 (default putget)\n"
+            "  --clients N       connections (default 8); client c handles shards n %% N == c\n"
+            "  --threads N       event-loop threads the clients are spread over (default 1)\n"
+            "  --shards N        shards in the set (default 1000)\n"
+            "  --min SIZE        smallest payload, bytes (default 1; K, M suffixes)\n"
+            "  --max SIZE        largest payload (default 4M). Sizes are LOG-UNIFORM between\n"
+            "                    min and max: each power of two is equally likely, so with the\n"
+            "                    defaults the mean is about 270 KiB and the median about 2 KiB\n"
+            "  --pipeline D      requests in flight per client (default 8)\n"
+            "  --batch B         shards per put or get request at most (default 8)\n"
+            "  --batch-bytes S   encoded bytes per request at most (default 32M; one shard is\n"
+            "                    always allowed)\n"
+            "  --seed S          data seed (default 1)\n"
+            "  --ack-log FILE    append one line per acknowledged shard, flushed as soon as its\n"
+            "                    put is acknowledged: 'n vault chunk index length sha256' (hex)\n"
+            "  --ack-fsync       also fsync the ack log after each acknowledged batch\n"
+            "  --check FILE      the ack log that --mode check verifies\n"
+            "  --allow-missing   get: shards the node does not have are counted, not errors\n"
+            "                    (present ones must still match)\n"
+            "  --reconnect SECS  when a connection is lost, reconnect and resend what was not\n"
+            "                    acknowledged, for up to SECS seconds of outage (default 0: a\n"
+            "                    lost connection fails its shards)\n"
+            "  --json            print the summary as one JSON object: shards, bytes, seconds,\n"
+            "                    mb_per_s, shards_per_s, errors, mismatches, missing, ...\n"
+            "  --help            this text\n"
+            "\n"
+            "SIGINT or SIGTERM: stop issuing requests, wait for those in flight, print the\n"
+            "summary. Exit status: 0 when every shard was done and matched, 1 on any error,\n"
+            "mismatch or (without --allow-missing) missing shard, 2 on bad usage.\n"
+            "MB/s counts 10^6 bytes of encoded shards.\n");
 }
 
 static int parse_size(const char *s, uint64_t *out)
@@ -954,9 +955,27 @@ static const char *mode_name(enum mode m)
 static int parse_args(int argc, char **argv)
 {
     enum {
-        O_ADDR = 256, O_CA, O_CERT, O_KEY, O_CLIENTS, O_THREADS, O_SHARDS, O_MIN, O_MAX,
-        O_PIPELINE, O_BATCH, O_BATCH_BYTES, O_SEED, O_MODE, O_ACK, O_ACK_FSYNC, O_CHECK,
-        O_ALLOW_MISSING, O_RECONNECT, O_JSON, O_HELP
+        O_ADDR = 256,
+        O_CA,
+        O_CERT,
+        O_KEY,
+        O_CLIENTS,
+        O_THREADS,
+        O_SHARDS,
+        O_MIN,
+        O_MAX,
+        O_PIPELINE,
+        O_BATCH,
+        O_BATCH_BYTES,
+        O_SEED,
+        O_MODE,
+        O_ACK,
+        O_ACK_FSYNC,
+        O_CHECK,
+        O_ALLOW_MISSING,
+        O_RECONNECT,
+        O_JSON,
+        O_HELP
     };
     static const struct option opts[] = {
         {"addr", required_argument, NULL, O_ADDR},
@@ -1119,8 +1138,8 @@ static void print_summary(const struct counters *t, double secs)
         (json_int_t)t->errors, "mismatches", (json_int_t)t->mismatches, "missing",
         (json_int_t)t->missing, "retried", (json_int_t)t->retried, "reconnects",
         (json_int_t)t->reconnects, "abandoned", (json_int_t)t->abandoned, "attempted_below",
-        (json_int_t)t->attempted_below, "pipeline",
-        (json_int_t)L.pipeline, "batch", (json_int_t)L.batch);
+        (json_int_t)t->attempted_below, "pipeline", (json_int_t)L.pipeline, "batch",
+        (json_int_t)L.batch);
     char *s = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
     printf("%s\n", s != NULL ? s : "{}");
     free(s);
@@ -1197,22 +1216,18 @@ int main(int argc, char **argv)
      * The signal handler only sets stop_flag; this thread passes it on to the
      * loops, which may be waiting for replies, and waits for them to finish.
      */
-    unsigned running = L.threads;
     bool told = false;
-    while (running > 0) {
-        running = 0;
-        for (unsigned t = 0; t < L.threads; t++) {
-            running += pthread_tryjoin_np(ws[t].thread, NULL) == EBUSY;
-        }
-        if (running > 0) {
-            if (atomic_load(&stop_flag) && !told) {
-                told = true;
-                for (unsigned t = 0; t < L.threads; t++) {
-                    uv_async_send(&ws[t].wake);
-                }
+    while (atomic_load(&workers_done) < L.threads) {
+        if (atomic_load(&stop_flag) && !told) {
+            told = true;
+            for (unsigned t = 0; t < L.threads; t++) {
+                uv_async_send(&ws[t].wake);
             }
-            usleep(20000);
         }
+        usleep(20000);
+    }
+    for (unsigned t = 0; t < L.threads; t++) {
+        pthread_join(ws[t].thread, NULL);
     }
     double secs = (double)(now_ms() - t0) / 1000.0;
 

@@ -9,16 +9,9 @@ import time
 
 import hbctest
 
-SHARDS = 20000
+# HBC_DP_SHARDS lowers the count for a quick run (e.g. under the sanitizers); the issue asks 20,000.
+SHARDS = int(os.environ.get("HBC_DP_SHARDS", "20000"))
 CLIENTS = 8
-
-
-def write_results(name, results):
-    path = os.path.join(hbctest.BUILD_DIR, "tests", "cluster", f"results-{name}.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2)
-    return path
 
 
 def test_put_get_20000_shards_then_sigterm_and_restart(tmp_path, ca):
@@ -75,5 +68,39 @@ def test_put_get_20000_shards_then_sigterm_and_restart(tmp_path, ca):
         "node_peak_rss_mib": round(peak / 1024, 1),
         "test_seconds": round(total, 1),
     }
-    path = write_results("data-plane", results)
+    path = hbctest.write_results("data-plane", results)
     print(f"\ndata plane: {json.dumps(results)}\n(written to {path})")
+
+
+def test_sigterm_while_clients_write_acknowledges_everything_it_stored(tmp_path, ca):
+    """A graceful stop in the middle of heavy writing: exit code 0, every put the node took
+    in was committed and acknowledged before the connections closed, so after a restart the
+    node holds exactly the acknowledged shards, all intact."""
+    node = hbctest.Node(tmp_path, ca, "n1").start()
+    alice = ca.client("alice")
+    ack = str(tmp_path / "ack.log")
+    writer = hbctest.Shardload(node.addr, alice, "--mode", "put", "--clients", 8, "--pipeline", 8,
+                               "--shards", 100000, "--max", "1M", "--seed", 5, "--ack-log", ack).start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not os.path.exists(ack) or os.path.getsize(ack) < 100000):
+        time.sleep(0.05)
+    node.proc.send_signal(signal.SIGTERM)
+    assert node.proc.wait(timeout=120) == 0, node.log_text()[-3000:]
+    node.stop()
+    w = writer.finish(timeout=120)
+    assert w is not None and w["put_shards"] > 0, writer.describe()
+    assert w["mismatches"] == 0
+    # Requests the node never read were cancelled: that is the writer's only kind of error.
+    assert "HBC_ECANCELED" in writer.stderr or w["errors"] == 0, writer.describe()
+    assert node.events("reply_failed") == [], "an acknowledgement was lost in the stop"
+    with open(ack) as f:
+        n_acked = sum(1 for _ in f)
+    assert n_acked == w["put_shards"]
+
+    node.start()
+    started = node.events("hbcd_started", run=-1)
+    assert int(started[-1]["shards"]) == n_acked, "stored exactly what was acknowledged"
+    chk = hbctest.Shardload(node.addr, alice, "--mode", "check", "--check", ack, "--clients", 4)
+    c = chk.run()
+    assert chk.rc == 0 and c["get_shards"] == n_acked, chk.describe()
+    assert node.stop() == 0

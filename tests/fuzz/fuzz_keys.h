@@ -1,0 +1,18 @@
+/* The fixed keys and ids that the fuzz targets and fuzz_seeds share, so that seeds open. */
+#ifndef HBC_TESTS_FUZZ_FUZZ_KEYS_H
+#define HBC_TESTS_FUZZ_FUZZ_KEYS_H
+
+#include <stdint.h>
+
+#define FUZZ_KEY_GENERATION 1  /* key generation of fuzz_data_key */
+#define FUZZ_PASSPHRASE "fuzz" /* passphrase of the seed key files */
+#define FUZZ_PASSPHRASE_LEN 4  /* its length */
+
+static const uint8_t fuzz_data_key[32] = {
+    0x46, 0x55, 0x5a, 0x5a, 0x20, 0x64, 0x61, 0x74, 0x61, 0x20, 0x6b, 0x65, 0x79, 0x00, 0x01, 0x02,
+    0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f, 0x10, 0x11, 0x12,
+};
+static const uint8_t fuzz_vault_id[16] = {0x76, 0x61, 0x75, 0x6c, 0x74};
+static const uint8_t fuzz_chunk_id[32] = {0x63, 0x68, 0x75, 0x6e, 0x6b};
+
+#endif /* HBC_TESTS_FUZZ_FUZZ_KEYS_H */
