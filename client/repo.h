@@ -53,7 +53,10 @@ void repo_close(struct repo *r);
 int repo_vault_create(struct repo *r, const char *name, unsigned copies, unsigned k, unsigned m,
                       uint8_t vault_id[REPO_ID_LEN], struct err *e);
 
-/* Every vault (records owned by the caller; free each with protobuf_c_message_free_unpacked). */
+/*
+ * Every vault (records owned by the caller; free each with
+ * protobuf_c_message_free_unpacked(..., NULL) and the array with hbc_free).
+ */
 int repo_vault_list(struct repo *r, Hbc__VaultInfo ***out, size_t *n, struct err *e);
 
 /* The open vault's id. */
@@ -90,7 +93,10 @@ int repo_get_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], int copy, ui
 /* Commit a snapshot record through Raft (idempotent on snapshot_id). */
 int repo_snapshot_commit(struct repo *r, const Hbc__SnapshotCommit *s, uint64_t *index, struct err *e);
 
-/* The vault's snapshots in commit order, read current (Raft barrier). Free each record. */
+/*
+ * The vault's snapshots in commit order, read current (Raft barrier). Free
+ * each record (protobuf_c_message_free_unpacked(..., NULL)) and the array (hbc_free).
+ */
 int repo_snapshot_list(struct repo *r, Hbc__SnapshotInfo ***out, size_t *n, struct err *e);
 
 /* Record a restore test's result through Raft. */
@@ -98,5 +104,8 @@ int repo_restore_test_record(struct repo *r, const Hbc__RestoreTestRecord *t, st
 
 /* Copies of the open vault (for --copy N). */
 unsigned repo_copies(const struct repo *r);
+
+/* Nodes in the cluster's node list (those placement spreads shards over). */
+unsigned repo_node_count(const struct repo *r);
 
 #endif /* HBC_CLIENT_REPO_H */
