@@ -403,6 +403,12 @@ int repo_open(const struct repo_options *o, struct repo **out, struct err *e)
         return err_set(e, rv, "repo mutex");
     }
     rv = uv_cond_init(&r->flow_cv);
+    if (rv == 0) {
+        rv = uv_cond_init(&r->busy_cv);
+        if (rv != 0) {
+            uv_cond_destroy(&r->flow_cv);
+        }
+    }
     if (rv != 0) {
         uv_mutex_destroy(&r->mu);
         hbc_free(r);
@@ -491,6 +497,7 @@ void repo_close(struct repo *r)
         hbc_log(LOG_WARN, "event=repo_degraded_total chunks=%llu",
                 (unsigned long long)r->degraded);
     }
+    uv_cond_destroy(&r->busy_cv);
     uv_cond_destroy(&r->flow_cv);
     uv_mutex_destroy(&r->mu);
     hbc_free(r);

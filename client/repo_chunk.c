@@ -131,166 +131,6 @@ int repo_chunk_id(struct repo *r, const void *plain, size_t len, uint8_t id[REPO
     return rv;
 }
 
-/* ---- put ---- */
-
-int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *plain, size_t len,
-                   struct err *e)
-{
-    int rv = need_vault(r, "put chunk", e);
-    if (rv != 0) {
-        return rv;
-    }
-    if (len > CHUNK_OBJECT_MAX_PLAINTEXT) {
-        return err_set(e, HBC_ETOOBIG, "put chunk: %zu bytes (at most %zu)", len,
-                       (size_t)CHUNK_OBJECT_MAX_PLAINTEXT);
-    }
-    const unsigned width = r->k + r->m;
-    const unsigned copies = r->copies;
-    unsigned place[MAX_SLOTS];
-    rv = placement_chunk_nodes(r->vault_id, id, copies, width, r->pnodes, r->nnodes, place, e);
-    if (rv != 0) {
-        return err_wrap(e, "put chunk");
-    }
-    struct repo_worker *w = NULL;
-    rv = worker_take(r, &w, e);
-    if (rv != 0) {
-        return rv;
-    }
-    uint8_t *blobs[ERASURE_MAX_SHARDS] = {0};
-    size_t lens[ERASURE_MAX_SHARDS] = {0};
-    struct repo_req *reqs = NULL;
-    size_t ntargets = 0;
-    char idhex[9];
-    short_hex(id, idhex);
-
-    size_t cap = chunk_object_max_sealed(len);
-    if (w->cap < cap) {
-        uint8_t *p = hbc_realloc(w->buf, cap);
-        if (p == NULL) {
-            rv = err_set(e, HBC_ENOMEM, "put chunk: %zu-byte buffer", cap);
-            goto out;
-        }
-        w->buf = p;
-        w->cap = cap;
-    }
-    size_t olen = 0;
-    rv = chunk_object_seal(w->cc, &r->ckey, r->vault_id, id, plain, len, w->buf, w->cap, &olen, e);
-    if (rv != 0) {
-        err_wrap(e, "put chunk: seal");
-        goto out;
-    }
-    rv = erasure_shards_encode(r->vault_id, id, r->k, r->m, w->buf, olen, blobs, lens, e);
-    if (rv != 0) {
-        err_wrap(e, "put chunk: erasure code");
-        goto out;
-    }
-
-    /* One request per node, carrying each shard that any copy places there once. */
-    unsigned tnode[MAX_SLOTS];
-    uint32_t tmask[MAX_SLOTS];
-    unsigned slot_target[MAX_SLOTS];
-    for (unsigned i = 0; i < copies * width; i++) {
-        size_t t = 0;
-        while (t < ntargets && tnode[t] != place[i]) {
-            t++;
-        }
-        if (t == ntargets) {
-            tnode[t] = place[i];
-            tmask[t] = 0;
-            ntargets++;
-        }
-        tmask[t] |= (uint32_t)1 << (i % width);
-        slot_target[i] = (unsigned)t;
-    }
-    struct node_client_shard flat[MAX_SLOTS];
-    reqs = hbc_calloc(ntargets, sizeof *reqs);
-    if (reqs == NULL) {
-        rv = err_set(e, HBC_ENOMEM, "put chunk");
-        goto out;
-    }
-    size_t used = 0;
-    size_t bytes = 0;
-    for (size_t t = 0; t < ntargets; t++) {
-        size_t first = used;
-        for (unsigned s = 0; s < width; s++) {
-            if (tmask[t] & ((uint32_t)1 << s)) {
-                flat[used++] = (struct node_client_shard){.vault_id = r->vault_id,
-                                                          .chunk_id = id,
-                                                          .index = s,
-                                                          .data = blobs[s],
-                                                          .len = lens[s]};
-                bytes += lens[s];
-            }
-        }
-        reqs[t] = (struct repo_req){.addr = r->nodes[tnode[t]].addr,
-                                    .node_id = r->nodes[tnode[t]].node_id,
-                                    .kind = REPO_REQ_PUT,
-                                    .shards = &flat[first],
-                                    .nshards = used - first};
-    }
-    flow_acquire(r, bytes);
-    repo_net_run(r->net, reqs, ntargets);
-    flow_release(r, bytes);
-
-    bool ok[MAX_SLOTS];
-    size_t failed = 0;
-    const struct repo_req *first_failure = NULL;
-    for (size_t t = 0; t < ntargets; t++) {
-        ok[t] = reqs[t].status == 0 &&
-                reqs[t].reply->put_shards_reply->stored >= (uint32_t)reqs[t].nshards;
-        if (!ok[t]) {
-            failed++;
-            if (first_failure == NULL) {
-                first_failure = &reqs[t];
-            }
-            hbc_log(LOG_WARN, "event=shard_put_failed chunk=%s node=%s status=%s msg=\"%s\"",
-                    idhex, reqs[t].node_id, hbc_errname(reqs[t].status),
-                    reqs[t].status != 0 ? reqs[t].msg : "fewer shards stored than sent");
-        }
-    }
-    rv = 0;
-    bool degraded = false;
-    for (unsigned c = 0; c < copies && rv == 0; c++) {
-        unsigned durable = 0;
-        for (unsigned s = 0; s < width; s++) {
-            durable += ok[slot_target[c * width + s]] ? 1 : 0;
-        }
-        unsigned needs = copy_needs(r, place + c * width);
-        if (durable < needs) {
-            int code = HBC_EUNAVAILABLE;
-            if (first_failure->status != 0 && first_failure->status != HBC_ECANCELED &&
-                first_failure->status != HBC_EUNAVAILABLE) {
-                code = first_failure->status; /* a node's refusal, e.g. -ENOSPC */
-            }
-            rv = err_setraw(e, code,
-                            "put chunk %s: copy %u has %u of %u shards durable and needs %u (%zu "
-                            "of %zu nodes failed; first: %s)",
-                            idhex, c, durable, width, needs, failed, ntargets,
-                            first_failure->status != 0 ? first_failure->msg
-                                                       : "fewer shards stored than sent");
-        } else if (durable < width) {
-            degraded = true;
-        }
-    }
-    if (rv == 0 && degraded) {
-        /* Written degraded: the repair queue will take these once it exists. */
-        hbc_log(LOG_WARN, "event=degraded chunk=%s failed_nodes=%zu", idhex, failed);
-        uv_mutex_lock(&r->mu);
-        r->degraded++;
-        uv_mutex_unlock(&r->mu);
-    }
-out:
-    for (size_t t = 0; t < ntargets && reqs != NULL; t++) {
-        frame_free(reqs[t].reply);
-    }
-    hbc_free(reqs);
-    for (unsigned s = 0; s < ERASURE_MAX_SHARDS; s++) {
-        hbc_free(blobs[s]);
-    }
-    worker_give(r, w);
-    return rv;
-}
-
 /* ---- get ---- */
 
 /* The shards fetched for one copy. */
@@ -406,46 +246,48 @@ static void drop_bad(struct repo *r, const uint8_t id[REPO_CHUNK_ID], struct fet
     }
 }
 
-/* Rebuild the object from f's blobs, then open it and check the id. */
-static int rebuild_open(struct repo *r, struct repo_worker *w, const uint8_t id[REPO_CHUNK_ID],
-                        struct fetch *f, uint8_t **plain, size_t *len, struct err *e)
+/* Open (authenticate) the sealed object and check its chunk id; *plain is new (hbc_free). */
+static int open_object(struct repo *r, struct repo_worker *w, const uint8_t id[REPO_CHUNK_ID],
+                       const uint8_t *obj, size_t olen, uint8_t **plain, size_t *len,
+                       struct err *e)
 {
-    const unsigned width = r->k + r->m;
-    uint8_t *obj = NULL;
-    size_t olen = 0;
-    int rv = erasure_shards_rebuild(f->blob, f->len, width, r->vault_id, id, &obj, &olen, e);
+    struct chunk_object_info info;
+    int rv = chunk_object_peek(obj, olen, &info, e);
     if (rv != 0) {
         return rv;
     }
-    struct chunk_object_info info;
-    rv = chunk_object_peek(obj, olen, &info, e);
-    uint8_t *out = NULL;
-    if (rv == 0) {
-        out = hbc_malloc(info.plaintext_length > 0 ? info.plaintext_length : 1);
-        if (out == NULL) {
-            rv = err_set(e, HBC_ENOMEM, "%llu-byte chunk",
-                         (unsigned long long)info.plaintext_length);
-        }
+    uint8_t *out = hbc_malloc(info.plaintext_length > 0 ? info.plaintext_length : 1);
+    if (out == NULL) {
+        return err_set(e, HBC_ENOMEM, "%llu-byte chunk", (unsigned long long)info.plaintext_length);
     }
     size_t n = 0;
-    if (rv == 0) {
-        rv = chunk_object_open(w->cc, &r->ckey, r->vault_id, id, obj, olen, out,
-                               info.plaintext_length, &n, e);
-    }
+    rv = chunk_object_open(w->cc, &r->ckey, r->vault_id, id, obj, olen, out,
+                           info.plaintext_length, &n, e);
     if (rv == 0) {
         rv = chunk_object_verify_id(w->hmac, out, n, id, e);
     }
-    hbc_free(obj);
     if (rv != 0) {
-        if (out != NULL) {
-            OPENSSL_cleanse(out, info.plaintext_length);
-        }
+        OPENSSL_cleanse(out, info.plaintext_length);
         hbc_free(out);
         return rv;
     }
     *plain = out;
     *len = n;
     return 0;
+}
+
+/* Rebuild the object from f's blobs, then open it and check the id. */
+static int rebuild_open(struct repo *r, struct repo_worker *w, const uint8_t id[REPO_CHUNK_ID],
+                        struct fetch *f, uint8_t **plain, size_t *len, struct err *e)
+{
+    uint8_t *obj = NULL;
+    size_t olen = 0;
+    int rv = erasure_shards_rebuild(f->blob, f->len, r->k + r->m, r->vault_id, id, &obj, &olen, e);
+    if (rv == 0) {
+        rv = open_object(r, w, id, obj, olen, plain, len, e);
+    }
+    hbc_free(obj);
+    return rv;
 }
 
 int repo_get_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], int copy, uint8_t **plain,
@@ -526,6 +368,290 @@ int repo_get_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], int copy, ui
     return rv;
 }
 
+/* ---- put ---- */
+
+/*
+ * A chunk id being put by some thread of this process, so that a second put
+ * of the same id waits for the first instead of writing a different seal.
+ */
+static void busy_enter(struct repo *r, const uint8_t id[REPO_CHUNK_ID])
+{
+    uv_mutex_lock(&r->mu);
+    for (;;) {
+        bool busy = false;
+        for (size_t i = 0; i < r->nbusy && !busy; i++) {
+            busy = memcmp(r->busy[i], id, REPO_CHUNK_ID) == 0;
+        }
+        if (!busy && r->nbusy < REPO_MAX_BUSY) {
+            break;
+        }
+        uv_cond_wait(&r->busy_cv, &r->mu);
+    }
+    memcpy(r->busy[r->nbusy++], id, REPO_CHUNK_ID);
+    uv_mutex_unlock(&r->mu);
+}
+
+static void busy_leave(struct repo *r, const uint8_t id[REPO_CHUNK_ID])
+{
+    uv_mutex_lock(&r->mu);
+    for (size_t i = 0; i < r->nbusy; i++) {
+        if (memcmp(r->busy[i], id, REPO_CHUNK_ID) == 0) {
+            memcpy(r->busy[i], r->busy[--r->nbusy], REPO_CHUNK_ID);
+            break;
+        }
+    }
+    uv_cond_broadcast(&r->busy_cv);
+    uv_mutex_unlock(&r->mu);
+}
+
+/*
+ * Erasure-code the sealed object and send the same shards to every copy's
+ * nodes (place: copies x width node indexes); succeed when every copy has
+ * the shards it needs durable.
+ */
+static int put_object(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const unsigned *place,
+                      const uint8_t *obj, size_t olen, struct err *e)
+{
+    const unsigned width = r->k + r->m;
+    const unsigned copies = r->copies;
+    uint8_t *blobs[ERASURE_MAX_SHARDS] = {0};
+    size_t lens[ERASURE_MAX_SHARDS] = {0};
+    struct repo_req *reqs = NULL;
+    size_t ntargets = 0;
+    char idhex[9];
+    short_hex(id, idhex);
+    int rv = erasure_shards_encode(r->vault_id, id, r->k, r->m, obj, olen, blobs, lens, e);
+    if (rv != 0) {
+        err_wrap(e, "put chunk: erasure code");
+        goto out;
+    }
+    /* One request per node, carrying each shard that any copy places there once. */
+    unsigned tnode[MAX_SLOTS];
+    uint32_t tmask[MAX_SLOTS];
+    unsigned slot_target[MAX_SLOTS];
+    for (unsigned i = 0; i < copies * width; i++) {
+        size_t t = 0;
+        while (t < ntargets && tnode[t] != place[i]) {
+            t++;
+        }
+        if (t == ntargets) {
+            tnode[t] = place[i];
+            tmask[t] = 0;
+            ntargets++;
+        }
+        tmask[t] |= (uint32_t)1 << (i % width);
+        slot_target[i] = (unsigned)t;
+    }
+    struct node_client_shard flat[MAX_SLOTS];
+    reqs = hbc_calloc(ntargets, sizeof *reqs);
+    if (reqs == NULL) {
+        rv = err_set(e, HBC_ENOMEM, "put chunk");
+        goto out;
+    }
+    size_t used = 0;
+    size_t bytes = 0;
+    for (size_t t = 0; t < ntargets; t++) {
+        size_t first = used;
+        for (unsigned s = 0; s < width; s++) {
+            if (tmask[t] & ((uint32_t)1 << s)) {
+                flat[used++] = (struct node_client_shard){.vault_id = r->vault_id,
+                                                          .chunk_id = id,
+                                                          .index = s,
+                                                          .data = blobs[s],
+                                                          .len = lens[s]};
+                bytes += lens[s];
+            }
+        }
+        reqs[t] = (struct repo_req){.addr = r->nodes[tnode[t]].addr,
+                                    .node_id = r->nodes[tnode[t]].node_id,
+                                    .kind = REPO_REQ_PUT,
+                                    .shards = &flat[first],
+                                    .nshards = used - first};
+    }
+    flow_acquire(r, bytes);
+    repo_net_run(r->net, reqs, ntargets);
+    flow_release(r, bytes);
+
+    bool ok[MAX_SLOTS];
+    size_t failed = 0;
+    const struct repo_req *first_failure = NULL;
+    for (size_t t = 0; t < ntargets; t++) {
+        ok[t] = reqs[t].status == 0 &&
+                reqs[t].reply->put_shards_reply->stored >= (uint32_t)reqs[t].nshards;
+        if (!ok[t]) {
+            failed++;
+            if (first_failure == NULL) {
+                first_failure = &reqs[t];
+            }
+            hbc_log(LOG_WARN, "event=shard_put_failed chunk=%s node=%s status=%s msg=\"%s\"",
+                    idhex, reqs[t].node_id, hbc_errname(reqs[t].status),
+                    reqs[t].status != 0 ? reqs[t].msg : "fewer shards stored than sent");
+        }
+    }
+    rv = 0;
+    bool degraded = false;
+    for (unsigned c = 0; c < copies && rv == 0; c++) {
+        unsigned durable = 0;
+        for (unsigned s = 0; s < width; s++) {
+            durable += ok[slot_target[c * width + s]] ? 1 : 0;
+        }
+        unsigned needs = copy_needs(r, place + c * width);
+        if (durable < needs) {
+            int code = HBC_EUNAVAILABLE;
+            if (first_failure->status != 0 && first_failure->status != HBC_ECANCELED &&
+                first_failure->status != HBC_EUNAVAILABLE) {
+                code = first_failure->status; /* a node's refusal, e.g. -ENOSPC */
+            }
+            rv = err_setraw(e, code,
+                            "put chunk %s: copy %u has %u of %u shards durable and needs %u (%zu "
+                            "of %zu nodes failed; first: %s)",
+                            idhex, c, durable, width, needs, failed, ntargets,
+                            first_failure->status != 0 ? first_failure->msg
+                                                       : "fewer shards stored than sent");
+        } else if (durable < width) {
+            degraded = true;
+        }
+    }
+    if (rv == 0 && degraded) {
+        /* Written degraded: the repair queue will take these once it exists. */
+        hbc_log(LOG_WARN, "event=degraded chunk=%s failed_nodes=%zu", idhex, failed);
+        uv_mutex_lock(&r->mu);
+        r->degraded++;
+        uv_mutex_unlock(&r->mu);
+    }
+out:
+    for (size_t t = 0; t < ntargets && reqs != NULL; t++) {
+        frame_free(reqs[t].reply);
+    }
+    hbc_free(reqs);
+    for (unsigned s = 0; s < ERASURE_MAX_SHARDS; s++) {
+        hbc_free(blobs[s]);
+    }
+    return rv;
+}
+
+/*
+ * Ask the nodes of every copy whether they hold the chunk: *enough when
+ * every copy has what a put needs (as repo_have()), *any when some node has
+ * some shard of it.
+ */
+static int presence(struct repo *r, const uint8_t id[REPO_CHUNK_ID], bool *enough, bool *any,
+                    struct err *e);
+
+/*
+ * Some shards of the chunk exist but not enough: they come from an earlier
+ * put that failed half-way, with another seal (another nonce) than a fresh
+ * one would have, and nodes refuse a different shard under an existing key.
+ * So rebuild that earlier object from its own shards (every copy holds the
+ * same ones), check that it opens under the vault key as this chunk, and
+ * send its shards again: identical bytes are accepted where present and
+ * stored where missing.
+ */
+static int complete_existing(struct repo *r, struct repo_worker *w, const uint8_t id[REPO_CHUNK_ID],
+                             const unsigned *place, struct err *e)
+{
+    const unsigned width = r->k + r->m;
+    const uint32_t all_mask = ((uint32_t)1 << width) - 1;
+    struct fetch f[PLACEMENT_MAX_COPIES];
+    struct fetch merged = {0};
+    struct repo_read_stats st = {0};
+    memset(f, 0, sizeof f);
+    for (unsigned c = 0; c < r->copies; c++) {
+        fetch_shards(r, id, place + c * width, all_mask, &f[c], &st);
+        for (unsigned s = 0; s < width; s++) {
+            if (merged.blob[s] == NULL && f[c].blob[s] != NULL) {
+                merged.blob[s] = f[c].blob[s];
+                merged.len[s] = f[c].len[s];
+            }
+        }
+    }
+    uint8_t *obj = NULL;
+    size_t olen = 0;
+    uint8_t *plain = NULL;
+    size_t plen = 0;
+    int rv = erasure_shards_rebuild(merged.blob, merged.len, width, r->vault_id, id, &obj, &olen, e);
+    if (rv == 0) {
+        rv = open_object(r, w, id, obj, olen, &plain, &plen, e);
+    }
+    if (plain != NULL) {
+        OPENSSL_cleanse(plain, plen);
+        hbc_free(plain);
+    }
+    if (rv == 0) {
+        rv = put_object(r, id, place, obj, olen, e);
+    }
+    hbc_free(obj);
+    for (unsigned c = 0; c < r->copies; c++) {
+        fetch_free(&f[c]);
+    }
+    return rv;
+}
+
+int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *plain, size_t len,
+                   struct err *e)
+{
+    int rv = need_vault(r, "put chunk", e);
+    if (rv != 0) {
+        return rv;
+    }
+    if (len > CHUNK_OBJECT_MAX_PLAINTEXT) {
+        return err_set(e, HBC_ETOOBIG, "put chunk: %zu bytes (at most %zu)", len,
+                       (size_t)CHUNK_OBJECT_MAX_PLAINTEXT);
+    }
+    unsigned place[MAX_SLOTS];
+    rv = placement_chunk_nodes(r->vault_id, id, r->copies, r->k + r->m, r->pnodes, r->nnodes,
+                               place, e);
+    if (rv != 0) {
+        return err_wrap(e, "put chunk");
+    }
+    struct repo_worker *w = NULL;
+    rv = worker_take(r, &w, e);
+    if (rv != 0) {
+        return rv;
+    }
+    busy_enter(r, id);
+    char idhex[9];
+    short_hex(id, idhex);
+    bool enough = false, any = false;
+    struct err pe;
+    err_clear(&pe);
+    if (presence(r, id, &enough, &any, &pe) == 0 && enough) {
+        rv = 0; /* stored already: a put again costs one small round trip */
+        goto out;
+    }
+    if (any) {
+        err_clear(&pe);
+        rv = complete_existing(r, w, id, place, &pe);
+        if (rv == 0) {
+            hbc_log(LOG_INFO, "event=chunk_completed chunk=%s", idhex);
+            goto out;
+        }
+        hbc_log(LOG_WARN, "event=chunk_partial_unrecoverable chunk=%s status=%s msg=\"%s\"", idhex,
+                hbc_errname(rv), pe.msg);
+    }
+    size_t cap = chunk_object_max_sealed(len);
+    if (w->cap < cap) {
+        uint8_t *p = hbc_realloc(w->buf, cap);
+        if (p == NULL) {
+            rv = err_set(e, HBC_ENOMEM, "put chunk: %zu-byte buffer", cap);
+            goto out;
+        }
+        w->buf = p;
+        w->cap = cap;
+    }
+    size_t olen = 0;
+    rv = chunk_object_seal(w->cc, &r->ckey, r->vault_id, id, plain, len, w->buf, w->cap, &olen, e);
+    if (rv != 0) {
+        err_wrap(e, "put chunk: seal");
+        goto out;
+    }
+    rv = put_object(r, id, place, w->buf, olen, e);
+out:
+    busy_leave(r, id);
+    worker_give(r, w);
+    return rv;
+}
+
 /* ---- have ---- */
 
 /* The distinct nodes holding any slot of any copy (out has room for MAX_SLOTS). */
@@ -553,8 +679,9 @@ struct have_node {
     size_t cursor;     /* reading position in the second pass */
 };
 
-int repo_have(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t n, bool *present,
-              struct err *e)
+/* repo_have(), and any[i] (when not NULL): some node holds some shard of ids[i]. */
+static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t n, bool *present,
+                     bool *any, struct err *e)
 {
     int rv = need_vault(r, "have", e);
     if (rv != 0) {
@@ -562,6 +689,9 @@ int repo_have(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t n, boo
     }
     for (size_t i = 0; i < n; i++) {
         present[i] = false;
+        if (any != NULL) {
+            any[i] = false;
+        }
     }
     if (n == 0) {
         return 0;
@@ -678,6 +808,9 @@ int repo_have(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t n, boo
         for (size_t d = 0; d < nd; d++) {
             struct have_node *h = &hn[nodes[d]];
             yes[d] = h->answer[h->cursor++];
+            if (any != NULL && yes[d]) {
+                any[i] = true;
+            }
         }
         bool all = true;
         for (unsigned c = 0; c < r->copies && all; c++) {
@@ -706,4 +839,16 @@ out:
     }
     hbc_free(hn);
     return rv;
+}
+
+int repo_have(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t n, bool *present,
+              struct err *e)
+{
+    return have_core(r, ids, n, present, NULL, e);
+}
+
+static int presence(struct repo *r, const uint8_t id[REPO_CHUNK_ID], bool *enough, bool *any,
+                    struct err *e)
+{
+    return have_core(r, (const uint8_t(*)[REPO_CHUNK_ID])id, 1, enough, any, e);
 }

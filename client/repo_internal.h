@@ -83,6 +83,9 @@ void repo_net_run(struct repo_net *net, struct repo_req *reqs, size_t n);
 
 /* ---- the repo handle ---- */
 
+/* Puts running at once at most (more wait): one per caller thread in practice. */
+#define REPO_MAX_BUSY 256
+
 /* One node of the cluster, as the state machine lists it. */
 struct repo_node {
     char *node_id;     /* its id (and certificate CN) */
@@ -127,6 +130,9 @@ struct repo {
     size_t inflight;                    /* bytes reserved by calls running now */
     struct repo_worker *workers;        /* idle workers */
     char leader[64];                    /* the last leader address heard of, or "" */
+    uint8_t busy[REPO_MAX_BUSY][REPO_CHUNK_ID]; /* chunk ids being put now */
+    size_t nbusy;                       /* how many */
+    uv_cond_t busy_cv;                  /* signalled when one is done */
     uint64_t degraded;                  /* chunks written with some shard missing */
 };
 

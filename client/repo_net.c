@@ -315,11 +315,14 @@ static void async_cb(uv_async_t *a)
     while (calls != NULL) {
         struct repo_call *c = calls;
         calls = c->next;
-        for (size_t i = 0; i < c->n; i++) {
+        /* Once its last request finishes the caller may return: read nothing of c after that. */
+        struct repo_req *reqs = c->reqs;
+        size_t n = c->n;
+        for (size_t i = 0; i < n; i++) {
             if (stopping) {
-                req_fail(&c->reqs[i], HBC_ECANCELED, "the repo is closing");
+                req_fail(&reqs[i], HBC_ECANCELED, "the repo is closing");
             } else {
-                dispatch(net, &c->reqs[i]);
+                dispatch(net, &reqs[i]);
             }
         }
     }

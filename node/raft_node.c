@@ -180,10 +180,19 @@ int raft_node_propose(struct raft_node *rn, Hbc__Command *cmd, const char *propo
     if (rn->raft.state != RAFT_LEADER) {
         return err_setraw(e, HBC_ENOTLEADER, "propose: this node is not the leader");
     }
+    /*
+     * cmd is the caller's (often part of a request frame that is freed with
+     * frame_free()): set our fields only for the encoding, then put its own
+     * back, so that the frame never frees the borrowed proposer string.
+     */
+    uint64_t own_time = cmd->leader_time_ms;
+    char *own_proposer = cmd->proposer;
     cmd->leader_time_ms = wall_ms();
     cmd->proposer = (char *)(proposer != NULL ? proposer : "");
     struct raft_buffer buf;
     int rv = fsm_command_encode(cmd, &buf, e);
+    cmd->leader_time_ms = own_time;
+    cmd->proposer = own_proposer;
     if (rv != 0) {
         return err_wrap(e, "propose");
     }

@@ -16,8 +16,8 @@
 
 /* A node list of n nodes "n00".."n(n-1)" spread round-robin over `sites` sites. */
 struct cluster {
-    char ids[MAXN][16];                /* node ids */
-    char sites[MAXN][16];              /* their sites */
+    char ids[MAXN][24];                /* node ids */
+    char sites[MAXN][32];              /* their sites */
     struct placement_node nodes[MAXN]; /* the list placement sees */
     size_t n;                          /* how many */
 };
