@@ -19,6 +19,8 @@
  * full (HBC_EBUSY) keeps the request in the connection's wait queue until
  * on_drain.
  */
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -334,6 +336,15 @@ static void async_cb(uv_async_t *a)
 static void thread_main(void *arg)
 {
     struct repo_net *net = arg;
+    /*
+     * A write to a node that died raises SIGPIPE in the writing thread: keep
+     * it blocked here (the write then fails with EPIPE) rather than asking
+     * every application to ignore it process-wide.
+     */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
     uv_run(&net->loop, UV_RUN_DEFAULT);
 }
 
