@@ -91,8 +91,7 @@ static int vault_create(struct cli *c, int argc, char **argv)
     unsigned fc = want_copies, fk = want_k, fm = want_m;
     size_t nodes = repo_node_count(r);
     bool adjusted = placement_fit(nodes, &fc, &fk, &fm);
-    if ((copies > 0 && fc != want_copies) || (k > 0 && fk != want_k) ||
-        (m >= 0 && fm != want_m)) {
+    if ((copies > 0 && fc != want_copies) || (k > 0 && fk != want_k) || (m >= 0 && fm != want_m)) {
         cli_error("%u copies of k=%u + m=%u do not fit a cluster of %zu nodes (each copy's k+m "
                   "shards need distinct nodes, and copies need a node each); it would fit %u "
                   "copies of %u+%u",

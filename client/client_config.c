@@ -1,4 +1,5 @@
-/* The hbc command's settings: the client config file (inih), the environment, and opening the repo. */
+/* The hbc command's settings: the client config file (inih), the environment, and opening the repo.
+ */
 #include "client/client_config.h"
 
 #include <errno.h>
@@ -213,7 +214,7 @@ const char *cli_keyfile(const char *flag)
     if (env != NULL && env[0] != '\0') {
         return env;
     }
-    return settings.keyfile;
+    return settings.keyfile != NULL ? settings.keyfile : cli_default_keyfile();
 }
 
 const char *cli_default_keyfile(void)

@@ -1,4 +1,5 @@
-/* The hbc command's settings: the client config file, environment variables, and how they combine. */
+/* The hbc command's settings: the client config file, environment variables, and how they combine.
+ */
 #ifndef HBC_CLIENT_CLIENT_CONFIG_H
 #define HBC_CLIENT_CLIENT_CONFIG_H
 
@@ -65,10 +66,14 @@ void client_config_free(struct client_config *c);
  */
 int cli_config_apply(struct cli *c, const char *config_opt);
 
-/* The key file to use: flag (--keyfile), else HBC_KEYFILE, else [vault] keyfile, else NULL. */
+/*
+ * The key file to use: flag (--keyfile), else HBC_KEYFILE, else [vault]
+ * keyfile, else cli_default_keyfile() (NULL only when no home is known).
+ */
 const char *cli_keyfile(const char *flag);
 
-/* The key file `hbc key init` creates when none is named: $XDG_CONFIG_HOME/hbc/key (or ~/.config). */
+/* The key file `hbc key init` creates when none is named: $XDG_CONFIG_HOME/hbc/key (or ~/.config).
+ */
 const char *cli_default_keyfile(void);
 
 /* The vault to use: flag, else HBC_VAULT, else [vault] name, else NULL. */

@@ -36,7 +36,8 @@ static void sleep_ms(unsigned ms)
     nanosleep(&ts, NULL);
 }
 
-/* A deep copy of any message through its wire form, freeable with protobuf_c_message_free_unpacked(). */
+/* A deep copy of any message through its wire form, freeable with
+ * protobuf_c_message_free_unpacked(). */
 static void *msg_dup(const ProtobufCMessage *m)
 {
     size_t len = protobuf_c_message_get_packed_size(m);
@@ -77,8 +78,8 @@ static size_t control_targets(const struct repo *r, const char **out, size_t cap
     return n;
 }
 
-int repo_control(struct repo *r, Hbc__Frame *req, Hbc__Frame__BodyCase expect,
-                 Hbc__Frame **reply, struct err *e)
+int repo_control(struct repo *r, Hbc__Frame *req, Hbc__Frame__BodyCase expect, Hbc__Frame **reply,
+                 struct err *e)
 {
     const char *targets[256];
     size_t ntargets = control_targets(r, targets, 256);
@@ -494,8 +495,7 @@ void repo_close(struct repo *r)
     }
     hbc_free(r->addrs);
     if (r->degraded > 0) {
-        hbc_log(LOG_WARN, "event=repo_degraded_total chunks=%llu",
-                (unsigned long long)r->degraded);
+        hbc_log(LOG_WARN, "event=repo_degraded_total chunks=%llu", (unsigned long long)r->degraded);
     }
     uv_cond_destroy(&r->busy_cv);
     uv_cond_destroy(&r->flow_cv);

@@ -17,8 +17,8 @@
 #include "common/err.h"
 #include "hbc.pb-c.h"
 
-#define REPO_ID_LEN 16    /* vault and snapshot ids */
-#define REPO_CHUNK_ID 32  /* chunk ids (HMAC-SHA-256) */
+#define REPO_ID_LEN 16   /* vault and snapshot ids */
+#define REPO_CHUNK_ID 32 /* chunk ids (HMAC-SHA-256) */
 
 struct repo;
 
@@ -49,7 +49,12 @@ int repo_open(const struct repo_options *o, struct repo **out, struct err *e);
 /* Close connections and wipe keys. NULL is a no-op. */
 void repo_close(struct repo *r);
 
-/* Create a vault: random data key (generation 1) and chunk-id key, wrapped by the KEK, committed through Raft. */
+/*
+ * Create a vault: random data key (generation 1) and chunk-id key, wrapped by
+ * the KEK, committed through Raft. Needs the key file (HBC_ECONFIG without).
+ * Returns 0 with vault_id set, HBC_EEXIST (the name is taken), HBC_EINVAL,
+ * HBC_EUNAVAILABLE (no leader within the timeout).
+ */
 int repo_vault_create(struct repo *r, const char *name, unsigned copies, unsigned k, unsigned m,
                       uint8_t vault_id[REPO_ID_LEN], struct err *e);
 
@@ -63,10 +68,12 @@ int repo_vault_list(struct repo *r, Hbc__VaultInfo ***out, size_t *n, struct err
 const uint8_t *repo_vault_id(const struct repo *r);
 
 /* The chunk id of plaintext (HMAC-SHA-256 under the vault's chunk-id key). */
-int repo_chunk_id(struct repo *r, const void *plain, size_t len, uint8_t id[REPO_CHUNK_ID], struct err *e);
+int repo_chunk_id(struct repo *r, const void *plain, size_t len, uint8_t id[REPO_CHUNK_ID],
+                  struct err *e);
 
 /* Which of ids are already stored in the vault (present[i]); asks the nodes holding them. */
-int repo_have(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t n, bool *present, struct err *e);
+int repo_have(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t n, bool *present,
+              struct err *e);
 
 /*
  * Store one chunk (plain, len bytes, borrowed) under id: seal (zstd when it
@@ -74,24 +81,27 @@ int repo_have(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t n, boo
  * copy's nodes; return once every copy has at least k+1 shards durable (or
  * all k+m when fewer nodes exist). Idempotent: storing an id again is cheap.
  */
-int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *plain, size_t len, struct err *e);
+int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *plain, size_t len,
+                   struct err *e);
 
 /*
  * Read one chunk: nearest copy first, data shards first; fall back to parity
  * and to other copies on any error or checksum mismatch; rebuild, open
  * (authenticate) and check the chunk id. On 0, *plain (hbc_free) holds *len
  * bytes. copy >= 0 reads only that copy (restore tests). stats (may be NULL)
- * counts shards read and errors met along the way.
+ * counts shards read and errors met along the way: this call's counts are
+ * ADDED to it, so one struct can total a whole restore.
  */
 struct repo_read_stats {
-    uint64_t shards_read;   /* shards fetched */
-    uint64_t shard_errors;  /* missing or corrupt shards met (recovered from) */
+    uint64_t shards_read;  /* shards fetched */
+    uint64_t shard_errors; /* missing or corrupt shards met (recovered from) */
 };
-int repo_get_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], int copy, uint8_t **plain, size_t *len,
-                   struct repo_read_stats *stats, struct err *e);
+int repo_get_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], int copy, uint8_t **plain,
+                   size_t *len, struct repo_read_stats *stats, struct err *e);
 
 /* Commit a snapshot record through Raft (idempotent on snapshot_id). */
-int repo_snapshot_commit(struct repo *r, const Hbc__SnapshotCommit *s, uint64_t *index, struct err *e);
+int repo_snapshot_commit(struct repo *r, const Hbc__SnapshotCommit *s, uint64_t *index,
+                         struct err *e);
 
 /*
  * The vault's snapshots in commit order, read current (Raft barrier). Free

@@ -34,7 +34,10 @@ static int worker_take(struct repo *r, struct repo_worker **out, struct err *e)
         }
         int rv = chunk_ctx_new(&w->cc, e);
         if (rv == 0) {
+            /* The keyed template is shared: copy it under the lock. */
+            uv_mutex_lock(&r->mu);
             rv = crypto_hmac_dup(&w->hmac, r->hmac, e);
+            uv_mutex_unlock(&r->mu);
         }
         if (rv != 0) {
             chunk_ctx_free(w->cc);
@@ -219,7 +222,8 @@ static void fetch_shards(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const 
     }
 }
 
-/* Drop the fetched blobs that fail their checks (counting them), so that only intact ones remain. */
+/* Drop the fetched blobs that fail their checks (counting them), so that only intact ones remain.
+ */
 static void drop_bad(struct repo *r, const uint8_t id[REPO_CHUNK_ID], struct fetch *f,
                      struct repo_read_stats *st)
 {
@@ -248,8 +252,7 @@ static void drop_bad(struct repo *r, const uint8_t id[REPO_CHUNK_ID], struct fet
 
 /* Open (authenticate) the sealed object and check its chunk id; *plain is new (hbc_free). */
 static int open_object(struct repo *r, struct repo_worker *w, const uint8_t id[REPO_CHUNK_ID],
-                       const uint8_t *obj, size_t olen, uint8_t **plain, size_t *len,
-                       struct err *e)
+                       const uint8_t *obj, size_t olen, uint8_t **plain, size_t *len, struct err *e)
 {
     struct chunk_object_info info;
     int rv = chunk_object_peek(obj, olen, &info, e);
@@ -261,8 +264,8 @@ static int open_object(struct repo *r, struct repo_worker *w, const uint8_t id[R
         return err_set(e, HBC_ENOMEM, "%llu-byte chunk", (unsigned long long)info.plaintext_length);
     }
     size_t n = 0;
-    rv = chunk_object_open(w->cc, &r->ckey, r->vault_id, id, obj, olen, out,
-                           info.plaintext_length, &n, e);
+    rv = chunk_object_open(w->cc, &r->ckey, r->vault_id, id, obj, olen, out, info.plaintext_length,
+                           &n, e);
     if (rv == 0) {
         rv = chunk_object_verify_id(w->hmac, out, n, id, e);
     }
@@ -353,9 +356,9 @@ int repo_get_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], int copy, ui
         hbc_log(LOG_WARN, "event=chunk_copy_unreadable chunk=%s copy=%u status=%s", idhex, c,
                 hbc_errname(rv));
         if (why_len < sizeof why - 1) {
-            int k = snprintf(why + why_len, sizeof why - why_len, "%scopy %u: %s%s%s",
-                             why_len > 0 ? "; " : "", c, ce.msg, f.why[0] != '\0' ? " — " : "",
-                             f.why);
+            int k =
+                snprintf(why + why_len, sizeof why - why_len, "%scopy %u: %s%s%s",
+                         why_len > 0 ? "; " : "", c, ce.msg, f.why[0] != '\0' ? " — " : "", f.why);
             why_len += k > 0 ? (size_t)k : 0;
         }
         err_setraw(e, rv, "get chunk %s: no copy could be read (%s)", idhex, why);
@@ -483,8 +486,8 @@ static int put_object(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const uns
             if (first_failure == NULL) {
                 first_failure = &reqs[t];
             }
-            hbc_log(LOG_WARN, "event=shard_put_failed chunk=%s node=%s status=%s msg=\"%s\"",
-                    idhex, reqs[t].node_id, hbc_errname(reqs[t].status),
+            hbc_log(LOG_WARN, "event=shard_put_failed chunk=%s node=%s status=%s msg=\"%s\"", idhex,
+                    reqs[t].node_id, hbc_errname(reqs[t].status),
                     reqs[t].status != 0 ? reqs[t].msg : "fewer shards stored than sent");
         }
     }
@@ -569,7 +572,8 @@ static int complete_existing(struct repo *r, struct repo_worker *w, const uint8_
     size_t olen = 0;
     uint8_t *plain = NULL;
     size_t plen = 0;
-    int rv = erasure_shards_rebuild(merged.blob, merged.len, width, r->vault_id, id, &obj, &olen, e);
+    int rv =
+        erasure_shards_rebuild(merged.blob, merged.len, width, r->vault_id, id, &obj, &olen, e);
     if (rv == 0) {
         rv = open_object(r, w, id, obj, olen, &plain, &plen, e);
     }
@@ -599,8 +603,8 @@ int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *
                        (size_t)CHUNK_OBJECT_MAX_PLAINTEXT);
     }
     unsigned place[MAX_SLOTS];
-    rv = placement_chunk_nodes(r->vault_id, id, r->copies, r->k + r->m, r->pnodes, r->nnodes,
-                               place, e);
+    rv = placement_chunk_nodes(r->vault_id, id, r->copies, r->k + r->m, r->pnodes, r->nnodes, place,
+                               e);
     if (rv != 0) {
         return err_wrap(e, "put chunk");
     }
@@ -672,11 +676,11 @@ static size_t distinct_nodes(const unsigned *place, size_t nslots, unsigned *out
 
 /* One node's share of a have query. */
 struct have_node {
-    uint32_t *idx;     /* indexes into ids, in order */
-    size_t n;          /* how many */
-    size_t cap;        /* room */
-    bool *answer;      /* answers, one per idx (false when the node failed) */
-    size_t cursor;     /* reading position in the second pass */
+    uint32_t *idx; /* indexes into ids, in order */
+    size_t n;      /* how many */
+    size_t cap;    /* room */
+    bool *answer;  /* answers, one per idx (false when the node failed) */
+    size_t cursor; /* reading position in the second pass */
 };
 
 /* repo_have(), and any[i] (when not NULL): some node holds some shard of ids[i]. */
@@ -702,7 +706,7 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
     const unsigned width = r->k + r->m;
     const size_t nslots = (size_t)r->copies * width;
     struct have_node *hn = hbc_calloc(r->nnodes, sizeof *hn);
-    uint8_t (*buf)[REPO_CHUNK_ID] = NULL;
+    uint8_t(*buf)[REPO_CHUNK_ID] = NULL;
     struct repo_req *reqs = NULL;
     size_t nreqs = 0;
     if (hn == NULL) {
@@ -755,8 +759,8 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
     size_t q = 0, pos = 0;
     for (size_t j = 0; j < r->nnodes; j++) {
         for (size_t off = 0; off < hn[j].n; off += NODE_CLIENT_MAX_BATCH) {
-            size_t cnt = hn[j].n - off < NODE_CLIENT_MAX_BATCH ? hn[j].n - off
-                                                                : NODE_CLIENT_MAX_BATCH;
+            size_t cnt =
+                hn[j].n - off < NODE_CLIENT_MAX_BATCH ? hn[j].n - off : NODE_CLIENT_MAX_BATCH;
             for (size_t x = 0; x < cnt; x++) {
                 memcpy(buf[pos + x], ids[hn[j].idx[off + x]], REPO_CHUNK_ID);
             }

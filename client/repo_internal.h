@@ -32,25 +32,25 @@ enum repo_req_kind {
  */
 struct repo_req {
     /* Set by the caller. */
-    const char *addr;                          /* the node's data-plane address */
-    const char *node_id;                       /* its certificate's CN must equal this; NULL: any */
-    enum repo_req_kind kind;                   /* which request */
-    const struct node_client_shard *shards;    /* PUT: the shards */
-    size_t nshards;                            /* PUT: how many */
-    const struct node_client_key *keys;        /* GET: the keys */
-    size_t nkeys;                              /* GET: how many */
-    const uint8_t *vault_id;                   /* HAVE: the vault */
-    const uint8_t (*ids)[REPO_CHUNK_ID];       /* HAVE: the chunk ids */
-    size_t nids;                               /* HAVE: how many */
-    Hbc__Frame *frame;                         /* FRAME: the request */
-    Hbc__Frame__BodyCase expect;               /* FRAME: the reply's body */
+    const char *addr;                       /* the node's data-plane address */
+    const char *node_id;                    /* its certificate's CN must equal this; NULL: any */
+    enum repo_req_kind kind;                /* which request */
+    const struct node_client_shard *shards; /* PUT: the shards */
+    size_t nshards;                         /* PUT: how many */
+    const struct node_client_key *keys;     /* GET: the keys */
+    size_t nkeys;                           /* GET: how many */
+    const uint8_t *vault_id;                /* HAVE: the vault */
+    const uint8_t (*ids)[REPO_CHUNK_ID];    /* HAVE: the chunk ids */
+    size_t nids;                            /* HAVE: how many */
+    Hbc__Frame *frame;                      /* FRAME: the request */
+    Hbc__Frame__BodyCase expect;            /* FRAME: the reply's body */
     /* Set by the network thread. */
-    int status;                                /* 0, the node's refusal, or why it failed */
-    char msg[256];                             /* status != 0: the explanation */
-    Hbc__Frame *reply;                         /* status 0: the reply (caller frees: frame_free) */
+    int status;        /* 0, the node's refusal, or why it failed */
+    char msg[256];     /* status != 0: the explanation */
+    Hbc__Frame *reply; /* status 0: the reply (caller frees: frame_free) */
     /* The network thread's own. */
-    struct repo_call *call;                    /* the call it belongs to */
-    struct repo_req *next;                     /* in its connection's wait queue */
+    struct repo_call *call; /* the call it belongs to */
+    struct repo_req *next;  /* in its connection's wait queue */
 };
 
 struct repo_net;
@@ -96,49 +96,50 @@ struct repo_node {
 
 /* Per-thread working state, pooled: a caller takes one for a call and gives it back. */
 struct repo_worker {
-    struct chunk_ctx *cc;      /* sealing and opening */
-    struct crypto_hmac *hmac;  /* chunk ids, keyed with the vault's chunk-id key */
-    uint8_t *buf;              /* scratch for a sealed object */
-    size_t cap;                /* its size */
-    struct repo_worker *next;  /* in the pool */
+    struct chunk_ctx *cc;     /* sealing and opening */
+    struct crypto_hmac *hmac; /* chunk ids, keyed with the vault's chunk-id key */
+    uint8_t *buf;             /* scratch for a sealed object */
+    size_t cap;               /* its size */
+    struct repo_worker *next; /* in the pool */
 };
 
 struct repo {
-    struct tls_ctx *tls;                /* owned */
-    struct repo_net *net;               /* owned */
-    unsigned timeout_ms;                /* per request */
-    size_t max_inflight;                /* bytes of shards in flight at most */
-    char **addrs;                       /* the addresses given (owned copies) */
-    size_t naddrs;                      /* how many */
-    struct repo_node *nodes;            /* the cluster's nodes, sorted by id */
-    struct placement_node *pnodes;      /* the same for placement (pointing into nodes) */
-    size_t nnodes;                      /* how many */
+    struct tls_ctx *tls;           /* owned */
+    struct repo_net *net;          /* owned */
+    unsigned timeout_ms;           /* per request */
+    size_t max_inflight;           /* bytes of shards in flight at most */
+    char **addrs;                  /* the addresses given (owned copies) */
+    size_t naddrs;                 /* how many */
+    struct repo_node *nodes;       /* the cluster's nodes, sorted by id */
+    struct placement_node *pnodes; /* the same for placement (pointing into nodes) */
+    size_t nnodes;                 /* how many */
 
-    bool has_kek;                       /* a key file was opened */
-    uint8_t kek[CRYPTO_KEY_LEN];        /* the KEK (wiped on close) */
+    bool has_kek;                /* a key file was opened */
+    uint8_t kek[CRYPTO_KEY_LEN]; /* the KEK (wiped on close) */
 
-    bool has_vault;                     /* a vault is open */
-    uint8_t vault_id[REPO_ID_LEN];      /* its id */
-    unsigned copies;                    /* its copies */
-    unsigned k;                         /* data shards per copy */
-    unsigned m;                         /* parity shards per copy */
-    struct chunk_key ckey;              /* its data key, derived (wiped on close) */
-    struct crypto_hmac *hmac;           /* keyed with its chunk-id key; duplicated per worker */
+    bool has_vault;                /* a vault is open */
+    uint8_t vault_id[REPO_ID_LEN]; /* its id */
+    unsigned copies;               /* its copies */
+    unsigned k;                    /* data shards per copy */
+    unsigned m;                    /* parity shards per copy */
+    struct chunk_key ckey;         /* its data key, derived (wiped on close) */
+    struct crypto_hmac *hmac;      /* keyed with its chunk-id key; duplicated per worker */
 
-    uv_mutex_t mu;                      /* guards the fields below */
-    uv_cond_t flow_cv;                  /* signalled when inflight drops */
-    size_t inflight;                    /* bytes reserved by calls running now */
-    struct repo_worker *workers;        /* idle workers */
-    char leader[64];                    /* the last leader address heard of, or "" */
+    uv_mutex_t mu;                              /* guards the fields below */
+    uv_cond_t flow_cv;                          /* signalled when inflight drops */
+    size_t inflight;                            /* bytes reserved by calls running now */
+    struct repo_worker *workers;                /* idle workers */
+    char leader[64];                            /* the last leader address heard of, or "" */
     uint8_t busy[REPO_MAX_BUSY][REPO_CHUNK_ID]; /* chunk ids being put now */
-    size_t nbusy;                       /* how many */
-    uv_cond_t busy_cv;                  /* signalled when one is done */
-    uint64_t degraded;                  /* chunks written with some shard missing */
+    size_t nbusy;                               /* how many */
+    uv_cond_t busy_cv;                          /* signalled when one is done */
+    uint64_t degraded;                          /* chunks written with some shard missing */
 };
 
-/* A control request (ProposeRequest, ListVaults, ...) with leader redirects and retries (repo.c). */
-int repo_control(struct repo *r, Hbc__Frame *req, Hbc__Frame__BodyCase expect,
-                 Hbc__Frame **reply, struct err *e);
+/* A control request (ProposeRequest, ListVaults, ...) with leader redirects and retries (repo.c).
+ */
+int repo_control(struct repo *r, Hbc__Frame *req, Hbc__Frame__BodyCase expect, Hbc__Frame **reply,
+                 struct err *e);
 
 /* Free every pooled worker (repo_chunk.c). */
 void repo_workers_free(struct repo *r);

@@ -179,8 +179,8 @@ static void conn_backoff(struct repo_conn *c, const char *why)
 {
     snprintf(c->last_error, sizeof c->last_error, "%.199s", why);
     c->retry_at = uv_now(&c->net->loop) + c->backoff_ms;
-    c->backoff_ms = c->backoff_ms * 2 > REPO_BACKOFF_MAX_MS ? REPO_BACKOFF_MAX_MS
-                                                            : c->backoff_ms * 2;
+    c->backoff_ms =
+        c->backoff_ms * 2 > REPO_BACKOFF_MAX_MS ? REPO_BACKOFF_MAX_MS : c->backoff_ms * 2;
 }
 
 static void on_connect(struct node_client *nc, int status)
@@ -219,8 +219,8 @@ static int conn_dial(struct repo_conn *c, struct err *e)
         .request_timeout_ms = net->opts.timeout_ms,
         .node_id = c->node_id[0] != '\0' ? c->node_id : NULL,
     };
-    struct node_client_cbs cbs = {.on_connect = on_connect, .on_drain = on_drain,
-                                  .on_close = on_close};
+    struct node_client_cbs cbs = {
+        .on_connect = on_connect, .on_drain = on_drain, .on_close = on_close};
     c->connected = false;
     int rv = node_client_connect(&net->loop, net->opts.tls, c->addr, &o, &cbs, c, &c->nc, e);
     if (rv != 0) {

@@ -111,17 +111,17 @@ static size_t chunk_make(uint64_t seed, uint64_t i, uint8_t *buf)
 
 /* A worker thread's share: chunks first, first + step, ... below n. */
 struct job {
-    struct repo *r;        /* shared */
-    const char *cmd;       /* "put" or "get" */
-    uint64_t seed;         /* data seed */
-    uint64_t n;            /* chunks */
-    uint64_t first;        /* this thread's first */
-    uint64_t step;         /* thread count */
-    uint64_t bytes;        /* plaintext bytes done */
-    uint64_t mismatches;   /* get: chunks that differ */
+    struct repo *r;            /* shared */
+    const char *cmd;           /* "put" or "get" */
+    uint64_t seed;             /* data seed */
+    uint64_t n;                /* chunks */
+    uint64_t first;            /* this thread's first */
+    uint64_t step;             /* thread count */
+    uint64_t bytes;            /* plaintext bytes done */
+    uint64_t mismatches;       /* get: chunks that differ */
     struct repo_read_stats st; /* get: shard counters */
-    int rv;                /* first error */
-    char msg[600];         /* its message */
+    int rv;                    /* first error */
+    char msg[600];             /* its message */
 };
 
 static void *job_run(void *arg)
@@ -210,7 +210,7 @@ static int run_jobs(struct repo *r, const char *cmd, uint64_t seed, uint64_t n)
 
 static int cmd_have(struct repo *r, uint64_t seed, uint64_t n, uint64_t absent)
 {
-    uint8_t (*ids)[REPO_CHUNK_ID] = hbc_calloc(n + absent, REPO_CHUNK_ID);
+    uint8_t(*ids)[REPO_CHUNK_ID] = hbc_calloc(n + absent, REPO_CHUNK_ID);
     bool *present = hbc_calloc(n + absent, sizeof *present);
     uint8_t *buf = hbc_malloc(MAX_CHUNK + 8);
     struct err e;
