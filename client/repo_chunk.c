@@ -293,6 +293,43 @@ static int rebuild_open(struct repo *r, struct repo_worker *w, const uint8_t id[
     return rv;
 }
 
+/*
+ * The rebuilt object did not authenticate although every shard passed its
+ * SHA-256: one shard is intact as bytes but belongs to another seal (left by
+ * a put that failed half-way) or was forged. With every shard of the copy at
+ * hand, rebuild without each one in turn; the set that opens and matches the
+ * chunk id wins. Only on this failure path: at most k+m extra rebuilds.
+ */
+static int leave_one_out(struct repo *r, struct repo_worker *w, const uint8_t id[REPO_CHUNK_ID],
+                         const unsigned *slots, struct fetch *f, bool have_parity, uint8_t **plain,
+                         size_t *len, struct repo_read_stats *st, struct err *e)
+{
+    const unsigned width = r->k + r->m;
+    if (!have_parity) {
+        fetch_shards(r, id, slots, (((uint32_t)1 << width) - 1) & ~(((uint32_t)1 << r->k) - 1), f,
+                     st);
+    }
+    int rv = e != NULL && e->code != 0 ? e->code : HBC_EAUTH;
+    for (unsigned x = 0; x < width; x++) {
+        if (f->blob[x] == NULL) {
+            continue;
+        }
+        struct fetch without = *f;
+        without.blob[x] = NULL;
+        struct err xe;
+        err_clear(&xe);
+        if (rebuild_open(r, w, id, &without, plain, len, &xe) == 0) {
+            st->shard_errors++;
+            char idhex[9];
+            short_hex(id, idhex);
+            hbc_log(LOG_WARN, "event=shard_foreign chunk=%s index=%u node=%s", idhex, x,
+                    r->nodes[slots[x]].node_id);
+            return 0;
+        }
+    }
+    return rv;
+}
+
 int repo_get_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], int copy, uint8_t **plain,
                    size_t *len, struct repo_read_stats *stats, struct err *e)
 {
@@ -334,11 +371,16 @@ int repo_get_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], int copy, ui
         /* Data shards first: a healthy read needs nothing else and no decoding. */
         fetch_shards(r, id, slots, data_mask, &f, &st);
         rv = rebuild_open(r, w, id, &f, plain, len, &ce);
+        bool have_parity = false;
         if (rv == HBC_ETOOFEW && width > r->k) {
             drop_bad(r, id, &f, &st);
             fetch_shards(r, id, slots, all_mask & ~data_mask, &f, &st);
+            have_parity = true;
             err_clear(&ce);
             rv = rebuild_open(r, w, id, &f, plain, len, &ce);
+        }
+        if (rv != 0 && rv != HBC_ETOOFEW && rv != HBC_ENOMEM && width > r->k) {
+            rv = leave_one_out(r, w, id, slots, &f, have_parity, plain, len, &st, &ce);
         }
         fetch_free(&f);
         if (rv == 0 || rv == HBC_ENOMEM) {

@@ -270,3 +270,24 @@ def test_throughput_three_nodes(tmp_path):
             assert get["mismatches"] == 0
             print(f"\n{vault} copy(ies), {threads} thread(s), {n} x 1 MiB random chunks: "
                   f"put {put['mb_s']:.0f} MB/s, get {get['mb_s']:.0f} MB/s")
+
+
+def test_put_again_completes_a_half_written_stripe(cluster):
+    """A put that failed part-way left shards of one seal; putting the chunk again must finish
+    that stripe from its own shards (nodes refuse a different shard under an existing key)."""
+    for n in cluster.nodes:
+        if n.proc is None or n.proc.poll() is not None:
+            n.start()
+    cluster.wait_members(4)
+    # Vault "small": one copy of 3+1 on 4 nodes, so a put needs all 4 shards durable.
+    victim = next(n for n in cluster.nodes if n.name != cluster.leader_name())
+    victim.kill9()
+    addrs = [n.addr for n in cluster.nodes if n is not victim]
+    rc, doc, err = cluster.driver("put", 3, 7, vault="small", addrs=addrs, check=1)
+    assert doc["error"] == "HBC_EUNAVAILABLE" and "needs 4" in doc["message"], doc
+    victim.start()
+    cluster.wait_members(4)
+    rc, doc, err = cluster.driver("put", 3, 7, vault="small")
+    assert "event=chunk_completed" in err
+    rc, doc, err = cluster.driver("get", 3, 7, vault="small")
+    assert doc["mismatches"] == 0 and doc["shard_errors"] == 0
