@@ -4,24 +4,24 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <hbc/hbc.h>
 
 #include "client/cli.h"
+#include "client/client_config.h"
 #include "client/progress.h"
 #include "common/alloc.h"
 
-#define MAX_PASSPHRASE 1024
+#define MAX_PASSPHRASE CLI_PASSPHRASE_MAX
 
 /* ------------------------------------------------------------------------- */
-/* Settings: the connection from the global options, the vault and key here. */
+/* Settings: the connection from the global options and the client config file (client_config.h). */
 
 struct vault_args {
-    const char *vault;   /* --vault, else HBC_VAULT */
-    const char *keyfile; /* --keyfile, else HBC_KEYFILE */
+    const char *vault;   /* --vault (else HBC_VAULT, else the config file) */
+    const char *keyfile; /* --keyfile (else HBC_KEYFILE, the config file, the default) */
 };
 
 static bool vault_arg(struct vault_args *va, int argc, char **argv, int *i)
@@ -36,60 +36,6 @@ static bool vault_arg(struct vault_args *va, int argc, char **argv, int *i)
         return true;
     }
     return false;
-}
-
-/* The passphrase: HBC_PASSPHRASE, the file HBC_PASSPHRASE_FILE names, or a prompt on a terminal. */
-static int read_passphrase(char *buf, size_t cap, size_t *len)
-{
-    const char *env = getenv("HBC_PASSPHRASE");
-    if (env != NULL) {
-        size_t n = strlen(env);
-        if (n >= cap) {
-            return -1;
-        }
-        memcpy(buf, env, n + 1);
-        *len = n;
-        return 0;
-    }
-    const char *file = getenv("HBC_PASSPHRASE_FILE");
-    FILE *f = NULL;
-    bool prompt = false;
-    struct termios old;
-    if (file != NULL) {
-        f = fopen(file, "r");
-        if (f == NULL) {
-            cli_error("passphrase file %s: %s", file, strerror(errno));
-            return -1;
-        }
-    } else if (isatty(STDIN_FILENO) == 1) {
-        f = stdin;
-        prompt = true;
-        fputs("Passphrase: ", stderr);
-        fflush(stderr);
-        if (tcgetattr(STDIN_FILENO, &old) == 0) {
-            struct termios quiet = old;
-            quiet.c_lflag &= ~(tcflag_t)ECHO;
-            tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
-        }
-    } else {
-        cli_error("no passphrase: set HBC_PASSPHRASE or HBC_PASSPHRASE_FILE");
-        return -1;
-    }
-    bool ok = fgets(buf, (int)cap, f) != NULL;
-    if (prompt) {
-        tcsetattr(STDIN_FILENO, TCSAFLUSH, &old);
-        fputc('\n', stderr);
-    } else {
-        fclose(f);
-    }
-    if (!ok) {
-        cli_error("no passphrase read");
-        return -1;
-    }
-    size_t n = strcspn(buf, "\r\n");
-    buf[n] = '\0';
-    *len = n;
-    return 0;
 }
 
 static int exit_for(int rv)
@@ -121,13 +67,13 @@ static int open_client(struct cli *c, const struct vault_args *va, hbc_client **
         .ca = c->ca,
         .cert = c->cert,
         .key = c->key,
-        .keyfile = va->keyfile != NULL ? va->keyfile : getenv("HBC_KEYFILE"),
-        .vault = va->vault != NULL ? va->vault : getenv("HBC_VAULT"),
+        .keyfile = cli_keyfile(va->keyfile),
+        .vault = cli_vault_name(va->vault),
         .timeout_ms = c->timeout_ms,
     };
     if (s.ca == NULL || s.cert == NULL || s.key == NULL || s.ncluster == 0) {
         cli_error("connection settings missing: give --cluster, --ca, --cert and --key (or "
-                  "HBC_CLUSTER, HBC_CA, HBC_CERT, HBC_KEY)");
+                  "HBC_CLUSTER, HBC_CA, HBC_CERT, HBC_KEY, or a client config file)");
         return CLI_USAGE;
     }
     if (s.vault == NULL) {
@@ -138,7 +84,8 @@ static int open_client(struct cli *c, const struct vault_args *va, hbc_client **
         cli_error("no key file: give --keyfile FILE (or HBC_KEYFILE)");
         return CLI_USAGE;
     }
-    if (read_passphrase(pass, sizeof pass, &plen) != 0) {
+    if (cli_passphrase("Passphrase for the key file: ", false, "HBC_PASSPHRASE",
+                       "HBC_PASSPHRASE_FILE", pass, sizeof pass, &plen) != CLI_OK) {
         return CLI_USAGE;
     }
     s.passphrase = pass;

@@ -9,6 +9,7 @@
 #include <hbc/hbc.h>
 
 #include "client/cli.h"
+#include "client/client_config.h"
 #include "common/alloc.h"
 #include "common/frame.h"
 #include "common/log.h"
@@ -24,6 +25,11 @@ static void usage(FILE *f)
            "Commands:\n"
            "  cluster status            every member's role, site, term, indexes and last contact\n"
            "  cluster remove NODE       remove a node from the cluster (admin)\n"
+           "  key init [--keyfile F]    create a key file holding a new KEK (asks a passphrase)\n"
+           "  key passwd [--keyfile F]  change the key file's passphrase\n"
+           "  vault create NAME [--copies N] [--k K] [--m M]\n"
+           "                            create a vault (keys wrapped by the KEK)\n"
+           "  vault list                every vault and its scheme\n"
            "  backup PATH...            back up files and directories as a snapshot of the vault\n"
            "         [--parent SNAP | --force-read] [--one-file-system] [--threads N]\n"
            "  snapshots                 the vault's snapshots, oldest first\n"
@@ -33,9 +39,7 @@ static void usage(FILE *f)
            "  restore SNAP --verify [--copy N]\n"
            "                            restore test: read and check everything, write nothing,\n"
            "                            record the result in the cluster\n"
-           "  (backup, snapshots, ls, restore take --vault NAME [HBC_VAULT] and --keyfile FILE\n"
-           "   [HBC_KEYFILE]; the passphrase comes from HBC_PASSPHRASE, HBC_PASSPHRASE_FILE\n"
-           "   or a prompt)\n"
+           "  (backup, snapshots, ls and restore also take --vault NAME and --keyfile FILE)\n"
            "\n"
            "Global options:\n"
            "  --json                    machine-readable output (one JSON document on stdout)\n"
@@ -44,6 +48,10 @@ static void usage(FILE *f)
            "  --cert FILE               your client certificate                 [HBC_CERT]\n"
            "  --key FILE                its private key                         [HBC_KEY]\n"
            "  --timeout SECONDS         per request (default 10)                [HBC_TIMEOUT]\n"
+           "  --config FILE             client config file                      [HBC_CONFIG]\n"
+           "                            (default ~/.config/hbc/client.conf; see docs/cli.md)\n"
+           "  key file and vault: --keyfile, HBC_KEYFILE, HBC_VAULT; passphrase: HBC_PASSPHRASE,\n"
+           "                            HBC_PASSPHRASE_FILE or a prompt on the terminal\n"
            "  --help, --version\n"
            "\n"
            "Exit codes:\n"
@@ -183,6 +191,7 @@ int main(int argc, char **argv)
     const char *cl = getenv("HBC_CLUSTER");
     int i = 1;
     bool cluster_given = false;
+    const char *config = NULL;
     for (; i < argc && argv[i][0] == '-'; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -200,6 +209,8 @@ int main(int argc, char **argv)
             }
             cluster_given = true;
             i++;
+        } else if (v != NULL && strcmp(a, "--config") == 0) {
+            config = argv[++i];
         } else if (v != NULL && strcmp(a, "--ca") == 0) {
             c.ca = argv[++i];
         } else if (v != NULL && strcmp(a, "--cert") == 0) {
@@ -220,6 +231,9 @@ int main(int argc, char **argv)
     if (!cluster_given && cl != NULL && add_addrs(&c, cl) != 0) {
         return CLI_USAGE;
     }
+    if (cli_config_apply(&c, config) != CLI_OK) {
+        return CLI_USAGE;
+    }
     if (i >= argc) {
         usage(stderr);
         return CLI_USAGE;
@@ -228,7 +242,6 @@ int main(int argc, char **argv)
     int rv;
     if (strcmp(cmd, "cluster") == 0) {
         rv = cli_cluster(&c, argc - i - 1, argv + i + 1);
-#ifndef HBC_NO_BACKUP_CLI
     } else if (strcmp(cmd, "backup") == 0) {
         rv = cli_backup(&c, argc - i - 1, argv + i + 1);
     } else if (strcmp(cmd, "snapshots") == 0) {
@@ -237,7 +250,10 @@ int main(int argc, char **argv)
         rv = cli_ls(&c, argc - i - 1, argv + i + 1);
     } else if (strcmp(cmd, "restore") == 0) {
         rv = cli_restore(&c, argc - i - 1, argv + i + 1);
-#endif
+    } else if (strcmp(cmd, "key") == 0) {
+        rv = cli_key(&c, argc - i - 1, argv + i + 1);
+    } else if (strcmp(cmd, "vault") == 0) {
+        rv = cli_vault(&c, argc - i - 1, argv + i + 1);
     } else {
         cli_error("unknown command '%s' (see hbc --help)", cmd);
         rv = CLI_USAGE;

@@ -49,12 +49,19 @@ int repo_open(const struct repo_options *o, struct repo **out, struct err *e);
 /* Close connections and wipe keys. NULL is a no-op. */
 void repo_close(struct repo *r);
 
-/* Create a vault: random data key (generation 1) and chunk-id key, wrapped by the KEK, committed
- * through Raft. */
+/*
+ * Create a vault: random data key (generation 1) and chunk-id key, wrapped by
+ * the KEK, committed through Raft. Needs the key file (HBC_ECONFIG without).
+ * Returns 0 with vault_id set, HBC_EEXIST (the name is taken), HBC_EINVAL,
+ * HBC_EUNAVAILABLE (no leader within the timeout).
+ */
 int repo_vault_create(struct repo *r, const char *name, unsigned copies, unsigned k, unsigned m,
                       uint8_t vault_id[REPO_ID_LEN], struct err *e);
 
-/* Every vault (records owned by the caller; free each with protobuf_c_message_free_unpacked). */
+/*
+ * Every vault (records owned by the caller; free each with
+ * protobuf_c_message_free_unpacked(..., NULL) and the array with hbc_free).
+ */
 int repo_vault_list(struct repo *r, Hbc__VaultInfo ***out, size_t *n, struct err *e);
 
 /* The open vault's id. */
@@ -91,7 +98,8 @@ int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *
  * and to other copies on any error or checksum mismatch; rebuild, open
  * (authenticate) and check the chunk id. On 0, *plain (hbc_free) holds *len
  * bytes. copy >= 0 reads only that copy (restore tests). stats (may be NULL)
- * counts shards read and errors met along the way.
+ * counts shards read and errors met along the way: this call's counts are
+ * ADDED to it, so one struct can total a whole restore.
  */
 struct repo_read_stats {
     uint64_t shards_read;  /* shards fetched */
@@ -104,7 +112,10 @@ int repo_get_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], int copy, ui
 int repo_snapshot_commit(struct repo *r, const Hbc__SnapshotCommit *s, uint64_t *index,
                          struct err *e);
 
-/* The vault's snapshots in commit order, read current (Raft barrier). Free each record. */
+/*
+ * The vault's snapshots in commit order, read current (Raft barrier). Free
+ * each record (protobuf_c_message_free_unpacked(..., NULL)) and the array (hbc_free).
+ */
 int repo_snapshot_list(struct repo *r, Hbc__SnapshotInfo ***out, size_t *n, struct err *e);
 
 /* Record a restore test's result through Raft. */
@@ -112,5 +123,8 @@ int repo_restore_test_record(struct repo *r, const Hbc__RestoreTestRecord *t, st
 
 /* Copies of the open vault (for --copy N). */
 unsigned repo_copies(const struct repo *r);
+
+/* Nodes in the cluster's node list (those placement spreads shards over). */
+unsigned repo_node_count(const struct repo *r);
 
 #endif /* HBC_CLIENT_REPO_H */

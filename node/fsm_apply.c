@@ -8,6 +8,7 @@
 
 #include "common/alloc.h"
 #include "common/erasure.h"
+#include "common/keys.h"
 
 /*
  * Every handler follows one contract: it reads the current state, decides,
@@ -252,6 +253,18 @@ static int apply_vault_create(struct apply_ctx *c, const Hbc__VaultCreate *v, in
         *code = HBC_EINVAL;
         return 0;
     }
+    /* Wrapped keys: both or neither, each exactly one RFC 5649 wrap of a 32-byte key. */
+    bool keys = v->has_wrapped_data_key || v->has_wrapped_chunk_id_key;
+    if (keys && (!v->has_wrapped_data_key || !v->has_wrapped_chunk_id_key ||
+                 v->wrapped_data_key.len != KEYS_WRAPPED_LEN ||
+                 v->wrapped_chunk_id_key.len != KEYS_WRAPPED_LEN)) {
+        *code = HBC_EINVAL;
+        return 0;
+    }
+    if (v->has_key_generation && (!keys || v->key_generation == 0)) {
+        *code = HBC_EINVAL;
+        return 0;
+    }
     uint8_t id_key[1 + FSM_ID_LEN];
     id_key[0] = FSM_VAULT_BY_ID;
     memcpy(id_key + 1, v->vault_id.data, FSM_ID_LEN);
@@ -280,6 +293,14 @@ static int apply_vault_create(struct apply_ctx *c, const Hbc__VaultCreate *v, in
     info.created_ms = c->time_ms;
     info.created_index = c->index;
     info.created_by = (char *)c->proposer;
+    if (keys) {
+        info.has_wrapped_data_key = true;
+        info.wrapped_data_key = v->wrapped_data_key;
+        info.has_wrapped_chunk_id_key = true;
+        info.wrapped_chunk_id_key = v->wrapped_chunk_id_key;
+        info.has_key_generation = true;
+        info.key_generation = v->has_key_generation ? v->key_generation : 1;
+    }
     rc = put_record(c, META_CF_VAULTS, id_key, sizeof id_key, &info.base, e);
     if (rc == 0) {
         meta_batch_put(c->b, META_CF_VAULTS, name_key, 1 + name_len, v->vault_id.data, FSM_ID_LEN);

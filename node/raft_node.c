@@ -793,6 +793,13 @@ int raft_node_status(struct raft_node *rn, Hbc__ClusterStatusReply *r, struct er
         }
         members[i] = &mem[i];
     }
+    if (n == 0) {
+        /* Not in any configuration yet (a node still joining): raft_node_status_free()
+         * frees the members through members[0], so nothing may stay allocated here. */
+        hbc_free(mem);
+        hbc_free(members);
+        members = NULL;
+    }
     r->members = members;
     r->n_members = n;
     return 0;

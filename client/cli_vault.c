@@ -1,0 +1,220 @@
+/* hbc vault create|list: vaults, their policy placeholder (copies, k+m) and their wrapped keys. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "client/client_config.h"
+#include "client/placement.h"
+#include "common/alloc.h"
+#include "common/erasure.h"
+
+static void hex(const uint8_t *p, size_t n, char *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        sprintf(out + 2 * i, "%02x", p[i]);
+    }
+}
+
+/* A positive number option's value, or -1 (with a message). */
+static long number(const char *opt, const char *v, long max)
+{
+    char *end = NULL;
+    long n = v != NULL ? strtol(v, &end, 10) : -1;
+    if (v == NULL || *v == '\0' || *end != '\0' || n < 0 || n > max) {
+        cli_error("%s wants a number from 0 to %ld, not '%s'", opt, max, v != NULL ? v : "");
+        return -1;
+    }
+    return n;
+}
+
+static int vault_create(struct cli *c, int argc, char **argv)
+{
+    const char *name = NULL;
+    const char *keyfile_flag = NULL;
+    long copies = -1, k = -1, m = -1;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--copies") == 0) {
+            copies = number(a, v, PLACEMENT_MAX_COPIES);
+            if (copies < 1) {
+                if (copies == 0) {
+                    cli_error("--copies must be at least 1");
+                }
+                return CLI_USAGE;
+            }
+            i++;
+        } else if (strcmp(a, "--k") == 0) {
+            k = number(a, v, ERASURE_MAX_K);
+            if (k < 1) {
+                if (k == 0) {
+                    cli_error("--k must be at least 1");
+                }
+                return CLI_USAGE;
+            }
+            i++;
+        } else if (strcmp(a, "--m") == 0) {
+            m = number(a, v, ERASURE_MAX_M);
+            if (m < 0) {
+                return CLI_USAGE;
+            }
+            i++;
+        } else if (strcmp(a, "--keyfile") == 0 && v != NULL) {
+            keyfile_flag = argv[++i];
+        } else if (a[0] != '-' && name == NULL) {
+            name = a;
+        } else {
+            cli_error("unknown argument '%s' (usage: hbc vault create NAME [--copies N] [--k K] "
+                      "[--m M] [--keyfile FILE])",
+                      a);
+            return CLI_USAGE;
+        }
+    }
+    if (name == NULL) {
+        cli_error("usage: hbc vault create NAME [--copies N] [--k K] [--m M] [--keyfile FILE]");
+        return CLI_USAGE;
+    }
+    if (strlen(name) > 128) {
+        cli_error("a vault name has at most 128 bytes");
+        return CLI_USAGE;
+    }
+    struct repo *r = NULL;
+    int rv = cli_repo_open(c, true, cli_keyfile(keyfile_flag), NULL, &r);
+    if (rv != CLI_OK) {
+        return rv;
+    }
+    /* Defaults fit the cluster; explicit values must fit as given. */
+    unsigned want_copies = copies > 0 ? (unsigned)copies : 3;
+    unsigned want_k = k > 0 ? (unsigned)k : 4;
+    unsigned want_m = m >= 0 ? (unsigned)m : 2;
+    unsigned fc = want_copies, fk = want_k, fm = want_m;
+    size_t nodes = repo_node_count(r);
+    bool adjusted = placement_fit(nodes, &fc, &fk, &fm);
+    if ((copies > 0 && fc != want_copies) || (k > 0 && fk != want_k) || (m >= 0 && fm != want_m)) {
+        cli_error("%u copies of k=%u + m=%u do not fit a cluster of %zu nodes (each copy's k+m "
+                  "shards need distinct nodes, and copies need a node each); it would fit %u "
+                  "copies of %u+%u",
+                  want_copies, want_k, want_m, nodes, fc, fk, fm);
+        repo_close(r);
+        return CLI_USAGE;
+    }
+    if (adjusted) {
+        fprintf(stderr,
+                "hbc: note: the cluster has %zu node%s: using %u cop%s of k=%u + m=%u instead of "
+                "%u copies of %u+%u\n",
+                nodes, nodes == 1 ? "" : "s", fc, fc == 1 ? "y" : "ies", fk, fm, want_copies,
+                want_k, want_m);
+    }
+    uint8_t id[REPO_ID_LEN];
+    struct err e;
+    rv = repo_vault_create(r, name, fc, fk, fm, id, &e);
+    repo_close(r);
+    if (rv != 0) {
+        cli_error("%s", e.msg);
+        return cli_exit_code(rv);
+    }
+    char idhex[2 * REPO_ID_LEN + 1];
+    hex(id, REPO_ID_LEN, idhex);
+    if (c->json) {
+        json_t *o = json_object();
+        json_object_set_new(o, "name", json_string(name));
+        json_object_set_new(o, "vault_id", json_string(idhex));
+        json_object_set_new(o, "copies", json_integer(fc));
+        json_object_set_new(o, "k", json_integer(fk));
+        json_object_set_new(o, "m", json_integer(fm));
+        json_object_set_new(o, "nodes", json_integer((json_int_t)nodes));
+        json_object_set_new(o, "adjusted", json_boolean(adjusted));
+        cli_print_json(o);
+    } else {
+        printf("created vault %s (%s): %u cop%s of %u+%u shards\n", name, idhex, fc,
+               fc == 1 ? "y" : "ies", fk, fm);
+    }
+    return CLI_OK;
+}
+
+static int vault_list(struct cli *c, int argc, char **argv)
+{
+    (void)argv;
+    if (argc > 0) {
+        cli_error("usage: hbc vault list");
+        return CLI_USAGE;
+    }
+    struct repo *r = NULL;
+    int rv = cli_repo_open(c, false, NULL, NULL, &r);
+    if (rv != CLI_OK) {
+        return rv;
+    }
+    Hbc__VaultInfo **v = NULL;
+    size_t n = 0;
+    struct err e;
+    rv = repo_vault_list(r, &v, &n, &e);
+    repo_close(r);
+    if (rv != 0) {
+        cli_error("%s", e.msg);
+        return cli_exit_code(rv);
+    }
+    json_t *arr = json_array();
+    if (!c->json) {
+        printf("%-24s %-32s %6s %6s %-20s %s\n", "NAME", "ID", "COPIES", "SCHEME", "CREATED",
+               "KEYS");
+    }
+    for (size_t i = 0; i < n; i++) {
+        const Hbc__VaultInfo *x = v[i];
+        char idhex[2 * REPO_ID_LEN + 1] = "";
+        if (x->vault_id.len == REPO_ID_LEN) {
+            hex(x->vault_id.data, REPO_ID_LEN, idhex);
+        }
+        bool keys = x->has_wrapped_data_key && x->has_wrapped_chunk_id_key;
+        if (c->json) {
+            json_t *o = json_object();
+            json_object_set_new(o, "name", json_string(x->name));
+            json_object_set_new(o, "vault_id", json_string(idhex));
+            json_object_set_new(o, "copies", json_integer(x->copies));
+            json_object_set_new(o, "k", json_integer(x->k));
+            json_object_set_new(o, "m", json_integer(x->m));
+            json_object_set_new(o, "created_ms", json_integer((json_int_t)x->created_ms));
+            json_object_set_new(o, "created_index", json_integer((json_int_t)x->created_index));
+            json_object_set_new(o, "created_by",
+                                x->created_by != NULL ? json_string(x->created_by) : json_null());
+            json_object_set_new(o, "keys", json_boolean(keys));
+            json_object_set_new(o, "key_generation",
+                                keys ? json_integer(x->has_key_generation ? x->key_generation : 1)
+                                     : json_null());
+            json_array_append_new(arr, o);
+        } else {
+            char when[32] = "?";
+            time_t t = (time_t)(x->created_ms / 1000);
+            struct tm tm;
+            if (gmtime_r(&t, &tm) != NULL) {
+                strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+            }
+            char scheme[16];
+            snprintf(scheme, sizeof scheme, "%u+%u", x->k, x->m);
+            printf("%-24s %-32s %6u %6s %-20s %s\n", x->name, idhex, x->copies, scheme, when,
+                   keys ? "wrapped" : "none");
+        }
+        protobuf_c_message_free_unpacked(&v[i]->base, NULL);
+    }
+    hbc_free(v);
+    if (c->json) {
+        json_t *o = json_object();
+        json_object_set_new(o, "vaults", arr);
+        cli_print_json(o);
+    } else {
+        json_decref(arr);
+    }
+    return CLI_OK;
+}
+
+int cli_vault(struct cli *c, int argc, char **argv)
+{
+    if (argc >= 1 && strcmp(argv[0], "create") == 0) {
+        return vault_create(c, argc - 1, argv + 1);
+    }
+    if (argc >= 1 && strcmp(argv[0], "list") == 0) {
+        return vault_list(c, argc - 1, argv + 1);
+    }
+    cli_error("usage: hbc vault create NAME [--copies N] [--k K] [--m M] | hbc vault list");
+    return CLI_USAGE;
+}

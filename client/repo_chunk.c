@@ -1,0 +1,900 @@
+/*
+ * Chunks on the cluster: ids, existence, put (seal, erasure-code once, send
+ * the same shards to every copy's nodes) and get (data shards first, parity
+ * and other copies on failure). Runs on the caller's thread; only the
+ * network requests go to the network thread (repo_net.c).
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "client/repo_internal.h"
+#include "common/alloc.h"
+#include "common/erasure.h"
+#include "common/frame.h"
+#include "common/log.h"
+
+#define MAX_SLOTS (PLACEMENT_MAX_COPIES * PLACEMENT_MAX_WIDTH)
+
+/* ---- pooled per-thread state and the in-flight budget ---- */
+
+static int worker_take(struct repo *r, struct repo_worker **out, struct err *e)
+{
+    uv_mutex_lock(&r->mu);
+    struct repo_worker *w = r->workers;
+    if (w != NULL) {
+        r->workers = w->next;
+    }
+    uv_mutex_unlock(&r->mu);
+    if (w == NULL) {
+        w = hbc_calloc(1, sizeof *w);
+        if (w == NULL) {
+            return err_set(e, HBC_ENOMEM, "worker");
+        }
+        int rv = chunk_ctx_new(&w->cc, e);
+        if (rv == 0) {
+            /* The keyed template is shared: copy it under the lock. */
+            uv_mutex_lock(&r->mu);
+            rv = crypto_hmac_dup(&w->hmac, r->hmac, e);
+            uv_mutex_unlock(&r->mu);
+        }
+        if (rv != 0) {
+            chunk_ctx_free(w->cc);
+            hbc_free(w);
+            return rv;
+        }
+    }
+    *out = w;
+    return 0;
+}
+
+static void worker_give(struct repo *r, struct repo_worker *w)
+{
+    uv_mutex_lock(&r->mu);
+    w->next = r->workers;
+    r->workers = w;
+    uv_mutex_unlock(&r->mu);
+}
+
+void repo_workers_free(struct repo *r)
+{
+    while (r->workers != NULL) {
+        struct repo_worker *w = r->workers;
+        r->workers = w->next;
+        chunk_ctx_free(w->cc);
+        crypto_hmac_free(w->hmac);
+        hbc_free(w->buf);
+        hbc_free(w);
+    }
+}
+
+/* Reserve bytes of the in-flight budget; a call larger than the budget runs alone. */
+static void flow_acquire(struct repo *r, size_t bytes)
+{
+    uv_mutex_lock(&r->mu);
+    while (r->inflight > 0 && r->inflight + bytes > r->max_inflight) {
+        uv_cond_wait(&r->flow_cv, &r->mu);
+    }
+    r->inflight += bytes;
+    uv_mutex_unlock(&r->mu);
+}
+
+static void flow_release(struct repo *r, size_t bytes)
+{
+    uv_mutex_lock(&r->mu);
+    r->inflight -= bytes;
+    uv_cond_broadcast(&r->flow_cv);
+    uv_mutex_unlock(&r->mu);
+}
+
+static int need_vault(const struct repo *r, const char *what, struct err *e)
+{
+    if (!r->has_vault) {
+        return err_setraw(e, HBC_EINVAL, "%s: no vault is open", what);
+    }
+    return 0;
+}
+
+/* Eight hex digits of an id for log lines and messages. */
+static void short_hex(const uint8_t *id, char out[9])
+{
+    snprintf(out, 9, "%02x%02x%02x%02x", id[0], id[1], id[2], id[3]);
+}
+
+/* Shards a copy needs durable: k+1 when its shards sit on k+1 or more nodes, otherwise all. */
+static unsigned copy_needs(const struct repo *r, const unsigned *slots)
+{
+    unsigned width = r->k + r->m;
+    unsigned distinct = 0;
+    for (unsigned s = 0; s < width; s++) {
+        bool seen = false;
+        for (unsigned t = 0; t < s && !seen; t++) {
+            seen = slots[t] == slots[s];
+        }
+        distinct += seen ? 0 : 1;
+    }
+    return distinct >= r->k + 1 ? r->k + 1 : width;
+}
+
+int repo_chunk_id(struct repo *r, const void *plain, size_t len, uint8_t id[REPO_CHUNK_ID],
+                  struct err *e)
+{
+    int rv = need_vault(r, "chunk id", e);
+    if (rv != 0) {
+        return rv;
+    }
+    struct repo_worker *w = NULL;
+    rv = worker_take(r, &w, e);
+    if (rv != 0) {
+        return rv;
+    }
+    rv = crypto_hmac_compute(w->hmac, plain, len, id, e);
+    worker_give(r, w);
+    return rv;
+}
+
+/* ---- get ---- */
+
+/* The shards fetched for one copy. */
+struct fetch {
+    Hbc__Frame *replies[PLACEMENT_MAX_WIDTH]; /* kept until the object is rebuilt */
+    size_t nreplies;                          /* how many */
+    const uint8_t *blob[PLACEMENT_MAX_WIDTH]; /* slot → encoded shard (inside a reply), or NULL */
+    size_t len[PLACEMENT_MAX_WIDTH];          /* its length */
+    char why[200];                            /* the first failure met */
+};
+
+static void fetch_free(struct fetch *f)
+{
+    for (size_t i = 0; i < f->nreplies; i++) {
+        frame_free(f->replies[i]);
+    }
+    f->nreplies = 0;
+}
+
+/* Fetch the slots in mask of the copy whose nodes are slots[]; count what was read and missed. */
+static void fetch_shards(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const unsigned *slots,
+                         uint32_t mask, struct fetch *f, struct repo_read_stats *st)
+{
+    const unsigned width = r->k + r->m;
+    unsigned tnode[PLACEMENT_MAX_WIDTH];
+    size_t ntargets = 0;
+    struct node_client_key keys[PLACEMENT_MAX_WIDTH];
+    struct repo_req reqs[PLACEMENT_MAX_WIDTH];
+    size_t used = 0;
+    /* Group the wanted slots by node, keys of one node contiguous. */
+    for (unsigned s = 0; s < width; s++) {
+        if (!(mask & ((uint32_t)1 << s))) {
+            continue;
+        }
+        size_t t = 0;
+        while (t < ntargets && tnode[t] != slots[s]) {
+            t++;
+        }
+        if (t == ntargets) {
+            tnode[ntargets++] = slots[s];
+        }
+    }
+    for (size_t t = 0; t < ntargets; t++) {
+        size_t first = used;
+        for (unsigned s = 0; s < width; s++) {
+            if ((mask & ((uint32_t)1 << s)) && slots[s] == tnode[t]) {
+                keys[used++] =
+                    (struct node_client_key){.vault_id = r->vault_id, .chunk_id = id, .index = s};
+            }
+        }
+        reqs[t] = (struct repo_req){.addr = r->nodes[tnode[t]].addr,
+                                    .node_id = r->nodes[tnode[t]].node_id,
+                                    .kind = REPO_REQ_GET,
+                                    .keys = &keys[first],
+                                    .nkeys = used - first};
+    }
+    /* Budget: a chunk object is at most about CHUNK_OBJECT_MAX_PLAINTEXT; these slots' share. */
+    size_t bytes = (chunk_object_max_sealed(CHUNK_OBJECT_MAX_PLAINTEXT) / r->k + 1) * used;
+    flow_acquire(r, bytes);
+    repo_net_run(r->net, reqs, ntargets);
+    flow_release(r, bytes);
+    for (size_t t = 0; t < ntargets; t++) {
+        if (reqs[t].status != 0) {
+            st->shard_errors += reqs[t].nkeys;
+            if (f->why[0] == '\0') {
+                snprintf(f->why, sizeof f->why, "%.199s", reqs[t].msg);
+            }
+            continue;
+        }
+        Hbc__Frame *reply = reqs[t].reply;
+        f->replies[f->nreplies++] = reply;
+        const Hbc__GetShardsReply *g = reply->get_shards_reply;
+        for (size_t i = 0; i < g->n_shards; i++) {
+            const Hbc__ShardBlob *b = g->shards[i];
+            st->shards_read++;
+            if (b->index < width && f->blob[b->index] == NULL) {
+                f->blob[b->index] = b->data.data;
+                f->len[b->index] = b->data.len;
+            }
+        }
+        st->shard_errors += g->n_missing;
+        if (g->n_missing > 0 && f->why[0] == '\0') {
+            snprintf(f->why, sizeof f->why, "node %s: %zu shard(s) missing", reqs[t].node_id,
+                     g->n_missing);
+        }
+    }
+}
+
+/* Drop the fetched blobs that fail their checks (counting them), so that only intact ones remain.
+ */
+static void drop_bad(struct repo *r, const uint8_t id[REPO_CHUNK_ID], struct fetch *f,
+                     struct repo_read_stats *st)
+{
+    for (unsigned s = 0; s < r->k + r->m; s++) {
+        if (f->blob[s] == NULL) {
+            continue;
+        }
+        struct erasure_shard_info info;
+        struct err e;
+        err_clear(&e);
+        int rv = erasure_shard_decode(f->blob[s], f->len[s], &info, NULL, &e);
+        if (rv == 0 && (info.index != s || info.k != r->k || info.m != r->m ||
+                        memcmp(info.vault_id, r->vault_id, REPO_ID_LEN) != 0 ||
+                        memcmp(info.chunk_id, id, REPO_CHUNK_ID) != 0)) {
+            rv = err_setraw(&e, HBC_EFORMAT, "shard %u is another stripe's", s);
+        }
+        if (rv != 0) {
+            st->shard_errors++;
+            if (f->why[0] == '\0') {
+                snprintf(f->why, sizeof f->why, "%.199s", e.msg);
+            }
+            f->blob[s] = NULL;
+        }
+    }
+}
+
+/* Open (authenticate) the sealed object and check its chunk id; *plain is new (hbc_free). */
+static int open_object(struct repo *r, struct repo_worker *w, const uint8_t id[REPO_CHUNK_ID],
+                       const uint8_t *obj, size_t olen, uint8_t **plain, size_t *len, struct err *e)
+{
+    struct chunk_object_info info;
+    int rv = chunk_object_peek(obj, olen, &info, e);
+    if (rv != 0) {
+        return rv;
+    }
+    uint8_t *out = hbc_malloc(info.plaintext_length > 0 ? info.plaintext_length : 1);
+    if (out == NULL) {
+        return err_set(e, HBC_ENOMEM, "%llu-byte chunk", (unsigned long long)info.plaintext_length);
+    }
+    size_t n = 0;
+    rv = chunk_object_open(w->cc, &r->ckey, r->vault_id, id, obj, olen, out, info.plaintext_length,
+                           &n, e);
+    if (rv == 0) {
+        rv = chunk_object_verify_id(w->hmac, out, n, id, e);
+    }
+    if (rv != 0) {
+        OPENSSL_cleanse(out, info.plaintext_length);
+        hbc_free(out);
+        return rv;
+    }
+    *plain = out;
+    *len = n;
+    return 0;
+}
+
+/* Rebuild the object from f's blobs, then open it and check the id. */
+static int rebuild_open(struct repo *r, struct repo_worker *w, const uint8_t id[REPO_CHUNK_ID],
+                        struct fetch *f, uint8_t **plain, size_t *len, struct err *e)
+{
+    uint8_t *obj = NULL;
+    size_t olen = 0;
+    int rv = erasure_shards_rebuild(f->blob, f->len, r->k + r->m, r->vault_id, id, &obj, &olen, e);
+    if (rv == 0) {
+        rv = open_object(r, w, id, obj, olen, plain, len, e);
+    }
+    hbc_free(obj);
+    return rv;
+}
+
+/*
+ * The rebuilt object did not authenticate although every shard passed its
+ * SHA-256: one shard is intact as bytes but belongs to another seal (left by
+ * a put that failed half-way) or was forged. With every shard of the copy at
+ * hand, rebuild without each one in turn; the set that opens and matches the
+ * chunk id wins. Only on this failure path: at most k+m extra rebuilds.
+ */
+static int leave_one_out(struct repo *r, struct repo_worker *w, const uint8_t id[REPO_CHUNK_ID],
+                         const unsigned *slots, struct fetch *f, bool have_parity, uint8_t **plain,
+                         size_t *len, struct repo_read_stats *st, struct err *e)
+{
+    const unsigned width = r->k + r->m;
+    if (!have_parity) {
+        fetch_shards(r, id, slots, (((uint32_t)1 << width) - 1) & ~(((uint32_t)1 << r->k) - 1), f,
+                     st);
+    }
+    int rv = e != NULL && e->code != 0 ? e->code : HBC_EAUTH;
+    for (unsigned x = 0; x < width; x++) {
+        if (f->blob[x] == NULL) {
+            continue;
+        }
+        struct fetch without = *f;
+        without.blob[x] = NULL;
+        struct err xe;
+        err_clear(&xe);
+        if (rebuild_open(r, w, id, &without, plain, len, &xe) == 0) {
+            st->shard_errors++;
+            char idhex[9];
+            short_hex(id, idhex);
+            hbc_log(LOG_WARN, "event=shard_foreign chunk=%s index=%u node=%s", idhex, x,
+                    r->nodes[slots[x]].node_id);
+            return 0;
+        }
+    }
+    return rv;
+}
+
+int repo_get_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], int copy, uint8_t **plain,
+                   size_t *len, struct repo_read_stats *stats, struct err *e)
+{
+    *plain = NULL;
+    *len = 0;
+    int rv = need_vault(r, "get chunk", e);
+    if (rv != 0) {
+        return rv;
+    }
+    if (copy >= (int)r->copies) {
+        return err_setraw(e, HBC_EINVAL, "get chunk: copy %d of a vault with %u copies", copy,
+                          r->copies);
+    }
+    const unsigned width = r->k + r->m;
+    unsigned place[MAX_SLOTS];
+    unsigned copies = copy >= 0 ? (unsigned)copy + 1 : r->copies;
+    rv = placement_chunk_nodes(r->vault_id, id, copies, width, r->pnodes, r->nnodes, place, e);
+    if (rv != 0) {
+        return err_wrap(e, "get chunk");
+    }
+    struct repo_worker *w = NULL;
+    rv = worker_take(r, &w, e);
+    if (rv != 0) {
+        return rv;
+    }
+    struct repo_read_stats st = {0};
+    char idhex[9];
+    short_hex(id, idhex);
+    char why[400] = "";
+    size_t why_len = 0;
+    const uint32_t data_mask = ((uint32_t)1 << r->k) - 1;
+    const uint32_t all_mask = ((uint32_t)1 << width) - 1;
+    rv = HBC_ETOOFEW;
+    for (unsigned c = copy >= 0 ? (unsigned)copy : 0; c < copies; c++) {
+        const unsigned *slots = place + c * width;
+        struct fetch f = {0};
+        struct err ce;
+        err_clear(&ce);
+        /* Data shards first: a healthy read needs nothing else and no decoding. */
+        fetch_shards(r, id, slots, data_mask, &f, &st);
+        rv = rebuild_open(r, w, id, &f, plain, len, &ce);
+        bool have_parity = false;
+        if (rv == HBC_ETOOFEW && width > r->k) {
+            drop_bad(r, id, &f, &st);
+            fetch_shards(r, id, slots, all_mask & ~data_mask, &f, &st);
+            have_parity = true;
+            err_clear(&ce);
+            rv = rebuild_open(r, w, id, &f, plain, len, &ce);
+        }
+        if (rv != 0 && rv != HBC_ETOOFEW && rv != HBC_ENOMEM && width > r->k) {
+            rv = leave_one_out(r, w, id, slots, &f, have_parity, plain, len, &st, &ce);
+        }
+        fetch_free(&f);
+        if (rv == 0 || rv == HBC_ENOMEM) {
+            if (rv == 0 && c > (copy >= 0 ? (unsigned)copy : 0)) {
+                hbc_log(LOG_INFO, "event=chunk_read_fallback chunk=%s copy=%u", idhex, c);
+            }
+            if (rv == HBC_ENOMEM) {
+                err_setraw(e, rv, "get chunk %s: %s", idhex, ce.msg);
+            }
+            break;
+        }
+        if (rv != HBC_ETOOFEW) {
+            st.shard_errors++; /* the rebuilt object itself failed (forged or mixed shards) */
+        }
+        hbc_log(LOG_WARN, "event=chunk_copy_unreadable chunk=%s copy=%u status=%s", idhex, c,
+                hbc_errname(rv));
+        if (why_len < sizeof why - 1) {
+            int k =
+                snprintf(why + why_len, sizeof why - why_len, "%scopy %u: %s%s%s",
+                         why_len > 0 ? "; " : "", c, ce.msg, f.why[0] != '\0' ? " — " : "", f.why);
+            why_len += k > 0 ? (size_t)k : 0;
+        }
+        err_setraw(e, rv, "get chunk %s: no copy could be read (%s)", idhex, why);
+    }
+    if (stats != NULL) {
+        stats->shards_read += st.shards_read;
+        stats->shard_errors += st.shard_errors;
+    }
+    worker_give(r, w);
+    return rv;
+}
+
+/* ---- put ---- */
+
+/*
+ * A chunk id being put by some thread of this process, so that a second put
+ * of the same id waits for the first instead of writing a different seal.
+ */
+static void busy_enter(struct repo *r, const uint8_t id[REPO_CHUNK_ID])
+{
+    uv_mutex_lock(&r->mu);
+    for (;;) {
+        bool busy = false;
+        for (size_t i = 0; i < r->nbusy && !busy; i++) {
+            busy = memcmp(r->busy[i], id, REPO_CHUNK_ID) == 0;
+        }
+        if (!busy && r->nbusy < REPO_MAX_BUSY) {
+            break;
+        }
+        uv_cond_wait(&r->busy_cv, &r->mu);
+    }
+    memcpy(r->busy[r->nbusy++], id, REPO_CHUNK_ID);
+    uv_mutex_unlock(&r->mu);
+}
+
+static void busy_leave(struct repo *r, const uint8_t id[REPO_CHUNK_ID])
+{
+    uv_mutex_lock(&r->mu);
+    for (size_t i = 0; i < r->nbusy; i++) {
+        if (memcmp(r->busy[i], id, REPO_CHUNK_ID) == 0) {
+            memcpy(r->busy[i], r->busy[--r->nbusy], REPO_CHUNK_ID);
+            break;
+        }
+    }
+    uv_cond_broadcast(&r->busy_cv);
+    uv_mutex_unlock(&r->mu);
+}
+
+/*
+ * Erasure-code the sealed object and send the same shards to every copy's
+ * nodes (place: copies x width node indexes); succeed when every copy has
+ * the shards it needs durable.
+ */
+static int put_object(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const unsigned *place,
+                      const uint8_t *obj, size_t olen, struct err *e)
+{
+    const unsigned width = r->k + r->m;
+    const unsigned copies = r->copies;
+    uint8_t *blobs[ERASURE_MAX_SHARDS] = {0};
+    size_t lens[ERASURE_MAX_SHARDS] = {0};
+    struct repo_req *reqs = NULL;
+    size_t ntargets = 0;
+    char idhex[9];
+    short_hex(id, idhex);
+    int rv = erasure_shards_encode(r->vault_id, id, r->k, r->m, obj, olen, blobs, lens, e);
+    if (rv != 0) {
+        err_wrap(e, "put chunk: erasure code");
+        goto out;
+    }
+    /* One request per node, carrying each shard that any copy places there once. */
+    unsigned tnode[MAX_SLOTS];
+    uint32_t tmask[MAX_SLOTS];
+    unsigned slot_target[MAX_SLOTS];
+    for (unsigned i = 0; i < copies * width; i++) {
+        size_t t = 0;
+        while (t < ntargets && tnode[t] != place[i]) {
+            t++;
+        }
+        if (t == ntargets) {
+            tnode[t] = place[i];
+            tmask[t] = 0;
+            ntargets++;
+        }
+        tmask[t] |= (uint32_t)1 << (i % width);
+        slot_target[i] = (unsigned)t;
+    }
+    struct node_client_shard flat[MAX_SLOTS];
+    reqs = hbc_calloc(ntargets, sizeof *reqs);
+    if (reqs == NULL) {
+        rv = err_set(e, HBC_ENOMEM, "put chunk");
+        goto out;
+    }
+    size_t used = 0;
+    size_t bytes = 0;
+    for (size_t t = 0; t < ntargets; t++) {
+        size_t first = used;
+        for (unsigned s = 0; s < width; s++) {
+            if (tmask[t] & ((uint32_t)1 << s)) {
+                flat[used++] = (struct node_client_shard){.vault_id = r->vault_id,
+                                                          .chunk_id = id,
+                                                          .index = s,
+                                                          .data = blobs[s],
+                                                          .len = lens[s]};
+                bytes += lens[s];
+            }
+        }
+        reqs[t] = (struct repo_req){.addr = r->nodes[tnode[t]].addr,
+                                    .node_id = r->nodes[tnode[t]].node_id,
+                                    .kind = REPO_REQ_PUT,
+                                    .shards = &flat[first],
+                                    .nshards = used - first};
+    }
+    flow_acquire(r, bytes);
+    repo_net_run(r->net, reqs, ntargets);
+    flow_release(r, bytes);
+
+    bool ok[MAX_SLOTS];
+    size_t failed = 0;
+    const struct repo_req *first_failure = NULL;
+    for (size_t t = 0; t < ntargets; t++) {
+        ok[t] = reqs[t].status == 0 &&
+                reqs[t].reply->put_shards_reply->stored >= (uint32_t)reqs[t].nshards;
+        if (!ok[t]) {
+            failed++;
+            if (first_failure == NULL) {
+                first_failure = &reqs[t];
+            }
+            hbc_log(LOG_WARN, "event=shard_put_failed chunk=%s node=%s status=%s msg=\"%s\"", idhex,
+                    reqs[t].node_id, hbc_errname(reqs[t].status),
+                    reqs[t].status != 0 ? reqs[t].msg : "fewer shards stored than sent");
+        }
+    }
+    rv = 0;
+    bool degraded = false;
+    for (unsigned c = 0; c < copies && rv == 0; c++) {
+        unsigned durable = 0;
+        for (unsigned s = 0; s < width; s++) {
+            durable += ok[slot_target[c * width + s]] ? 1 : 0;
+        }
+        unsigned needs = copy_needs(r, place + c * width);
+        if (durable < needs) {
+            int code = HBC_EUNAVAILABLE;
+            if (first_failure->status != 0 && first_failure->status != HBC_ECANCELED &&
+                first_failure->status != HBC_EUNAVAILABLE) {
+                code = first_failure->status; /* a node's refusal, e.g. -ENOSPC */
+            }
+            rv = err_setraw(e, code,
+                            "put chunk %s: copy %u has %u of %u shards durable and needs %u (%zu "
+                            "of %zu nodes failed; first: %s)",
+                            idhex, c, durable, width, needs, failed, ntargets,
+                            first_failure->status != 0 ? first_failure->msg
+                                                       : "fewer shards stored than sent");
+        } else if (durable < width) {
+            degraded = true;
+        }
+    }
+    if (rv == 0 && degraded) {
+        /* Written degraded: the repair queue will take these once it exists. */
+        hbc_log(LOG_WARN, "event=degraded chunk=%s failed_nodes=%zu", idhex, failed);
+        uv_mutex_lock(&r->mu);
+        r->degraded++;
+        uv_mutex_unlock(&r->mu);
+    }
+out:
+    for (size_t t = 0; t < ntargets && reqs != NULL; t++) {
+        frame_free(reqs[t].reply);
+    }
+    hbc_free(reqs);
+    for (unsigned s = 0; s < ERASURE_MAX_SHARDS; s++) {
+        hbc_free(blobs[s]);
+    }
+    return rv;
+}
+
+/*
+ * Ask the nodes of every copy whether they hold the chunk: *enough when
+ * every copy has what a put needs (as repo_have()), *any when some node has
+ * some shard of it.
+ */
+static int presence(struct repo *r, const uint8_t id[REPO_CHUNK_ID], bool *enough, bool *any,
+                    struct err *e);
+
+/*
+ * Some shards of the chunk exist but not enough: they come from an earlier
+ * put that failed half-way, with another seal (another nonce) than a fresh
+ * one would have, and nodes refuse a different shard under an existing key.
+ * So rebuild that earlier object from its own shards (every copy holds the
+ * same ones), check that it opens under the vault key as this chunk, and
+ * send its shards again: identical bytes are accepted where present and
+ * stored where missing.
+ */
+static int complete_existing(struct repo *r, struct repo_worker *w, const uint8_t id[REPO_CHUNK_ID],
+                             const unsigned *place, struct err *e)
+{
+    const unsigned width = r->k + r->m;
+    const uint32_t all_mask = ((uint32_t)1 << width) - 1;
+    struct fetch f[PLACEMENT_MAX_COPIES];
+    struct fetch merged = {0};
+    struct repo_read_stats st = {0};
+    memset(f, 0, sizeof f);
+    for (unsigned c = 0; c < r->copies; c++) {
+        fetch_shards(r, id, place + c * width, all_mask, &f[c], &st);
+        for (unsigned s = 0; s < width; s++) {
+            if (merged.blob[s] == NULL && f[c].blob[s] != NULL) {
+                merged.blob[s] = f[c].blob[s];
+                merged.len[s] = f[c].len[s];
+            }
+        }
+    }
+    uint8_t *obj = NULL;
+    size_t olen = 0;
+    uint8_t *plain = NULL;
+    size_t plen = 0;
+    int rv =
+        erasure_shards_rebuild(merged.blob, merged.len, width, r->vault_id, id, &obj, &olen, e);
+    if (rv == 0) {
+        rv = open_object(r, w, id, obj, olen, &plain, &plen, e);
+    }
+    if (plain != NULL) {
+        OPENSSL_cleanse(plain, plen);
+        hbc_free(plain);
+    }
+    if (rv == 0) {
+        rv = put_object(r, id, place, obj, olen, e);
+    }
+    hbc_free(obj);
+    for (unsigned c = 0; c < r->copies; c++) {
+        fetch_free(&f[c]);
+    }
+    return rv;
+}
+
+int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *plain, size_t len,
+                   struct err *e)
+{
+    int rv = need_vault(r, "put chunk", e);
+    if (rv != 0) {
+        return rv;
+    }
+    if (len > CHUNK_OBJECT_MAX_PLAINTEXT) {
+        return err_set(e, HBC_ETOOBIG, "put chunk: %zu bytes (at most %zu)", len,
+                       (size_t)CHUNK_OBJECT_MAX_PLAINTEXT);
+    }
+    unsigned place[MAX_SLOTS];
+    rv = placement_chunk_nodes(r->vault_id, id, r->copies, r->k + r->m, r->pnodes, r->nnodes, place,
+                               e);
+    if (rv != 0) {
+        return err_wrap(e, "put chunk");
+    }
+    struct repo_worker *w = NULL;
+    rv = worker_take(r, &w, e);
+    if (rv != 0) {
+        return rv;
+    }
+    busy_enter(r, id);
+    char idhex[9];
+    short_hex(id, idhex);
+    bool enough = false, any = false;
+    struct err pe;
+    err_clear(&pe);
+    if (presence(r, id, &enough, &any, &pe) == 0 && enough) {
+        rv = 0; /* stored already: a put again costs one small round trip */
+        goto out;
+    }
+    if (any) {
+        err_clear(&pe);
+        rv = complete_existing(r, w, id, place, &pe);
+        if (rv == 0) {
+            hbc_log(LOG_INFO, "event=chunk_completed chunk=%s", idhex);
+            goto out;
+        }
+        hbc_log(LOG_WARN, "event=chunk_partial_unrecoverable chunk=%s status=%s msg=\"%s\"", idhex,
+                hbc_errname(rv), pe.msg);
+    }
+    size_t cap = chunk_object_max_sealed(len);
+    if (w->cap < cap) {
+        uint8_t *p = hbc_realloc(w->buf, cap);
+        if (p == NULL) {
+            rv = err_set(e, HBC_ENOMEM, "put chunk: %zu-byte buffer", cap);
+            goto out;
+        }
+        w->buf = p;
+        w->cap = cap;
+    }
+    size_t olen = 0;
+    rv = chunk_object_seal(w->cc, &r->ckey, r->vault_id, id, plain, len, w->buf, w->cap, &olen, e);
+    if (rv != 0) {
+        err_wrap(e, "put chunk: seal");
+        goto out;
+    }
+    rv = put_object(r, id, place, w->buf, olen, e);
+out:
+    busy_leave(r, id);
+    worker_give(r, w);
+    return rv;
+}
+
+/* ---- have ---- */
+
+/* The distinct nodes holding any slot of any copy (out has room for MAX_SLOTS). */
+static size_t distinct_nodes(const unsigned *place, size_t nslots, unsigned *out)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < nslots; i++) {
+        size_t j = 0;
+        while (j < n && out[j] != place[i]) {
+            j++;
+        }
+        if (j == n) {
+            out[n++] = place[i];
+        }
+    }
+    return n;
+}
+
+/* One node's share of a have query. */
+struct have_node {
+    uint32_t *idx; /* indexes into ids, in order */
+    size_t n;      /* how many */
+    size_t cap;    /* room */
+    bool *answer;  /* answers, one per idx (false when the node failed) */
+    size_t cursor; /* reading position in the second pass */
+};
+
+/* repo_have(), and any[i] (when not NULL): some node holds some shard of ids[i]. */
+static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t n, bool *present,
+                     bool *any, struct err *e)
+{
+    int rv = need_vault(r, "have", e);
+    if (rv != 0) {
+        return rv;
+    }
+    for (size_t i = 0; i < n; i++) {
+        present[i] = false;
+        if (any != NULL) {
+            any[i] = false;
+        }
+    }
+    if (n == 0) {
+        return 0;
+    }
+    if (n > UINT32_MAX) {
+        return err_setraw(e, HBC_EINVAL, "have: %zu ids at once", n);
+    }
+    const unsigned width = r->k + r->m;
+    const size_t nslots = (size_t)r->copies * width;
+    struct have_node *hn = hbc_calloc(r->nnodes, sizeof *hn);
+    uint8_t(*buf)[REPO_CHUNK_ID] = NULL;
+    struct repo_req *reqs = NULL;
+    size_t nreqs = 0;
+    if (hn == NULL) {
+        return err_set(e, HBC_ENOMEM, "have");
+    }
+    /* Pass 1: every node holding a shard of an id is asked about it. */
+    unsigned place[MAX_SLOTS];
+    unsigned nodes[MAX_SLOTS];
+    for (size_t i = 0; i < n; i++) {
+        rv = placement_chunk_nodes(r->vault_id, ids[i], r->copies, width, r->pnodes, r->nnodes,
+                                   place, e);
+        if (rv != 0) {
+            goto out;
+        }
+        size_t nd = distinct_nodes(place, nslots, nodes);
+        for (size_t d = 0; d < nd; d++) {
+            struct have_node *h = &hn[nodes[d]];
+            if (h->n == h->cap) {
+                size_t cap = h->cap == 0 ? 64 : h->cap * 2;
+                uint32_t *p = hbc_realloc(h->idx, cap * sizeof *p);
+                if (p == NULL) {
+                    rv = err_set(e, HBC_ENOMEM, "have");
+                    goto out;
+                }
+                h->idx = p;
+                h->cap = cap;
+            }
+            h->idx[h->n++] = (uint32_t)i;
+        }
+    }
+    /* Requests of at most NODE_CLIENT_MAX_BATCH ids, each with its own copy of the ids. */
+    size_t total = 0;
+    for (size_t j = 0; j < r->nnodes; j++) {
+        total += hn[j].n;
+        nreqs += (hn[j].n + NODE_CLIENT_MAX_BATCH - 1) / NODE_CLIENT_MAX_BATCH;
+        if (hn[j].n > 0) {
+            hn[j].answer = hbc_calloc(hn[j].n, sizeof *hn[j].answer);
+            if (hn[j].answer == NULL) {
+                rv = err_set(e, HBC_ENOMEM, "have");
+                goto out;
+            }
+        }
+    }
+    buf = hbc_malloc(total * sizeof *buf);
+    reqs = hbc_calloc(nreqs, sizeof *reqs);
+    if (buf == NULL || reqs == NULL) {
+        rv = err_set(e, HBC_ENOMEM, "have");
+        goto out;
+    }
+    size_t q = 0, pos = 0;
+    for (size_t j = 0; j < r->nnodes; j++) {
+        for (size_t off = 0; off < hn[j].n; off += NODE_CLIENT_MAX_BATCH) {
+            size_t cnt =
+                hn[j].n - off < NODE_CLIENT_MAX_BATCH ? hn[j].n - off : NODE_CLIENT_MAX_BATCH;
+            for (size_t x = 0; x < cnt; x++) {
+                memcpy(buf[pos + x], ids[hn[j].idx[off + x]], REPO_CHUNK_ID);
+            }
+            reqs[q++] = (struct repo_req){.addr = r->nodes[j].addr,
+                                          .node_id = r->nodes[j].node_id,
+                                          .kind = REPO_REQ_HAVE,
+                                          .vault_id = r->vault_id,
+                                          .ids = (const uint8_t(*)[REPO_CHUNK_ID])(buf + pos),
+                                          .nids = cnt};
+            pos += cnt;
+        }
+    }
+    repo_net_run(r->net, reqs, nreqs);
+    size_t answered = 0;
+    const struct repo_req *first_failure = NULL;
+    q = 0;
+    for (size_t j = 0; j < r->nnodes; j++) {
+        for (size_t off = 0; off < hn[j].n; off += NODE_CLIENT_MAX_BATCH, q++) {
+            if (reqs[q].status != 0) {
+                first_failure = first_failure != NULL ? first_failure : &reqs[q];
+                continue;
+            }
+            const Hbc__HaveChunksReply *h = reqs[q].reply->have_chunks_reply;
+            answered++;
+            for (size_t x = 0; x < reqs[q].nids && x < h->n_present; x++) {
+                hn[j].answer[off + x] = h->present[x] != 0;
+            }
+        }
+    }
+    if (answered == 0) {
+        rv = err_setraw(e, HBC_EUNAVAILABLE, "have: no node answered (first: %s)",
+                        first_failure != NULL ? first_failure->msg : "none asked");
+        goto out;
+    }
+    /*
+     * Pass 2: an id is present when every copy has, on the nodes answering
+     * yes, at least the shards a put needs (k+1, or all on small clusters):
+     * exactly what repo_put_chunk() guarantees, so a chunk whose put failed
+     * half-way is sent again instead of being taken for stored.
+     */
+    for (size_t i = 0; i < n; i++) {
+        rv = placement_chunk_nodes(r->vault_id, ids[i], r->copies, width, r->pnodes, r->nnodes,
+                                   place, e);
+        if (rv != 0) {
+            goto out;
+        }
+        size_t nd = distinct_nodes(place, nslots, nodes);
+        bool yes[MAX_SLOTS];
+        for (size_t d = 0; d < nd; d++) {
+            struct have_node *h = &hn[nodes[d]];
+            yes[d] = h->answer[h->cursor++];
+            if (any != NULL && yes[d]) {
+                any[i] = true;
+            }
+        }
+        bool all = true;
+        for (unsigned c = 0; c < r->copies && all; c++) {
+            unsigned count = 0;
+            for (unsigned s = 0; s < width; s++) {
+                size_t d = 0;
+                while (nodes[d] != place[c * width + s]) {
+                    d++;
+                }
+                count += yes[d] ? 1 : 0;
+            }
+            all = count >= copy_needs(r, place + c * width);
+        }
+        present[i] = all;
+    }
+    rv = 0;
+out:
+    for (size_t x = 0; x < nreqs && reqs != NULL; x++) {
+        frame_free(reqs[x].reply);
+    }
+    hbc_free(reqs);
+    hbc_free(buf);
+    for (size_t j = 0; j < r->nnodes; j++) {
+        hbc_free(hn[j].idx);
+        hbc_free(hn[j].answer);
+    }
+    hbc_free(hn);
+    return rv;
+}
+
+int repo_have(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t n, bool *present,
+              struct err *e)
+{
+    return have_core(r, ids, n, present, NULL, e);
+}
+
+static int presence(struct repo *r, const uint8_t id[REPO_CHUNK_ID], bool *enough, bool *any,
+                    struct err *e)
+{
+    return have_core(r, (const uint8_t(*)[REPO_CHUNK_ID])id, 1, enough, any, e);
+}
