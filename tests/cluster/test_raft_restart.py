@@ -106,11 +106,10 @@ def test_restart_keeps_identity_and_rejoins(tmp_path, ca):
         new_leader, _ = leader_of(admin, others)
         # The cluster commits without it.
         wait_acks(ml, ack, acks_at_stop + 50)
-        rc, d = hbctest.metaload_dump(admin, new_leader.addr)
+        new_leader, d = leader_of(admin, others)
         commit_while_down = d["commit_index"]
 
         victim.start()  # same configuration, same data directory: nobody does anything else
-        run = victim.events(run=-1)
         deadline = time.monotonic() + 60
         while True:
             d = dump(admin, victim)
