@@ -136,6 +136,7 @@ def test_raft_port_refuses_impostors(tmp_path, ca):
     assert rc == 0 and hbctest.leader_name(before), before
 
     n2_id = raft_id_of("n2")
+    acks_before_attacks = len(hbctest.read_ack_log(ack))
     attempts = []
     ports = {n.name: set() for n in nodes}  # our local ports, per target
     for target in nodes:
@@ -176,6 +177,7 @@ def test_raft_port_refuses_impostors(tmp_path, ca):
 
     # The cluster kept committing through all of it and still has its three voters.
     acks_after_attacks = len(hbctest.read_ack_log(ack))
+    assert acks_after_attacks > acks_before_attacks, "records were committed during the attacks"
     wait_acks(ml, ack, acks_after_attacks + 50)
     doc = hbctest.wait_cluster(admin, addrs, 3, timeout=60)
     assert hbctest.leader_name(doc), doc
@@ -195,7 +197,8 @@ def test_raft_port_refuses_impostors(tmp_path, ca):
         assert not let_in, f"{n.name} accepted an impostor: {let_in}"
 
     results = {"attempts": len(attempts), "refusals": [list(a) for a in attempts],
-               "records_acked": len(acks), "same_leader_and_term": same_leader,
+               "records_acked": len(acks),
+               "acked_during_attacks": acks_after_attacks - acks_before_attacks, "same_leader_and_term": same_leader,
                "longest_ack_gap_ms": s["max_ack_gap_ms"],
                "test_seconds": round(time.monotonic() - t_test, 1)}
     path = hbctest.write_results("raft-port-hostile", results)
