@@ -16,8 +16,9 @@
  * run has a total deadline. Any other refusal is an error.
  *
  * Dump mode (--dump ADDR): print one node's cluster status (applied index,
- * state digest) and its snapshots of the vault, as the node has applied them
- * (no barrier unless --current), as one JSON object.
+ * state digest, the node records of its state machine) and its snapshots of
+ * the vault, as the node has applied them (no barrier unless --current), as
+ * one JSON object.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -624,6 +625,18 @@ static int dump(void)
                                               : json_null());
     json_object_set_new(o, "members", json_integer((json_int_t)s->n_members));
     json_object_set_new(o, "state_digest", json_string(digest));
+    /* The state machine's node records, as this node has applied them. */
+    json_t *nodes = json_array();
+    for (size_t i = 0; i < s->n_nodes; i++) {
+        const Hbc__NodeInfo *n = s->nodes[i];
+        json_array_append_new(nodes, json_pack("{s:s, s:I, s:s, s:s, s:s, s:i, s:I, s:I}", "node",
+                                               n->node_id, "raft_id", (json_int_t)n->raft_id,
+                                               "data_address", n->data_address, "raft_address",
+                                               n->raft_address, "site", n->site, "state",
+                                               (int)n->state, "joined_ms", (json_int_t)n->joined_ms,
+                                               "updated_ms", (json_int_t)n->updated_ms));
+    }
+    json_object_set_new(o, "nodes", nodes);
     frame_free(r);
     r = NULL;
 
