@@ -12,7 +12,8 @@
  *   carrying OU=admin is an admin while no subject holds the admin role there
  *   (bootstrap); afterwards only the table counts.
  * - The compliance clock moves only through ClockTick, proposed by the leader
- *   itself, and only forward by at most elapsed + FSM_MAX_SKEW_MS.
+ *   itself, and only forward, to at most anchor + elapsed + FSM_MAX_SKEW_MS
+ *   (the anchor: the committed clock when the leader started counting).
  * - Forget needs: no legal hold and clock >= retain-until + margin. A
  *   governance lock may be bypassed by a request of one security officer and
  *   the approval of another within FSM_APPROVAL_TTL_MS on the clock; the
@@ -276,13 +277,24 @@ static int apply_clock_tick(struct apply_ctx *c, const Hbc__ClockTick *t, int *c
                 (unsigned long long)t->wall_ms);
         return 0;
     }
-    if (t->wall_ms > clock && t->wall_ms - clock > sat_add(t->elapsed_ms, FSM_MAX_SKEW_MS)) {
-        refuse(c, code, HBC_ECLOCK, "tick jumps ahead of the elapsed time plus max_skew");
+    /*
+     * The bound counts from the leader's anchor, not from the last tick: were
+     * it per tick, a clock running fast would gain max_skew on every tick.
+     */
+    if (t->anchor_clock_ms == 0 || t->anchor_clock_ms > clock) {
+        refuse(c, code, HBC_ECLOCK, "tick anchored on a clock value never committed");
+        hbc_log(LOG_ERROR, "event=alert kind=clock_skew reason=\"bad anchor\" clock_ms=%llu",
+                (unsigned long long)clock);
+        return 0;
+    }
+    uint64_t bound = sat_add(t->anchor_clock_ms, sat_add(t->elapsed_ms, FSM_MAX_SKEW_MS));
+    if (t->wall_ms > clock && t->wall_ms > bound) {
+        refuse(c, code, HBC_ECLOCK, "tick runs ahead of anchor + elapsed time + max_skew");
         hbc_log(LOG_ERROR,
                 "event=alert kind=clock_skew reason=\"tick ahead\" clock_ms=%llu tick_ms=%llu "
-                "elapsed_ms=%llu",
+                "anchor_ms=%llu elapsed_ms=%llu",
                 (unsigned long long)clock, (unsigned long long)t->wall_ms,
-                (unsigned long long)t->elapsed_ms);
+                (unsigned long long)t->anchor_clock_ms, (unsigned long long)t->elapsed_ms);
         return 0;
     }
     if (t->wall_ms < clock && clock - t->wall_ms > FSM_MAX_SKEW_MS) {

@@ -93,8 +93,8 @@ struct raft_node {
     uv_timer_t stop_timer;                 /* polls last_stored during stop */
     uv_timer_t self_timer;                 /* registers this node in the state machine */
     uv_timer_t clock_timer;                /* proposes ClockTicks while leader */
-    uint64_t clock_seen;                   /* compliance clock last seen applied */
-    uint64_t clock_seen_at;                /* uv_now when it was seen to change (or start) */
+    uint64_t clock_seen;                   /* the anchor: a committed compliance clock value */
+    uint64_t clock_seen_at;                /* uv_now when it was seen applied (or start) */
     uint64_t tick_sent_at;                 /* uv_now of our last ClockTick proposal */
     bool tick_inflight;                    /* a ClockTick is not yet called back */
     struct raft_transfer transfer;         /* hands leadership over during stop */
@@ -653,19 +653,22 @@ static void tick_done_cb(void *arg, int code, uint64_t index, const char *msg)
 }
 
 /*
- * Every node notes, on its own monotonic clock, when the committed compliance
- * clock last moved. The leader proposes a tick every FSM_TICK_INTERVAL_MS with
- * its wall clock and the monotonic time elapsed since then; the state machine
- * accepts it only if the wall clock moved forward by at most that plus
- * max_skew (node/fsm_locks.c). A node that just started counts from its start,
- * which underestimates the elapsed time: it refuses more, never less.
+ * Every node keeps an anchor: a committed compliance clock value and the
+ * moment, on its own monotonic clock, it saw it applied. A follower moves its
+ * anchor whenever the clock moves; a leader freezes it while it leads, so its
+ * own ticks cannot compound a fast clock's gain. The leader proposes a tick
+ * every FSM_TICK_INTERVAL_MS with its wall clock, the anchor and the monotonic
+ * time elapsed since it; the state machine accepts a time up to anchor +
+ * elapsed + max_skew (node/fsm_locks.c). A node that just started counts from
+ * its start, which underestimates the elapsed time: it refuses more, never less.
  */
 static void clock_timer_cb(uv_timer_t *t)
 {
     struct raft_node *rn = t->data;
     uint64_t now = uv_now(rn->loop);
     uint64_t clock = fsm_compliance_clock_ms(rn->fsm);
-    if (clock != rn->clock_seen) {
+    bool leader = rn->raft.state == RAFT_LEADER;
+    if (clock != rn->clock_seen && (!leader || rn->clock_seen == 0)) {
         rn->clock_seen = clock;
         rn->clock_seen_at = now;
     }
@@ -677,6 +680,7 @@ static void clock_timer_cb(uv_timer_t *t)
     Hbc__ClockTick tick = HBC__CLOCK_TICK__INIT;
     tick.wall_ms = wall_ms();
     tick.elapsed_ms = now - rn->clock_seen_at;
+    tick.anchor_clock_ms = rn->clock_seen;
     cmd.cmd_case = HBC__COMMAND__CMD_CLOCK_TICK;
     cmd.clock_tick = &tick;
     struct err e;

@@ -206,15 +206,22 @@ static int role_assign(struct cl *c, const char *who, const char *subject, Hbc__
     return run(c, &cmd, who);
 }
 
-static int tick_as(struct cl *c, const char *who, uint64_t wall, uint64_t elapsed)
+static int tick_at(struct cl *c, const char *who, uint64_t wall, uint64_t elapsed, uint64_t anchor)
 {
     Hbc__ClockTick t = HBC__CLOCK_TICK__INIT;
     t.wall_ms = wall;
     t.elapsed_ms = elapsed;
+    t.anchor_clock_ms = anchor;
     Hbc__Command cmd = HBC__COMMAND__INIT;
     cmd.cmd_case = HBC__COMMAND__CMD_CLOCK_TICK;
     cmd.clock_tick = &t;
     return run(c, &cmd, who);
+}
+
+/* A tick anchored on the clock as it is now (what a leader elected just now sends). */
+static int tick_as(struct cl *c, const char *who, uint64_t wall, uint64_t elapsed)
+{
+    return tick_at(c, who, wall, elapsed, fsm_compliance_clock_ms(leader_fsm(c)));
 }
 
 /* Let `ms` pass: the leader's wall clock moves and a tick reports it honestly. */
@@ -470,6 +477,23 @@ static void test_clock(void **state)
     assert_int_equal(fsm_compliance_clock_ms(leader_fsm(c)), clock);
     assert_int_equal(tick_as(c, SELF, clock - 3600000, 10000), HBC_ECLOCK);
     assert_int_equal(tick_as(c, SELF, 1, 10000), HBC_ECLOCK);
+    assert_int_equal(fsm_compliance_clock_ms(leader_fsm(c)), clock);
+    /* The anchor must be a clock value the cluster reached. */
+    assert_int_equal(tick_at(c, SELF, clock + 1000, 1000, clock + 1), HBC_ECLOCK);
+    assert_int_equal(tick_at(c, SELF, clock + 1000, 1000, 0), HBC_ECLOCK);
+    /*
+     * A leader whose clock runs twice as fast: it keeps its anchor, so it gains
+     * at most max_skew in all, not max_skew per tick.
+     */
+    uint64_t anchor = clock;
+    unsigned accepted = 0;
+    for (uint64_t k = 1; k <= 20; k++) {
+        if (tick_at(c, SELF, anchor + 20000 * k, 10000 * k, anchor) == 0) {
+            accepted++;
+        }
+    }
+    assert_int_equal(accepted, FSM_MAX_SKEW_MS / 10000);
+    clock = anchor + 20000 * accepted;
     assert_int_equal(fsm_compliance_clock_ms(leader_fsm(c)), clock);
     /* Every server holds the same committed clock (and state: cl_stop compares digests). */
     assert_true(raft_fixture_step_until(&c->f, all_caught_up, NULL, 60000));
