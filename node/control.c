@@ -298,6 +298,14 @@ void control_handle(struct raft_node *rn, const Hbc__Frame *f, const struct cont
                 return;
             }
         }
+        if (cmd->cmd_case == HBC__COMMAND__CMD_CLOCK_TICK) {
+            /* The state machine refuses them too (proposer is not the leader itself). */
+            hbc_log(LOG_WARN, "event=refused subject=\"%s\" reason=\"client clock tick\"",
+                    peer->subject);
+            reply_propose(rn, f->request_id, HBC_EDENIED, 0,
+                          "clock ticks come only from the leader itself", reply, ctx);
+            return;
+        }
         struct pending *p = pending_new(rn, f, reply, ctx);
         if (p == NULL) {
             reply_propose(rn, f->request_id, HBC_ENOMEM, 0, "out of memory", reply, ctx);

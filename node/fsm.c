@@ -94,6 +94,9 @@ int fsm_load_meta(struct fsm *f, struct err *e)
     if (rc == 0) {
         rc = load_u64(f, FSM_META_LEADER_TIME, &f->leader_time_ms, e);
     }
+    if (rc == 0) {
+        rc = load_u64(f, FSM_META_CLOCK, &f->clock_ms, e);
+    }
     if (rc != 0) {
         return rc;
     }
@@ -293,6 +296,11 @@ uint64_t fsm_applied_index(const struct fsm *f)
 uint64_t fsm_leader_time_ms(const struct fsm *f)
 {
     return f->leader_time_ms;
+}
+
+uint64_t fsm_compliance_clock_ms(const struct fsm *f)
+{
+    return f->clock_ms;
 }
 
 struct fsm_stats fsm_stats(const struct fsm *f)

@@ -14,7 +14,9 @@
 /*
  * Every node runs one struct fsm behind libraft (a `struct raft_fsm`, version
  * 1). Its state lives in a RocksDB database (node/meta_store.h) with column
- * families meta, nodes, vaults, snapshots and restore_tests.
+ * families meta, nodes, vaults, snapshots, restore_tests, users, approvals and
+ * audit. Retention locks, legal holds, roles and the compliance clock are
+ * described in docs/retention.md and applied by node/fsm_locks.c.
  *
  * Applying. Each committed Raft entry carries one protobuf hbc.Command. Its
  * effect and the meta records (applied index, leader time, command chain) go
@@ -46,7 +48,10 @@
  * Results. apply's `void *result` carries the code itself, cast through
  * intptr_t (fsm_result_code()), never heap memory: libraft discards a
  * follower's result. 0 means applied; HBC_EEXIST, HBC_ENOTFOUND, HBC_EINVAL,
- * HBC_EPROTO (not a Command) and HBC_ETOOBIG (entry too long) are refusals.
+ * HBC_EPROTO (not a Command), HBC_ETOOBIG (entry too long), HBC_EDENIED (the
+ * proposer lacks the role), HBC_ELOCKED (a lock or hold protects it) and
+ * HBC_ECLOCK (compliance clock unknown or the tick skewed) are refusals. Every
+ * refusal leaves an AuditRecord (column family "audit") with its reason.
  *
  * Snapshots. A snapshot is the whole state serialised from one consistent
  * RocksDB view: a header, each column family as a stream of length-prefixed
@@ -70,6 +75,14 @@
 #define FSM_PROPOSER_MAX 256   /* longest proposer (certificate subject) */
 #define FSM_MAX_COPIES 8       /* most copies in a vault policy */
 #define FSM_DIGEST_LEN 32      /* SHA-256 */
+/* Retention locks, legal holds and the compliance clock (docs/retention.md). */
+#define FSM_DAY_MS 86400000ull          /* one day in ms */
+#define FSM_RETENTION_DAYS_MAX 36500    /* longest vault retention accepted */
+#define FSM_EXPIRY_MARGIN_MS FSM_DAY_MS /* forget needs clock >= retain_until + this */
+#define FSM_MAX_SKEW_MS 60000ull        /* a tick may run ahead of elapsed time by this */
+#define FSM_APPROVAL_TTL_MS FSM_DAY_MS  /* a request must be approved within this */
+#define FSM_TICK_INTERVAL_MS 10000      /* how often the leader proposes a ClockTick */
+#define FSM_PROPOSER_SELF "hbcd"        /* proposer of the leader's own commands */
 /* Length prefix of a Command in a Raft entry (see fsm_command_encode). */
 #define FSM_ENTRY_PREFIX 4
 
@@ -151,6 +164,43 @@ uint64_t fsm_applied_index(const struct fsm *f);
 /* Highest leader_time_ms applied so far: the cluster's notion of now. Loop thread. */
 uint64_t fsm_leader_time_ms(const struct fsm *f);
 
+/*
+ * The committed compliance clock (ms since the epoch; 0 while no tick has been
+ * accepted): the only time that expiry and approval deadlines are measured
+ * on. It never goes back. Loop thread.
+ */
+uint64_t fsm_compliance_clock_ms(const struct fsm *f);
+
+/* What protects a chunk (or a snapshot) from deletion, as of the applied state. */
+struct fsm_protection {
+    uint64_t retain_until_ms; /* latest retain-until among the snapshots found (0: none) */
+    bool legal_hold;          /* one of them is under legal hold */
+    unsigned present;         /* how many of the snapshots asked about still exist */
+};
+
+/*
+ * The dedup trap: a chunk lives as long as the most protected snapshot that
+ * references it, not as long as the one that first wrote it. Given the ids of
+ * every snapshot whose reference list names a chunk (n ids of FSM_ID_LEN
+ * bytes, borrowed), fill *out with the latest retain-until and whether any is
+ * held; forgotten snapshots are skipped. A chunk with out->present == 0 is
+ * referenced by no present snapshot and is a GC candidate (after the grace
+ * period). Any thread. Returns 0, HBC_ECORRUPT, HBC_ENOMEM or HBC_ESTORE.
+ */
+int fsm_protected_until(struct fsm *f, const uint8_t *snapshot_ids, size_t n,
+                        struct fsm_protection *out, struct err *e);
+
+/*
+ * Whether snapshot s may be forgotten at compliance clock clock_ms: 0 if so,
+ * HBC_ELOCKED (held, or clock_ms < retain-until + FSM_EXPIRY_MARGIN_MS) or
+ * HBC_ECLOCK (clock_ms is 0: unknown). Pure; GC re-checks with this on its
+ * own applied state before deleting.
+ */
+int fsm_forget_allowed(const Hbc__SnapshotInfo *s, uint64_t clock_ms);
+
+/* The roles (bit 1 << HBC__ROLE__*) a subject holds in the state machine, 0 if none. */
+int fsm_get_roles(struct fsm *f, const char *subject, uint32_t *roles, struct err *e);
+
 /* A copy of the counters. */
 struct fsm_stats fsm_stats(const struct fsm *f);
 
@@ -171,6 +221,17 @@ typedef int (*fsm_node_fn)(const Hbc__NodeInfo *node, void *arg);
 typedef int (*fsm_vault_fn)(const Hbc__VaultInfo *vault, void *arg);
 typedef int (*fsm_snapshot_fn)(const Hbc__SnapshotInfo *snap, void *arg);
 typedef int (*fsm_restore_test_fn)(const Hbc__RestoreTestInfo *test, void *arg);
+typedef int (*fsm_audit_fn)(const Hbc__AuditRecord *rec, void *arg);
+typedef int (*fsm_approval_fn)(const Hbc__ApprovalInfo *req, void *arg);
+
+/* Audit records in index order, from from_index on. */
+int fsm_list_audit(struct fsm *f, uint64_t from_index, fsm_audit_fn fn, void *arg, struct err *e);
+
+/* The audit record of entry index (HBC_ENOTFOUND when that entry left none). */
+int fsm_get_audit(struct fsm *f, uint64_t index, Hbc__AuditRecord **out, struct err *e);
+
+/* Every approval request (pending and done) in request order. */
+int fsm_list_approvals(struct fsm *f, fsm_approval_fn fn, void *arg, struct err *e);
 
 /* Every node, by node id. */
 int fsm_list_nodes(struct fsm *f, fsm_node_fn fn, void *arg, struct err *e);

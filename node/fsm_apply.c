@@ -10,23 +10,8 @@
 #include "common/erasure.h"
 #include "common/keys.h"
 
-/*
- * Every handler follows one contract: it reads the current state, decides,
- * and sets *code to 0 (and adds its records to c->batch) or to a refusal
- * (and adds nothing). It returns nonzero only for a local failure (RocksDB,
- * memory, a stored record that does not parse), which must never become a
- * refusal: other nodes would decide differently.
- */
-struct apply_ctx {
-    struct fsm *f;        /* the state machine */
-    struct meta_batch *b; /* the one batch this entry writes */
-    uint64_t index;       /* the entry's Raft index */
-    uint64_t time_ms;     /* the command's time: leader time, never earlier than before */
-    const char *proposer; /* who asked ("" if unknown) */
-};
-
 /* Text fields: 1..max bytes, no control characters (UTF-8 passes). */
-static bool text_ok(const char *s, size_t max)
+bool fsm_text_ok(const char *s, size_t max)
 {
     if (s == NULL) {
         return false;
@@ -47,7 +32,7 @@ static bool text_ok(const char *s, size_t max)
 /* Node ids appear in keys, logs and file names: letters, digits, '.', '_', '-'. */
 static bool node_id_ok(const char *s)
 {
-    if (!text_ok(s, FSM_NAME_MAX)) {
+    if (!fsm_text_ok(s, FSM_NAME_MAX)) {
         return false;
     }
     for (const char *p = s; *p != '\0'; p++) {
@@ -68,8 +53,8 @@ static bool node_state_ok(Hbc__NodeState s)
 }
 
 /* Store m under key in cf (packed). */
-static int put_record(struct apply_ctx *c, enum meta_cf cf, const void *key, size_t klen,
-                      const ProtobufCMessage *m, struct err *e)
+int fsm_put_record(struct apply_ctx *c, enum meta_cf cf, const void *key, size_t klen,
+                   const ProtobufCMessage *m, struct err *e)
 {
     uint8_t *v = NULL;
     size_t n = 0;
@@ -83,8 +68,8 @@ static int put_record(struct apply_ctx *c, enum meta_cf cf, const void *key, siz
 }
 
 /* Load and unpack the record under key: 0, HBC_ENOTFOUND, or a local failure. */
-static int get_record(struct apply_ctx *c, enum meta_cf cf, const void *key, size_t klen,
-                      const ProtobufCMessageDescriptor *d, void **out, struct err *e)
+int fsm_get_record(struct apply_ctx *c, enum meta_cf cf, const void *key, size_t klen,
+                   const ProtobufCMessageDescriptor *d, void **out, struct err *e)
 {
     void *v = NULL;
     size_t n = 0;
@@ -99,8 +84,8 @@ static int get_record(struct apply_ctx *c, enum meta_cf cf, const void *key, siz
 }
 
 /* Whether key exists in cf: 0 (no), 1 (yes) or a local failure. */
-static int key_exists(struct apply_ctx *c, enum meta_cf cf, const void *key, size_t klen,
-                      struct err *e)
+int fsm_key_exists(struct apply_ctx *c, enum meta_cf cf, const void *key, size_t klen,
+                   struct err *e)
 {
     void *v = NULL;
     size_t n = 0;
@@ -136,15 +121,15 @@ static int raft_id_visit(const void *key, size_t klen, const void *val, size_t v
 
 static int apply_node_join(struct apply_ctx *c, const Hbc__NodeJoin *j, int *code, struct err *e)
 {
-    if (!node_id_ok(j->node_id) || !text_ok(j->data_address, FSM_NAME_MAX) ||
-        !text_ok(j->raft_address, FSM_NAME_MAX) || j->raft_id == 0 ||
-        !text_ok(j->site, FSM_NAME_MAX) || !text_ok(j->region, FSM_NAME_MAX) ||
-        !text_ok(j->media, FSM_NAME_MAX) || !node_state_ok(j->state)) {
+    if (!node_id_ok(j->node_id) || !fsm_text_ok(j->data_address, FSM_NAME_MAX) ||
+        !fsm_text_ok(j->raft_address, FSM_NAME_MAX) || j->raft_id == 0 ||
+        !fsm_text_ok(j->site, FSM_NAME_MAX) || !fsm_text_ok(j->region, FSM_NAME_MAX) ||
+        !fsm_text_ok(j->media, FSM_NAME_MAX) || !node_state_ok(j->state)) {
         *code = HBC_EINVAL;
         return 0;
     }
     size_t klen = strlen(j->node_id);
-    int rc = key_exists(c, META_CF_NODES, j->node_id, klen, e);
+    int rc = fsm_key_exists(c, META_CF_NODES, j->node_id, klen, e);
     if (rc < 0) {
         return rc;
     }
@@ -174,26 +159,26 @@ static int apply_node_join(struct apply_ctx *c, const Hbc__NodeJoin *j, int *cod
     n.state = j->state;
     n.joined_ms = c->time_ms;
     n.updated_ms = c->time_ms;
-    return put_record(c, META_CF_NODES, j->node_id, klen, &n.base, e);
+    return fsm_put_record(c, META_CF_NODES, j->node_id, klen, &n.base, e);
 }
 
 static int apply_node_update(struct apply_ctx *c, const Hbc__NodeUpdate *u, int *code,
                              struct err *e)
 {
     if (!node_id_ok(u->node_id) ||
-        (u->data_address != NULL && !text_ok(u->data_address, FSM_NAME_MAX)) ||
-        (u->raft_address != NULL && !text_ok(u->raft_address, FSM_NAME_MAX)) ||
-        (u->site != NULL && !text_ok(u->site, FSM_NAME_MAX)) ||
-        (u->region != NULL && !text_ok(u->region, FSM_NAME_MAX)) ||
-        (u->media != NULL && !text_ok(u->media, FSM_NAME_MAX)) ||
+        (u->data_address != NULL && !fsm_text_ok(u->data_address, FSM_NAME_MAX)) ||
+        (u->raft_address != NULL && !fsm_text_ok(u->raft_address, FSM_NAME_MAX)) ||
+        (u->site != NULL && !fsm_text_ok(u->site, FSM_NAME_MAX)) ||
+        (u->region != NULL && !fsm_text_ok(u->region, FSM_NAME_MAX)) ||
+        (u->media != NULL && !fsm_text_ok(u->media, FSM_NAME_MAX)) ||
         (u->has_state && !node_state_ok(u->state))) {
         *code = HBC_EINVAL;
         return 0;
     }
     size_t klen = strlen(u->node_id);
     Hbc__NodeInfo *n = NULL;
-    int rc =
-        get_record(c, META_CF_NODES, u->node_id, klen, &hbc__node_info__descriptor, (void **)&n, e);
+    int rc = fsm_get_record(c, META_CF_NODES, u->node_id, klen, &hbc__node_info__descriptor,
+                            (void **)&n, e);
     if (rc == HBC_ENOTFOUND) {
         *code = HBC_ENOTFOUND;
         return 0;
@@ -218,7 +203,7 @@ static int apply_node_update(struct apply_ctx *c, const Hbc__NodeUpdate *u, int 
         m.state = u->state;
     }
     m.updated_ms = c->time_ms;
-    rc = put_record(c, META_CF_NODES, u->node_id, klen, &m.base, e);
+    rc = fsm_put_record(c, META_CF_NODES, u->node_id, klen, &m.base, e);
     fsm_record_free(n);
     return rc;
 }
@@ -231,7 +216,7 @@ static int apply_node_remove(struct apply_ctx *c, const Hbc__NodeRemove *r, int 
         return 0;
     }
     size_t klen = strlen(r->node_id);
-    int rc = key_exists(c, META_CF_NODES, r->node_id, klen, e);
+    int rc = fsm_key_exists(c, META_CF_NODES, r->node_id, klen, e);
     if (rc < 0) {
         return rc;
     }
@@ -248,8 +233,9 @@ static int apply_node_remove(struct apply_ctx *c, const Hbc__NodeRemove *r, int 
 static int apply_vault_create(struct apply_ctx *c, const Hbc__VaultCreate *v, int *code,
                               struct err *e)
 {
-    if (v->vault_id.len != FSM_ID_LEN || !text_ok(v->name, FSM_VAULT_NAME_MAX) || v->copies < 1 ||
-        v->copies > FSM_MAX_COPIES || v->k < 1 || v->k > ERASURE_MAX_K || v->m > ERASURE_MAX_M) {
+    if (v->vault_id.len != FSM_ID_LEN || !fsm_text_ok(v->name, FSM_VAULT_NAME_MAX) ||
+        v->copies < 1 || v->copies > FSM_MAX_COPIES || v->k < 1 || v->k > ERASURE_MAX_K ||
+        v->m > ERASURE_MAX_M) {
         *code = HBC_EINVAL;
         return 0;
     }
@@ -265,6 +251,13 @@ static int apply_vault_create(struct apply_ctx *c, const Hbc__VaultCreate *v, in
         *code = HBC_EINVAL;
         return 0;
     }
+    if (v->retention_days > FSM_RETENTION_DAYS_MAX ||
+        (v->lock_mode != HBC__LOCK_MODE__LOCK_COMPLIANCE &&
+         v->lock_mode != HBC__LOCK_MODE__LOCK_GOVERNANCE)) {
+        *code = HBC_EINVAL;
+        c->reason = "retention_days above 36500 or an unknown lock mode";
+        return 0;
+    }
     uint8_t id_key[1 + FSM_ID_LEN];
     id_key[0] = FSM_VAULT_BY_ID;
     memcpy(id_key + 1, v->vault_id.data, FSM_ID_LEN);
@@ -273,9 +266,9 @@ static int apply_vault_create(struct apply_ctx *c, const Hbc__VaultCreate *v, in
     name_key[0] = FSM_VAULT_BY_NAME;
     memcpy(name_key + 1, v->name, name_len);
 
-    int rc = key_exists(c, META_CF_VAULTS, id_key, sizeof id_key, e);
+    int rc = fsm_key_exists(c, META_CF_VAULTS, id_key, sizeof id_key, e);
     if (rc == 0) {
-        rc = key_exists(c, META_CF_VAULTS, name_key, 1 + name_len, e);
+        rc = fsm_key_exists(c, META_CF_VAULTS, name_key, 1 + name_len, e);
     }
     if (rc < 0) {
         return rc;
@@ -293,6 +286,11 @@ static int apply_vault_create(struct apply_ctx *c, const Hbc__VaultCreate *v, in
     info.created_ms = c->time_ms;
     info.created_index = c->index;
     info.created_by = (char *)c->proposer;
+    /* Stored explicitly, so a later change of the defaults never changes this vault. */
+    info.has_retention_days = true;
+    info.retention_days = v->retention_days;
+    info.has_lock_mode = true;
+    info.lock_mode = v->lock_mode;
     if (keys) {
         info.has_wrapped_data_key = true;
         info.wrapped_data_key = v->wrapped_data_key;
@@ -301,7 +299,7 @@ static int apply_vault_create(struct apply_ctx *c, const Hbc__VaultCreate *v, in
         info.has_key_generation = true;
         info.key_generation = v->has_key_generation ? v->key_generation : 1;
     }
-    rc = put_record(c, META_CF_VAULTS, id_key, sizeof id_key, &info.base, e);
+    rc = fsm_put_record(c, META_CF_VAULTS, id_key, sizeof id_key, &info.base, e);
     if (rc == 0) {
         meta_batch_put(c->b, META_CF_VAULTS, name_key, 1 + name_len, v->vault_id.data, FSM_ID_LEN);
     }
@@ -334,8 +332,8 @@ static int apply_snapshot_commit(struct apply_ctx *c, const Hbc__SnapshotCommit 
     snap_key[0] = FSM_SNAP_BY_ID;
     memcpy(snap_key + 1, s->snapshot_id.data, FSM_ID_LEN);
     Hbc__SnapshotInfo *old = NULL;
-    int rc = get_record(c, META_CF_SNAPSHOTS, snap_key, sizeof snap_key,
-                        &hbc__snapshot_info__descriptor, (void **)&old, e);
+    int rc = fsm_get_record(c, META_CF_SNAPSHOTS, snap_key, sizeof snap_key,
+                            &hbc__snapshot_info__descriptor, (void **)&old, e);
     if (rc == 0) {
         /* The idempotency key: a retried commit changes nothing. */
         *code = same_snapshot(old, s) ? HBC_EEXIST : HBC_EINVAL;
@@ -348,14 +346,25 @@ static int apply_snapshot_commit(struct apply_ctx *c, const Hbc__SnapshotCommit 
     uint8_t vault_key[1 + FSM_ID_LEN];
     vault_key[0] = FSM_VAULT_BY_ID;
     memcpy(vault_key + 1, s->vault_id.data, FSM_ID_LEN);
-    rc = key_exists(c, META_CF_VAULTS, vault_key, sizeof vault_key, e);
-    if (rc < 0) {
-        return rc;
-    }
-    if (rc == 0) {
+    Hbc__VaultInfo *vault = NULL;
+    rc = fsm_get_record(c, META_CF_VAULTS, vault_key, sizeof vault_key,
+                        &hbc__vault_info__descriptor, (void **)&vault, e);
+    if (rc == HBC_ENOTFOUND) {
         *code = HBC_ENOTFOUND;
         return 0;
     }
+    if (rc != 0) {
+        return rc;
+    }
+    /*
+     * The lock starts at the later of the compliance clock and the leader's
+     * time: a leader clock running behind cannot shorten it, and one running
+     * ahead only lengthens it. No tick is needed: a commit only adds protection.
+     */
+    uint64_t base = c->clock_ms > c->time_ms ? c->clock_ms : c->time_ms;
+    uint64_t retain_until = base + (uint64_t)vault->retention_days * FSM_DAY_MS;
+    Hbc__LockMode mode = vault->lock_mode;
+    fsm_record_free(vault);
     Hbc__SnapshotInfo info = HBC__SNAPSHOT_INFO__INIT;
     info.snapshot_id = s->snapshot_id;
     info.vault_id = s->vault_id;
@@ -368,7 +377,11 @@ static int apply_snapshot_commit(struct apply_ctx *c, const Hbc__SnapshotCommit 
     info.committed_ms = c->time_ms;
     info.commit_index = c->index;
     info.committed_by = (char *)c->proposer;
-    rc = put_record(c, META_CF_SNAPSHOTS, snap_key, sizeof snap_key, &info.base, e);
+    info.has_retain_until_ms = true;
+    info.retain_until_ms = retain_until;
+    info.has_lock_mode = true;
+    info.lock_mode = mode;
+    rc = fsm_put_record(c, META_CF_SNAPSHOTS, snap_key, sizeof snap_key, &info.base, e);
     if (rc != 0) {
         return rc;
     }
@@ -386,7 +399,7 @@ static int apply_restore_test(struct apply_ctx *c, const Hbc__RestoreTestRecord 
                               struct err *e)
 {
     if (t->snapshot_id.len != FSM_ID_LEN ||
-        (t->copy != NULL && t->copy[0] != '\0' && !text_ok(t->copy, FSM_NAME_MAX)) ||
+        (t->copy != NULL && t->copy[0] != '\0' && !fsm_text_ok(t->copy, FSM_NAME_MAX)) ||
         (t->result != HBC__RESTORE_TEST_RESULT__RESTORE_TEST_PASSED &&
          t->result != HBC__RESTORE_TEST_RESULT__RESTORE_TEST_FAILED)) {
         *code = HBC_EINVAL;
@@ -396,8 +409,8 @@ static int apply_restore_test(struct apply_ctx *c, const Hbc__RestoreTestRecord 
     snap_key[0] = FSM_SNAP_BY_ID;
     memcpy(snap_key + 1, t->snapshot_id.data, FSM_ID_LEN);
     Hbc__SnapshotInfo *snap = NULL;
-    int rc = get_record(c, META_CF_SNAPSHOTS, snap_key, sizeof snap_key,
-                        &hbc__snapshot_info__descriptor, (void **)&snap, e);
+    int rc = fsm_get_record(c, META_CF_SNAPSHOTS, snap_key, sizeof snap_key,
+                            &hbc__snapshot_info__descriptor, (void **)&snap, e);
     if (rc == HBC_ENOTFOUND) {
         *code = HBC_ENOTFOUND;
         return 0;
@@ -420,7 +433,7 @@ static int apply_restore_test(struct apply_ctx *c, const Hbc__RestoreTestRecord 
     uint8_t key[FSM_ID_LEN + 8];
     memcpy(key, t->snapshot_id.data, FSM_ID_LEN);
     fsm_put_be64(key + FSM_ID_LEN, c->index);
-    rc = put_record(c, META_CF_RESTORE_TESTS, key, sizeof key, &info.base, e);
+    rc = fsm_put_record(c, META_CF_RESTORE_TESTS, key, sizeof key, &info.base, e);
     fsm_record_free(snap);
     return rc;
 }
@@ -428,9 +441,13 @@ static int apply_restore_test(struct apply_ctx *c, const Hbc__RestoreTestRecord 
 static int dispatch(struct apply_ctx *c, const Hbc__Command *cmd, int *code, struct err *e)
 {
     if (cmd->proposer != NULL && cmd->proposer[0] != '\0' &&
-        !text_ok(cmd->proposer, FSM_PROPOSER_MAX)) {
+        !fsm_text_ok(cmd->proposer, FSM_PROPOSER_MAX)) {
         *code = HBC_EINVAL;
         return 0;
+    }
+    int rc = fsm_apply_locks(c, cmd, code, e);
+    if (rc != 1) {
+        return rc;
     }
     switch (cmd->cmd_case) {
     case HBC__COMMAND__CMD_NODE_JOIN:
@@ -450,6 +467,31 @@ static int dispatch(struct apply_ctx *c, const Hbc__Command *cmd, int *code, str
         *code = HBC_EPROTO;
         return 0;
     }
+}
+
+/*
+ * Record an entry in "audit": every refusal (with its reason) and every
+ * command of the locks family. Refusals must leave a trace even though their
+ * effect is dropped, so this goes into the batch after it was cleared.
+ */
+static int audit_record(struct apply_ctx *c, const Hbc__Command *cmd, int outcome, struct err *e)
+{
+    Hbc__AuditRecord r = HBC__AUDIT_RECORD__INIT;
+    r.index = c->index;
+    r.leader_time_ms = c->time_ms;
+    r.compliance_clock_ms = c->clock_ms;
+    r.proposer = (char *)(c->proposer != NULL ? c->proposer : "");
+    r.command = cmd != NULL ? (uint32_t)cmd->cmd_case : 0;
+    r.outcome = outcome;
+    r.reason = (char *)(outcome == 0 ? "" : c->reason != NULL ? c->reason : hbc_strerror(outcome));
+    if (c->audit_snapshot != NULL) {
+        r.has_snapshot_id = true;
+        r.snapshot_id.data = (uint8_t *)c->audit_snapshot;
+        r.snapshot_id.len = FSM_ID_LEN;
+    }
+    uint8_t key[8];
+    fsm_put_be64(key, c->index);
+    return fsm_put_record(c, META_CF_AUDIT, key, sizeof key, &r.base, e);
 }
 
 /* next = SHA-256(prev || be64 index || entry): the order and content of every entry applied. */
@@ -489,7 +531,8 @@ int fsm_apply_at(struct fsm *f, uint64_t index, const void *buf, size_t len, int
         err_wrap(e, "apply %llu", (unsigned long long)index);
         return rc;
     }
-    struct apply_ctx c = {.f = f, .b = b, .index = index, .time_ms = f->leader_time_ms};
+    struct apply_ctx c = {
+        .f = f, .b = b, .index = index, .time_ms = f->leader_time_ms, .clock_ms = f->clock_ms};
     Hbc__Command *cmd = NULL;
     int outcome = 0;
     bool oom = false;
@@ -530,6 +573,13 @@ int fsm_apply_at(struct fsm *f, uint64_t index, const void *buf, size_t len, int
     }
     if (outcome != 0) {
         meta_batch_clear(b);
+        c.clock_ms = f->clock_ms;
+    }
+    if (outcome != 0 || c.audit) {
+        rc = audit_record(&c, cmd, outcome, e);
+        if (rc != 0) {
+            goto out;
+        }
     }
 
     uint8_t chain[32];
@@ -544,6 +594,11 @@ int fsm_apply_at(struct fsm *f, uint64_t index, const void *buf, size_t len, int
     meta_batch_put(b, META_CF_META, FSM_META_APPLIED, strlen(FSM_META_APPLIED), applied, 8);
     meta_batch_put(b, META_CF_META, FSM_META_LEADER_TIME, strlen(FSM_META_LEADER_TIME), time, 8);
     meta_batch_put(b, META_CF_META, FSM_META_CHAIN, strlen(FSM_META_CHAIN), chain, 32);
+    if (c.clock_ms != f->clock_ms) {
+        uint8_t clock[8];
+        fsm_put_be64(clock, c.clock_ms);
+        meta_batch_put(b, META_CF_META, FSM_META_CLOCK, strlen(FSM_META_CLOCK), clock, 8);
+    }
     /* sync=false: the Raft log is the durable record (see fsm.h). */
     rc = meta_batch_write(b, false, e);
     if (rc != 0) {
@@ -551,6 +606,7 @@ int fsm_apply_at(struct fsm *f, uint64_t index, const void *buf, size_t len, int
     }
     f->applied = index;
     f->leader_time_ms = c.time_ms;
+    f->clock_ms = c.clock_ms;
     memcpy(f->chain, chain, 32);
     f->stats.applied++;
     if (outcome != 0) {

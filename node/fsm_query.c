@@ -1,4 +1,4 @@
-/* The replicated state machine's queries: nodes, vaults, snapshots, restore tests. */
+/* The replicated state machine's queries: nodes, vaults, snapshots, restore tests, locks, audit. */
 #include "node/fsm_internal.h"
 
 #include <string.h>
@@ -6,7 +6,14 @@
 #include "common/alloc.h"
 
 /* Which callback a scan feeds. */
-enum record_kind { KIND_NODE, KIND_VAULT, KIND_SNAPSHOT, KIND_RESTORE_TEST };
+enum record_kind {
+    KIND_NODE,
+    KIND_VAULT,
+    KIND_SNAPSHOT,
+    KIND_RESTORE_TEST,
+    KIND_AUDIT,
+    KIND_APPROVAL
+};
 
 struct visit {
     enum record_kind kind; /* record type, which selects the callback */
@@ -15,6 +22,8 @@ struct visit {
         fsm_vault_fn vault;       /* KIND_VAULT */
         fsm_snapshot_fn snapshot; /* KIND_SNAPSHOT */
         fsm_restore_test_fn test; /* KIND_RESTORE_TEST */
+        fsm_audit_fn audit;       /* KIND_AUDIT */
+        fsm_approval_fn approval; /* KIND_APPROVAL */
     } fn;                         /* the caller's callback */
     void *arg;                    /* its argument */
     struct fsm *f;                /* for lookups through an index */
@@ -31,6 +40,10 @@ static const ProtobufCMessageDescriptor *descriptor_of(enum record_kind k)
         return &hbc__vault_info__descriptor;
     case KIND_SNAPSHOT:
         return &hbc__snapshot_info__descriptor;
+    case KIND_AUDIT:
+        return &hbc__audit_record__descriptor;
+    case KIND_APPROVAL:
+        return &hbc__approval_info__descriptor;
     default:
         return &hbc__restore_test_info__descriptor;
     }
@@ -56,6 +69,12 @@ static int deliver(struct visit *v, const void *val, size_t vlen)
         break;
     case KIND_RESTORE_TEST:
         rc = v->fn.test(m, v->arg);
+        break;
+    case KIND_AUDIT:
+        rc = v->fn.audit(m, v->arg);
+        break;
+    case KIND_APPROVAL:
+        rc = v->fn.approval(m, v->arg);
         break;
     }
     fsm_record_free(m);
@@ -216,4 +235,76 @@ int fsm_list_restore_tests(struct fsm *f, const uint8_t *snapshot_id, fsm_restor
     struct visit v = {.kind = KIND_RESTORE_TEST, .fn.test = fn, .arg = arg, .f = f, .e = e};
     return scan_records(&v, META_CF_RESTORE_TESTS, snapshot_id,
                         snapshot_id != NULL ? FSM_ID_LEN : 0, record_visit);
+}
+
+/* Audit keys are be64 indexes: a scan from from_index visits them in order. */
+struct audit_from {
+    struct visit v;      /* the delivery */
+    uint64_t from_index; /* first index wanted */
+};
+
+static int audit_visit(const void *key, size_t klen, const void *val, size_t vlen, void *arg)
+{
+    struct audit_from *a = arg;
+    if (klen != 8) {
+        return err_set(a->v.e, HBC_ECORRUPT, "audit key of %zu bytes", klen);
+    }
+    if (fsm_get_be64(key) < a->from_index) {
+        return 0;
+    }
+    return deliver(&a->v, val, vlen);
+}
+
+int fsm_list_audit(struct fsm *f, uint64_t from_index, fsm_audit_fn fn, void *arg, struct err *e)
+{
+    struct audit_from a = {.v = {.kind = KIND_AUDIT, .fn.audit = fn, .arg = arg, .f = f, .e = e},
+                           .from_index = from_index};
+    return meta_store_scan(f->store, NULL, META_CF_AUDIT, NULL, 0, audit_visit, &a, e);
+}
+
+int fsm_get_audit(struct fsm *f, uint64_t index, Hbc__AuditRecord **out, struct err *e)
+{
+    uint8_t key[8];
+    fsm_put_be64(key, index);
+    return get_record(f, NULL, META_CF_AUDIT, key, sizeof key, KIND_AUDIT, (void **)out, e);
+}
+
+int fsm_list_approvals(struct fsm *f, fsm_approval_fn fn, void *arg, struct err *e)
+{
+    struct visit v = {.kind = KIND_APPROVAL, .fn.approval = fn, .arg = arg, .f = f, .e = e};
+    return scan_records(&v, META_CF_APPROVALS, NULL, 0, record_visit);
+}
+
+int fsm_protected_until(struct fsm *f, const uint8_t *snapshot_ids, size_t n,
+                        struct fsm_protection *out, struct err *e)
+{
+    memset(out, 0, sizeof *out);
+    struct meta_view *view = NULL;
+    int rc = meta_view_open(f->store, &view, e);
+    if (rc != 0) {
+        return rc;
+    }
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        uint8_t key[1 + FSM_ID_LEN];
+        key[0] = FSM_SNAP_BY_ID;
+        memcpy(key + 1, snapshot_ids + i * FSM_ID_LEN, FSM_ID_LEN);
+        Hbc__SnapshotInfo *s = NULL;
+        rc = get_record(f, view, META_CF_SNAPSHOTS, key, sizeof key, KIND_SNAPSHOT, (void **)&s, e);
+        if (rc == HBC_ENOTFOUND) {
+            rc = 0;
+            continue;
+        }
+        if (rc != 0) {
+            break;
+        }
+        out->present++;
+        uint64_t until = fsm_retain_until(s);
+        if (until > out->retain_until_ms) {
+            out->retain_until_ms = until;
+        }
+        out->legal_hold = out->legal_hold || s->legal_hold;
+        fsm_record_free(s);
+    }
+    meta_view_close(view);
+    return rc;
 }

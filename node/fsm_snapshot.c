@@ -243,10 +243,11 @@ static int rd_u32(struct reader *r, uint32_t *v, struct err *e)
 }
 
 /* Parse the body after the header, adding a put per entry to b. */
-static int parse_body(struct reader *r, uint64_t applied, struct meta_batch *b, struct err *e)
+static int parse_body(struct reader *r, uint64_t applied, uint32_t n_cf, struct meta_batch *b,
+                      struct err *e)
 {
     bool saw_applied = false;
-    for (int cf = 0; cf < META_CF_COUNT; cf++) {
+    for (int cf = 0; cf < (int)n_cf; cf++) {
         const char *want = meta_cf_name(cf);
         const uint8_t *p = NULL;
         int rc = rd(r, 2, &p, e);
@@ -343,8 +344,10 @@ int fsm_snapshot_restore(struct fsm *f, const void *buf, size_t len, struct err 
     if (CRYPTO_memcmp(digest, in + len - SNAP_TRAILER_LEN, SNAP_TRAILER_LEN) != 0) {
         return err_set(e, HBC_ECORRUPT, "restore: snapshot trailer");
     }
-    if (n_cf != META_CF_COUNT) {
-        return err_set(e, HBC_EFORMAT, "restore: %u column families, want %d", n_cf, META_CF_COUNT);
+    /* An older snapshot has fewer families (new ones are appended); those stay empty. */
+    if (n_cf < META_CF_COUNT_V1 || n_cf > META_CF_COUNT) {
+        return err_set(e, HBC_EFORMAT, "restore: %u column families, want %d..%d", n_cf,
+                       META_CF_COUNT_V1, META_CF_COUNT);
     }
     const uint8_t *p = NULL;
     rd(&r, 8, &p, e);
@@ -356,7 +359,7 @@ int fsm_snapshot_restore(struct fsm *f, const void *buf, size_t len, struct err 
         rc = meta_batch_delete_all(b, cf, e);
     }
     if (rc == 0) {
-        rc = parse_body(&r, applied, b, e);
+        rc = parse_body(&r, applied, n_cf, b, e);
     }
     if (rc == 0) {
         /* Synced: once libraft moves past this snapshot it will not replay what it covers. */

@@ -12,6 +12,8 @@ static const char *const cf_names[META_CF_COUNT] = {
     [META_CF_DEFAULT] = "default",     [META_CF_META] = "meta",
     [META_CF_NODES] = "nodes",         [META_CF_VAULTS] = "vaults",
     [META_CF_SNAPSHOTS] = "snapshots", [META_CF_RESTORE_TESTS] = "restore_tests",
+    [META_CF_USERS] = "users",         [META_CF_APPROVALS] = "approvals",
+    [META_CF_AUDIT] = "audit",
 };
 
 struct meta_store {

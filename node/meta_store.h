@@ -20,7 +20,11 @@
  * the message; allocation failures are HBC_ENOMEM.
  */
 
-/* Column families, in the canonical order used by snapshots and digests. */
+/*
+ * Column families, in the canonical order used by snapshots and digests. New
+ * ones are appended, so a snapshot from an older version (fewer families, same
+ * order) still restores.
+ */
 enum meta_cf {
     META_CF_DEFAULT = 0,   /* "default": RocksDB's own; unused, kept empty */
     META_CF_META,          /* "meta": applied index, leader time, command chain */
@@ -28,11 +32,15 @@ enum meta_cf {
     META_CF_VAULTS,        /* "vaults": 'i'+vault id -> VaultInfo, 'n'+name -> vault id */
     META_CF_SNAPSHOTS,     /* "snapshots": 's'+id -> SnapshotInfo, 'v'+vault+index -> id */
     META_CF_RESTORE_TESTS, /* "restore_tests": snapshot id+index -> RestoreTestInfo */
+    META_CF_USERS,         /* "users": certificate subject -> RoleInfo */
+    META_CF_APPROVALS,     /* "approvals": be64 request index -> ApprovalInfo */
+    META_CF_AUDIT,         /* "audit": be64 Raft index -> AuditRecord */
     META_CF_COUNT          /* number of column families */
 };
 
 #define META_KEY_MAX 1024            /* longest key the store accepts or restores */
 #define META_VALUE_MAX (1024 * 1024) /* longest value the store accepts or restores */
+#define META_CF_COUNT_V1 6           /* families of the first version (up to restore_tests) */
 
 /* The RocksDB name of a column family ("nodes"); never NULL for a valid cf. */
 const char *meta_cf_name(enum meta_cf cf);

@@ -92,6 +92,11 @@ struct raft_node {
     bool stopping;                         /* raft_node_stop() was called */
     uv_timer_t stop_timer;                 /* polls last_stored during stop */
     uv_timer_t self_timer;                 /* registers this node in the state machine */
+    uv_timer_t clock_timer;                /* proposes ClockTicks while leader */
+    uint64_t clock_seen;                   /* the anchor: a committed compliance clock value */
+    uint64_t clock_seen_at;                /* uv_now when it was seen applied (or start) */
+    uint64_t tick_sent_at;                 /* uv_now of our last ClockTick proposal */
+    bool tick_inflight;                    /* a ClockTick is not yet called back */
     struct raft_transfer transfer;         /* hands leadership over during stop */
     bool transferring;                     /* transfer started, its callback not yet run */
     uint64_t stop_started;                 /* uv_now when stop began */
@@ -164,11 +169,18 @@ static void apply_done_cb(struct raft_apply *req, int status, void *result)
     struct proposal *p = (struct proposal *)req;
     struct raft_node *rn = p->rn;
     int code = status != 0 ? code_from_raft(status) : fsm_result_code(result);
-    char msg[160];
+    char msg[256];
     if (status != 0) {
         snprintf(msg, sizeof msg, "not committed: %s", raft_strerror(status));
     } else if (code != 0) {
-        snprintf(msg, sizeof msg, "refused by the state machine: %s", hbc_strerror(code));
+        /* The reason the state machine recorded with the refusal, when it left one. */
+        Hbc__AuditRecord *rec = NULL;
+        if (fsm_get_audit(rn->fsm, req->index, &rec, NULL) == 0 && rec->reason[0] != '\0') {
+            snprintf(msg, sizeof msg, "refused by the state machine: %s", rec->reason);
+        } else {
+            snprintf(msg, sizeof msg, "refused by the state machine: %s", hbc_strerror(code));
+        }
+        fsm_record_free(rec);
     } else {
         snprintf(msg, sizeof msg, "committed");
     }
@@ -628,6 +640,59 @@ static void self_timer_cb(uv_timer_t *t)
 }
 
 /* ---------------------------------------------------------------------- */
+/* Compliance clock                                                        */
+
+static void tick_done_cb(void *arg, int code, uint64_t index, const char *msg)
+{
+    struct raft_node *rn = arg;
+    rn->tick_inflight = false;
+    if (code != 0) {
+        hbc_log(LOG_WARN, "event=clock_tick_refused index=%llu code=%s msg=\"%s\"",
+                (unsigned long long)index, hbc_errname(code), msg);
+    }
+}
+
+/*
+ * Every node keeps an anchor: a committed compliance clock value and the
+ * moment, on its own monotonic clock, it saw it applied. A follower moves its
+ * anchor whenever the clock moves; a leader freezes it while it leads, so its
+ * own ticks cannot compound a fast clock's gain. The leader proposes a tick
+ * every FSM_TICK_INTERVAL_MS with its wall clock, the anchor and the monotonic
+ * time elapsed since it; the state machine accepts a time up to anchor +
+ * elapsed + max_skew (node/fsm_locks.c). A node that just started counts from
+ * its start, which underestimates the elapsed time: it refuses more, never less.
+ */
+static void clock_timer_cb(uv_timer_t *t)
+{
+    struct raft_node *rn = t->data;
+    uint64_t now = uv_now(rn->loop);
+    uint64_t clock = fsm_compliance_clock_ms(rn->fsm);
+    bool leader = rn->raft.state == RAFT_LEADER;
+    if (clock != rn->clock_seen && (!leader || rn->clock_seen == 0)) {
+        rn->clock_seen = clock;
+        rn->clock_seen_at = now;
+    }
+    if (rn->stopping || rn->raft.state != RAFT_LEADER || rn->tick_inflight ||
+        now - rn->tick_sent_at < FSM_TICK_INTERVAL_MS) {
+        return;
+    }
+    Hbc__Command cmd = HBC__COMMAND__INIT;
+    Hbc__ClockTick tick = HBC__CLOCK_TICK__INIT;
+    tick.wall_ms = wall_ms();
+    tick.elapsed_ms = now - rn->clock_seen_at;
+    tick.anchor_clock_ms = rn->clock_seen;
+    cmd.cmd_case = HBC__COMMAND__CMD_CLOCK_TICK;
+    cmd.clock_tick = &tick;
+    struct err e;
+    rn->tick_sent_at = now;
+    if (raft_node_propose(rn, &cmd, FSM_PROPOSER_SELF, tick_done_cb, rn, &e) == 0) {
+        rn->tick_inflight = true;
+    } else {
+        hbc_log(LOG_DEBUG, "event=clock_tick_deferred reason=\"%s\"", e.msg);
+    }
+}
+
+/* ---------------------------------------------------------------------- */
 /* Status                                                                  */
 
 struct leader_find {
@@ -893,6 +958,13 @@ int raft_node_start(uv_loop_t *loop, const struct node_config *cfg, struct tls_c
     rn->self_timer.data = rn;
     rn->handles_open++;
     uv_timer_start(&rn->self_timer, self_timer_cb, 200, 500);
+    uv_timer_init(loop, &rn->clock_timer);
+    rn->clock_timer.data = rn;
+    rn->handles_open++;
+    rn->clock_seen = fsm_compliance_clock_ms(fsm);
+    rn->clock_seen_at = uv_now(loop);
+    rn->tick_sent_at = uv_now(loop) - FSM_TICK_INTERVAL_MS;
+    uv_timer_start(&rn->clock_timer, clock_timer_cb, 1000, 1000);
     hbc_log(LOG_INFO, "event=raft_started node=%s raft_id=%llu listen=%s", cfg->node_id,
             (unsigned long long)rn->id, cfg->raft_listen);
     *out = rn;
@@ -968,6 +1040,8 @@ void raft_node_stop(struct raft_node *rn, void (*done)(void *arg), void *arg)
     rn->stop_started = uv_now(rn->loop);
     uv_timer_stop(&rn->self_timer);
     uv_close((uv_handle_t *)&rn->self_timer, timer_closed_cb);
+    uv_timer_stop(&rn->clock_timer);
+    uv_close((uv_handle_t *)&rn->clock_timer, timer_closed_cb);
     /* Queued membership changes are refused; the running one ends with raft_close. */
     while (rn->ops_head != NULL) {
         struct member_op *op = rn->ops_head;

@@ -39,6 +39,8 @@ extern "C" {
     X(DENIED, -4025, "permission denied")                                                          \
     X(UNAVAILABLE, -4026, "service unavailable")                                                   \
     X(PARTIAL, -4027, "operation completed only in part")                                          \
+    X(LOCKED, -4028, "protected by a retention lock or legal hold")                                \
+    X(CLOCK, -4029, "compliance clock unknown or skewed: time-dependent command refused")          \
     X(INTERNAL, -4099, "internal error")
 
 enum hbc_error {

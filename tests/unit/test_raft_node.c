@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -62,6 +63,7 @@ static int group_setup(void **state)
     sh("'%s/scripts/dev-ca' '%s/ca' init >/dev/null", src, tmp_dir);
     sh("'%s/scripts/dev-ca' '%s/ca' node n1 127.0.0.1 >/dev/null", src, tmp_dir);
     sh("'%s/scripts/dev-ca' '%s/ca' node n2 127.0.0.1 >/dev/null", src, tmp_dir);
+    sh("'%s/scripts/dev-ca' '%s/ca' node n3 127.0.0.1 >/dev/null", src, tmp_dir);
     if (getenv("HBC_TEST_VERBOSE") == NULL) {
         log_level_current = LOG_ERROR;
     }
@@ -186,6 +188,7 @@ struct outcome {
     uint64_t index;       /* its index */
     uint64_t fsm_applied; /* the state machine's applied index when it fired */
     struct fsm *fsm;      /* to read that from */
+    char msg[256];        /* its message */
 };
 
 static void outcome_cb(void *arg, int code, uint64_t index, const char *msg)
@@ -196,6 +199,7 @@ static void outcome_cb(void *arg, int code, uint64_t index, const char *msg)
     o->code = code;
     o->index = index;
     o->fsm_applied = fsm_applied_index(o->fsm);
+    snprintf(o->msg, sizeof o->msg, "%s", msg);
 }
 
 /*
@@ -253,6 +257,61 @@ static void test_propose_keeps_the_command_and_reports_its_index(void **state)
     finish_loop(&loop);
 }
 
+static uint64_t wall_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/*
+ * The leader starts the compliance clock by itself (a ClockTick from its
+ * timer), and a refusal's reply carries the reason the state machine recorded.
+ */
+static void test_leader_ticks_and_refusals_carry_reasons(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct test_node n;
+    uint64_t before = wall_now_ms();
+    node_start(&loop, &n, "n3", true);
+    RUN_UNTIL(&loop, fsm_compliance_clock_ms(n.fsm) != 0);
+    uint64_t clock = fsm_compliance_clock_ms(n.fsm);
+    assert_true(clock >= before);
+    assert_true(clock <= wall_now_ms());
+
+    /* A client's tick is refused by the state machine: only the leader itself ticks. */
+    Hbc__ClockTick t = HBC__CLOCK_TICK__INIT;
+    t.wall_ms = clock + 365ull * 86400000;
+    t.elapsed_ms = 365ull * 86400000;
+    Hbc__Command cmd = HBC__COMMAND__INIT;
+    cmd.cmd_case = HBC__COMMAND__CMD_CLOCK_TICK;
+    cmd.clock_tick = &t;
+    struct outcome o = {.fsm = n.fsm};
+    struct err e;
+    assert_int_equal(raft_node_propose(n.rn, &cmd, "CN=mallory,OU=admin", outcome_cb, &o, &e), 0);
+    RUN_UNTIL(&loop, o.done);
+    assert_int_equal(o.code, HBC_EDENIED);
+    assert_non_null(strstr(o.msg, "only the leader itself proposes clock ticks"));
+    assert_true(fsm_compliance_clock_ms(n.fsm) < t.wall_ms);
+
+    /* Forgetting without a role: refused, with the reason. */
+    uint8_t sid[16] = {9};
+    Hbc__SnapshotForget f = HBC__SNAPSHOT_FORGET__INIT;
+    f.snapshot_id = (ProtobufCBinaryData){16, sid};
+    cmd.cmd_case = HBC__COMMAND__CMD_SNAPSHOT_FORGET;
+    cmd.snapshot_forget = &f;
+    struct outcome o2 = {.fsm = n.fsm};
+    assert_int_equal(raft_node_propose(n.rn, &cmd, "CN=bob,OU=backup", outcome_cb, &o2, &e), 0);
+    RUN_UNTIL(&loop, o2.done);
+    assert_int_equal(o2.code, HBC_EDENIED);
+    assert_non_null(strstr(o2.msg, "needs an admin or backup role"));
+
+    node_stop(&loop, &n);
+    finish_loop(&loop);
+}
+
 /* A node in no Raft configuration yet (never bootstrapped or admitted) reports its status. */
 static void test_status_without_configuration(void **state)
 {
@@ -282,6 +341,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_propose_keeps_the_command_and_reports_its_index),
         cmocka_unit_test(test_status_without_configuration),
+        cmocka_unit_test(test_leader_ticks_and_refusals_carry_reasons),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
