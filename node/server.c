@@ -348,7 +348,9 @@ static void commit_work_cb(uv_work_t *w)
     shard_store_stats(s->store, &st);
     if (st.used_bytes + bytes > s->cfg->capacity) {
         cm->status = -ENOSPC;
-        snprintf(cm->msg, sizeof cm->msg, "node is full: %llu of %llu bytes used, %llu more asked",
+        snprintf(cm->msg, sizeof cm->msg,
+                 "no space: the node is full ([node] capacity): %llu of %llu bytes used, %llu more "
+                 "asked",
                  (unsigned long long)st.used_bytes, (unsigned long long)s->cfg->capacity,
                  (unsigned long long)bytes);
         goto out;
