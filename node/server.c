@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 
 #include <hbc/hbc.h>
 
@@ -47,6 +48,14 @@
 #define SWEEP_INTERVAL_MS 1000
 /* Largest number of keys or ids in one get or have request. */
 #define REQUEST_MAX_KEYS 4096
+/*
+ * Bytes of free space a group commit leaves on the data directory's filesystem
+ * for the index: a RocksDB write that meets ENOSPC leaves RocksDB read-only and
+ * the shard store refusing writes until reopened (store_write_sync), while a
+ * segment append that meets it is cut back and the node takes puts again as
+ * soon as space returns. So puts fail with ENOSPC before the index can.
+ */
+#define SERVER_DISK_RESERVE (16ULL << 20)
 
 struct conn;
 
@@ -348,9 +357,23 @@ static void commit_work_cb(uv_work_t *w)
     shard_store_stats(s->store, &st);
     if (st.used_bytes + bytes > s->cfg->capacity) {
         cm->status = -ENOSPC;
-        snprintf(cm->msg, sizeof cm->msg, "node is full: %llu of %llu bytes used, %llu more asked",
+        snprintf(cm->msg, sizeof cm->msg,
+                 "no space: the node is full ([node] capacity): %llu of %llu bytes used, %llu more "
+                 "asked",
                  (unsigned long long)st.used_bytes, (unsigned long long)s->cfg->capacity,
                  (unsigned long long)bytes);
+        goto out;
+    }
+    /* Leave the index room to grow (see SERVER_DISK_RESERVE). */
+    struct statvfs vfs;
+    if (statvfs(s->cfg->data_dir, &vfs) == 0 &&
+        (uint64_t)vfs.f_bavail * vfs.f_frsize < bytes + SERVER_DISK_RESERVE) {
+        cm->status = -ENOSPC;
+        snprintf(cm->msg, sizeof cm->msg,
+                 "no space: %llu bytes free on the data directory's filesystem, %llu asked "
+                 "plus %llu kept for the index",
+                 (unsigned long long)vfs.f_bavail * vfs.f_frsize, (unsigned long long)bytes,
+                 (unsigned long long)SERVER_DISK_RESERVE);
         goto out;
     }
     struct err e;
