@@ -1,0 +1,178 @@
+"""hbc backup and restore at their edges, on a real 6-node cluster in 3 sites.
+
+One module-scoped cluster (Raft over mutual TLS; sites a, b, c with two nodes
+each; a vault of 2 copies of Reed-Solomon 2+1) serves every test in order:
+no plaintext on any node, a wrong key file or passphrase stopped before any
+data moves, and restores with a whole site down or one node of each copy down.
+
+Why 2 copies of 2+1 on 3 sites of 2 survive any one site down: placement
+(client/placement.h) gives each copy of a chunk a different home site and
+fills the copy there first (2 nodes), then takes nodes no other copy uses, so
+copy 0 holds 2 shards in its home site and 1 elsewhere, copy 1 holds at least
+1 in its own home site and none in copy 0's home site. A site down thus costs
+one copy at most 2 shards (unreadable) and the other at most 1 (m = 1 repairs
+it): every chunk stays readable from one copy.
+"""
+import json
+import os
+import secrets
+import time
+
+import pytest
+
+import hbctest
+from test_backup_restore import Hbc, assert_same
+
+PASS = "correct horse battery staple"
+FIGURES = {}
+SITES = ["site-a", "site-a", "site-b", "site-b", "site-c", "site-c"]
+
+
+def wait_healthy(hbc, members, timeout=90):
+    deadline = time.monotonic() + timeout
+    out = ""
+    while True:
+        rc, out, _ = hbc.run("--json", "cluster", "status", check=False)
+        try:
+            st = json.loads(out)
+            if st["members"] == members and not st["unreachable"] and st["leader_raft_id"]:
+                return st
+        except (ValueError, KeyError):
+            pass
+        assert time.monotonic() < deadline, f"cluster not healthy: {out}"
+        time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    root = tmp_path_factory.mktemp("edges")
+    ca = hbctest.CA(root)
+    nodes = []
+    try:
+        for i, site in enumerate(SITES):
+            raft = {"listen": f"127.0.0.1:{hbctest.free_port()}"}
+            if i == 0:
+                raft["bootstrap"] = "true"
+            else:
+                raft["join"] = nodes[0].addr
+            n = hbctest.Node(root, ca, f"n{i + 1}", site=site, media="ssd" if i % 2 else "hdd",
+                             worm=(i == 4), extra={"raft": raft}, scope="module")
+            n.start()
+            nodes.append(n)
+        hbc = Hbc(root, ca, nodes)
+        wait_healthy(hbc, len(nodes))
+        hbc.run("key", "init", "--keyfile", hbc.env["HBC_KEYFILE"])
+        hbc.run("vault", "create", "records", "--copies", "2", "--k", "2", "--m", "1")
+        yield {"root": str(root), "nodes": nodes, "hbc": hbc, "state": {}}
+    finally:
+        hbctest.stop_all("module")
+        if FIGURES:
+            print("\nbackup edge figures: " + json.dumps(FIGURES, sort_keys=True))
+            hbctest.write_results("backup_edges", FIGURES)
+
+
+def segment_bytes(node):
+    """Bytes in the node's shard segment files (data_dir/shards/segments)."""
+    d = os.path.join(node.data_dir, "shards", "segments")
+    return sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d)) if os.path.isdir(d) else 0
+
+
+def files_containing(top, needles):
+    """Every file below top (recursively, all bytes) that contains one of needles: [(path, needle)]."""
+    hits = []
+    longest = max(len(n) for n in needles)
+    for dirpath, _, filenames in os.walk(top):
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            if os.path.islink(p) or not os.path.isfile(p):
+                continue
+            tail = b""
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    buf = tail + block
+                    for n in needles:
+                        if n in buf and (p, n) not in hits:
+                            hits.append((p, n))
+                    tail = buf[-(longest - 1):]
+    return hits
+
+
+def test_no_plaintext_reaches_a_node(cluster):
+    hbc, root, nodes = cluster["hbc"], cluster["root"], cluster["nodes"]
+    content = secrets.token_hex(16).encode()  # 32 characters
+    name = "name-" + secrets.token_hex(16)
+    src = os.path.join(root, "src")
+    os.makedirs(os.path.join(src, "notes"))
+    for i in range(8):
+        with open(os.path.join(src, "notes", f"note-{i}.txt"), "wb") as f:
+            # Once in a small file, thousands of times in bigger ones (multi-chunk, compressible).
+            f.write(b"patient note " + content * (1 if i == 0 else 10 ** (i % 6)) + b"\n")
+    with open(os.path.join(src, "notes", name), "wb") as f:
+        f.write(b"the file whose name is the marker\n")
+    os.makedirs(os.path.join(src, name + "-dir"))
+    os.symlink(name, os.path.join(src, "notes", "link-to-marker"))
+    # The needle must be found when present: the source tree itself holds both markers.
+    assert {n for _, n in files_containing(src, [content])} == {content}
+
+    rc, b, err = hbc.json("backup", src)
+    assert rc == 0 and b["result"] == "ok", err
+    assert b["new_bytes"] > 0
+    cluster["state"].update(src=src, snap=b["snapshot"])
+
+    needles = [content, name.encode(), name.encode("utf-16-le")]
+    scanned = 0
+    for n in nodes:
+        for dirpath, _, fns in os.walk(n.data_dir):
+            scanned += sum(os.path.getsize(os.path.join(dirpath, f)) for f in fns
+                           if os.path.isfile(os.path.join(dirpath, f)))
+    hits = []
+    for n in nodes:
+        hits += files_containing(n.data_dir, needles)
+    assert not hits, f"plaintext found on nodes: {hits[:5]}"
+    assert scanned > b["new_bytes"] // 2, "the data directories hold less than was stored"
+    FIGURES["plaintext_scan_bytes"] = scanned
+
+    # The restore still gives the content back: the markers were really backed up.
+    t = os.path.join(root, "restore-plain")
+    rc, r, err = hbc.json("restore", b["snapshot"], "--target", t, "--verify")
+    assert rc == 0 and r["errors"] == 0, err
+    assert_same(src, t)
+
+
+def test_wrong_key_or_passphrase_moves_no_data(cluster):
+    hbc, root, nodes = cluster["hbc"], cluster["root"], cluster["nodes"]
+    src = os.path.join(root, "src-wrong")
+    os.makedirs(src)
+    with open(os.path.join(src, "fresh.bin"), "wb") as f:
+        f.write(os.urandom(3 * 1000 * 1000))
+    before = [segment_bytes(n) for n in nodes]
+    snaps_before = hbc.json("snapshots")[1]
+
+    # Wrong passphrase for the right key file.
+    env = dict(hbc.env, HBC_PASSPHRASE="not the passphrase")
+    saved, hbc.env = hbc.env, env
+    try:
+        rc, out, err = hbc.run("backup", src, check=False)
+    finally:
+        hbc.env = saved
+    assert rc == 1, (rc, err)
+    assert "passphrase" in err, err
+
+    # A different key file (its own KEK) with its own correct passphrase.
+    other = os.path.join(root, "other.key")
+    env = dict(hbc.env, HBC_KEYFILE=other, HBC_PASSPHRASE="another passphrase")
+    saved, hbc.env = hbc.env, env
+    try:
+        hbc.run("key", "init", "--keyfile", other)
+        rc, out, err = hbc.run("backup", src, check=False)
+        rc_j, out_j, err_j = hbc.run("--json", "backup", src, check=False)
+    finally:
+        hbc.env = saved
+    assert rc == 1, (rc, err)
+    assert "key file" in err and "KEK" in err, err
+    assert rc_j == 1 and "KEK" in err_j, (rc_j, out_j, err_j)
+
+    # Nothing moved: no segment grew and no snapshot was recorded.
+    after = [segment_bytes(n) for n in nodes]
+    assert after == before, f"segment bytes changed: {before} -> {after}"
+    assert hbc.json("snapshots")[1] == snaps_before
