@@ -176,3 +176,63 @@ def test_wrong_key_or_passphrase_moves_no_data(cluster):
     after = [segment_bytes(n) for n in nodes]
     assert after == before, f"segment bytes changed: {before} -> {after}"
     assert hbc.json("snapshots")[1] == snaps_before
+
+
+def stop_nodes(cluster, names):
+    """Stop the named nodes, then wait until the rest have a leader among them (a restore
+    reads snapshot and vault records through the leader)."""
+    down = [n for n in cluster["nodes"] if n.name in names]
+    for n in down:
+        n.stop()
+    deadline = time.monotonic() + 90
+    out = ""
+    while True:
+        rc, out, _ = cluster["hbc"].run("--json", "cluster", "status", check=False)
+        try:
+            st = json.loads(out)
+            leader = [m for m in st["nodes"] if m.get("raft_id") == st["leader_raft_id"]]
+            if leader and leader[0].get("node") not in names:
+                return down
+        except (ValueError, KeyError, TypeError):
+            pass
+        assert time.monotonic() < deadline, f"no leader with {names} down: {out}"
+        time.sleep(0.3)
+
+
+def restart(cluster, down):
+    for n in down:
+        n.start()
+    wait_healthy(cluster["hbc"], len(cluster["nodes"]))
+
+
+@pytest.mark.parametrize("down_names,label", [
+    (["n1", "n2"], "site_a_down"),
+    (["n3", "n4"], "site_b_down"),
+    (["n5", "n6"], "site_c_down"),
+    (["n2", "n3"], "one_node_of_each_copy_down"),
+])
+def test_restore_with_nodes_down(cluster, down_names, label):
+    hbc, root = cluster["hbc"], cluster["root"]
+    src, snap = cluster["state"]["src"], cluster["state"]["snap"]
+    # A bigger file so that many chunks (many placements) are exercised.
+    if "big" not in cluster["state"]:
+        with open(os.path.join(src, "big.bin"), "wb") as f:
+            f.write(os.urandom(40 * 1000 * 1000))
+        rc, b, err = hbc.json("backup", src)
+        assert rc == 0, err
+        cluster["state"]["big"] = b["snapshot"]
+    snap = cluster["state"]["big"]
+    down = stop_nodes(cluster, down_names)
+    try:
+        t = os.path.join(root, "restore-" + label)
+        rc, r, err = hbc.json("restore", snap, "--target", t, "--verify", timeout=900)
+        assert rc == 0 and r["errors"] == 0 and r["result"] == "ok", (r, err)
+        assert_same(src, t)
+        rc, v, err = hbc.json("restore", snap, "--verify", timeout=900)
+        assert rc == 0, (v, err)
+        assert v["test"] and v["errors"] == 0 and v["recorded"], v
+        FIGURES[label] = {"shard_errors": r["shard_errors"], "chunks": r["chunks"],
+                          "restore_s": r["duration_s"], "test_shard_errors": v["shard_errors"]}
+        assert r["shard_errors"] > 0
+    finally:
+        restart(cluster, down)
