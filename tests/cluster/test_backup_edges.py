@@ -16,6 +16,7 @@ it): every chunk stays readable from one copy.
 import json
 import os
 import secrets
+import subprocess
 import time
 
 import pytest
@@ -236,3 +237,58 @@ def test_restore_with_nodes_down(cluster, down_names, label):
         assert r["shard_errors"] > 0
     finally:
         restart(cluster, down)
+
+
+def segment_records(node):
+    """The records in a node's segment files: [(key bytes (52), data length)], read from the
+    record headers (magic "HBSR", version, zero, key at 8, length (u32 BE) at 60)."""
+    d = os.path.join(node.data_dir, "shards", "segments")
+    out = []
+    for name in sorted(os.listdir(d)):
+        with open(os.path.join(d, name), "rb") as f:
+            buf = f.read()
+        pos = 0
+        while pos + 96 <= len(buf) and buf[pos:pos + 4] == b"HBSR":
+            key = buf[pos + 8:pos + 60]
+            length = int.from_bytes(buf[pos + 60:pos + 64], "big")
+            out.append((key, length))
+            pos += 96 + length
+    return out
+
+
+def test_corrupted_shard_served_by_a_node_is_caught(cluster):
+    hbc, root, nodes = cluster["hbc"], cluster["root"], cluster["nodes"]
+    src, snap = cluster["state"]["src"], cluster["state"]["big"]
+    # The largest data shard 0 on any node: a chunk of big.bin. Corrupt shard 0 of that chunk
+    # on every node that holds it (one per copy), so whichever copy is read first, its data
+    # shard 0 is wrong.
+    records = {n.name: segment_records(n) for n in nodes}
+    zero = [(length, key, name) for name, recs in records.items() for key, length in recs
+            if key[48:52] == b"\0\0\0\0"]
+    assert zero, "no data shard 0 on any node"
+    _, key, _ = max(zero)
+    holders = [n for n in nodes if any(k == key for k, _ in records[n.name])]
+    assert len(holders) == 2, f"shard 0 of the chunk is on {[n.name for n in holders]}"
+    fixes = []
+    for n in holders:
+        n.stop()
+        p = subprocess.run([hbctest.binary("hbc-corrupt-shard"), os.path.join(n.data_dir, "shards"),
+                            key.hex()], capture_output=True, timeout=120)
+        assert p.returncode == 0, p.stderr.decode(errors="replace")
+        fixes.append(json.loads(p.stdout))
+        n.start()
+    assert all(f["old_sha256"] != f["new_sha256"] for f in fixes)
+    wait_healthy(hbc, len(nodes))
+
+    t = os.path.join(root, "restore-corrupt")
+    rc, r, err = hbc.json("restore", snap, "--target", t, "--verify", timeout=900)
+    assert rc == 0 and r["errors"] == 0 and r["result"] == "ok", (r, err)
+    assert_same(src, t)
+    assert r["shard_errors"] >= 1, r
+    rc, v, err = hbc.json("restore", snap, "--verify", timeout=900)
+    assert rc == 0 and v["errors"] == 0 and v["shard_errors"] >= 1, (v, err)
+    for c in ("0", "1"):
+        rc, vc, err = hbc.json("restore", snap, "--verify", "--copy", c, "--no-record", timeout=900)
+        assert rc == 0 and vc["errors"] == 0 and vc["shard_errors"] >= 1, (c, vc, err)
+    FIGURES["corrupt_shard"] = {"shard_bytes": fixes[0]["length"], "shard_errors": r["shard_errors"],
+                                "test_shard_errors": v["shard_errors"]}
