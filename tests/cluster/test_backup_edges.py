@@ -15,6 +15,7 @@ it): every chunk stays readable from one copy.
 """
 import json
 import os
+import random
 import secrets
 import subprocess
 import time
@@ -367,3 +368,69 @@ def test_edge_tree_round_trip(cluster):
     FIGURES["edge_tree"] = {"files": b["files"], "bytes": b["bytes"], "new_bytes": b["new_bytes"],
                             "chunks": b["chunks"], "backup_s": b["duration_s"],
                             "restore_s": r["duration_s"], "sparse_restored_kib": st.st_blocks // 2}
+
+
+def test_incremental_after_changing_5_percent(cluster):
+    hbc, root = cluster["hbc"], cluster["root"]
+    rnd = random.Random(6)
+    src = os.path.join(root, "incr-src")
+    files = []
+    for w in range(8):
+        ward = os.path.join(src, f"ward-{w}")
+        os.makedirs(ward)
+        for p in range(45):
+            path = os.path.join(ward, f"patient-{p:03d}.hl7")
+            with open(path, "w") as f:
+                f.write(f"MSH|^~\\&|HIS|W{w}|{p}\r" + "".join(
+                    f"OBX|{k}|NM|{rnd.randint(1, 99999)}|{rnd.random():.6f}\r"
+                    for k in range(rnd.randint(20, 800))))
+            files.append(path)
+    os.makedirs(os.path.join(src, "docs"))
+    for i in range(36):
+        path = os.path.join(src, "docs", f"report-{i}.pdf")
+        with open(path, "wb") as f:
+            f.write(b"%PDF-1.7\n" + rnd.randbytes(rnd.randint(100_000, 1_000_000)))
+        files.append(path)
+    os.makedirs(os.path.join(src, "imaging"))
+    for i in range(4):
+        path = os.path.join(src, "imaging", f"ct-{i}.dcm")
+        with open(path, "wb") as f:
+            f.write(rnd.randbytes(25 * 1000 * 1000))
+        files.append(path)
+    assert len(files) == 400
+
+    rc, b1, err = hbc.json("backup", src)
+    assert rc == 0 and b1["result"] == "ok", err
+    assert b1["files_read"] == 400
+
+    # 5% of the files (20), of every kind and kind of change: an edit in the middle of an
+    # imaging file, content inserted at the start of documents, lines appended to records.
+    changed = [files[-1]] + rnd.sample(files[360:396], 2) + rnd.sample(files[:360], 17)
+    with open(changed[0], "r+b") as f:
+        f.seek(12 * 1000 * 1000)
+        f.write(b"CORRECTED" * 100)
+    for p in changed[1:3]:
+        with open(p, "rb") as f:
+            body = f.read()
+        with open(p, "wb") as f:
+            f.write(b"%PDF-1.7\n% amended\n" + body[9:])
+    for p in changed[3:]:
+        with open(p, "a") as f:
+            f.write("OBX|999|ST|AMENDED|late correction\r")
+    rc, b2, err = hbc.json("backup", src)
+    assert rc == 0 and b2["result"] == "ok", err
+    assert b2["parent"] == b1["snapshot"]
+    assert b2["files_read"] == len(changed) == 20
+    assert b2["files_reused"] == 380
+    assert b2["new_bytes"] <= b1["bytes"] // 10, (b2["new_bytes"], b1["bytes"])
+    assert b2["new_bytes"] <= b1["new_bytes"] // 10, (b2["new_bytes"], b1["new_bytes"])
+    FIGURES["incremental_5pct"] = {"first_bytes": b1["bytes"], "first_new_bytes": b1["new_bytes"],
+                                   "second_new_bytes": b2["new_bytes"],
+                                   "second_bytes_read": b2["bytes_read"],
+                                   "ratio": round(b2["new_bytes"] / b1["new_bytes"], 4)}
+
+    # And the second snapshot restores to the changed tree.
+    t = os.path.join(root, "incr-restore")
+    rc, r, err = hbc.json("restore", b2["snapshot"], "--target", t, "--verify")
+    assert rc == 0 and r["errors"] == 0, err
+    assert_same(src, t)
