@@ -434,3 +434,70 @@ def test_incremental_after_changing_5_percent(cluster):
     rc, r, err = hbc.json("restore", b2["snapshot"], "--target", t, "--verify")
     assert rc == 0 and r["errors"] == 0, err
     assert_same(src, t)
+
+
+def hostile_snapshot(hbc, case, outside):
+    p = subprocess.run([hbctest.binary("hbc-hostile-tree"), case, outside], env=hbc.env,
+                       capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    return json.loads(p.stdout)["snapshot"]
+
+
+def tree_state(top):
+    """Every path below top (top included) with its type, size, nlink and content digest."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in [""] + dirnames + filenames:
+            p = os.path.join(dirpath, name) if name else dirpath
+            st = os.lstat(p)
+            d = (st.st_mode, st.st_size, st.st_nlink, st.st_mtime_ns)
+            if os.path.isfile(p) and not os.path.islink(p):
+                with open(p, "rb") as f:
+                    d += (f.read(),)
+            out[p] = d
+    return out
+
+
+@pytest.mark.parametrize("cases", [["dotdot-dir"], ["dotdot-name"], ["absolute"],
+                                   ["link-via-link"], ["link-dotdot"], ["symlink", "dir-a"]],
+                         ids=lambda c: "+".join(c))
+def test_hostile_snapshot_writes_nothing_outside_the_target(cluster, cases):
+    hbc, root = cluster["hbc"], cluster["root"]
+    base = os.path.join(root, "hostile-" + "+".join(cases))
+    outside = os.path.join(base, "outside")
+    target = os.path.join(base, "target")
+    os.makedirs(outside)
+    with open(os.path.join(outside, "secret"), "w") as f:
+        f.write("not to be touched\n")
+    # The directory above everything, too: an escape would land in base or in root.
+    before_root = sorted(os.listdir(root))
+    before = tree_state(base)
+    results = []
+    for case in cases:
+        snap = hostile_snapshot(hbc, case, outside)
+        rc, r, err = hbc.json("restore", snap, "--target", target, check=False)
+        results.append((case, rc, r, err))
+    # The refusal is an error a person understands, and the exit code says it failed.
+    for case, rc, r, err in results:
+        if case == "symlink":
+            # The symlink alone is harmless: it is restored as a symlink inside the target.
+            assert rc == 0 and r["errors"] == 0, (case, r, err)
+            assert os.readlink(os.path.join(target, "a")) == outside
+            continue
+        assert rc == 1 and r["result"] != "ok", (case, rc, r, err)
+        # Names the tree decoder refuses ("..", '/') fail the whole directory (HBC_EFORMAT,
+        # naming the bad name); paths through symlinks are refused entry by entry.
+        assert r["failed"], (case, r)
+        for f in r["failed"]:
+            assert ("leaves the restore target" in f["error"] and f["code"] == "HBC_EDENIED") or \
+                (f["code"] == "HBC_EFORMAT" and "name" in f["error"]), (case, f)
+    # base itself changes (target was made in it): compare what it holds, not its own times.
+    after = tree_state(base)
+    outside_now = {p: d for p, d in after.items()
+                   if not p.startswith(target + os.sep) and p not in (target, base)}
+    before.pop(base)
+    assert outside_now == before, f"{cases}: changed outside the target: " \
+        f"{sorted(set(outside_now) ^ set(before))[:5]}"
+    assert sorted(os.listdir(root)) == before_root
+    FIGURES.setdefault("hostile", {})["+".join(cases)] = [
+        {"case": c, "rc": rc, "failed": (r.get("failed") or [None])[0]} for c, rc, r, err in results]
