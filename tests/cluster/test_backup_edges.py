@@ -3,7 +3,12 @@
 One module-scoped cluster (Raft over mutual TLS; sites a, b, c with two nodes
 each; a vault of 2 copies of Reed-Solomon 2+1) serves every test in order:
 no plaintext on any node, a wrong key file or passphrase stopped before any
-data moves, and restores with a whole site down or one node of each copy down.
+data moves, restores with a whole site down or one node of each copy down, a
+node serving a corrupted shard (hbc-corrupt-shard), a tree of every edge case
+(1 GiB sparse file, odd names, links, modes, times), an incremental backup
+after changing 5% of the files, and hostile snapshots (hbc-hostile-tree) that
+try to write outside the restore target. Figures go to
+BUILD_DIR/tests/cluster/results-backup_edges.json.
 
 Why 2 copies of 2+1 on 3 sites of 2 survive any one site down: placement
 (client/placement.h) gives each copy of a chunk a different home site and
