@@ -178,7 +178,12 @@ static void req_fail(struct node_client *nc, struct nc_req *r, int status, const
 /* Check that a successful reply answers what r asked; 0 or HBC_EPROTO with msg set. */
 static int reply_check(const struct nc_req *r, const Hbc__Frame *f, char *msg, size_t mlen)
 {
-    if (f->body_case != r->expect) {
+    /* A node answers a read it cannot serve (a current read on a follower, no leader) with a
+     * ProposeReply naming the code and the leader: the caller redirects on it. */
+    bool refused_read = f->body_case == HBC__FRAME__BODY_PROPOSE_REPLY &&
+                        (r->expect == HBC__FRAME__BODY_LIST_VAULTS_REPLY ||
+                         r->expect == HBC__FRAME__BODY_LIST_SNAPSHOTS_REPLY);
+    if (f->body_case != r->expect && !refused_read) {
         snprintf(msg, mlen, "request %llu: the node answered with frame type %d, not %d",
                  (unsigned long long)r->id, (int)f->body_case, (int)r->expect);
         return HBC_EPROTO;

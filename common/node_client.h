@@ -190,7 +190,9 @@ int node_client_status(struct node_client *nc, node_client_cb cb, void *arg, str
 /*
  * Send any request frame (borrowed for the call; its request_id is set here)
  * and expect a reply whose body is expect (an error frame is always
- * accepted). For requests the helpers above do not cover. Returns as
+ * accepted; for a list-vaults or list-snapshots read, so is a ProposeReply:
+ * that is how a node refuses a current read, e.g. HBC_ENOTLEADER with the
+ * leader's address). For requests the helpers above do not cover. Returns as
  * node_client_put_shards(), or HBC_EINVAL if frame has no body.
  */
 int node_client_request(struct node_client *nc, Hbc__Frame *frame, Hbc__Frame__BodyCase expect,
