@@ -154,14 +154,19 @@ def test_config_file_errors_are_usage_errors(cluster):
 
 
 def test_vault_create_and_list(cluster):
-    rc, out, err = cluster.hbc("--json", "vault", "create", "records")
+    # One site, no worm node: the default 3-2-1-1-0 policy cannot be met, and hbc names the rule.
+    rc, out, err = cluster.hbc("vault", "create", "policy-default", check=1)
+    assert "copy 1 (offsite, media different): no node with a media other than ssd outside site-a" in err
+    rc, out, err = cluster.hbc("vault", "create", "policy-default", "--home-site", "site-z", check=1)
+    assert "copy 0 (home): no node in site-z" in err
+    rc, out, err = cluster.hbc("--json", "vault", "create", "records", "--policy", "none")
     doc = json.loads(out)
     # 4 nodes: the defaults (3 copies of 4+2) are fitted to 3 copies of 2+2, and hbc says so.
     assert (doc["copies"], doc["k"], doc["m"], doc["nodes"], doc["adjusted"]) == (3, 2, 2, 4, True)
     assert "note: the cluster has 4 nodes" in err
     assert len(doc["vault_id"]) == 32
 
-    rc, out, err = cluster.hbc("vault", "create", "records", check=1)
+    rc, out, err = cluster.hbc("vault", "create", "records", "--policy", "none", check=1)
     assert "already exists" in err
     # Explicit values that cannot fit are refused, not silently changed.
     rc, out, err = cluster.hbc("vault", "create", "wide", "--k", "4", "--m", "2", check=2)
@@ -179,6 +184,16 @@ def test_vault_create_and_list(cluster):
 
     rc, out, err = cluster.hbc("vault", "list")
     assert "records" in out and "2+2" in out and "wrapped" in out
+
+    # A vault without rules fails the check on this one-site cluster, digit by digit.
+    rc, out, err = cluster.hbc("--json", "policy", "check", "records", check=1)
+    doc = json.loads(out)["vaults"][0]
+    digits = {d["digit"]: d for d in doc["digits"]}
+    assert digits["1 offsite"]["pass"] is False
+    assert digits["1 offsite"]["reason"] == "every node is in the home site site-a"
+    assert digits["0 errors"]["reason"] == "unknown: no restore test recorded"
+    rc, out, err = cluster.hbc("policy", "check", "records", check=1)
+    assert "1 immutable" in out and "FAIL" in out
 
 
 def test_wrapped_keys_of_wrong_length_are_refused(cluster):
