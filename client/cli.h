@@ -60,10 +60,10 @@ struct policy_node;
 
 /* The cluster's topology as vault policies see it (cli_policy.c). */
 struct cli_topology {
-    Hbc__Frame *reply;          /* the ClusterStatus reply the strings point into (owned) */
-    struct policy_node *nodes;  /* nodes not joining, sorted by node id (owned array) */
-    size_t n;                   /* how many */
-    const char *first_site;     /* the site of the node that answered ("" if unknown) */
+    Hbc__Frame *reply;         /* the ClusterStatus reply the strings point into (owned) */
+    struct policy_node *nodes; /* nodes not joining, sorted by node id (owned array) */
+    size_t n;                  /* how many */
+    const char *first_site;    /* the site of the node that answered ("" if unknown) */
 };
 
 /*

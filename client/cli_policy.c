@@ -141,11 +141,11 @@ static void report_text(const Hbc__VaultInfo *v, const struct policy *p, const c
         const struct policy_tolerance *t = &r->copy[c];
         printf("  copy %u (%s, media %s%s, %u+%u): %u node%s in %u site%s, survives %u node%s "
                "and %u site%s%s\n",
-               c, p->copies[c].site, p->copies[c].media, p->copies[c].immutable ? ", immutable" : "",
-               p->copies[c].k, p->copies[c].m, t->eligible, t->eligible == 1 ? "" : "s", t->sites,
-               t->sites == 1 ? "" : "s", t->nodes_lost, t->nodes_lost == 1 ? "" : "s",
-               t->sites_lost, t->sites_lost == 1 ? "" : "s",
-               t->nodes_down > 0 ? " (nodes down now)" : "");
+               c, p->copies[c].site, p->copies[c].media,
+               p->copies[c].immutable ? ", immutable" : "", p->copies[c].k, p->copies[c].m,
+               t->eligible, t->eligible == 1 ? "" : "s", t->sites, t->sites == 1 ? "" : "s",
+               t->nodes_lost, t->nodes_lost == 1 ? "" : "s", t->sites_lost,
+               t->sites_lost == 1 ? "" : "s", t->nodes_down > 0 ? " (nodes down now)" : "");
     }
 }
 

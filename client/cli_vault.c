@@ -62,9 +62,9 @@ static int vault_create_policy(struct cli *c, const char *name, const char *poli
     char home_site[POLICY_SITE_MAX + 1];
     snprintf(home_site, sizeof home_site, "%s", home);
     char notes[1024];
-    rv = home_site[0] == '\0' ? err_setraw(&e, HBC_EINVAL, "no home site: give --home-site SITE")
-                              : policy_fit(&p, home_site, topo.nodes, topo.n, notes, sizeof notes,
-                                           &e);
+    rv = home_site[0] == '\0'
+             ? err_setraw(&e, HBC_EINVAL, "no home site: give --home-site SITE")
+             : policy_fit(&p, home_site, topo.nodes, topo.n, notes, sizeof notes, &e);
     size_t nodes = topo.n;
     cli_topology_free(&topo);
     if (rv != 0) {
@@ -98,8 +98,8 @@ static int vault_create_policy(struct cli *c, const char *name, const char *poli
     policy_to_proto(&p, &pb, rules, ptrs);
     /* The vault's scheme fields carry copy 0's fitted scheme for older readers. */
     uint8_t id[REPO_ID_LEN];
-    rv = repo_vault_create(r, name, p.ncopies, p.copies[0].k, p.copies[0].m, &pb, home_site, id,
-                           &e);
+    rv =
+        repo_vault_create(r, name, p.ncopies, p.copies[0].k, p.copies[0].m, &pb, home_site, id, &e);
     repo_close(r);
     if (rv != 0) {
         cli_error("%s", e.msg);

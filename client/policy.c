@@ -51,8 +51,8 @@ int policy_builtin(const char *name, struct policy *out, struct err *e)
     out->ncopies = 3;
     out->copies[0] = (struct policy_copy){.site = "home", .media = "any", .k = 4, .m = 2};
     out->copies[1] = (struct policy_copy){.site = "offsite", .media = "different", .k = 4, .m = 2};
-    out->copies[2] = (struct policy_copy){
-        .site = "offsite", .media = "any", .immutable = true, .k = 4, .m = 2};
+    out->copies[2] =
+        (struct policy_copy){.site = "offsite", .media = "any", .immutable = true, .k = 4, .m = 2};
     return 0;
 }
 
@@ -87,8 +87,9 @@ int policy_validate(const struct policy *p, struct err *e)
     for (unsigned c = 0; c < p->ncopies; c++) {
         const struct policy_copy *r = &p->copies[c];
         if (!text_ok(r->site, POLICY_SITE_MAX)) {
-            return err_set(e, HBC_EINVAL, "policy: copy %u: site rule must be 1..%d printable bytes",
-                           c, POLICY_SITE_MAX);
+            return err_set(e, HBC_EINVAL,
+                           "policy: copy %u: site rule must be 1..%d printable bytes", c,
+                           POLICY_SITE_MAX);
         }
         if (!text_ok(r->media, POLICY_MEDIA_MAX)) {
             return err_set(e, HBC_EINVAL,
@@ -220,14 +221,12 @@ int policy_eligible(const struct policy *p, const char *home_site, const struct 
 }
 
 /* "copy 2 (offsite, immutable): no worm node outside site-a" into buf. */
-static void describe_missing(const struct policy *p, unsigned c, const char *home,
-                             const bool *elig, const struct policy_node *nodes, size_t n,
-                             char *buf, size_t len)
+static void describe_missing(const struct policy *p, unsigned c, const char *home, const bool *elig,
+                             const struct policy_node *nodes, size_t n, char *buf, size_t len)
 {
     const struct policy_copy *r = &p->copies[c];
     char rule[160];
-    snprintf(rule, sizeof rule, "%s%s%s%s", r->site,
-             strcmp(r->media, "any") != 0 ? ", media " : "",
+    snprintf(rule, sizeof rule, "%s%s%s%s", r->site, strcmp(r->media, "any") != 0 ? ", media " : "",
              strcmp(r->media, "any") != 0 ? r->media : "", r->immutable ? ", immutable" : "");
     char where[128] = "";
     if (strcmp(r->site, "home") == 0) {
@@ -349,8 +348,7 @@ int policy_fit(struct policy *p, const char *home_site, const struct policy_node
 
 int policy_chunk_nodes(const uint8_t vault_id[16], const uint8_t chunk_id[32],
                        const struct policy *p, const char *home_site,
-                       const struct policy_node *nodes, size_t n, unsigned *out_idx,
-                       struct err *e)
+                       const struct policy_node *nodes, size_t n, unsigned *out_idx, struct err *e)
 {
     for (unsigned c = 0; c < p->ncopies && c < POLICY_MAX_COPIES; c++) {
         if (p->copies[c].k + p->copies[c].m > POLICY_MAX_WIDTH || p->copies[c].k == 0) {
@@ -417,8 +415,8 @@ int policy_chunk_nodes(const uint8_t vault_id[16], const uint8_t chunk_id[32],
                 if (!equal) {
                     d = draw(x, nodes[i].capacity == 0 ? 1.0 : (double)nodes[i].capacity);
                 }
-                bool better = best == n || tier < btier ||
-                              (tier == btier && (equal ? bits > bbits : d < bd));
+                bool better =
+                    best == n || tier < btier || (tier == btier && (equal ? bits > bbits : d < bd));
                 if (better) {
                     best = i;
                     btier = tier;
@@ -556,8 +554,9 @@ int policy_check(const struct policy *p, const char *home_site, const struct pol
         if (t->eligible == 0) {
             describe_missing(p, (unsigned)first_bad, home_site, b.v, nodes, n, why, wl);
         } else {
-            snprintf(why, wl, "%u of %u copies restorable on their own; copy %d has %u of its %u "
-                              "nodes down (it survives %u)",
+            snprintf(why, wl,
+                     "%u of %u copies restorable on their own; copy %d has %u of its %u "
+                     "nodes down (it survives %u)",
                      ok, p->ncopies, first_bad, t->nodes_down, t->eligible, t->nodes_lost);
         }
     } else {
@@ -589,8 +588,9 @@ int policy_check(const struct policy *p, const char *home_site, const struct pol
     if (ma >= 0) {
         snprintf(why, wl, "copies %d and %d use disjoint media classes", ma, mb);
     } else {
-        snprintf(why, wl, "no two copies use disjoint media classes (a single media failure "
-                          "reaches every copy pair)");
+        snprintf(why, wl,
+                 "no two copies use disjoint media classes (a single media failure "
+                 "reaches every copy pair)");
     }
 
     /* 1 offsite: a copy with every eligible node outside the home site. */

@@ -40,11 +40,11 @@
  * Vaults without a policy keep placement_chunk_nodes() unchanged.
  */
 
-#define POLICY_MAX_COPIES 8  /* copies in a policy (FSM_MAX_COPIES) */
-#define POLICY_SITE_MAX 64   /* longest site rule, bytes */
-#define POLICY_MEDIA_MAX 32  /* longest media rule, bytes */
-#define POLICY_NAME_MAX 64   /* longest policy name, bytes */
-#define POLICY_MAX_NODES 4096 /* nodes in a topology */
+#define POLICY_MAX_COPIES 8        /* copies in a policy (FSM_MAX_COPIES) */
+#define POLICY_SITE_MAX 64         /* longest site rule, bytes */
+#define POLICY_MEDIA_MAX 32        /* longest media rule, bytes */
+#define POLICY_NAME_MAX 64         /* longest policy name, bytes */
+#define POLICY_MAX_NODES 4096      /* nodes in a topology */
 #define POLICY_BUILTIN "3-2-1-1-0" /* the built-in policy every vault gets by default */
 
 /* One copy's rule (proto CopyRule). */
@@ -58,8 +58,8 @@ struct policy_copy {
 
 /* A policy (proto VaultPolicy). */
 struct policy {
-    char name[POLICY_NAME_MAX + 1];                /* "" when unnamed */
-    unsigned ncopies;                              /* 1..POLICY_MAX_COPIES */
+    char name[POLICY_NAME_MAX + 1];               /* "" when unnamed */
+    unsigned ncopies;                             /* 1..POLICY_MAX_COPIES */
     struct policy_copy copies[POLICY_MAX_COPIES]; /* the rules, copy 0 first */
 };
 
@@ -129,8 +129,7 @@ int policy_fit(struct policy *p, const char *home_site, const struct policy_node
 #define POLICY_MAX_WIDTH 24 /* shards per copy (ERASURE_MAX_SHARDS) */
 int policy_chunk_nodes(const uint8_t vault_id[16], const uint8_t chunk_id[32],
                        const struct policy *p, const char *home_site,
-                       const struct policy_node *nodes, size_t n, unsigned *out_idx,
-                       struct err *e);
+                       const struct policy_node *nodes, size_t n, unsigned *out_idx, struct err *e);
 
 /* The five digits of 3-2-1-1-0, in order. */
 enum policy_digit {
@@ -164,11 +163,11 @@ struct policy_tolerance {
 
 /* What policy_check() finds. */
 struct policy_report {
-    bool pass[POLICY_DIGITS];                     /* each digit */
-    char reason[POLICY_DIGITS][256];              /* why, for a person */
-    unsigned ncopies;                             /* copies in the policy */
+    bool pass[POLICY_DIGITS];                        /* each digit */
+    char reason[POLICY_DIGITS][256];                 /* why, for a person */
+    unsigned ncopies;                                /* copies in the policy */
     struct policy_tolerance copy[POLICY_MAX_COPIES]; /* per copy */
-    bool all_pass;                                /* every digit passes */
+    bool all_pass;                                   /* every digit passes */
 };
 
 /* The name of a digit ("3 copies", "2 media", "1 offsite", "1 immutable", "0 errors"). */

@@ -268,8 +268,8 @@ static int load_nodes(struct repo *r, struct err *e)
             rn->worm = ni->worm;
             rn->capacity = ni->capacity_bytes;
             n++;
-            if (rn->node_id == NULL || rn->addr == NULL || rn->site == NULL ||
-                rn->region == NULL || rn->media == NULL) {
+            if (rn->node_id == NULL || rn->addr == NULL || rn->site == NULL || rn->region == NULL ||
+                rn->media == NULL) {
                 r->nnodes = n;
                 frame_free(q.reply);
                 return err_set(e, HBC_ENOMEM, "node list");

@@ -122,16 +122,16 @@ struct repo {
     bool has_kek;                /* a key file was opened */
     uint8_t kek[CRYPTO_KEY_LEN]; /* the KEK (wiped on close) */
 
-    bool has_vault;                /* a vault is open */
-    uint8_t vault_id[REPO_ID_LEN]; /* its id */
-    unsigned copies;               /* its copies */
-    unsigned k;                    /* data shards per copy */
-    unsigned m;                    /* parity shards per copy */
-    bool has_policy;               /* the vault has a policy: place by it */
-    struct policy policy;          /* its policy (every copy k+m, checked at open) */
+    bool has_vault;                      /* a vault is open */
+    uint8_t vault_id[REPO_ID_LEN];       /* its id */
+    unsigned copies;                     /* its copies */
+    unsigned k;                          /* data shards per copy */
+    unsigned m;                          /* parity shards per copy */
+    bool has_policy;                     /* the vault has a policy: place by it */
+    struct policy policy;                /* its policy (every copy k+m, checked at open) */
     char home_site[POLICY_SITE_MAX + 1]; /* the site its policy calls home */
-    struct chunk_key ckey;         /* its data key, derived (wiped on close) */
-    struct crypto_hmac *hmac;      /* keyed with its chunk-id key; duplicated per worker */
+    struct chunk_key ckey;               /* its data key, derived (wiped on close) */
+    struct crypto_hmac *hmac;            /* keyed with its chunk-id key; duplicated per worker */
 
     uv_mutex_t mu;                              /* guards the fields below */
     uv_cond_t flow_cv;                          /* signalled when inflight drops */

@@ -62,16 +62,16 @@
  * values and belong to the loop thread.
  */
 
-#define FSM_ID_LEN 16          /* vault and snapshot ids */
-#define FSM_TREE_ID_LEN 32     /* root tree and reference list ids */
-#define FSM_COMMAND_MAX 65536  /* longest Command entry accepted */
-#define FSM_NAME_MAX 64        /* longest node id, address, site, region, media */
-#define FSM_VAULT_NAME_MAX 128 /* longest vault name */
-#define FSM_POLICY_RULE_MAX 64 /* longest policy name or copy rule site */
+#define FSM_ID_LEN 16           /* vault and snapshot ids */
+#define FSM_TREE_ID_LEN 32      /* root tree and reference list ids */
+#define FSM_COMMAND_MAX 65536   /* longest Command entry accepted */
+#define FSM_NAME_MAX 64         /* longest node id, address, site, region, media */
+#define FSM_VAULT_NAME_MAX 128  /* longest vault name */
+#define FSM_POLICY_RULE_MAX 64  /* longest policy name or copy rule site */
 #define FSM_POLICY_MEDIA_MAX 32 /* longest copy rule media */
-#define FSM_PROPOSER_MAX 256   /* longest proposer (certificate subject) */
-#define FSM_MAX_COPIES 8       /* most copies in a vault policy */
-#define FSM_DIGEST_LEN 32      /* SHA-256 */
+#define FSM_PROPOSER_MAX 256    /* longest proposer (certificate subject) */
+#define FSM_MAX_COPIES 8        /* most copies in a vault policy */
+#define FSM_DIGEST_LEN 32       /* SHA-256 */
 /* Length prefix of a Command in a Raft entry (see fsm_command_encode). */
 #define FSM_ENTRY_PREFIX 4
 

@@ -154,9 +154,10 @@ def test_config_file_errors_are_usage_errors(cluster):
 
 
 def test_vault_create_and_list(cluster):
-    # One site, no worm node: the default 3-2-1-1-0 policy cannot be met, and hbc names the rule.
-    rc, out, err = cluster.hbc("vault", "create", "policy-default", check=1)
-    assert "copy 1 (offsite, media different): no node with a media other than ssd outside site-a" in err
+    # Two sites, all ssd, no worm node: the default 3-2-1-1-0 policy cannot be met, and hbc
+    # names the rule.
+    rc, out, err = cluster.hbc("vault", "create", "policy-default", "--home-site", "site-0", check=1)
+    assert "copy 1 (offsite, media different): no node with a media other than ssd outside site-0" in err
     rc, out, err = cluster.hbc("vault", "create", "policy-default", "--home-site", "site-z", check=1)
     assert "copy 0 (home): no node in site-z" in err
     rc, out, err = cluster.hbc("--json", "vault", "create", "records", "--policy", "none")
@@ -185,12 +186,14 @@ def test_vault_create_and_list(cluster):
     rc, out, err = cluster.hbc("vault", "list")
     assert "records" in out and "2+2" in out and "wrapped" in out
 
-    # A vault without rules fails the check on this one-site cluster, digit by digit.
+    # A vault without rules fails the check, digit by digit.
     rc, out, err = cluster.hbc("--json", "policy", "check", "records", check=1)
     doc = json.loads(out)["vaults"][0]
     digits = {d["digit"]: d for d in doc["digits"]}
     assert digits["1 offsite"]["pass"] is False
-    assert digits["1 offsite"]["reason"] == "every node is in the home site site-a"
+    assert digits["1 offsite"]["reason"].startswith("no copy lies wholly outside the home site site-")
+    assert digits["2 media"]["pass"] is False and digits["1 immutable"]["pass"] is False
+    assert doc["copies"][0]["eligible_nodes"] == 4 and doc["copies"][0]["survives_nodes"] == 2
     assert digits["0 errors"]["reason"] == "unknown: no restore test recorded"
     rc, out, err = cluster.hbc("policy", "check", "records", check=1)
     assert "1 immutable" in out and "FAIL" in out

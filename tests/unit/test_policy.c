@@ -1,4 +1,5 @@
-/* Unit tests for client/policy: rules honoured, determinism, spread, movement, the 3-2-1-1-0 check. */
+/* Unit tests for client/policy: rules honoured, determinism, spread, movement, the 3-2-1-1-0 check.
+ */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -17,11 +18,11 @@
 
 /* A topology: node i is "n%02d", with its site, region, media and worm flag. */
 struct topo {
-    char ids[MAXN][24];              /* node ids */
-    char sites[MAXN][16];            /* sites */
-    char media[MAXN][16];            /* media classes */
-    struct policy_node nodes[MAXN];  /* the list the policy sees */
-    size_t n;                        /* how many */
+    char ids[MAXN][24];             /* node ids */
+    char sites[MAXN][16];           /* sites */
+    char media[MAXN][16];           /* media classes */
+    struct policy_node nodes[MAXN]; /* the list the policy sees */
+    size_t n;                       /* how many */
 };
 
 static void topo_add(struct topo *t, const char *site, const char *media, bool worm)
@@ -143,8 +144,9 @@ static void test_pinned_and_deterministic(void **state)
     size_t off = 0;
     for (unsigned c = 0; c < 3; c++) {
         for (unsigned s = 0; s < 6; s++) {
-            off += (size_t)snprintf(got + off, sizeof got - off, "%u%s", a[c * POLICY_MAX_WIDTH + s],
-                                    s == 5 ? (c == 2 ? "" : "|") : ",");
+            off +=
+                (size_t)snprintf(got + off, sizeof got - off, "%u%s", a[c * POLICY_MAX_WIDTH + s],
+                                 s == 5 ? (c == 2 ? "" : "|") : ",");
         }
     }
     printf("pinned placement of chunk 7: %s\n", got);
@@ -197,9 +199,8 @@ static void test_rules_random_topologies(void **state)
             uint8_t id[32];
             chunk_id_of(k + (uint64_t)round * 100, id);
             unsigned idx[POLICY_MAX_COPIES * POLICY_MAX_WIDTH];
-            assert_int_equal(policy_chunk_nodes(vault, id, &fitted, "site-a", t.nodes, t.n, idx,
-                                                NULL),
-                             0);
+            assert_int_equal(
+                policy_chunk_nodes(vault, id, &fitted, "site-a", t.nodes, t.n, idx, NULL), 0);
             for (unsigned c = 0; c < 3; c++) {
                 unsigned w = fitted.copies[c].k + fitted.copies[c].m;
                 for (unsigned s = 0; s < w; s++) {
@@ -293,8 +294,7 @@ static void test_spread(void **state)
     for (uint64_t i = 0; i < SPREAD_CHUNKS / 4; i++) {
         uint8_t id[32];
         chunk_id_of(i, id);
-        assert_int_equal(policy_chunk_nodes(vault, id, &one, "site-a", t.nodes, t.n, idx, NULL),
-                         0);
+        assert_int_equal(policy_chunk_nodes(vault, id, &one, "site-a", t.nodes, t.n, idx, NULL), 0);
         for (unsigned s = 0; s < 6; s++) {
             load[idx[s]]++;
             total++;
@@ -361,8 +361,7 @@ static void test_add_node_moves_ideal_share(void **state)
     for (uint64_t i = 0; i < CHUNKS; i++) {
         uint8_t id[32];
         chunk_id_of(i, id);
-        assert_int_equal(policy_chunk_nodes(vault, id, &one, "site-a", u.nodes, u.n, idx, NULL),
-                         0);
+        assert_int_equal(policy_chunk_nodes(vault, id, &one, "site-a", u.nodes, u.n, idx, NULL), 0);
         memcpy(before + i * 6, idx, 6 * sizeof *idx);
     }
     topo_add(&u, "site-b", "tape", false);
@@ -370,8 +369,7 @@ static void test_add_node_moves_ideal_share(void **state)
     for (uint64_t i = 0; i < CHUNKS; i++) {
         uint8_t id[32];
         chunk_id_of(i, id);
-        assert_int_equal(policy_chunk_nodes(vault, id, &one, "site-a", u.nodes, u.n, idx, NULL),
-                         0);
+        assert_int_equal(policy_chunk_nodes(vault, id, &one, "site-a", u.nodes, u.n, idx, NULL), 0);
         for (unsigned s = 0; s < 6; s++) {
             moved += before[i * 6 + s] != idx[s] ? 1u : 0u;
         }
