@@ -88,6 +88,28 @@ static int vault_policy(const Hbc__VaultInfo *v, struct policy *p, struct err *e
     return policy_validate(p, e);
 }
 
+/* The latest restore test of vault v among the listed ones (tests may be NULL: none known). */
+static struct policy_restore latest_restore(const Hbc__ListRestoreTestsReply *tests,
+                                            const Hbc__VaultInfo *v)
+{
+    struct policy_restore out = {0};
+    uint64_t best = 0;
+    for (size_t i = 0; tests != NULL && i < tests->n_tests; i++) {
+        const Hbc__RestoreTestInfo *t = tests->tests[i];
+        if (t->vault_id.len != v->vault_id.len ||
+            memcmp(t->vault_id.data, v->vault_id.data, v->vault_id.len) != 0) {
+            continue;
+        }
+        if (!out.known || t->index > best) {
+            best = t->index;
+            out.known = true;
+            out.passed = t->result == HBC__RESTORE_TEST_RESULT__RESTORE_TEST_PASSED;
+            out.errors = t->errors;
+        }
+    }
+    return out;
+}
+
 static json_t *report_json(const Hbc__VaultInfo *v, const struct policy *p, const char *home,
                            const struct policy_report *r)
 {
@@ -194,6 +216,22 @@ static int policy_check_cmd(struct cli *c, int argc, char **argv)
         return cli_exit_code(rv);
     }
     const Hbc__ListVaultsReply *vs = reply->list_vaults_reply;
+    /* Restore tests: a node that cannot list them leaves the 0 digit unknown. */
+    Hbc__ListRestoreTestsRequest lr = HBC__LIST_RESTORE_TESTS_REQUEST__INIT;
+    lr.has_current = true;
+    lr.current = true;
+    req.request_id = 3;
+    req.body_case = HBC__FRAME__BODY_LIST_RESTORE_TESTS;
+    req.list_restore_tests = &lr;
+    Hbc__Frame *tests = NULL;
+    struct err te;
+    if (cli_request(c, &req, true, &tests, &te) != 0) {
+        tests = NULL;
+    }
+    const Hbc__ListRestoreTestsReply *tr =
+        tests != NULL && tests->body_case == HBC__FRAME__BODY_LIST_RESTORE_TESTS_REPLY
+            ? tests->list_restore_tests_reply
+            : NULL;
     json_t *arr = json_array();
     int exit = CLI_OK;
     size_t checked = 0;
@@ -208,8 +246,8 @@ static int policy_check_cmd(struct cli *c, int argc, char **argv)
         struct policy_report r;
         rv = vault_policy(v, &p, &e);
         if (rv == 0) {
-            /* No restore-test listing yet: the 0 digit is unknown, and fails. */
-            rv = policy_check(&p, home, topo.nodes, topo.n, NULL, &r, &e);
+            struct policy_restore rt = latest_restore(tr, v);
+            rv = policy_check(&p, home, topo.nodes, topo.n, &rt, &r, &e);
         }
         if (rv != 0) {
             cli_error("vault %s: %s", v->name, e.msg);
@@ -235,6 +273,9 @@ static int policy_check_cmd(struct cli *c, int argc, char **argv)
         cli_print_json(o);
     } else {
         json_decref(arr);
+    }
+    if (tests != NULL) {
+        frame_free(tests);
     }
     frame_free(reply);
     cli_topology_free(&topo);

@@ -291,10 +291,17 @@ def test_policy_vault_places_copies_by_rule(tmp_path):
     for d in ("3 copies", "2 media", "1 offsite", "1 immutable"):
         assert digits[d]["pass"] is True, digits[d]
     assert digits["0 errors"]["pass"] is False
+    assert digits["0 errors"]["reason"] == "unknown: no restore test recorded"
 
     rc, doc, err = c.driver("put", 20, SEED)
     rc, doc, err = c.driver("get", 20, SEED)
     assert doc["mismatches"] == 0 and doc["shard_errors"] == 0
+
+    # A passing restore test on record: every digit passes, and the check exits 0.
+    c.driver("snapshot")
+    rc, out, err = c.hbc("policy", "check", "records")
+    assert "PASS" in out and "0 errors     pass" in out, out
+    print("\n" + out)
 
     # Copy 1 lives on the two tape nodes only: without them it cannot be read, copies 0 and 2 can.
     tape = [n for n in c.nodes if n.name in ("n3", "n4")]
