@@ -311,6 +311,12 @@ static int vault_list(struct cli *c, int argc, char **argv)
             json_object_set_new(o, "created_index", json_integer((json_int_t)x->created_index));
             json_object_set_new(o, "created_by",
                                 x->created_by != NULL ? json_string(x->created_by) : json_null());
+            json_object_set_new(o, "policy",
+                                x->policy == NULL         ? json_null()
+                                : x->policy->name != NULL ? json_string(x->policy->name)
+                                                          : json_string(""));
+            json_object_set_new(o, "home_site",
+                                x->home_site != NULL ? json_string(x->home_site) : json_null());
             json_object_set_new(o, "keys", json_boolean(keys));
             json_object_set_new(o, "key_generation",
                                 keys ? json_integer(x->has_key_generation ? x->key_generation : 1)

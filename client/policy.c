@@ -197,7 +197,11 @@ int policy_eligible(const struct policy *p, const char *home_site, const struct 
     if (rv != 0) {
         return rv;
     }
-    for (unsigned c = 0; c < p->ncopies; c++) {
+    /* Media classes of nodes eligible for earlier copies, distinct (for "different"). */
+    const char *seen_stack[64];
+    const char **seen = seen_stack;
+    size_t nseen = 0, seen_cap = 64;
+    for (unsigned c = 0; c < p->ncopies && rv == 0; c++) {
         const struct policy_copy *r = &p->copies[c];
         bool any = strcmp(r->media, "any") == 0;
         bool different = strcmp(r->media, "different") == 0;
@@ -205,19 +209,46 @@ int policy_eligible(const struct policy *p, const char *home_site, const struct 
             const struct policy_node *x = &nodes[i];
             bool ok = site_ok(r, home_site, x) && (!r->immutable || x->worm);
             if (ok && different) {
-                /* Not the media of any node an earlier copy may use. */
-                for (unsigned d = 0; d < c && ok; d++) {
-                    for (size_t j = 0; j < n && ok; j++) {
-                        ok = !(out[(size_t)d * n + j] && strcmp(nodes[j].media, x->media) == 0);
-                    }
+                for (size_t q = 0; q < nseen && ok; q++) {
+                    ok = strcmp(seen[q], x->media) != 0;
                 }
             } else if (ok && !any) {
                 ok = strcmp(x->media, r->media) == 0;
             }
             out[(size_t)c * n + i] = ok;
         }
+        /* Add this copy's media classes for the copies after it. */
+        for (size_t i = 0; i < n && c + 1 < p->ncopies; i++) {
+            if (!out[(size_t)c * n + i]) {
+                continue;
+            }
+            bool known = false;
+            for (size_t q = 0; q < nseen && !known; q++) {
+                known = strcmp(seen[q], nodes[i].media) == 0;
+            }
+            if (known) {
+                continue;
+            }
+            if (nseen == seen_cap) {
+                const char **more = hbc_malloc(2 * seen_cap * sizeof *more);
+                if (more == NULL) {
+                    rv = err_set(e, HBC_ENOMEM, "policy: media classes");
+                    break;
+                }
+                memcpy(more, seen, nseen * sizeof *more);
+                if (seen != seen_stack) {
+                    hbc_free(seen);
+                }
+                seen = more;
+                seen_cap *= 2;
+            }
+            seen[nseen++] = nodes[i].media;
+        }
     }
-    return 0;
+    if (seen != seen_stack) {
+        hbc_free(seen);
+    }
+    return rv;
 }
 
 /* "copy 2 (offsite, immutable): no worm node outside site-a" into buf. */
@@ -361,18 +392,24 @@ int policy_chunk_nodes(const uint8_t vault_id[16], const uint8_t chunk_id[32],
     if (rv != 0) {
         return rv;
     }
-    uint8_t used_stack[128];
-    uint8_t pass_stack[128];
-    uint8_t *used = used_stack, *in_pass = pass_stack;
+    /* Per node: its key, earlier copies using it, and its marks in the current copy. */
+    struct work {
+        uint64_t key;    /* node key */
+        uint8_t used;    /* earlier copies of this chunk on it */
+        uint8_t in_pass; /* bit 0: in this pass; bit 1: in this copy */
+    };
+    struct work work_stack[128];
+    struct work *wk = work_stack;
     if (n > 128) {
-        used = hbc_calloc(n, 2);
-        if (used == NULL) {
+        wk = hbc_calloc(n, sizeof *wk);
+        if (wk == NULL) {
             elig_put(&b);
             return err_set(e, HBC_ENOMEM, "policy: %zu nodes", n);
         }
-        in_pass = used + n;
-    } else {
-        memset(used_stack, 0, sizeof used_stack);
+    }
+    for (size_t i = 0; i < n; i++) {
+        wk[i] =
+            (struct work){.key = mix(fnv(FNV_OFFSET, nodes[i].node_id, strlen(nodes[i].node_id)))};
     }
     bool equal = true;
     for (size_t i = 1; i < n; i++) {
@@ -389,12 +426,14 @@ int policy_chunk_nodes(const uint8_t vault_id[16], const uint8_t chunk_id[32],
             break;
         }
         unsigned width = p->copies[c].k + p->copies[c].m;
-        memset(in_pass, 0, n);
+        for (size_t i = 0; i < n; i++) {
+            wk[i].in_pass = 0;
+        }
         unsigned passed = 0;
         for (unsigned s = 0; s < width; s++) {
             if (passed == en) {
                 for (size_t i = 0; i < n; i++) {
-                    in_pass[i] &= (uint8_t)~1u;
+                    wk[i].in_pass &= (uint8_t)~1u;
                 }
                 passed = 0;
             }
@@ -404,12 +443,11 @@ int policy_chunk_nodes(const uint8_t vault_id[16], const uint8_t chunk_id[32],
             uint64_t bbits = 0;
             double bd = 0;
             for (size_t i = 0; i < n; i++) {
-                if (!el[i] || (in_pass[i] & 1u)) {
+                if (!el[i] || (wk[i].in_pass & 1u)) {
                     continue;
                 }
-                const char *id = nodes[i].node_id;
-                uint64_t x = mix(seed ^ mix(fnv(FNV_OFFSET, id, strlen(id))) ^ salt);
-                unsigned tier = used[i];
+                uint64_t x = mix(seed ^ wk[i].key ^ salt);
+                unsigned tier = wk[i].used;
                 uint64_t bits = x >> 11;
                 double d = 0;
                 if (!equal) {
@@ -425,15 +463,15 @@ int policy_chunk_nodes(const uint8_t vault_id[16], const uint8_t chunk_id[32],
                 }
             }
             out_idx[(size_t)c * POLICY_MAX_WIDTH + s] = (unsigned)best;
-            in_pass[best] |= 3u; /* bit 0: this pass; bit 1: this copy */
+            wk[best].in_pass |= 3u;
             passed++;
         }
         for (size_t i = 0; i < n; i++) {
-            used[i] += (in_pass[i] & 2u) ? 1u : 0u;
+            wk[i].used += (wk[i].in_pass & 2u) ? 1u : 0u;
         }
     }
-    if (used != used_stack) {
-        hbc_free(used);
+    if (wk != work_stack) {
+        hbc_free(wk);
     }
     elig_put(&b);
     return rv;
@@ -473,7 +511,7 @@ static void tolerance(const struct policy_copy *r, const bool *el, const struct 
     t->distinct = per_node == 1;
     t->nodes_lost = r->m / per_node;
     /* Sites: the largest possible share of a site, lost largest first. */
-    unsigned site_max[POLICY_MAX_NODES > 256 ? 256 : POLICY_MAX_NODES];
+    unsigned site_max[256];
     const char *site_name[256];
     unsigned ns = 0;
     for (size_t i = 0; i < n; i++) {

@@ -45,6 +45,7 @@
 #define POLICY_MEDIA_MAX 32        /* longest media rule, bytes */
 #define POLICY_NAME_MAX 64         /* longest policy name, bytes */
 #define POLICY_MAX_NODES 4096      /* nodes in a topology */
+#define POLICY_MAX_WIDTH 24        /* shards per copy (ERASURE_MAX_SHARDS) */
 #define POLICY_BUILTIN "3-2-1-1-0" /* the built-in policy every vault gets by default */
 
 /* One copy's rule (proto CopyRule). */
@@ -126,7 +127,6 @@ int policy_fit(struct policy *p, const char *home_site, const struct policy_node
  * when a copy has no eligible node (message as policy_fit()), HBC_EINVAL as
  * policy_eligible() or when a copy's k+m exceeds POLICY_MAX_WIDTH, HBC_ENOMEM.
  */
-#define POLICY_MAX_WIDTH 24 /* shards per copy (ERASURE_MAX_SHARDS) */
 int policy_chunk_nodes(const uint8_t vault_id[16], const uint8_t chunk_id[32],
                        const struct policy *p, const char *home_site,
                        const struct policy_node *nodes, size_t n, unsigned *out_idx, struct err *e);

@@ -285,6 +285,9 @@ def test_policy_vault_places_copies_by_rule(tmp_path):
     assert doc["policy"] == "3-2-1-1-0" and doc["home_site"] == "site-a"
     assert [(r["k"], r["m"]) for r in doc["rules"]] == [(1, 1)] * 3
     assert "2 eligible nodes: using 1+1 instead of 4+2" in err
+    rc, out, err = c.hbc("--json", "vault", "list")
+    v = json.loads(out)["vaults"][0]
+    assert (v["policy"], v["home_site"], v["copies"], v["k"], v["m"]) == ("3-2-1-1-0", "site-a", 3, 1, 1)
 
     rc, out, err = c.hbc("--json", "policy", "check", "records", check=1)
     digits = {d["digit"]: d for d in json.loads(out)["vaults"][0]["digits"]}

@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "client/policy.h"
+#include "common/alloc.h"
 
 #define MAXN 40
 #define PINNED "9,6,3,0,0,3|10,1,4,7,1,10|5,8,2,11,2,8" /* chunk 7, built-in policy, unfitted */
@@ -487,6 +488,50 @@ static void test_fit_notes(void **state)
     assert_non_null(strstr(notes, "copy 0 (home): 4 eligible nodes: using 2+2 instead of 4+2"));
 }
 
+static void test_large_topology_and_no_memory(void **state)
+{
+    (void)state;
+    /* 300 nodes (past the stack buffers): site-a disk, site-b tape, site-c worm object. */
+    enum { N = 300 };
+    static char ids[N][16], sites[N][16], media[N][16];
+    static struct policy_node nodes[N];
+    static const char *mnames[] = {"disk", "tape", "object"};
+    for (int i = 0; i < N; i++) {
+        snprintf(ids[i], sizeof ids[i], "node-%03d", i);
+        snprintf(sites[i], sizeof sites[i], "site-%c", 'a' + i % 3);
+        snprintf(media[i], sizeof media[i], "%s", mnames[i % 3]);
+        nodes[i] = (struct policy_node){.node_id = ids[i],
+                                        .site = sites[i],
+                                        .region = "eu",
+                                        .media = media[i],
+                                        .worm = i % 3 == 2,
+                                        .up = true,
+                                        .capacity = 1ull << 40};
+    }
+    struct policy p = builtin();
+    assert_int_equal(policy_fit(&p, "site-a", nodes, N, NULL, 0, NULL), 0);
+    unsigned idx[POLICY_MAX_COPIES * POLICY_MAX_WIDTH];
+    for (uint64_t i = 0; i < 200; i++) {
+        uint8_t id[32];
+        chunk_id_of(i, id);
+        assert_int_equal(policy_chunk_nodes(vault, id, &p, "site-a", nodes, N, idx, NULL), 0);
+        for (unsigned c = 0; c < 3; c++) {
+            assert_int_equal(distinct(idx + c * POLICY_MAX_WIDTH, 6), 6);
+        }
+    }
+    uint8_t id[32];
+    chunk_id_of(1, id);
+    struct err e;
+    alloc_fault_after(0);
+    assert_int_equal(policy_chunk_nodes(vault, id, &p, "site-a", nodes, N, idx, &e), HBC_ENOMEM);
+    struct policy_report rep;
+    assert_int_equal(policy_check(&p, "site-a", nodes, N, NULL, &rep, &e), HBC_ENOMEM);
+    alloc_fault_reset();
+    assert_int_equal(policy_check(&p, "site-a", nodes, N, NULL, &rep, &e), 0);
+    assert_true(rep.copy[0].distinct);
+    assert_int_equal(rep.copy[0].nodes_lost, 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -500,6 +545,7 @@ int main(void)
         cmocka_unit_test(test_check_no_worm),
         cmocka_unit_test(test_check_one_site),
         cmocka_unit_test(test_fit_notes),
+        cmocka_unit_test(test_large_topology_and_no_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
