@@ -74,5 +74,9 @@ int cli_topology_get(struct cli *c, struct cli_topology *t, struct err *e);
 
 /* Free what cli_topology_get() made; a zeroed *t is fine. */
 void cli_topology_free(struct cli_topology *t);
+int cli_backup(struct cli *c, int argc, char **argv);    /* client/cli_backup.c */
+int cli_snapshots(struct cli *c, int argc, char **argv); /* client/cli_backup.c */
+int cli_ls(struct cli *c, int argc, char **argv);        /* client/cli_backup.c */
+int cli_restore(struct cli *c, int argc, char **argv);   /* client/cli_backup.c */
 
 #endif /* HBC_CLIENT_CLI_H */

@@ -33,6 +33,16 @@ static void usage(FILE *f)
            "  vault list                every vault and its scheme\n"
            "  policy check [VAULT]      the 3-2-1-1-0 digits of each vault's policy (exit 1 on a\n"
            "                            failing digit)\n"
+           "  backup PATH...            back up files and directories as a snapshot of the vault\n"
+           "         [--parent SNAP | --force-read] [--one-file-system] [--threads N]\n"
+           "  snapshots                 the vault's snapshots, oldest first\n"
+           "  ls SNAP [PATH]            what a snapshot holds (below PATH)\n"
+           "  restore SNAP --target DIR [--include PATTERN]... [--verify]\n"
+           "                            restore a snapshot (SNAP: an id prefix or latest)\n"
+           "  restore SNAP --verify [--copy N]\n"
+           "                            restore test: read and check everything, write nothing,\n"
+           "                            record the result in the cluster\n"
+           "  (backup, snapshots, ls and restore also take --vault NAME and --keyfile FILE)\n"
            "\n"
            "Global options:\n"
            "  --json                    machine-readable output (one JSON document on stdout)\n"
@@ -52,6 +62,7 @@ static void usage(FILE *f)
            "  1  the command failed\n"
            "  2  bad command line or settings\n"
            "  3  done in part (some files skipped or some nodes unreachable)\n"
+           "     (restore: any entry that could not be restored and checked exits 1)\n"
            "  4  the cluster could not be reached or has no leader\n");
 }
 
@@ -234,6 +245,14 @@ int main(int argc, char **argv)
     int rv;
     if (strcmp(cmd, "cluster") == 0) {
         rv = cli_cluster(&c, argc - i - 1, argv + i + 1);
+    } else if (strcmp(cmd, "backup") == 0) {
+        rv = cli_backup(&c, argc - i - 1, argv + i + 1);
+    } else if (strcmp(cmd, "snapshots") == 0) {
+        rv = cli_snapshots(&c, argc - i - 1, argv + i + 1);
+    } else if (strcmp(cmd, "ls") == 0) {
+        rv = cli_ls(&c, argc - i - 1, argv + i + 1);
+    } else if (strcmp(cmd, "restore") == 0) {
+        rv = cli_restore(&c, argc - i - 1, argv + i + 1);
     } else if (strcmp(cmd, "key") == 0) {
         rv = cli_key(&c, argc - i - 1, argv + i + 1);
     } else if (strcmp(cmd, "vault") == 0) {

@@ -779,3 +779,16 @@ int repo_restore_test_record(struct repo *r, const Hbc__RestoreTestRecord *t, st
     }
     return 0;
 }
+
+int repo_id_hmac(struct repo *r, struct crypto_hmac **out, struct err *e)
+{
+    *out = NULL;
+    if (!r->has_vault || r->hmac == NULL) {
+        return err_set(e, HBC_EINVAL, "no vault open");
+    }
+    /* The keyed template is shared with the workers: copy it under the lock. */
+    uv_mutex_lock(&r->mu);
+    int rv = crypto_hmac_dup(out, r->hmac, e);
+    uv_mutex_unlock(&r->mu);
+    return rv;
+}

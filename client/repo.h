@@ -74,6 +74,15 @@ const uint8_t *repo_vault_id(const struct repo *r);
 int repo_chunk_id(struct repo *r, const void *plain, size_t len, uint8_t id[REPO_CHUNK_ID],
                   struct err *e);
 
+/*
+ * A new HMAC context keyed with the open vault's chunk-id key, for callers
+ * that need ids computed by another module (tree_builder_new() takes one).
+ * The caller owns *out (crypto_hmac_free) and uses it from one thread.
+ * Returns 0, HBC_EINVAL (no vault open) or HBC_ENOMEM.
+ */
+struct crypto_hmac;
+int repo_id_hmac(struct repo *r, struct crypto_hmac **out, struct err *e);
+
 /* Which of ids are already stored in the vault (present[i]); asks the nodes holding them. */
 int repo_have(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t n, bool *present,
               struct err *e);

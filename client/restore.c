@@ -1,0 +1,691 @@
+/*
+ * Restore and restore tests (see restore.h for the happy path and failure
+ * modes).
+ *
+ * Threads: the caller's thread reads trees and queues chunk jobs; workers
+ * fetch, write and hash. A file's chunks may complete in any order: each
+ * is written at its offset at once, and its buffer is kept until every
+ * earlier chunk has been hashed, so the SHA-256 is fed in order. Buffers
+ * count against the in-flight budget until hashed; earlier chunks are
+ * always queued first, so the budget never deadlocks. One mutex guards the
+ * queue and the totals; each file has its own for its hashing state.
+ */
+#include "client/restore.h"
+
+#include <fnmatch.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+#include "client/fs_restore.h"
+#include "client/snapshot_io.h"
+#include "client/tree.h"
+#include "common/alloc.h"
+
+#define MAX_OPEN_FILES 128 /* files being written at once (descriptors) */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* A file being restored. */
+struct rfile {
+    char *path;                /* relative to the target */
+    struct tree_entry meta;    /* its entry (pointers cleared) */
+    struct fs_file *ff;        /* its temporary file; NULL in a restore test */
+    struct tree_chunk *chunks; /* its chunks */
+    size_t n;                  /* how many */
+    uint8_t **pending;         /* fetched but not yet hashed, by index */
+    size_t next;               /* next chunk to hash */
+    size_t left;               /* chunks not yet done */
+    EVP_MD_CTX *md;            /* SHA-256 so far */
+    int err;                   /* first error (0: none) */
+    struct err e;              /* its message */
+    pthread_mutex_t mu;        /* guards the fields above from next on */
+};
+
+struct rjob {
+    struct rfile *f;   /* the file */
+    size_t idx;        /* which chunk */
+    uint64_t off;      /* where it goes */
+    struct rjob *next; /* queue link */
+};
+
+/* Done after every file: hard links, then directory metadata (post-order). */
+struct deferred {
+    char *path;             /* entry */
+    char *link;             /* hard link: the first name */
+    struct tree_entry meta; /* directory: its metadata (pointers cleared) */
+};
+
+struct restore {
+    struct repo *r;                  /* the vault */
+    const struct restore_options *o; /* options (borrowed) */
+    struct restore_result *res;      /* totals (under mu) */
+    struct fs_restore *fsr;          /* the target, or NULL */
+    struct deferred *defs;           /* hard links and directories */
+    size_t ndefs;                    /* used */
+    size_t defs_cap;                 /* allocated */
+
+    pthread_mutex_t mu;   /* guards everything below and res */
+    pthread_cond_t work;  /* jobs queued or closing */
+    pthread_cond_t room;  /* budget or files freed */
+    struct rjob *head;    /* queue */
+    struct rjob *tail;    /* queue end */
+    size_t inflight;      /* chunk bytes reserved */
+    size_t budget;        /* inflight bound */
+    size_t open_files;    /* files not finished */
+    bool closing;         /* no more jobs */
+    double t0;            /* start */
+    double last_progress; /* last progress call */
+    uint64_t bytes_total; /* for progress */
+};
+
+static void report(struct restore *rs, const char *path, int code, const char *msg)
+{
+    /* Called with rs->mu held. */
+    rs->res->errors++;
+    if (rs->o->error != NULL) {
+        rs->o->error(rs->o->arg, path, code, msg);
+    }
+}
+
+static void report_unlocked(struct restore *rs, const char *path, int code, const char *msg)
+{
+    pthread_mutex_lock(&rs->mu);
+    report(rs, path, code, msg);
+    pthread_mutex_unlock(&rs->mu);
+}
+
+static void progress(struct restore *rs, bool done)
+{
+    if (rs->o->progress == NULL) {
+        return;
+    }
+    double t = now_s();
+    pthread_mutex_lock(&rs->mu);
+    if (!done && t - rs->last_progress < 0.2) {
+        pthread_mutex_unlock(&rs->mu);
+        return;
+    }
+    rs->last_progress = t;
+    struct restore_progress p = {
+        .files = rs->res->files + rs->res->dirs + rs->res->others,
+        .bytes = rs->res->chunk_bytes,
+        .bytes_total = rs->bytes_total,
+        .elapsed = t - rs->t0,
+        .done = done,
+    };
+    pthread_mutex_unlock(&rs->mu);
+    rs->o->progress(rs->o->arg, &p);
+}
+
+static void rfile_free(struct rfile *f)
+{
+    if (f == NULL) {
+        return;
+    }
+    if (f->pending != NULL) {
+        for (size_t i = 0; i < f->n; i++) {
+            hbc_free(f->pending[i]);
+        }
+    }
+    hbc_free(f->pending);
+    hbc_free(f->chunks);
+    EVP_MD_CTX_free(f->md);
+    fs_file_abort(f->ff);
+    pthread_mutex_destroy(&f->mu);
+    hbc_free(f->path);
+    hbc_free(f);
+}
+
+/* The file's chunks are all in (or failed): check, commit, verify, free. */
+static void rfile_finish(struct restore *rs, struct rfile *f)
+{
+    int rv = f->err;
+    struct err e = f->e;
+    uint8_t got[TREE_ID_LEN];
+    unsigned int mdlen = 0;
+    size_t unhashed = 0;
+    for (size_t i = 0; f->pending != NULL && i < f->n; i++) {
+        if (f->pending[i] != NULL) {
+            unhashed += f->chunks[i].len;
+        }
+    }
+    if (rv == 0 && EVP_DigestFinal_ex(f->md, got, &mdlen) != 1) {
+        rv = err_openssl(&e, HBC_ECRYPTO, "SHA-256");
+    }
+    if (rv == 0 && (!f->meta.has_sha256 || !crypto_equal(got, f->meta.sha256, TREE_ID_LEN))) {
+        rv = err_setraw(&e, HBC_ECORRUPT, "content does not match its SHA-256");
+    }
+    bool verified = false;
+    if (f->ff != NULL) {
+        struct fs_file *ff = f->ff;
+        f->ff = NULL;
+        if (rv != 0) {
+            fs_file_abort(ff);
+        } else {
+            rv = fs_file_commit(ff, &f->meta, &e);
+            if (rv == 0 && rs->o->verify) {
+                rv = fs_restore_verify(rs->fsr, f->path, &f->meta, &e);
+                verified = rv == 0;
+            }
+        }
+    }
+    pthread_mutex_lock(&rs->mu);
+    if (rv != 0) {
+        report(rs, f->path, rv, e.msg);
+    } else {
+        rs->res->files++;
+        rs->res->bytes += f->meta.size;
+        rs->res->verified += verified ? 1 : 0;
+    }
+    rs->inflight -= unhashed;
+    rs->open_files--;
+    pthread_cond_broadcast(&rs->room);
+    pthread_mutex_unlock(&rs->mu);
+    rfile_free(f);
+}
+
+static void *worker_main(void *arg)
+{
+    struct restore *rs = arg;
+    pthread_mutex_lock(&rs->mu);
+    for (;;) {
+        while (rs->head == NULL && !rs->closing) {
+            pthread_cond_wait(&rs->work, &rs->mu);
+        }
+        if (rs->head == NULL) {
+            break;
+        }
+        struct rjob *j = rs->head;
+        rs->head = j->next;
+        if (rs->head == NULL) {
+            rs->tail = NULL;
+        }
+        pthread_mutex_unlock(&rs->mu);
+
+        struct rfile *f = j->f;
+        const struct tree_chunk *c = &f->chunks[j->idx];
+        struct err e = {0};
+        uint8_t *plain = NULL;
+        size_t len = 0;
+        struct repo_read_stats st = {0};
+        int rv = repo_get_chunk(rs->r, c->id, rs->o->copy, &plain, &len, &st, &e);
+        if (rv == 0 && len != c->len) {
+            rv = err_set(&e, HBC_EFORMAT, "chunk of %zu bytes where the tree says %u", len, c->len);
+        }
+        if (rv == 0 && f->ff != NULL) {
+            rv = fs_file_write(f->ff, j->off, plain, len, &e);
+        }
+        size_t released = 0;
+        pthread_mutex_lock(&f->mu);
+        if (rv != 0) {
+            if (f->err == 0) {
+                f->err = rv;
+                f->e = e;
+            }
+            hbc_free(plain);
+            released += c->len;
+        } else {
+            f->pending[j->idx] = plain;
+            while (f->next < f->n && f->pending[f->next] != NULL) {
+                if (f->err == 0 &&
+                    EVP_DigestUpdate(f->md, f->pending[f->next], f->chunks[f->next].len) != 1) {
+                    f->err = err_openssl(&f->e, HBC_ECRYPTO, "SHA-256");
+                }
+                hbc_free(f->pending[f->next]);
+                f->pending[f->next] = NULL;
+                released += f->chunks[f->next].len;
+                f->next++;
+            }
+        }
+        bool last = --f->left == 0;
+        pthread_mutex_unlock(&f->mu);
+        hbc_free(j);
+
+        pthread_mutex_lock(&rs->mu);
+        rs->inflight -= released;
+        rs->res->shards_read += st.shards_read;
+        rs->res->shard_errors += st.shard_errors;
+        if (rv == 0) {
+            rs->res->chunks++;
+            rs->res->chunk_bytes += len;
+        }
+        pthread_cond_broadcast(&rs->room);
+        pthread_mutex_unlock(&rs->mu);
+        if (last) {
+            rfile_finish(rs, f);
+        }
+        progress(rs, false);
+        pthread_mutex_lock(&rs->mu);
+    }
+    pthread_mutex_unlock(&rs->mu);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------- */
+/* The tree walk (caller's thread).                                          */
+
+static void meta_copy(struct tree_entry *dst, const struct tree_entry *src)
+{
+    *dst = *src;
+    dst->name = NULL;
+    dst->user = NULL;
+    dst->group = NULL;
+    dst->target = NULL;
+    dst->link = NULL;
+    dst->chunks = NULL;
+    dst->nchunks = 0;
+    dst->lists = NULL;
+    dst->nlists = 0;
+}
+
+static int defer(struct restore *rs, const char *path, const char *link,
+                 const struct tree_entry *meta)
+{
+    if (rs->ndefs == rs->defs_cap) {
+        size_t ncap = rs->defs_cap == 0 ? 64 : rs->defs_cap * 2;
+        struct deferred *n = hbc_realloc(rs->defs, ncap * sizeof *n);
+        if (n == NULL) {
+            return HBC_ENOMEM;
+        }
+        rs->defs = n;
+        rs->defs_cap = ncap;
+    }
+    struct deferred *d = &rs->defs[rs->ndefs];
+    memset(d, 0, sizeof *d);
+    d->path = hbc_strdup(path);
+    d->link = link != NULL ? hbc_strdup(link) : NULL;
+    if (d->path == NULL || (link != NULL && d->link == NULL)) {
+        hbc_free(d->path);
+        hbc_free(d->link);
+        return HBC_ENOMEM;
+    }
+    if (meta != NULL) {
+        meta_copy(&d->meta, meta);
+    }
+    rs->ndefs++;
+    return 0;
+}
+
+/* Queue a file's chunks (or finish an empty file at once). */
+static void restore_file(struct restore *rs, const char *path, const struct tree_entry *en)
+{
+    struct err e = {0};
+    struct rfile *f = hbc_calloc(1, sizeof *f);
+    if (f == NULL) {
+        report_unlocked(rs, path, HBC_ENOMEM, "out of memory");
+        return;
+    }
+    pthread_mutex_init(&f->mu, NULL);
+    meta_copy(&f->meta, en);
+    f->path = hbc_strdup(path);
+    f->md = EVP_MD_CTX_new();
+    int rv = 0;
+    if (f->path == NULL || f->md == NULL) {
+        rv = err_set(&e, HBC_ENOMEM, "file");
+    } else if (EVP_DigestInit_ex(f->md, EVP_sha256(), NULL) != 1) {
+        rv = err_openssl(&e, HBC_ECRYPTO, "SHA-256");
+    }
+    if (rv == 0) {
+        struct repo_read_stats st = {0};
+        rv = snap_file_chunks(rs->r, en, rs->o->copy, &st, &f->chunks, &f->n, &e);
+        pthread_mutex_lock(&rs->mu);
+        rs->res->shards_read += st.shards_read;
+        rs->res->shard_errors += st.shard_errors;
+        rs->res->chunks += en->nlists;
+        pthread_mutex_unlock(&rs->mu);
+    }
+    if (rv == 0) {
+        f->pending = hbc_calloc(f->n > 0 ? f->n : 1, sizeof *f->pending);
+        if (f->pending == NULL) {
+            rv = err_set(&e, HBC_ENOMEM, "file");
+        }
+    }
+    /* Wait for a free descriptor slot before opening the temporary file. */
+    pthread_mutex_lock(&rs->mu);
+    while (rv == 0 && rs->open_files >= MAX_OPEN_FILES) {
+        pthread_cond_wait(&rs->room, &rs->mu);
+    }
+    rs->open_files++;
+    pthread_mutex_unlock(&rs->mu);
+    if (rv == 0 && rs->fsr != NULL) {
+        rv = fs_restore_file_begin(rs->fsr, path, &f->ff, &e);
+    }
+    if (rv != 0 || f->n == 0) {
+        f->err = rv;
+        f->e = e;
+        rfile_finish(rs, f);
+        return;
+    }
+    /* Once the last job is queued a worker may finish and free f: read nothing of it after. */
+    size_t n = f->n;
+    f->left = n;
+    uint64_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct rjob *j = hbc_malloc(sizeof *j);
+        if (j == NULL) {
+            /* Count the chunks never queued as failed, so the file still finishes. */
+            pthread_mutex_lock(&f->mu);
+            if (f->err == 0) {
+                f->err = err_set(&f->e, HBC_ENOMEM, "restore job");
+            }
+            f->left -= n - i;
+            bool last = f->left == 0;
+            pthread_mutex_unlock(&f->mu);
+            if (last) {
+                rfile_finish(rs, f);
+            }
+            return;
+        }
+        j->f = f;
+        j->idx = i;
+        j->off = off;
+        j->next = NULL;
+        off += f->chunks[i].len;
+        size_t len = f->chunks[i].len;
+        pthread_mutex_lock(&rs->mu);
+        while (rs->inflight > 0 && rs->inflight + len > rs->budget) {
+            pthread_cond_wait(&rs->room, &rs->mu);
+        }
+        rs->inflight += len;
+        if (rs->tail != NULL) {
+            rs->tail->next = j;
+        } else {
+            rs->head = j;
+        }
+        rs->tail = j;
+        pthread_cond_signal(&rs->work);
+        pthread_mutex_unlock(&rs->mu);
+    }
+}
+
+/* Whether path is selected by the include patterns (or lies below a selected directory). */
+static bool included(const struct restore *rs, const char *path)
+{
+    for (size_t i = 0; i < rs->o->nincludes; i++) {
+        const char *p = rs->o->includes[i];
+        while (*p == '/') {
+            p++;
+        }
+        if (fnmatch(p, path, 0) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * Restore the directory whose head is id at path ("" for the root). all:
+ * everything below is selected. Returns whether anything was restored
+ * below (so its metadata should be set); errors are reported and counted.
+ */
+static bool restore_dir(struct restore *rs, const uint8_t id[TREE_ID_LEN], const char *path,
+                        bool all, unsigned depth)
+{
+    struct err e = {0};
+    struct snap_dir *d;
+    struct repo_read_stats st = {0};
+    bool any = false;
+    if (depth > 1024) {
+        report_unlocked(rs, path, HBC_ETOOBIG, "directories nested too deep");
+        return false;
+    }
+    int rv = snap_dir_open(rs->r, id, rs->o->copy, &st, &d, &e);
+    pthread_mutex_lock(&rs->mu);
+    rs->res->chunks++;
+    pthread_mutex_unlock(&rs->mu);
+    if (rv != 0) {
+        report_unlocked(rs, path[0] != '\0' ? path : "/", rv, e.msg);
+        return false;
+    }
+    size_t plen = strlen(path);
+    char *child = hbc_malloc(TREE_MAX_PATH + 1);
+    if (child == NULL) {
+        snap_dir_close(d);
+        report_unlocked(rs, path, HBC_ENOMEM, "out of memory");
+        return false;
+    }
+    const struct tree_entry *en;
+    while ((rv = snap_dir_next(d, &en, &e)) == 1) {
+        size_t nlen = strlen(en->name);
+        if (plen + 1 + nlen > TREE_MAX_PATH) {
+            report_unlocked(rs, path, HBC_ETOOBIG, "a path below is too long");
+            continue;
+        }
+        if (plen > 0) {
+            memcpy(child, path, plen);
+            child[plen] = '/';
+            memcpy(child + plen + 1, en->name, nlen + 1);
+        } else {
+            memcpy(child, en->name, nlen + 1);
+        }
+        bool sel = all || rs->o->nincludes == 0 || included(rs, child);
+        struct err ee = {0};
+        int erv = 0;
+        if (en->type == TREE_DIR) {
+            if (sel && rs->fsr != NULL) {
+                erv = fs_restore_mkdir(rs->fsr, child, &ee);
+            }
+            if (erv != 0) {
+                report_unlocked(rs, child, erv, ee.msg);
+                continue;
+            }
+            struct tree_entry meta;
+            meta_copy(&meta, en);
+            uint8_t sub[TREE_ID_LEN];
+            memcpy(sub, en->subtree, TREE_ID_LEN);
+            bool below = restore_dir(rs, sub, child, sel, depth + 1);
+            if (sel || below) {
+                any = true;
+                pthread_mutex_lock(&rs->mu);
+                rs->res->dirs++;
+                pthread_mutex_unlock(&rs->mu);
+                if (rs->fsr != NULL && defer(rs, child, NULL, &meta) != 0) {
+                    report_unlocked(rs, child, HBC_ENOMEM, "out of memory");
+                }
+            }
+            continue;
+        }
+        if (!sel) {
+            continue;
+        }
+        any = true;
+        if (en->type == TREE_FILE) {
+            restore_file(rs, child, en);
+            progress(rs, false);
+            continue;
+        }
+        if (rs->fsr != NULL) {
+            if (en->type == TREE_SYMLINK) {
+                erv = fs_restore_symlink(rs->fsr, child, en, &ee);
+            } else if (en->type == TREE_HARDLINK) {
+                erv = defer(rs, child, en->link, NULL);
+                if (erv != 0) {
+                    err_set(&ee, erv, "hard link");
+                }
+            } else {
+                erv = fs_restore_special(rs->fsr, child, en, &ee);
+            }
+        }
+        if (erv != 0) {
+            report_unlocked(rs, child, erv, ee.msg);
+        } else if (en->type != TREE_HARDLINK || rs->fsr == NULL) {
+            pthread_mutex_lock(&rs->mu);
+            rs->res->others++;
+            pthread_mutex_unlock(&rs->mu);
+        }
+    }
+    if (rv < 0) {
+        report_unlocked(rs, path[0] != '\0' ? path : "/", rv, e.msg);
+    }
+    pthread_mutex_lock(&rs->mu);
+    rs->res->shards_read += st.shards_read;
+    rs->res->shard_errors += st.shard_errors;
+    pthread_mutex_unlock(&rs->mu);
+    hbc_free(child);
+    snap_dir_close(d);
+    return any;
+}
+
+/* ------------------------------------------------------------------------- */
+
+static unsigned default_threads(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1) {
+        n = 1;
+    }
+    return (unsigned)(n * 2 > RESTORE_MAX_THREADS ? RESTORE_MAX_THREADS : n * 2);
+}
+
+static int find_snapshot(struct repo *r, const char *spec, uint8_t id[REPO_ID_LEN],
+                         uint8_t root[TREE_ID_LEN], uint64_t *bytes, struct err *e)
+{
+    Hbc__SnapshotInfo **list = NULL;
+    size_t n = 0;
+    int rv = repo_snapshot_list(r, &list, &n, e);
+    if (rv != 0) {
+        return err_wrap(e, "list snapshots");
+    }
+    const Hbc__SnapshotInfo *s;
+    rv = snap_find(list, n, spec, &s, e);
+    if (rv == 0) {
+        if (s->snapshot_id.len != REPO_ID_LEN || s->root_tree_id.len != TREE_ID_LEN) {
+            rv = err_set(e, HBC_EFORMAT, "snapshot record");
+        } else {
+            memcpy(id, s->snapshot_id.data, REPO_ID_LEN);
+            memcpy(root, s->root_tree_id.data, TREE_ID_LEN);
+            *bytes = s->bytes;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        protobuf_c_message_free_unpacked(&list[i]->base, NULL);
+    }
+    hbc_free(list);
+    return rv;
+}
+
+int restore_run(struct repo *r, const struct restore_options *o, struct restore_result *res,
+                struct err *e)
+{
+    memset(res, 0, sizeof *res);
+    if (o->threads > RESTORE_MAX_THREADS || o->nincludes > RESTORE_MAX_INCLUDES) {
+        return err_setraw(e, HBC_EINVAL, "at most %u threads and %u include patterns",
+                          RESTORE_MAX_THREADS, RESTORE_MAX_INCLUDES);
+    }
+    if (o->copy >= 0 && (unsigned)o->copy >= repo_copies(r)) {
+        return err_setraw(e, HBC_EINVAL, "copy %d: the vault has copies 0 to %u", o->copy,
+                          repo_copies(r) - 1);
+    }
+    struct restore *rs = hbc_calloc(1, sizeof *rs);
+    if (rs == NULL) {
+        return err_set(e, HBC_ENOMEM, "restore");
+    }
+    rs->r = r;
+    rs->o = o;
+    rs->res = res;
+    rs->t0 = now_s();
+    rs->budget = o->inflight_bytes != 0 ? o->inflight_bytes : RESTORE_INFLIGHT_DEFAULT;
+    pthread_mutex_init(&rs->mu, NULL);
+    pthread_cond_init(&rs->work, NULL);
+    pthread_cond_init(&rs->room, NULL);
+    unsigned nthreads = o->threads != 0 ? o->threads : default_threads();
+    pthread_t *threads = hbc_calloc(nthreads, sizeof *threads);
+    unsigned started = 0;
+    uint8_t root[TREE_ID_LEN];
+    int rv = threads == NULL ? err_set(e, HBC_ENOMEM, "restore") : 0;
+    if (rv == 0) {
+        rv = find_snapshot(r, o->snapshot, res->snapshot_id, root, &rs->bytes_total, e);
+    }
+    if (rv == 0 && o->target != NULL) {
+        struct fs_restore_options fo;
+        fs_restore_options_default(&fo);
+        fo.fsync = o->fsync;
+        rv = fs_restore_open(&rs->fsr, o->target, &fo, e);
+        if (rv != 0) {
+            err_wrap(e, "restore target");
+        }
+    }
+    for (; rv == 0 && started < nthreads; started++) {
+        if (pthread_create(&threads[started], NULL, worker_main, rs) != 0) {
+            rv = err_set(e, HBC_ENOMEM, "start restore workers");
+            break;
+        }
+    }
+    if (rv == 0) {
+        restore_dir(rs, root, "", o->nincludes == 0, 0);
+    }
+    pthread_mutex_lock(&rs->mu);
+    rs->closing = true;
+    pthread_cond_broadcast(&rs->work);
+    pthread_mutex_unlock(&rs->mu);
+    for (unsigned i = 0; i < started; i++) {
+        pthread_join(threads[i], NULL);
+    }
+    /* Every file is in: hard links, then directory metadata, deepest first. */
+    for (size_t i = 0; i < rs->ndefs; i++) {
+        struct deferred *d = &rs->defs[i];
+        struct err de = {0};
+        int drv;
+        if (d->link != NULL) {
+            drv = fs_restore_hardlink(rs->fsr, d->path, d->link, &de);
+            if (drv == 0) {
+                res->others++;
+            }
+        } else {
+            drv = fs_restore_dir_meta(rs->fsr, d->path, &d->meta, &de);
+        }
+        if (drv != 0) {
+            report(rs, d->path, drv, de.msg);
+        }
+        hbc_free(d->path);
+        hbc_free(d->link);
+    }
+    res->seconds = now_s() - rs->t0;
+    if (rv == 0) {
+        progress(rs, true);
+    }
+    if (rv == 0 && o->target == NULL && o->record) {
+        Hbc__RestoreTestRecord t = HBC__RESTORE_TEST_RECORD__INIT;
+        char copy[16] = "";
+        if (o->copy >= 0) {
+            snprintf(copy, sizeof copy, "%d", o->copy);
+        }
+        t.snapshot_id.data = res->snapshot_id;
+        t.snapshot_id.len = REPO_ID_LEN;
+        t.copy = copy;
+        t.chunks = res->chunks;
+        t.bytes = res->chunk_bytes;
+        t.errors = res->errors;
+        t.duration_ms = (uint64_t)(res->seconds * 1000);
+        t.result = res->errors == 0 ? HBC__RESTORE_TEST_RESULT__RESTORE_TEST_PASSED
+                                    : HBC__RESTORE_TEST_RESULT__RESTORE_TEST_FAILED;
+        rv = repo_restore_test_record(r, &t, e);
+        if (rv != 0) {
+            err_wrap(e, "record the restore test");
+        } else {
+            res->recorded = true;
+        }
+    }
+    if (rv == 0 && res->errors > 0) {
+        rv = err_setraw(e, HBC_EPARTIAL, "%llu entries failed", (unsigned long long)res->errors);
+    }
+    fs_restore_close(rs->fsr);
+    hbc_free(rs->defs);
+    hbc_free(threads);
+    pthread_cond_destroy(&rs->room);
+    pthread_cond_destroy(&rs->work);
+    pthread_mutex_destroy(&rs->mu);
+    hbc_free(rs);
+    return rv;
+}

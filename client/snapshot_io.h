@@ -1,0 +1,160 @@
+/* Reading and naming what snapshots hold: ids, "latest", directory cursors over trees, chunk and
+ * reference lists. */
+#ifndef HBC_CLIENT_SNAPSHOT_IO_H
+#define HBC_CLIENT_SNAPSHOT_IO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "client/repo.h"
+#include "client/tree.h"
+#include "common/err.h"
+#include "hbc.pb-c.h"
+
+/*
+ * Snapshot layout. A snapshot's root tree is the tree of "/": each path
+ * given to a backup is stored under its absolute path, the directories
+ * above it being directory entries of their own (with the metadata those
+ * directories had), as restic and borg do. So two paths never collide, a
+ * restore recreates the same layout below its target, and "the same paths"
+ * can be found again by looking them up.
+ *
+ * THE REFERENCE LIST FORMAT (version 1). A snapshot's ref_list_id names the
+ * head object of its reference list: every chunk id the snapshot uses (file
+ * data, tree objects, chunk lists), sorted bytewise, without duplicates.
+ * Each object is the plaintext of a chunk (sealed and stored like data):
+ *
+ *   offset  size      field
+ *   0       4         magic "HBCR"
+ *   4       1         version 1
+ *   5       3         zero
+ *   8       4         P, number of part ids (big-endian); 0 in a part
+ *   12      4         N, number of ids (big-endian)
+ *   16      32 * P    ids of the earlier parts, in order (head only)
+ *   16+32P  32 * N    ids, strictly increasing
+ *
+ * A list longer than SNAP_REFLIST_PER_OBJECT ids is cut into parts of that
+ * many ids; the head holds the last run and names the parts before it. Ids
+ * increase strictly across parts and head in reading order (parts, then the
+ * head). Decoding checks all of that (HBC_EFORMAT) and the bounds below.
+ */
+
+#define SNAP_ID_HEX (REPO_ID_LEN * 2)   /* hex digits of a snapshot id */
+#define SNAP_REFLIST_MAGIC "HBCR"       /* reference list objects */
+#define SNAP_REFLIST_VERSION 1          /* written and accepted */
+#define SNAP_REFLIST_HEADER 16          /* bytes before the ids */
+#define SNAP_REFLIST_PER_OBJECT 131000u /* ids in one object (about 4 MiB) */
+#define SNAP_REFLIST_MAX_PARTS 65536u   /* parts a head may name */
+
+/* Write id as SNAP_ID_HEX lowercase hex digits and a NUL into out. */
+void snap_id_hex(const uint8_t id[REPO_ID_LEN], char out[SNAP_ID_HEX + 1]);
+
+/*
+ * Find the snapshot spec names among list[0..n) (borrowed): "latest" (the
+ * last in commit order), or a hex prefix of its id (at least 4 digits,
+ * case-insensitive). On 0, *out points into list. Returns HBC_ENOTFOUND,
+ * HBC_EINVAL (not hex, too short, or a prefix matching several snapshots;
+ * the message says which).
+ */
+int snap_find(Hbc__SnapshotInfo *const *list, size_t n, const char *spec,
+              const Hbc__SnapshotInfo **out, struct err *e);
+
+/*
+ * Read and decode one tree object by id (a chunk of the vault) through
+ * repo_get_chunk(); copy as there; stats (may be NULL) accumulates. On 0
+ * *out is the tree (tree_free). Returns what repo_get_chunk() or
+ * tree_decode() returns, wrapped.
+ */
+int snap_tree_fetch(struct repo *r, const uint8_t id[TREE_ID_LEN], enum tree_kind kind, int copy,
+                    struct tree **out, struct repo_read_stats *stats, struct err *e);
+
+/*
+ * A cursor over one directory of a snapshot: its entries in name order,
+ * across the head and its parts, holding at most two decoded objects at a
+ * time (the head and the current part). One thread at a time.
+ */
+struct snap_dir;
+
+/*
+ * Open the directory whose head tree is head (borrowed) into *out. copy and
+ * stats as for snap_tree_fetch() (stats, if set, must outlive the cursor).
+ * Returns 0 or what snap_tree_fetch() returns.
+ */
+int snap_dir_open(struct repo *r, const uint8_t head[TREE_ID_LEN], int copy,
+                  struct repo_read_stats *stats, struct snap_dir **out, struct err *e);
+
+/*
+ * The next entry into *en (valid until the next call on d). Returns 1 with
+ * an entry, 0 at the end, or an error (fetching a part, or HBC_EFORMAT if
+ * names do not increase across objects).
+ */
+int snap_dir_next(struct snap_dir *d, const struct tree_entry **en, struct err *e);
+
+/*
+ * Move forward to the entry called name and return it in *en (valid until
+ * the next call on d). Forward only: names asked for must increase from call
+ * to call. Returns 1 if found, 0 if not (the cursor then stands before the
+ * first later name), or an error.
+ */
+int snap_dir_find(struct snap_dir *d, const char *name, const struct tree_entry **en,
+                  struct err *e);
+
+/* Free d. NULL is a no-op. */
+void snap_dir_close(struct snap_dir *d);
+
+/*
+ * The file en describes (a TREE_FILE, borrowed) as one array of chunks:
+ * its inline chunks, or the chunks of its ChunkList objects fetched through
+ * r, checked to add up to en->size. On 0 *out (hbc_free; NULL when the file
+ * is empty) holds *n chunks. Returns 0, HBC_EFORMAT, or a fetch error.
+ */
+int snap_file_chunks(struct repo *r, const struct tree_entry *en, int copy,
+                     struct repo_read_stats *stats, struct tree_chunk **out, size_t *n,
+                     struct err *e);
+
+/*
+ * Look up path ('/'-joined components, "" or "/" for the root; leading and
+ * repeated '/' ignored) below the root tree root. On 1, *type is the
+ * entry's type (TREE_DIR for the root) and, for a directory, dir its tree
+ * id. Returns 1 if found, 0 if not (or a component above is not a
+ * directory), or an error.
+ */
+int snap_lookup(struct repo *r, const uint8_t root[TREE_ID_LEN], const char *path, int copy,
+                enum tree_type *type, uint8_t dir[TREE_ID_LEN], struct err *e);
+
+/*
+ * Encode one reference-list object: parts[0..nparts) then ids[0..n), as
+ * described above (ids strictly increasing, n <= SNAP_REFLIST_PER_OBJECT,
+ * nparts <= SNAP_REFLIST_MAX_PARTS). On 0 *out (hbc_free) holds *len bytes.
+ * Returns 0, HBC_EINVAL or HBC_ENOMEM.
+ */
+int snap_reflist_encode(const uint8_t (*parts)[TREE_ID_LEN], size_t nparts,
+                        const uint8_t (*ids)[TREE_ID_LEN], size_t n, uint8_t **out, size_t *len,
+                        struct err *e);
+
+/*
+ * Decode one reference-list object (data, len bytes, borrowed). On 0,
+ * *parts and *ids point into data (*nparts and *n of them). Returns 0,
+ * HBC_ETRUNCATED, HBC_EFORMAT (magic, counts, order) or HBC_EVERSION.
+ */
+int snap_reflist_decode(const uint8_t *data, size_t len, const uint8_t (**parts)[TREE_ID_LEN],
+                        size_t *nparts, const uint8_t (**ids)[TREE_ID_LEN], size_t *n,
+                        struct err *e);
+
+/*
+ * Store the reference list ids[0..n) (sorted, unique; borrowed) as objects
+ * through repo_put_chunk() and return the head's id in head. Returns 0 or
+ * an error from encoding or storing.
+ */
+int snap_reflist_store(struct repo *r, const uint8_t (*ids)[TREE_ID_LEN], size_t n,
+                       uint8_t head[TREE_ID_LEN], struct err *e);
+
+/*
+ * Read the reference list whose head is head back into *ids (hbc_free), *n
+ * ids, checking order across objects. Returns 0 or an error.
+ */
+int snap_reflist_load(struct repo *r, const uint8_t head[TREE_ID_LEN], uint8_t (**ids)[TREE_ID_LEN],
+                      size_t *n, struct err *e);
+
+#endif /* HBC_CLIENT_SNAPSHOT_IO_H */
