@@ -54,6 +54,26 @@ void cli_print_json(json_t *v);
 
 /* Subcommands: argc/argv start at the subcommand's own arguments. */
 int cli_cluster(struct cli *c, int argc, char **argv);
+int cli_policy(struct cli *c, int argc, char **argv);
+
+struct policy_node;
+
+/* The cluster's topology as vault policies see it (cli_policy.c). */
+struct cli_topology {
+    Hbc__Frame *reply;         /* the ClusterStatus reply the strings point into (owned) */
+    struct policy_node *nodes; /* nodes not joining, sorted by node id (owned array) */
+    size_t n;                  /* how many */
+    const char *first_site;    /* the site of the node that answered ("" if unknown) */
+};
+
+/*
+ * Ask the cluster for its node list (ClusterStatus) into *t. Returns 0 or an
+ * error with a message; free with cli_topology_free() either way.
+ */
+int cli_topology_get(struct cli *c, struct cli_topology *t, struct err *e);
+
+/* Free what cli_topology_get() made; a zeroed *t is fine. */
+void cli_topology_free(struct cli_topology *t);
 int cli_backup(struct cli *c, int argc, char **argv);    /* client/cli_backup.c */
 int cli_snapshots(struct cli *c, int argc, char **argv); /* client/cli_backup.c */
 int cli_ls(struct cli *c, int argc, char **argv);        /* client/cli_backup.c */

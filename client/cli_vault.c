@@ -1,4 +1,4 @@
-/* hbc vault create|list: vaults, their policy placeholder (copies, k+m) and their wrapped keys. */
+/* hbc vault create|list: vaults, their policy (3-2-1-1-0 by default) and their wrapped keys. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -6,6 +6,7 @@
 
 #include "client/client_config.h"
 #include "client/placement.h"
+#include "client/policy.h"
 #include "common/alloc.h"
 #include "common/erasure.h"
 
@@ -28,10 +29,122 @@ static long number(const char *opt, const char *v, long max)
     return n;
 }
 
+/*
+ * Create vault name under the built-in policy policy_name: fit it to the
+ * topology (refusing a policy the topology cannot meet, naming the rule),
+ * store it with the home site (home_flag, else the site of the node that
+ * answered first).
+ */
+static int vault_create_policy(struct cli *c, const char *name, const char *policy_name,
+                               const char *home_flag, const char *keyfile_flag)
+{
+    struct err e;
+    struct policy p;
+    if (policy_builtin(policy_name, &p, &e) != 0) {
+        cli_error("%s", e.msg);
+        return CLI_USAGE;
+    }
+    /* The key file first: a wrong passphrase is the first thing to hear about. */
+    struct repo *r = NULL;
+    int rv = cli_repo_open(c, true, cli_keyfile(keyfile_flag), NULL, &r);
+    if (rv != CLI_OK) {
+        return rv;
+    }
+    struct cli_topology topo;
+    rv = cli_topology_get(c, &topo, &e);
+    if (rv != 0) {
+        repo_close(r);
+        cli_topology_free(&topo);
+        cli_error("%s", e.msg);
+        return cli_exit_code(rv);
+    }
+    const char *home = home_flag != NULL ? home_flag : topo.first_site;
+    char home_site[POLICY_SITE_MAX + 1];
+    snprintf(home_site, sizeof home_site, "%s", home);
+    char notes[1024];
+    rv = home_site[0] == '\0'
+             ? err_setraw(&e, HBC_EINVAL, "no home site: give --home-site SITE")
+             : policy_fit(&p, home_site, topo.nodes, topo.n, notes, sizeof notes, &e);
+    size_t nodes = topo.n;
+    cli_topology_free(&topo);
+    if (rv != 0) {
+        repo_close(r);
+        cli_error("vault create: policy %s cannot be met with home site %s: %s", policy_name,
+                  home_site, e.msg);
+        return CLI_FAILED;
+    }
+    /* The data path reads and writes one scheme for every copy: the narrowest fitted one. */
+    unsigned narrow = 0;
+    for (unsigned i = 1; i < p.ncopies; i++) {
+        if (p.copies[i].k + p.copies[i].m < p.copies[narrow].k + p.copies[narrow].m) {
+            narrow = i;
+        }
+    }
+    for (unsigned i = 0; i < p.ncopies; i++) {
+        if (p.copies[i].k != p.copies[narrow].k || p.copies[i].m != p.copies[narrow].m) {
+            size_t used = strlen(notes);
+            snprintf(notes + used, sizeof notes - used, "%scopy %u: %u+%u like copy %u",
+                     used > 0 ? "; " : "", i, p.copies[narrow].k, p.copies[narrow].m, narrow);
+            p.copies[i].k = p.copies[narrow].k;
+            p.copies[i].m = p.copies[narrow].m;
+        }
+    }
+    if (notes[0] != '\0') {
+        fprintf(stderr, "hbc: note: %s\n", notes);
+    }
+    Hbc__VaultPolicy pb = HBC__VAULT_POLICY__INIT;
+    Hbc__CopyRule rules[POLICY_MAX_COPIES];
+    Hbc__CopyRule *ptrs[POLICY_MAX_COPIES];
+    policy_to_proto(&p, &pb, rules, ptrs);
+    /* The vault's scheme fields carry copy 0's fitted scheme for older readers. */
+    uint8_t id[REPO_ID_LEN];
+    rv =
+        repo_vault_create(r, name, p.ncopies, p.copies[0].k, p.copies[0].m, &pb, home_site, id, &e);
+    repo_close(r);
+    if (rv != 0) {
+        cli_error("%s", e.msg);
+        return cli_exit_code(rv);
+    }
+    char idhex[2 * REPO_ID_LEN + 1];
+    hex(id, REPO_ID_LEN, idhex);
+    if (c->json) {
+        json_t *o = json_object();
+        json_object_set_new(o, "name", json_string(name));
+        json_object_set_new(o, "vault_id", json_string(idhex));
+        json_object_set_new(o, "policy", json_string(p.name));
+        json_object_set_new(o, "home_site", json_string(home_site));
+        json_object_set_new(o, "copies", json_integer(p.ncopies));
+        json_t *arr = json_array();
+        for (unsigned i = 0; i < p.ncopies; i++) {
+            json_t *x = json_object();
+            json_object_set_new(x, "site", json_string(p.copies[i].site));
+            json_object_set_new(x, "media", json_string(p.copies[i].media));
+            json_object_set_new(x, "immutable", json_boolean(p.copies[i].immutable));
+            json_object_set_new(x, "k", json_integer(p.copies[i].k));
+            json_object_set_new(x, "m", json_integer(p.copies[i].m));
+            json_array_append_new(arr, x);
+        }
+        json_object_set_new(o, "rules", arr);
+        json_object_set_new(o, "nodes", json_integer((json_int_t)nodes));
+        json_object_set_new(o, "adjusted", json_boolean(notes[0] != '\0'));
+        cli_print_json(o);
+    } else {
+        printf("created vault %s (%s): policy %s, home site %s\n", name, idhex, p.name, home_site);
+        for (unsigned i = 0; i < p.ncopies; i++) {
+            printf("  copy %u: %s, media %s%s, %u+%u shards\n", i, p.copies[i].site,
+                   p.copies[i].media, p.copies[i].immutable ? ", immutable" : "", p.copies[i].k,
+                   p.copies[i].m);
+        }
+    }
+    return CLI_OK;
+}
+
 static int vault_create(struct cli *c, int argc, char **argv)
 {
     const char *name = NULL;
     const char *keyfile_flag = NULL;
+    const char *policy_name = NULL;
+    const char *home_flag = NULL;
     long copies = -1, k = -1, m = -1;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -62,22 +175,43 @@ static int vault_create(struct cli *c, int argc, char **argv)
             i++;
         } else if (strcmp(a, "--keyfile") == 0 && v != NULL) {
             keyfile_flag = argv[++i];
+        } else if (strcmp(a, "--policy") == 0 && v != NULL) {
+            policy_name = argv[++i];
+        } else if (strcmp(a, "--home-site") == 0 && v != NULL) {
+            home_flag = argv[++i];
         } else if (a[0] != '-' && name == NULL) {
             name = a;
         } else {
-            cli_error("unknown argument '%s' (usage: hbc vault create NAME [--copies N] [--k K] "
-                      "[--m M] [--keyfile FILE])",
+            cli_error("unknown argument '%s' (usage: hbc vault create NAME [--policy P] "
+                      "[--home-site SITE] [--copies N] [--k K] [--m M] [--keyfile FILE])",
                       a);
             return CLI_USAGE;
         }
     }
     if (name == NULL) {
-        cli_error("usage: hbc vault create NAME [--copies N] [--k K] [--m M] [--keyfile FILE]");
+        cli_error("usage: hbc vault create NAME [--policy P] [--home-site SITE] [--copies N] "
+                  "[--k K] [--m M] [--keyfile FILE]");
         return CLI_USAGE;
     }
     if (strlen(name) > 128) {
         cli_error("a vault name has at most 128 bytes");
         return CLI_USAGE;
+    }
+    bool legacy = copies > 0 || k > 0 || m >= 0;
+    if (policy_name != NULL && strcmp(policy_name, "none") == 0) {
+        legacy = true;
+    } else if (policy_name != NULL && legacy) {
+        cli_error("--policy and --copies/--k/--m exclude each other (--copies/--k/--m make a "
+                  "vault without copy rules)");
+        return CLI_USAGE;
+    }
+    if (home_flag != NULL && (strlen(home_flag) == 0 || strlen(home_flag) > POLICY_SITE_MAX)) {
+        cli_error("--home-site wants 1..%d bytes", POLICY_SITE_MAX);
+        return CLI_USAGE;
+    }
+    if (!legacy) {
+        return vault_create_policy(c, name, policy_name != NULL ? policy_name : POLICY_BUILTIN,
+                                   home_flag, keyfile_flag);
     }
     struct repo *r = NULL;
     int rv = cli_repo_open(c, true, cli_keyfile(keyfile_flag), NULL, &r);
@@ -108,7 +242,7 @@ static int vault_create(struct cli *c, int argc, char **argv)
     }
     uint8_t id[REPO_ID_LEN];
     struct err e;
-    rv = repo_vault_create(r, name, fc, fk, fm, id, &e);
+    rv = repo_vault_create(r, name, fc, fk, fm, NULL, NULL, id, &e);
     repo_close(r);
     if (rv != 0) {
         cli_error("%s", e.msg);
@@ -177,6 +311,12 @@ static int vault_list(struct cli *c, int argc, char **argv)
             json_object_set_new(o, "created_index", json_integer((json_int_t)x->created_index));
             json_object_set_new(o, "created_by",
                                 x->created_by != NULL ? json_string(x->created_by) : json_null());
+            json_object_set_new(o, "policy",
+                                x->policy == NULL         ? json_null()
+                                : x->policy->name != NULL ? json_string(x->policy->name)
+                                                          : json_string(""));
+            json_object_set_new(o, "home_site",
+                                x->home_site != NULL ? json_string(x->home_site) : json_null());
             json_object_set_new(o, "keys", json_boolean(keys));
             json_object_set_new(o, "key_generation",
                                 keys ? json_integer(x->has_key_generation ? x->key_generation : 1)

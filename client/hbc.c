@@ -27,9 +27,12 @@ static void usage(FILE *f)
            "  cluster remove NODE       remove a node from the cluster (admin)\n"
            "  key init [--keyfile F]    create a key file holding a new KEK (asks a passphrase)\n"
            "  key passwd [--keyfile F]  change the key file's passphrase\n"
-           "  vault create NAME [--copies N] [--k K] [--m M]\n"
-           "                            create a vault (keys wrapped by the KEK)\n"
+           "  vault create NAME [--policy P] [--home-site SITE] [--copies N] [--k K] [--m M]\n"
+           "                            create a vault (keys wrapped by the KEK; policy\n"
+           "                            3-2-1-1-0 unless --policy none or --copies/--k/--m)\n"
            "  vault list                every vault and its scheme\n"
+           "  policy check [VAULT]      the 3-2-1-1-0 digits of each vault's policy (exit 1 on a\n"
+           "                            failing digit)\n"
            "  backup PATH...            back up files and directories as a snapshot of the vault\n"
            "         [--parent SNAP | --force-read] [--one-file-system] [--threads N]\n"
            "  snapshots                 the vault's snapshots, oldest first\n"
@@ -254,6 +257,8 @@ int main(int argc, char **argv)
         rv = cli_key(&c, argc - i - 1, argv + i + 1);
     } else if (strcmp(cmd, "vault") == 0) {
         rv = cli_vault(&c, argc - i - 1, argv + i + 1);
+    } else if (strcmp(cmd, "policy") == 0) {
+        rv = cli_policy(&c, argc - i - 1, argv + i + 1);
     } else {
         cli_error("unknown command '%s' (see hbc --help)", cmd);
         rv = CLI_USAGE;

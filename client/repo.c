@@ -263,9 +263,13 @@ static int load_nodes(struct repo *r, struct err *e)
             rn->node_id = hbc_strdup(ni->node_id);
             rn->addr = hbc_strdup(ni->data_address);
             rn->site = hbc_strdup(ni->site);
+            rn->region = hbc_strdup(ni->region);
+            rn->media = hbc_strdup(ni->media);
+            rn->worm = ni->worm;
             rn->capacity = ni->capacity_bytes;
             n++;
-            if (rn->node_id == NULL || rn->addr == NULL || rn->site == NULL) {
+            if (rn->node_id == NULL || rn->addr == NULL || rn->site == NULL || rn->region == NULL ||
+                rn->media == NULL) {
                 r->nnodes = n;
                 frame_free(q.reply);
                 return err_set(e, HBC_ENOMEM, "node list");
@@ -287,13 +291,21 @@ static int load_nodes(struct repo *r, struct err *e)
             }
         }
         r->pnodes = hbc_calloc(n, sizeof *r->pnodes);
-        if (r->pnodes == NULL) {
+        r->polnodes = hbc_calloc(n, sizeof *r->polnodes);
+        if (r->pnodes == NULL || r->polnodes == NULL) {
             return err_set(e, HBC_ENOMEM, "node list");
         }
         for (size_t i = 0; i < n; i++) {
             r->pnodes[i] = (struct placement_node){.node_id = r->nodes[i].node_id,
                                                    .site = r->nodes[i].site,
                                                    .capacity = r->nodes[i].capacity};
+            r->polnodes[i] = (struct policy_node){.node_id = r->nodes[i].node_id,
+                                                  .site = r->nodes[i].site,
+                                                  .region = r->nodes[i].region,
+                                                  .media = r->nodes[i].media,
+                                                  .worm = r->nodes[i].worm,
+                                                  .up = true,
+                                                  .capacity = r->nodes[i].capacity};
         }
         return 0;
     }
@@ -338,6 +350,28 @@ static int open_vault(struct repo *r, const char *name, struct err *e)
     if (!v->has_wrapped_data_key || !v->has_wrapped_chunk_id_key) {
         rv = err_setraw(e, HBC_EFORMAT, "vault '%s' has no keys on record", name);
         goto out;
+    }
+    if (v->policy != NULL) {
+        struct err pe;
+        rv = policy_from_proto(v->policy, &r->policy, &pe);
+        if (rv != 0) {
+            rv = err_setraw(e, HBC_EFORMAT, "vault '%s': %s", name, pe.msg);
+            goto out;
+        }
+        /* This client reads and writes one scheme for every copy. */
+        bool uniform = r->policy.ncopies == v->copies && v->home_site != NULL;
+        for (unsigned c = 0; c < r->policy.ncopies && uniform; c++) {
+            uniform = r->policy.copies[c].k == v->k && r->policy.copies[c].m == v->m;
+        }
+        if (!uniform) {
+            rv = err_setraw(e, HBC_EFORMAT,
+                            "vault '%s': its policy has per-copy schemes or no home site, which "
+                            "this client does not support yet",
+                            name);
+            goto out;
+        }
+        snprintf(r->home_site, sizeof r->home_site, "%s", v->home_site);
+        r->has_policy = true;
     }
     uint32_t generation = v->has_key_generation ? v->key_generation : 1;
     rv = keys_unwrap(r->kek, v->wrapped_data_key.data, v->wrapped_data_key.len, data_key, e);
@@ -487,9 +521,12 @@ void repo_close(struct repo *r)
         hbc_free(r->nodes[i].node_id);
         hbc_free(r->nodes[i].addr);
         hbc_free(r->nodes[i].site);
+        hbc_free(r->nodes[i].region);
+        hbc_free(r->nodes[i].media);
     }
     hbc_free(r->nodes);
     hbc_free(r->pnodes);
+    hbc_free(r->polnodes);
     for (size_t i = 0; i < r->naddrs; i++) {
         hbc_free(r->addrs[i]);
     }
@@ -523,7 +560,23 @@ static bool vault_is_ours(struct repo *r, const char *name, const uint8_t id[REP
     return ours;
 }
 
+int repo_place(const struct repo *r, const uint8_t id[REPO_CHUNK_ID], unsigned copies,
+               unsigned width, unsigned *out, struct err *e)
+{
+    if (!r->has_policy) {
+        return placement_chunk_nodes(r->vault_id, id, copies, width, r->pnodes, r->nnodes, out, e);
+    }
+    unsigned all[POLICY_MAX_COPIES * POLICY_MAX_WIDTH];
+    int rv = policy_chunk_nodes(r->vault_id, id, &r->policy, r->home_site, r->polnodes, r->nnodes,
+                                all, e);
+    for (unsigned c = 0; c < copies && c < r->policy.ncopies && rv == 0; c++) {
+        memcpy(out + (size_t)c * width, all + (size_t)c * POLICY_MAX_WIDTH, width * sizeof *out);
+    }
+    return rv;
+}
+
 int repo_vault_create(struct repo *r, const char *name, unsigned copies, unsigned k, unsigned m,
+                      const Hbc__VaultPolicy *policy, const char *home_site,
                       uint8_t vault_id[REPO_ID_LEN], struct err *e)
 {
     if (!r->has_kek) {
@@ -569,6 +622,8 @@ int repo_vault_create(struct repo *r, const char *name, unsigned copies, unsigne
     vc.copies = copies;
     vc.k = k;
     vc.m = m;
+    vc.policy = (Hbc__VaultPolicy *)policy;
+    vc.home_site = (char *)home_site;
     vc.has_wrapped_data_key = true;
     vc.wrapped_data_key = (ProtobufCBinaryData){KEYS_WRAPPED_LEN, wrapped_data};
     vc.has_wrapped_chunk_id_key = true;

@@ -52,10 +52,13 @@ void repo_close(struct repo *r);
 /*
  * Create a vault: random data key (generation 1) and chunk-id key, wrapped by
  * the KEK, committed through Raft. Needs the key file (HBC_ECONFIG without).
+ * policy and home_site (borrowed, each may be NULL) are stored with the
+ * vault as given (client/policy.h); copies, k and m stay the vault's scheme.
  * Returns 0 with vault_id set, HBC_EEXIST (the name is taken), HBC_EINVAL,
  * HBC_EUNAVAILABLE (no leader within the timeout).
  */
 int repo_vault_create(struct repo *r, const char *name, unsigned copies, unsigned k, unsigned m,
+                      const Hbc__VaultPolicy *policy, const char *home_site,
                       uint8_t vault_id[REPO_ID_LEN], struct err *e);
 
 /*

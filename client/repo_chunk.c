@@ -346,7 +346,7 @@ int repo_get_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], int copy, ui
     const unsigned width = r->k + r->m;
     unsigned place[MAX_SLOTS];
     unsigned copies = copy >= 0 ? (unsigned)copy + 1 : r->copies;
-    rv = placement_chunk_nodes(r->vault_id, id, copies, width, r->pnodes, r->nnodes, place, e);
+    rv = repo_place(r, id, copies, width, place, e);
     if (rv != 0) {
         return err_wrap(e, "get chunk");
     }
@@ -645,8 +645,7 @@ int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *
                        (size_t)CHUNK_OBJECT_MAX_PLAINTEXT);
     }
     unsigned place[MAX_SLOTS];
-    rv = placement_chunk_nodes(r->vault_id, id, r->copies, r->k + r->m, r->pnodes, r->nnodes, place,
-                               e);
+    rv = repo_place(r, id, r->copies, r->k + r->m, place, e);
     if (rv != 0) {
         return err_wrap(e, "put chunk");
     }
@@ -758,8 +757,7 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
     unsigned place[MAX_SLOTS];
     unsigned nodes[MAX_SLOTS];
     for (size_t i = 0; i < n; i++) {
-        rv = placement_chunk_nodes(r->vault_id, ids[i], r->copies, width, r->pnodes, r->nnodes,
-                                   place, e);
+        rv = repo_place(r, ids[i], r->copies, width, place, e);
         if (rv != 0) {
             goto out;
         }
@@ -844,8 +842,7 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
      * half-way is sent again instead of being taken for stored.
      */
     for (size_t i = 0; i < n; i++) {
-        rv = placement_chunk_nodes(r->vault_id, ids[i], r->copies, width, r->pnodes, r->nnodes,
-                                   place, e);
+        rv = repo_place(r, ids[i], r->copies, width, place, e);
         if (rv != 0) {
             goto out;
         }

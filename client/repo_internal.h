@@ -9,6 +9,7 @@
 #include <uv.h>
 
 #include "client/placement.h"
+#include "client/policy.h"
 #include "client/repo.h"
 #include "common/chunk_object.h"
 #include "common/crypto.h"
@@ -91,6 +92,9 @@ struct repo_node {
     char *node_id;     /* its id (and certificate CN) */
     char *addr;        /* data-plane address */
     char *site;        /* site */
+    char *region;      /* region */
+    char *media;       /* media class */
+    bool worm;         /* write-once storage */
     uint64_t capacity; /* bytes */
 };
 
@@ -112,18 +116,22 @@ struct repo {
     size_t naddrs;                 /* how many */
     struct repo_node *nodes;       /* the cluster's nodes, sorted by id */
     struct placement_node *pnodes; /* the same for placement (pointing into nodes) */
+    struct policy_node *polnodes;  /* the same for vault policies (pointing into nodes) */
     size_t nnodes;                 /* how many */
 
     bool has_kek;                /* a key file was opened */
     uint8_t kek[CRYPTO_KEY_LEN]; /* the KEK (wiped on close) */
 
-    bool has_vault;                /* a vault is open */
-    uint8_t vault_id[REPO_ID_LEN]; /* its id */
-    unsigned copies;               /* its copies */
-    unsigned k;                    /* data shards per copy */
-    unsigned m;                    /* parity shards per copy */
-    struct chunk_key ckey;         /* its data key, derived (wiped on close) */
-    struct crypto_hmac *hmac;      /* keyed with its chunk-id key; duplicated per worker */
+    bool has_vault;                      /* a vault is open */
+    uint8_t vault_id[REPO_ID_LEN];       /* its id */
+    unsigned copies;                     /* its copies */
+    unsigned k;                          /* data shards per copy */
+    unsigned m;                          /* parity shards per copy */
+    bool has_policy;                     /* the vault has a policy: place by it */
+    struct policy policy;                /* its policy (every copy k+m, checked at open) */
+    char home_site[POLICY_SITE_MAX + 1]; /* the site its policy calls home */
+    struct chunk_key ckey;               /* its data key, derived (wiped on close) */
+    struct crypto_hmac *hmac;            /* keyed with its chunk-id key; duplicated per worker */
 
     uv_mutex_t mu;                              /* guards the fields below */
     uv_cond_t flow_cv;                          /* signalled when inflight drops */
@@ -140,6 +148,14 @@ struct repo {
  */
 int repo_control(struct repo *r, Hbc__Frame *req, Hbc__Frame__BodyCase expect, Hbc__Frame **reply,
                  struct err *e);
+
+/*
+ * The nodes of copies 0..copies-1 of chunk id (out[c * width + s]): by the
+ * vault's policy when it has one, else placement_chunk_nodes() (repo.c).
+ * Returns as those do.
+ */
+int repo_place(const struct repo *r, const uint8_t id[REPO_CHUNK_ID], unsigned copies,
+               unsigned width, unsigned *out, struct err *e);
 
 /* Free every pooled worker (repo_chunk.c). */
 void repo_workers_free(struct repo *r);

@@ -34,6 +34,7 @@ bool control_is_request(const Hbc__Frame *f)
     case HBC__FRAME__BODY_CLUSTER_STATUS:
     case HBC__FRAME__BODY_LIST_SNAPSHOTS:
     case HBC__FRAME__BODY_LIST_VAULTS:
+    case HBC__FRAME__BODY_LIST_RESTORE_TESTS:
         return true;
     default:
         return false;
@@ -141,6 +142,22 @@ static int vault_cb(const Hbc__VaultInfo *v, void *arg)
     return collect_add(arg, &v->base);
 }
 
+/* Restore tests of one vault (vault_id) or of all (NULL). */
+struct restore_filter {
+    struct collect *c;       /* where they go */
+    const uint8_t *vault_id; /* FSM_ID_LEN bytes, or NULL */
+};
+
+static int restore_cb(const Hbc__RestoreTestInfo *t, void *arg)
+{
+    struct restore_filter *rf = arg;
+    if (rf->vault_id != NULL && (t->vault_id.len != FSM_ID_LEN ||
+                                 memcmp(t->vault_id.data, rf->vault_id, FSM_ID_LEN) != 0)) {
+        return 0;
+    }
+    return collect_add(rf->c, &t->base);
+}
+
 static void reply_error(uint64_t request_id, int code, const char *msg, control_reply_fn reply,
                         void *ctx)
 {
@@ -193,6 +210,24 @@ static void answer_read(struct raft_node *rn, const Hbc__Frame *f, control_reply
         if (rv == 0 && c.rv == 0) {
             reply(ctx, &out);
         }
+    } else if (f->body_case == HBC__FRAME__BODY_LIST_RESTORE_TESTS) {
+        Hbc__ListRestoreTestsRequest *q = f->list_restore_tests;
+        if (q->has_vault_id && q->vault_id.len != FSM_ID_LEN) {
+            reply_error(f->request_id, HBC_EINVAL, "list restore tests: a vault id has 16 bytes",
+                        reply, ctx);
+            return;
+        }
+        struct restore_filter rf = {.c = &c, .vault_id = q->has_vault_id ? q->vault_id.data : NULL};
+        rv = fsm_list_restore_tests(fsm, NULL, restore_cb, &rf, &e);
+        Hbc__ListRestoreTestsReply r = HBC__LIST_RESTORE_TESTS_REPLY__INIT;
+        r.tests = (Hbc__RestoreTestInfo **)c.items;
+        r.n_tests = c.n;
+        r.applied_index = fsm_applied_index(fsm);
+        out.body_case = HBC__FRAME__BODY_LIST_RESTORE_TESTS_REPLY;
+        out.list_restore_tests_reply = &r;
+        if (rv == 0 && c.rv == 0) {
+            reply(ctx, &out);
+        }
     } else {
         rv = fsm_list_vaults(fsm, vault_cb, &c, &e);
         Hbc__ListVaultsReply r = HBC__LIST_VAULTS_REPLY__INIT;
@@ -229,9 +264,14 @@ static void read_barrier_cb(void *arg, int code, uint64_t index, const char *msg
 static void handle_read(struct raft_node *rn, const Hbc__Frame *f, control_reply_fn reply,
                         void *ctx)
 {
-    bool current = f->body_case == HBC__FRAME__BODY_LIST_SNAPSHOTS
-                       ? (f->list_snapshots->has_current && f->list_snapshots->current)
-                       : (f->list_vaults->has_current && f->list_vaults->current);
+    bool current = false;
+    if (f->body_case == HBC__FRAME__BODY_LIST_SNAPSHOTS) {
+        current = f->list_snapshots->has_current && f->list_snapshots->current;
+    } else if (f->body_case == HBC__FRAME__BODY_LIST_RESTORE_TESTS) {
+        current = f->list_restore_tests->has_current && f->list_restore_tests->current;
+    } else {
+        current = f->list_vaults->has_current && f->list_vaults->current;
+    }
     if (!current) {
         answer_read(rn, f, reply, ctx);
         return;
@@ -280,6 +320,7 @@ void control_handle(struct raft_node *rn, const Hbc__Frame *f, const struct cont
     }
     case HBC__FRAME__BODY_LIST_SNAPSHOTS:
     case HBC__FRAME__BODY_LIST_VAULTS:
+    case HBC__FRAME__BODY_LIST_RESTORE_TESTS:
         handle_read(rn, f, reply, ctx);
         return;
     case HBC__FRAME__BODY_PROPOSE: {

@@ -83,6 +83,8 @@
 #define FSM_APPROVAL_TTL_MS FSM_DAY_MS  /* a request must be approved within this */
 #define FSM_TICK_INTERVAL_MS 10000      /* how often the leader proposes a ClockTick */
 #define FSM_PROPOSER_SELF "hbcd"        /* proposer of the leader's own commands */
+#define FSM_POLICY_RULE_MAX 64          /* longest policy name or copy rule site */
+#define FSM_POLICY_MEDIA_MAX 32         /* longest copy rule media */
 /* Length prefix of a Command in a Raft entry (see fsm_command_encode). */
 #define FSM_ENTRY_PREFIX 4
 

@@ -230,6 +230,38 @@ static int apply_node_remove(struct apply_ctx *c, const Hbc__NodeRemove *r, int 
 
 /* ---- vaults ---- */
 
+/*
+ * A vault policy's bounds (client/policy.h states the same): 1..FSM_MAX_COPIES
+ * copy rules, k 1..ERASURE_MAX_K, m 0..ERASURE_MAX_M, site rules 1..64 bytes,
+ * media rules 1..32, name 1..64, no control characters. Returns NULL when p
+ * is valid, otherwise the reason (for the log; the refusal is HBC_EINVAL).
+ */
+static const char *policy_problem(const Hbc__VaultPolicy *p)
+{
+    if (p->n_copies < 1 || p->n_copies > FSM_MAX_COPIES) {
+        return "policy copies not 1..8";
+    }
+    if (p->name != NULL && !fsm_text_ok(p->name, FSM_POLICY_RULE_MAX)) {
+        return "policy name not 1..64 printable bytes";
+    }
+    for (size_t i = 0; i < p->n_copies; i++) {
+        const Hbc__CopyRule *r = p->copies[i];
+        if (!fsm_text_ok(r->site, FSM_POLICY_RULE_MAX)) {
+            return "copy rule site not 1..64 printable bytes";
+        }
+        if (!fsm_text_ok(r->media, FSM_POLICY_MEDIA_MAX)) {
+            return "copy rule media not 1..32 printable bytes";
+        }
+        if (r->k < 1 || r->k > ERASURE_MAX_K) {
+            return "copy rule k not 1..16";
+        }
+        if (r->m > ERASURE_MAX_M) {
+            return "copy rule m not 0..8";
+        }
+    }
+    return NULL;
+}
+
 static int apply_vault_create(struct apply_ctx *c, const Hbc__VaultCreate *v, int *code,
                               struct err *e)
 {
@@ -256,6 +288,17 @@ static int apply_vault_create(struct apply_ctx *c, const Hbc__VaultCreate *v, in
          v->lock_mode != HBC__LOCK_MODE__LOCK_GOVERNANCE)) {
         *code = HBC_EINVAL;
         c->reason = "retention_days above 36500 or an unknown lock mode";
+        return 0;
+    }
+    const char *why = v->policy != NULL ? policy_problem(v->policy) : NULL;
+    if (why == NULL && v->home_site != NULL && !fsm_text_ok(v->home_site, FSM_NAME_MAX)) {
+        why = "home site not 1..64 printable bytes";
+    }
+    if (why != NULL) {
+        hbc_log(LOG_WARN, "event=vault_create_refused index=%llu reason=\"%s\"",
+                (unsigned long long)c->index, why);
+        *code = HBC_EINVAL;
+        c->reason = why;
         return 0;
     }
     uint8_t id_key[1 + FSM_ID_LEN];
@@ -291,6 +334,8 @@ static int apply_vault_create(struct apply_ctx *c, const Hbc__VaultCreate *v, in
     info.retention_days = v->retention_days;
     info.has_lock_mode = true;
     info.lock_mode = v->lock_mode;
+    info.policy = v->policy;
+    info.home_site = v->home_site;
     if (keys) {
         info.has_wrapped_data_key = true;
         info.wrapped_data_key = v->wrapped_data_key;

@@ -36,24 +36,27 @@ def last_json(out):
     return json.loads(lines[-1])
 
 
-def start_raft_cluster(root, ca, count, scope="module"):
+def start_raft_cluster(root, ca, count, scope="module", layout=None):
+    """layout: per node (site, media, worm); default: sites site-0 and site-1 alternating, ssd."""
     nodes = []
     for i in range(count):
+        site, media, worm = layout[i] if layout else (f"site-{i % 2}", "ssd", False)
         raft = {"listen": f"127.0.0.1:{hbctest.free_port()}", "segment_size": "1M"}
         if i == 0:
             raft["bootstrap"] = "true"
         else:
             raft["join"] = nodes[0].addr
-        node = hbctest.Node(root, ca, f"n{i + 1}", site=f"site-{i % 2}", extra={"raft": raft}, scope=scope)
+        node = hbctest.Node(root, ca, f"n{i + 1}", site=site, media=media, worm=worm, extra={"raft": raft},
+                            scope=scope)
         node.start()
         nodes.append(node)
     return nodes
 
 
 class Cluster:
-    def __init__(self, root, ca, count, scope="module"):
+    def __init__(self, root, ca, count, scope="module", layout=None):
         self.root = str(root)
-        self.nodes = start_raft_cluster(root, ca, count, scope)
+        self.nodes = start_raft_cluster(root, ca, count, scope, layout)
         self.tls = ca.client("alice", "backup")
         self.keyfile = os.path.join(self.root, "keys", "alice.key")
         self.config = os.path.join(self.root, "client.conf")
@@ -154,14 +157,20 @@ def test_config_file_errors_are_usage_errors(cluster):
 
 
 def test_vault_create_and_list(cluster):
-    rc, out, err = cluster.hbc("--json", "vault", "create", "records")
+    # Two sites, all ssd, no worm node: the default 3-2-1-1-0 policy cannot be met, and hbc
+    # names the rule.
+    rc, out, err = cluster.hbc("vault", "create", "policy-default", "--home-site", "site-0", check=1)
+    assert "copy 1 (offsite, media different): no node with a media other than ssd outside site-0" in err
+    rc, out, err = cluster.hbc("vault", "create", "policy-default", "--home-site", "site-z", check=1)
+    assert "copy 0 (home): no node in site-z" in err
+    rc, out, err = cluster.hbc("--json", "vault", "create", "records", "--policy", "none")
     doc = json.loads(out)
     # 4 nodes: the defaults (3 copies of 4+2) are fitted to 3 copies of 2+2, and hbc says so.
     assert (doc["copies"], doc["k"], doc["m"], doc["nodes"], doc["adjusted"]) == (3, 2, 2, 4, True)
     assert "note: the cluster has 4 nodes" in err
     assert len(doc["vault_id"]) == 32
 
-    rc, out, err = cluster.hbc("vault", "create", "records", check=1)
+    rc, out, err = cluster.hbc("vault", "create", "records", "--policy", "none", check=1)
     assert "already exists" in err
     # Explicit values that cannot fit are refused, not silently changed.
     rc, out, err = cluster.hbc("vault", "create", "wide", "--k", "4", "--m", "2", check=2)
@@ -179,6 +188,18 @@ def test_vault_create_and_list(cluster):
 
     rc, out, err = cluster.hbc("vault", "list")
     assert "records" in out and "2+2" in out and "wrapped" in out
+
+    # A vault without rules fails the check, digit by digit.
+    rc, out, err = cluster.hbc("--json", "policy", "check", "records", check=1)
+    doc = json.loads(out)["vaults"][0]
+    digits = {d["digit"]: d for d in doc["digits"]}
+    assert digits["1 offsite"]["pass"] is False
+    assert digits["1 offsite"]["reason"].startswith("no copy lies wholly outside the home site site-")
+    assert digits["2 media"]["pass"] is False and digits["1 immutable"]["pass"] is False
+    assert doc["copies"][0]["eligible_nodes"] == 4 and doc["copies"][0]["survives_nodes"] == 2
+    assert digits["0 errors"]["reason"] == "unknown: no restore test recorded"
+    rc, out, err = cluster.hbc("policy", "check", "records", check=1)
+    assert "1 immutable" in out and "FAIL" in out
 
 
 def test_wrapped_keys_of_wrong_length_are_refused(cluster):
@@ -250,6 +271,52 @@ def test_chunks_survive_a_killed_node(cluster):
     # The dead node is still listed by the cluster: the client's address list may name it first.
     rc, doc, err = cluster.driver("get", 20, SEED)
     assert doc["mismatches"] == 0
+
+
+def test_policy_vault_places_copies_by_rule(tmp_path):
+    """3-2-1-1-0 on 6 nodes: copy 0 on site-a ssd, copy 1 on site-b tape, copy 2 on site-c worm."""
+    ca = hbctest.CA(tmp_path)
+    layout = [("site-a", "ssd", False), ("site-a", "ssd", False), ("site-b", "tape", False),
+              ("site-b", "tape", False), ("site-c", "ssd", True), ("site-c", "ssd", True)]
+    c = Cluster(tmp_path, ca, 6, scope="function", layout=layout)
+    c.hbc("key", "init")
+    rc, out, err = c.hbc("--json", "vault", "create", "records", "--home-site", "site-a")
+    doc = json.loads(out)
+    assert doc["policy"] == "3-2-1-1-0" and doc["home_site"] == "site-a"
+    assert [(r["k"], r["m"]) for r in doc["rules"]] == [(1, 1)] * 3
+    assert "2 eligible nodes: using 1+1 instead of 4+2" in err
+    rc, out, err = c.hbc("--json", "vault", "list")
+    v = json.loads(out)["vaults"][0]
+    assert (v["policy"], v["home_site"], v["copies"], v["k"], v["m"]) == ("3-2-1-1-0", "site-a", 3, 1, 1)
+
+    rc, out, err = c.hbc("--json", "policy", "check", "records", check=1)
+    digits = {d["digit"]: d for d in json.loads(out)["vaults"][0]["digits"]}
+    for d in ("3 copies", "2 media", "1 offsite", "1 immutable"):
+        assert digits[d]["pass"] is True, digits[d]
+    assert digits["0 errors"]["pass"] is False
+    assert digits["0 errors"]["reason"] == "unknown: no restore test recorded"
+
+    rc, doc, err = c.driver("put", 20, SEED)
+    rc, doc, err = c.driver("get", 20, SEED)
+    assert doc["mismatches"] == 0 and doc["shard_errors"] == 0
+
+    # A passing restore test on record: every digit passes, and the check exits 0.
+    c.driver("snapshot")
+    rc, out, err = c.hbc("policy", "check", "records")
+    assert "PASS" in out and "0 errors     pass" in out, out
+    print("\n" + out)
+
+    # Copy 1 lives on the two tape nodes only: without them it cannot be read, copies 0 and 2 can.
+    tape = [n for n in c.nodes if n.name in ("n3", "n4")]
+    for n in tape:
+        n.kill9()
+    addrs = [n.addr for n in c.nodes if n not in tape]
+    for copy in (0, 2):
+        rc, doc, err = c.driver("--copy", copy, "get", 20, SEED, addrs=addrs)
+        assert doc["mismatches"] == 0
+    rc, doc, err = c.driver("--copy", 1, "get", 20, SEED, addrs=addrs, check=None)
+    print(f"\ncopy 1 with its tape nodes down: exit {rc}, {doc}")
+    assert rc != 0
 
 
 @pytest.mark.skipif(not os.environ.get("HBC_BENCH"), reason="set HBC_BENCH=1 to measure")

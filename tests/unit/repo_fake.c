@@ -301,6 +301,7 @@ int repo_restore_test_record(struct repo *r, const Hbc__RestoreTestRecord *t, st
 }
 
 int repo_vault_create(struct repo *r, const char *name, unsigned copies, unsigned k, unsigned m,
+                      const Hbc__VaultPolicy *policy, const char *home_site,
                       uint8_t id[REPO_ID_LEN], struct err *e)
 {
     (void)r;
@@ -308,6 +309,8 @@ int repo_vault_create(struct repo *r, const char *name, unsigned copies, unsigne
     (void)copies;
     (void)k;
     (void)m;
+    (void)policy;
+    (void)home_site;
     (void)id;
     return err_set(e, HBC_EINVAL, "fake repo: no vaults");
 }

@@ -136,6 +136,44 @@ static struct raft_buffer cmd_vault_create(uint64_t t, unsigned n, const char *n
     return encode(&c, t);
 }
 
+/* A vault with a policy of ncopies rules (home, any, 4+2); copy 1 gets k1 data shards. */
+static struct raft_buffer cmd_vault_create_policy(uint64_t t, unsigned n, unsigned ncopies,
+                                                  unsigned k1, const char *media)
+{
+    uint8_t id[16];
+    make_id(id, sizeof id, 'V', n);
+    char name[32];
+    snprintf(name, sizeof name, "vault-%u", n);
+    Hbc__CopyRule rules[9];
+    Hbc__CopyRule *ptrs[9];
+    for (unsigned c = 0; c < ncopies && c < 9; c++) {
+        hbc__copy_rule__init(&rules[c]);
+        rules[c].site = c == 0 ? "home" : "offsite";
+        rules[c].media = (char *)media;
+        rules[c].immutable = c == 2;
+        rules[c].k = c == 1 ? k1 : 4;
+        rules[c].m = 2;
+        ptrs[c] = &rules[c];
+    }
+    Hbc__VaultPolicy pol = HBC__VAULT_POLICY__INIT;
+    pol.n_copies = ncopies;
+    pol.copies = ptrs;
+    pol.name = "3-2-1-1-0";
+    Hbc__VaultCreate v = HBC__VAULT_CREATE__INIT;
+    v.vault_id.data = id;
+    v.vault_id.len = sizeof id;
+    v.name = name;
+    v.copies = ncopies < 8 ? ncopies : 8;
+    v.k = 4;
+    v.m = 2;
+    v.policy = &pol;
+    v.home_site = "site-a";
+    Hbc__Command c = HBC__COMMAND__INIT;
+    c.cmd_case = HBC__COMMAND__CMD_VAULT_CREATE;
+    c.vault_create = &v;
+    return encode(&c, t);
+}
+
 /* variant changes the client fields, for a conflicting reuse of a snapshot id. */
 static struct raft_buffer cmd_snapshot_commit(uint64_t t, unsigned vault, unsigned snap,
                                               unsigned variant)
@@ -351,6 +389,24 @@ static void test_commands(void **state)
     assert_int_equal(vault->k, 4);
     fsm_record_free(vault);
     assert_int_equal(fsm_find_vault(f, "vault-9", &vault, NULL), HBC_ENOTFOUND);
+
+    /* Policies: bounds checked, then stored with the vault. */
+    assert_int_equal(apply(f, ++i, cmd_vault_create_policy(3005, 5, 3, 17, "any")), HBC_EINVAL);
+    assert_int_equal(apply(f, ++i, cmd_vault_create_policy(3006, 5, 9, 4, "any")), HBC_EINVAL);
+    assert_int_equal(apply(f, ++i, cmd_vault_create_policy(3007, 5, 0, 4, "any")), HBC_EINVAL);
+    assert_int_equal(apply(f, ++i, cmd_vault_create_policy(3008, 5, 3, 4, "")), HBC_EINVAL);
+    assert_int_equal(
+        apply(f, ++i, cmd_vault_create_policy(3009, 5, 3, 4, "a-media-class-name-of-33-bytes...")),
+        HBC_EINVAL);
+    assert_int_equal(apply(f, ++i, cmd_vault_create_policy(3010, 5, 3, 4, "any")), 0);
+    assert_int_equal(fsm_find_vault(f, "vault-5", &vault, NULL), 0);
+    assert_non_null(vault->policy);
+    assert_int_equal(vault->policy->n_copies, 3);
+    assert_string_equal(vault->policy->copies[1]->site, "offsite");
+    assert_true(vault->policy->copies[2]->immutable);
+    assert_string_equal(vault->home_site, "site-a");
+    fsm_record_free(vault);
+    assert_int_equal(count_vaults(f), 3);
 
     /* Snapshots: the id is the idempotency key. */
     assert_int_equal(apply(f, ++i, cmd_snapshot_commit(4000, 1, 1, 0)), 0);
