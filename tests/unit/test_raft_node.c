@@ -21,6 +21,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+
+#include "tests/unit/test_util.h"
 #include <uv.h>
 
 #include "common/alloc.h"
@@ -31,20 +33,6 @@
 #include "node/raft_node.h"
 
 static char tmp_dir[256]; /* ca/ (the cluster CA and node certificates) and one folder per node */
-
-static void sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void sh(const char *fmt, ...)
-{
-    char cmd[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    int rc = system(cmd);
-    if (rc != 0) {
-        fail_msg("command failed (%d): %s", rc, cmd);
-    }
-}
 
 static int group_setup(void **state)
 {

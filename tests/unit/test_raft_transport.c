@@ -21,6 +21,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+
+#include "tests/unit/test_util.h"
 #include <raft.h>
 #include <raft/uv.h>
 #include <uv.h>
@@ -38,46 +40,6 @@
 /* ------------------------------------------------------------------------ */
 
 static char tmp_dir[256]; /* holds ca/ (the cluster CA), users/ (same CA) and raft data */
-
-static void sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void sh(const char *fmt, ...)
-{
-    char cmd[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    int rc = system(cmd);
-    if (rc != 0) {
-        fail_msg("command failed (%d): %s", rc, cmd);
-    }
-}
-
-static char log_lines[1 << 18]; /* recent log lines, newline-separated */
-static size_t log_len;          /* bytes used in log_lines */
-
-static void log_capture(enum log_level level, const char *line, void *ud)
-{
-    (void)level;
-    (void)ud;
-    size_t n = strlen(line);
-    if (log_len + n + 2 > sizeof log_lines) {
-        log_len = 0;
-    }
-    memcpy(log_lines + log_len, line, n);
-    log_len += n;
-    log_lines[log_len++] = '\n';
-    log_lines[log_len] = '\0';
-    if (getenv("HBC_TEST_VERBOSE") != NULL) {
-        fprintf(stderr, "log: %s\n", line);
-    }
-}
-
-static void log_clear(void)
-{
-    log_len = 0;
-    log_lines[0] = '\0';
-}
 
 /* Some log line holds a, b and c (b, c may be NULL). */
 static void assert_logged(const char *a, const char *b, const char *c)

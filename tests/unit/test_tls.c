@@ -17,6 +17,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+
+#include "tests/unit/test_util.h"
 #include <uv.h>
 
 #include "common/alloc.h"
@@ -30,51 +32,11 @@
 
 static char pki_dir[256]; /* temporary directory holding ca/ and other/ */
 
-static void sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void sh(const char *fmt, ...)
-{
-    char cmd[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    int rc = system(cmd);
-    if (rc != 0) {
-        fail_msg("command failed (%d): %s", rc, cmd);
-    }
-}
-
 /* Path of DIR/<ca>/<name>.<ext> in out. */
 static const char *pki_path(char *out, size_t n, const char *ca, const char *name, const char *ext)
 {
     snprintf(out, n, "%s/%s/%s.%s", pki_dir, ca, name, ext);
     return out;
-}
-
-static char log_lines[1 << 16]; /* recent log lines, newline-separated */
-static size_t log_len;          /* bytes used in log_lines */
-
-static void log_capture(enum log_level level, const char *line, void *ud)
-{
-    (void)level;
-    (void)ud;
-    size_t n = strlen(line);
-    if (log_len + n + 2 > sizeof log_lines) {
-        log_len = 0;
-    }
-    memcpy(log_lines + log_len, line, n);
-    log_len += n;
-    log_lines[log_len++] = '\n';
-    log_lines[log_len] = '\0';
-    if (getenv("HBC_TEST_VERBOSE") != NULL) {
-        fprintf(stderr, "log: %s\n", line);
-    }
-}
-
-static void log_clear(void)
-{
-    log_len = 0;
-    log_lines[0] = '\0';
 }
 
 static void assert_logged(const char *a, const char *b)
