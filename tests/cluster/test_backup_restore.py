@@ -27,8 +27,17 @@ FIGURES = {}
 class Hbc:
     """The hbc command with the cluster's settings in its environment."""
 
-    def __init__(self, root, cluster):
-        self.env = dict(cluster.env, HBC_KEYFILE=os.path.join(str(root), "alice.key"),
+    def __init__(self, root, ca, nodes=None):
+        """Hbc(root, local_cluster): through its client config; Hbc(root, ca, nodes): a client
+        certificate 'alice' from ca and the nodes' addresses (test_backup_edges.py)."""
+        if nodes is None:
+            env = ca.env
+        else:
+            tls = ca.client("alice", "admin", "--role", "backup", "--role", "restore")
+            env = dict(os.environ, HBC_CLUSTER=",".join(n.addr for n in nodes),
+                       HBC_CA=tls["ca"], HBC_CERT=tls["cert"], HBC_KEY=tls["key"])
+            env.pop("HBC_CONFIG", None)
+        self.env = dict(env, HBC_KEYFILE=os.path.join(str(root), "alice.key"),
                         HBC_PASSPHRASE=PASS, HBC_VAULT="records", HBC_TIMEOUT="20")
 
     def run(self, *args, check=True, timeout=600):
