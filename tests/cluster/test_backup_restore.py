@@ -13,7 +13,6 @@ import random
 import shutil
 import stat
 import subprocess
-import time
 
 import pytest
 
