@@ -61,6 +61,7 @@
 #define BACKUP_READ_BLOCK ((size_t)4 << 20)           /* bytes per read() */
 #define BACKUP_INFLIGHT_DEFAULT ((size_t)96 << 20)    /* job bytes in flight */
 #define BACKUP_MAX_THREADS 64u                        /* workers at most */
+#define BACKUP_THREADS_PER_CORE 8                     /* default workers per core */
 #define BACKUP_MAX_PATHS 1024u                        /* paths per backup */
 #define BACKUP_PACK_BELOW_DEFAULT ((size_t)256 << 10) /* files below this size are packed */
 #define BACKUP_PACK_BELOW_MAX ((size_t)1 << 20)       /* largest pack_below accepted */
@@ -94,7 +95,8 @@ struct backup_options {
                                     snapshot holding every path, if any */
     bool force_read;             /* no parent: read every file */
     bool one_file_system;        /* do not descend into other file systems */
-    unsigned threads;            /* worker threads (0: 2 per core), at most BACKUP_MAX_THREADS */
+    unsigned threads;            /* worker threads (0: BACKUP_THREADS_PER_CORE per core), at most
+                                    BACKUP_MAX_THREADS */
     size_t inflight_bytes;       /* job bytes in flight (0: BACKUP_INFLIGHT_DEFAULT) */
     size_t pack_below;           /* pack files smaller than this (0: BACKUP_PACK_BELOW_DEFAULT;
                                     1: pack nothing), at most BACKUP_PACK_BELOW_MAX */
