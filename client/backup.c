@@ -1340,8 +1340,8 @@ static unsigned default_threads(void)
         n = 1;
     }
     /* A put waits for its shards to be durable on the nodes (a group commit each), so the
-     * workers spend most of their time waiting: 8 per core keep enough puts in flight (measured
-     * on 2 cores: 4 workers 52 MB/s, 8 64 MB/s, 16 85 MB/s; docs/performance.md). */
+     * workers mostly wait: several per core keep enough puts in flight, at the price of their
+     * buffers (docs/performance.md, "Backup and restore"). */
     long want = n * BACKUP_THREADS_PER_CORE;
     return (unsigned)(want > BACKUP_MAX_THREADS ? BACKUP_MAX_THREADS : want);
 }

@@ -61,7 +61,7 @@
 #define BACKUP_READ_BLOCK ((size_t)4 << 20)           /* bytes per read() */
 #define BACKUP_INFLIGHT_DEFAULT ((size_t)96 << 20)    /* job bytes in flight */
 #define BACKUP_MAX_THREADS 64u                        /* workers at most */
-#define BACKUP_THREADS_PER_CORE 8                     /* default workers per core */
+#define BACKUP_THREADS_PER_CORE 6                     /* default workers per core */
 #define BACKUP_MAX_PATHS 1024u                        /* paths per backup */
 #define BACKUP_PACK_BELOW_DEFAULT ((size_t)256 << 10) /* files below this size are packed */
 #define BACKUP_PACK_BELOW_MAX ((size_t)1 << 20)       /* largest pack_below accepted */
