@@ -296,9 +296,10 @@ static void *worker_main(void *arg)
 
 /*
  * Note that the snapshot uses chunk id, and if this run has not seen it
- * yet, queue data (len bytes) to be stored. Waits for room. With *owned
- * set (an hbc_malloc'ed buffer at data), the job takes the buffer and sets
- * *owned to NULL if it is queued; else data is copied.
+ * yet, queue data (len bytes) to be stored. Waits for room. With owned
+ * (*owned: the hbc_malloc'ed buffer at data) the buffer itself is taken,
+ * no copy, and *owned set to NULL (it is freed if the backup has failed);
+ * a known id takes nothing. Without owned, data is copied.
  */
 static int submit_buf(struct backup *bk, const uint8_t id[TREE_ID_LEN], const void *data,
                       size_t len, uint8_t **owned, struct err *e)

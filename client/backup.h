@@ -24,9 +24,13 @@
  * snapshot names can be missing from the vault.
  *
  * Memory: job buffers are bounded by inflight_bytes (the reader waits for
- * room), the read buffer is 8 MiB, and the per-run id set costs about 48
- * bytes per unique chunk. So the peak stays far below 512 MiB for any data
- * size short of tens of millions of chunks.
+ * room), the read buffer is 8 MiB, the open pack about 4 MiB, tree entries
+ * waiting for it at most BACKUP_PACK_MAX_WAITING, each worker holds one
+ * sealed object and its shards while its put is in flight, and the per-run
+ * id set costs about 48 bytes per unique chunk. Measured: a peak of about
+ * 360 MiB with the default 12 workers of a 2-core machine (1 GB backup,
+ * docs/performance.md); it stays below 512 MiB for any data size short of
+ * millions of chunks.
  *
  * Small files: a file of fewer than pack_below bytes is not a chunk of its
  * own: its content is appended to a pack, one chunk of up to
