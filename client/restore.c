@@ -30,6 +30,9 @@
 
 #define MAX_OPEN_FILES 128   /* files being written at once (descriptors) */
 #define GROUP_MAX_FILES 4096 /* packed files restored by one job */
+#define PREFETCH_THREADS 8   /* threads reading directory trees ahead of the walk */
+#define PREFETCH_MAX 64      /* trees read ahead and not yet walked, at most */
+#define DIR_WINDOW 32        /* subdirectories of one directory read ahead together */
 
 static double now_s(void)
 {
@@ -78,6 +81,17 @@ struct rjob {
     struct rjob *next; /* queue link */
 };
 
+/* A directory tree read ahead of the walk by a prefetch thread. */
+struct prefetch {
+    uint8_t id[TREE_ID_LEN];   /* the directory's head */
+    struct snap_dir *d;        /* the open directory (done, rv == 0) */
+    int rv;                    /* result (done) */
+    struct err e;              /* its message */
+    struct repo_read_stats st; /* shards read */
+    bool done;                 /* finished */
+    struct prefetch *next;     /* queue link */
+};
+
 /* Done after every file: hard links, then directory metadata (post-order). */
 struct deferred {
     char *path;             /* entry */
@@ -106,6 +120,13 @@ struct restore {
     double t0;                /* start */
     double last_progress;     /* last progress call */
     struct pack_cache *packs; /* packs recently read */
+    pthread_mutex_t pf_mu;    /* guards the prefetch fields below */
+    pthread_cond_t pf_work;   /* prefetches queued or closing */
+    pthread_cond_t pf_done;   /* a prefetch finished */
+    struct prefetch *pf_head; /* prefetches not yet started */
+    struct prefetch *pf_tail; /* queue end */
+    size_t pf_outstanding;    /* prefetches started and not yet taken by the walk */
+    bool pf_closing;          /* prefetch threads are to stop */
     struct rgroup *group;     /* packed files being gathered (caller's thread) */
     uint64_t bytes_total;     /* for progress */
 };
@@ -644,6 +665,83 @@ static void restore_file(struct restore *rs, const char *path, const struct tree
     }
 }
 
+/* ------------------------------------------------------------------------- */
+/* Reading directory trees ahead of the walk.                                */
+
+static void *prefetch_main(void *arg)
+{
+    struct restore *rs = arg;
+    pthread_mutex_lock(&rs->pf_mu);
+    for (;;) {
+        while (rs->pf_head == NULL && !rs->pf_closing) {
+            pthread_cond_wait(&rs->pf_work, &rs->pf_mu);
+        }
+        if (rs->pf_head == NULL) {
+            break;
+        }
+        struct prefetch *p = rs->pf_head;
+        rs->pf_head = p->next;
+        if (rs->pf_head == NULL) {
+            rs->pf_tail = NULL;
+        }
+        pthread_mutex_unlock(&rs->pf_mu);
+        /* The cursor keeps &p->st: reads of the directory's parts (by the walk, later) count
+         * there too, and the walk frees p only when it closes the directory. */
+        struct snap_dir *d = NULL;
+        struct err e = {0};
+        int rv = snap_dir_open(rs->r, p->id, rs->o->copy, &p->st, &d, &e);
+        pthread_mutex_lock(&rs->pf_mu);
+        p->d = d;
+        p->rv = rv;
+        p->e = e;
+        p->done = true;
+        pthread_cond_broadcast(&rs->pf_done);
+    }
+    pthread_mutex_unlock(&rs->pf_mu);
+    return NULL;
+}
+
+/* Start reading directory id ahead; NULL if enough are read ahead already (or no memory). */
+static struct prefetch *prefetch_start(struct restore *rs, const uint8_t id[TREE_ID_LEN])
+{
+    pthread_mutex_lock(&rs->pf_mu);
+    if (rs->pf_outstanding >= PREFETCH_MAX) {
+        pthread_mutex_unlock(&rs->pf_mu);
+        return NULL;
+    }
+    struct prefetch *p = hbc_calloc(1, sizeof *p);
+    if (p != NULL) {
+        memcpy(p->id, id, TREE_ID_LEN);
+        if (rs->pf_tail != NULL) {
+            rs->pf_tail->next = p;
+        } else {
+            rs->pf_head = p;
+        }
+        rs->pf_tail = p;
+        rs->pf_outstanding++;
+        pthread_cond_signal(&rs->pf_work);
+    }
+    pthread_mutex_unlock(&rs->pf_mu);
+    return p;
+}
+
+/* Wait for p and take its result (*d). p stays the caller's (its st counts the directory's reads)
+ * until the directory is closed. Returns its code. */
+static int prefetch_take(struct restore *rs, struct prefetch *p, struct snap_dir **d, struct err *e)
+{
+    pthread_mutex_lock(&rs->pf_mu);
+    while (!p->done) {
+        pthread_cond_wait(&rs->pf_done, &rs->pf_mu);
+    }
+    rs->pf_outstanding--;
+    pthread_mutex_unlock(&rs->pf_mu);
+    *d = p->d;
+    if (p->rv != 0 && e != NULL) {
+        *e = p->e;
+    }
+    return p->rv;
+}
+
 /* Whether path is selected by the include patterns (or lies below a selected directory). */
 static bool included(const struct restore *rs, const char *path)
 {
@@ -659,37 +757,92 @@ static bool included(const struct restore *rs, const char *path)
     return false;
 }
 
+/* A subdirectory met in the walk, waiting (with its tree read ahead) to be walked. */
+struct subdir {
+    char *path;              /* its path */
+    struct tree_entry meta;  /* its entry (pointers cleared) */
+    uint8_t id[TREE_ID_LEN]; /* its head */
+    bool sel;                /* selected as a whole */
+    struct prefetch *pf;     /* its tree being read ahead, or NULL */
+};
+
+static bool restore_dir(struct restore *rs, const uint8_t id[TREE_ID_LEN], const char *path,
+                        bool all, unsigned depth, struct prefetch *pf);
+
+/* A directory is closed: add the reads it counted to the totals, free its prefetch (if any). */
+static void dir_done(struct restore *rs, const struct repo_read_stats *st, struct prefetch *pf)
+{
+    pthread_mutex_lock(&rs->mu);
+    rs->res->shards_read += st->shards_read;
+    rs->res->shard_errors += st->shard_errors;
+    pthread_mutex_unlock(&rs->mu);
+    hbc_free(pf);
+}
+
+/* Walk the subdirectories in w[0..n) in order, then free them; sets *any if one had content. */
+static void subdirs_walk(struct restore *rs, struct subdir *w, size_t n, unsigned depth, bool *any)
+{
+    for (size_t i = 0; i < n; i++) {
+        bool below = restore_dir(rs, w[i].id, w[i].path, w[i].sel, depth + 1, w[i].pf);
+        if (w[i].sel || below) {
+            *any = true;
+            pthread_mutex_lock(&rs->mu);
+            rs->res->dirs++;
+            pthread_mutex_unlock(&rs->mu);
+            if (rs->fsr != NULL && defer(rs, w[i].path, NULL, &w[i].meta) != 0) {
+                report_unlocked(rs, w[i].path, HBC_ENOMEM, "out of memory");
+            }
+        }
+        hbc_free(w[i].path);
+    }
+}
+
 /*
- * Restore the directory whose head is id at path ("" for the root). all:
- * everything below is selected. Returns whether anything was restored
- * below (so its metadata should be set); errors are reported and counted.
+ * Restore the directory whose head is id at path ("" for the root); pf,
+ * if not NULL, is its tree being read ahead. all: everything below is
+ * selected. Subdirectories are walked in windows of DIR_WINDOW, their trees
+ * read ahead by the prefetch threads while the window fills. Returns
+ * whether anything was restored below (so its metadata should be set);
+ * errors are reported and counted.
  */
 static bool restore_dir(struct restore *rs, const uint8_t id[TREE_ID_LEN], const char *path,
-                        bool all, unsigned depth)
+                        bool all, unsigned depth, struct prefetch *pf)
 {
     struct err e = {0};
-    struct snap_dir *d;
-    struct repo_read_stats st = {0};
+    struct snap_dir *d = NULL;
+    struct repo_read_stats own = {0};
+    struct repo_read_stats *st = pf != NULL ? &pf->st : &own; /* the cursor counts reads here */
     bool any = false;
-    if (depth > 1024) {
-        report_unlocked(rs, path, HBC_ETOOBIG, "directories nested too deep");
-        return false;
+    int rv;
+    if (pf != NULL) {
+        rv = prefetch_take(rs, pf, &d, &e);
+    } else {
+        rv = snap_dir_open(rs->r, id, rs->o->copy, st, &d, &e);
     }
-    int rv = snap_dir_open(rs->r, id, rs->o->copy, &st, &d, &e);
     pthread_mutex_lock(&rs->mu);
     rs->res->chunks++;
     pthread_mutex_unlock(&rs->mu);
+    if (rv == 0 && depth > 1024) {
+        snap_dir_close(d);
+        rv = err_setraw(&e, HBC_ETOOBIG, "directories nested too deep");
+    }
     if (rv != 0) {
         report_unlocked(rs, path[0] != '\0' ? path : "/", rv, e.msg);
+        dir_done(rs, st, pf);
         return false;
     }
     size_t plen = strlen(path);
     char *child = hbc_malloc(TREE_MAX_PATH + 1);
-    if (child == NULL) {
+    struct subdir *win = hbc_malloc(DIR_WINDOW * sizeof *win);
+    if (child == NULL || win == NULL) {
+        hbc_free(child);
+        hbc_free(win);
         snap_dir_close(d);
         report_unlocked(rs, path, HBC_ENOMEM, "out of memory");
+        dir_done(rs, st, pf);
         return false;
     }
+    size_t nwin = 0;
     const struct tree_entry *en;
     while ((rv = snap_dir_next(d, &en, &e)) == 1) {
         size_t nlen = strlen(en->name);
@@ -715,20 +868,21 @@ static bool restore_dir(struct restore *rs, const uint8_t id[TREE_ID_LEN], const
                 report_unlocked(rs, child, erv, ee.msg);
                 continue;
             }
-            struct tree_entry meta;
-            meta_copy(&meta, en);
-            uint8_t sub[TREE_ID_LEN];
-            memcpy(sub, en->subtree, TREE_ID_LEN);
-            bool below = restore_dir(rs, sub, child, sel, depth + 1);
-            if (sel || below) {
-                any = true;
-                pthread_mutex_lock(&rs->mu);
-                rs->res->dirs++;
-                pthread_mutex_unlock(&rs->mu);
-                if (rs->fsr != NULL && defer(rs, child, NULL, &meta) != 0) {
-                    report_unlocked(rs, child, HBC_ENOMEM, "out of memory");
-                }
+            if (nwin == DIR_WINDOW) {
+                subdirs_walk(rs, win, nwin, depth, &any);
+                nwin = 0;
             }
+            struct subdir *w = &win[nwin];
+            w->path = hbc_strdup(child);
+            if (w->path == NULL) {
+                report_unlocked(rs, child, HBC_ENOMEM, "out of memory");
+                continue;
+            }
+            meta_copy(&w->meta, en);
+            memcpy(w->id, en->subtree, TREE_ID_LEN);
+            w->sel = sel;
+            w->pf = prefetch_start(rs, w->id);
+            nwin++;
             continue;
         }
         if (!sel) {
@@ -763,12 +917,12 @@ static bool restore_dir(struct restore *rs, const uint8_t id[TREE_ID_LEN], const
     if (rv < 0) {
         report_unlocked(rs, path[0] != '\0' ? path : "/", rv, e.msg);
     }
-    pthread_mutex_lock(&rs->mu);
-    rs->res->shards_read += st.shards_read;
-    rs->res->shard_errors += st.shard_errors;
-    pthread_mutex_unlock(&rs->mu);
+    /* The directory's own parts are read; walk what waits (their prefetches must be taken). */
+    subdirs_walk(rs, win, nwin, depth, &any);
+    hbc_free(win);
     hbc_free(child);
     snap_dir_close(d);
+    dir_done(rs, st, pf);
     return any;
 }
 
@@ -834,6 +988,9 @@ int restore_run(struct repo *r, const struct restore_options *o, struct restore_
     pthread_mutex_init(&rs->mu, NULL);
     pthread_cond_init(&rs->work, NULL);
     pthread_cond_init(&rs->room, NULL);
+    pthread_mutex_init(&rs->pf_mu, NULL);
+    pthread_cond_init(&rs->pf_work, NULL);
+    pthread_cond_init(&rs->pf_done, NULL);
     unsigned nthreads = o->threads != 0 ? o->threads : default_threads();
     pthread_t *threads = hbc_calloc(nthreads, sizeof *threads);
     unsigned started = 0;
@@ -860,9 +1017,23 @@ int restore_run(struct repo *r, const struct restore_options *o, struct restore_
     if (rv == 0) {
         rv = pack_cache_new(&rs->packs, r, o->copy, e);
     }
+    pthread_t pf_threads[PREFETCH_THREADS];
+    unsigned pf_started = 0;
+    for (; rv == 0 && pf_started < PREFETCH_THREADS; pf_started++) {
+        if (pthread_create(&pf_threads[pf_started], NULL, prefetch_main, rs) != 0) {
+            break; /* fewer read ahead; the walk reads the rest itself */
+        }
+    }
     if (rv == 0) {
-        restore_dir(rs, root, "", o->nincludes == 0, 0);
+        restore_dir(rs, root, "", o->nincludes == 0, 0, NULL);
         group_dispatch(rs);
+    }
+    pthread_mutex_lock(&rs->pf_mu);
+    rs->pf_closing = true;
+    pthread_cond_broadcast(&rs->pf_work);
+    pthread_mutex_unlock(&rs->pf_mu);
+    for (unsigned i = 0; i < pf_started; i++) {
+        pthread_join(pf_threads[i], NULL);
     }
     pthread_mutex_lock(&rs->mu);
     rs->closing = true;
@@ -924,6 +1095,9 @@ int restore_run(struct repo *r, const struct restore_options *o, struct restore_
     group_free(rs->group);
     hbc_free(rs->defs);
     hbc_free(threads);
+    pthread_cond_destroy(&rs->pf_done);
+    pthread_cond_destroy(&rs->pf_work);
+    pthread_mutex_destroy(&rs->pf_mu);
     pthread_cond_destroy(&rs->room);
     pthread_cond_destroy(&rs->work);
     pthread_mutex_destroy(&rs->mu);
