@@ -91,7 +91,7 @@ struct hbc_backup_options {
                                    latest snapshot holding every path */
     int force_read;             /* nonzero: no parent, read every file */
     int one_file_system;        /* nonzero: stay on each path's file system */
-    unsigned threads;           /* worker threads (0: two per core) */
+    unsigned threads;           /* worker threads (0: the default, see docs/cli.md) */
     hbc_progress_cb progress;   /* may be NULL */
     hbc_entry_error_cb skipped; /* may be NULL */
     void *arg;                  /* for the callbacks */
