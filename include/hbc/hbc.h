@@ -133,6 +133,9 @@ struct hbc_snapshot {
     uint64_t files;        /* regular files */
     uint64_t bytes;        /* their bytes */
     uint64_t chunks;       /* unique chunks */
+    uint64_t retain_until_ms; /* end of its retention lock (compliance clock), ms since the epoch */
+    int governance;           /* 1: governance lock (two officers may lift it), 0: compliance */
+    int legal_hold;           /* 1: under legal hold */
 };
 
 /*
