@@ -320,14 +320,14 @@ static int cmd_snapshots(struct cli *c, int argc, char **argv)
             char ru[32];
             time_text(s[i].retain_until_ms, ru, sizeof ru);
             json_array_append_new(
-                arr, json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:s, s:I, s:s, s:b}", "id",
-                               s[i].id, "time", t, "time_ms", (json_int_t)s[i].time_ms,
-                               "committed_ms", (json_int_t)s[i].committed_ms, "files",
-                               (json_int_t)s[i].files, "bytes", (json_int_t)s[i].bytes, "chunks",
-                               (json_int_t)s[i].chunks, "retain_until", ru, "retain_until_ms",
-                               (json_int_t)s[i].retain_until_ms, "lock_mode",
-                               s[i].governance ? "governance" : "compliance", "legal_hold",
-                               s[i].legal_hold));
+                arr,
+                json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:s, s:I, s:s, s:b}", "id", s[i].id,
+                          "time", t, "time_ms", (json_int_t)s[i].time_ms, "committed_ms",
+                          (json_int_t)s[i].committed_ms, "files", (json_int_t)s[i].files, "bytes",
+                          (json_int_t)s[i].bytes, "chunks", (json_int_t)s[i].chunks, "retain_until",
+                          ru, "retain_until_ms", (json_int_t)s[i].retain_until_ms, "lock_mode",
+                          s[i].governance ? "governance" : "compliance", "legal_hold",
+                          s[i].legal_hold));
         }
         cli_print_json(arr);
     } else {

@@ -475,23 +475,24 @@ static int approvals_list(struct cli *c, bool all)
         time_text(a->has_retain_until_ms ? a->retain_until_ms : 0, until, sizeof until);
         bool pending = a->state == HBC__APPROVAL_STATE__APPROVAL_PENDING;
         if (c->json) {
-            json_t *o = json_pack("{s:I, s:s, s:s, s:s, s:s, s:I, s:I}", "request",
-                                  (json_int_t)a->request_index, "kind", kind_name(a->kind),
-                                  "snapshot", idhex, "state", pending ? "pending" : "done",
-                                  "requested_by", a->requested_by, "requested_clock_ms",
-                                  (json_int_t)a->requested_clock_ms, "expires_clock_ms",
-                                  (json_int_t)a->expires_clock_ms);
+            json_t *o =
+                json_pack("{s:I, s:s, s:s, s:s, s:s, s:I, s:I}", "request",
+                          (json_int_t)a->request_index, "kind", kind_name(a->kind), "snapshot",
+                          idhex, "state", pending ? "pending" : "done", "requested_by",
+                          a->requested_by, "requested_clock_ms", (json_int_t)a->requested_clock_ms,
+                          "expires_clock_ms", (json_int_t)a->expires_clock_ms);
             if (a->has_retain_until_ms) {
-                json_object_set_new(o, "retain_until_ms", json_integer((json_int_t)a->retain_until_ms));
+                json_object_set_new(o, "retain_until_ms",
+                                    json_integer((json_int_t)a->retain_until_ms));
             }
             if (a->approved_by != NULL) {
                 json_object_set_new(o, "approved_by", json_string(a->approved_by));
             }
             json_array_append_new(arr, o);
         } else {
-            printf("%-8llu %-13s %-32s %-9s %-20s %-20s %s\n",
-                   (unsigned long long)a->request_index, kind_name(a->kind), idhex,
-                   pending ? "pending" : "done", exp, until, a->requested_by);
+            printf("%-8llu %-13s %-32s %-9s %-20s %-20s %s\n", (unsigned long long)a->request_index,
+                   kind_name(a->kind), idhex, pending ? "pending" : "done", exp, until,
+                   a->requested_by);
         }
     }
     if (c->json) {

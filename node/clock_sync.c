@@ -20,17 +20,17 @@ struct ask {
 };
 
 struct clock_sync {
-    uv_loop_t *loop;            /* the node's loop */
-    struct tls_ctx *tls;        /* borrowed */
-    unsigned timeout_ms;        /* per voter */
-    struct ask *asks;           /* the running round's voters (owned), or NULL */
-    size_t n_asks;              /* how many */
-    unsigned open;              /* connections not yet closed */
-    clock_sync_cb cb;           /* the round's callback */
-    void *arg;                  /* its argument */
-    bool closing;               /* clock_sync_close() was called */
-    void (*done)(void *);       /* its callback */
-    void *done_arg;             /* its argument */
+    uv_loop_t *loop;      /* the node's loop */
+    struct tls_ctx *tls;  /* borrowed */
+    unsigned timeout_ms;  /* per voter */
+    struct ask *asks;     /* the running round's voters (owned), or NULL */
+    size_t n_asks;        /* how many */
+    unsigned open;        /* connections not yet closed */
+    clock_sync_cb cb;     /* the round's callback */
+    void *arg;            /* its argument */
+    bool closing;         /* clock_sync_close() was called */
+    void (*done)(void *); /* its callback */
+    void *done_arg;       /* its argument */
 };
 
 uint64_t clock_sync_wall_ms(void)
@@ -105,8 +105,8 @@ static void on_close(struct node_client *nc, int status, const char *reason)
 {
     struct ask *a = node_client_data(nc);
     if (status != 0 && !a->answered && !a->cs->closing) {
-        hbc_log(LOG_WARN, "event=clock_sync_failed node=%s addr=%s reason=\"%s\"",
-                a->peer.node_id, a->peer.addr, reason);
+        hbc_log(LOG_WARN, "event=clock_sync_failed node=%s addr=%s reason=\"%s\"", a->peer.node_id,
+                a->peer.addr, reason);
     }
     a->nc = NULL;
     a->cs->open--;
@@ -120,8 +120,8 @@ static void reply_cb(struct node_client *nc, struct node_client_result *res, voi
         uint64_t now_wall = clock_sync_wall_ms();
         uint64_t rtt = (uv_hrtime() - a->sent_ns) / 1000000;
         uint64_t theirs = res->reply->clock_reply->wall_ms + rtt / 2;
-        a->offset_ms = theirs >= now_wall ? (int64_t)(theirs - now_wall)
-                                          : -(int64_t)(now_wall - theirs);
+        a->offset_ms =
+            theirs >= now_wall ? (int64_t)(theirs - now_wall) : -(int64_t)(now_wall - theirs);
         a->answered = true;
         hbc_log(LOG_DEBUG, "event=clock_sync_reply node=%s offset_ms=%lld rtt_ms=%llu",
                 a->peer.node_id, (long long)a->offset_ms, (unsigned long long)rtt);
@@ -142,8 +142,7 @@ int clock_sync_round(struct clock_sync *cs, const struct clock_peer *peers, size
         return err_set(e, HBC_EBUSY, "a clock round is running");
     }
     if (n == 0 || n > CLOCK_SYNC_MAX_PEERS) {
-        return err_set(e, HBC_EINVAL, "clock round of %zu voters (1..%d)", n,
-                       CLOCK_SYNC_MAX_PEERS);
+        return err_set(e, HBC_EINVAL, "clock round of %zu voters (1..%d)", n, CLOCK_SYNC_MAX_PEERS);
     }
     struct ask *asks = hbc_calloc(n, sizeof *asks);
     if (asks == NULL) {
@@ -161,9 +160,8 @@ int clock_sync_round(struct clock_sync *cs, const struct clock_peer *peers, size
         a->peer = peers[i];
         a->peer.addr[sizeof a->peer.addr - 1] = '\0';
         a->peer.node_id[sizeof a->peer.node_id - 1] = '\0';
-        struct node_client_opts o = {.max_requests = 1,
-                                     .request_timeout_ms = cs->timeout_ms,
-                                     .node_id = a->peer.node_id};
+        struct node_client_opts o = {
+            .max_requests = 1, .request_timeout_ms = cs->timeout_ms, .node_id = a->peer.node_id};
         struct node_client_cbs cbs = {.on_close = on_close};
         struct node_client *nc = NULL;
         struct err ce;

@@ -246,7 +246,8 @@ static void answer_read(struct raft_node *rn, const Hbc__Frame *f, control_reply
         }
     } else if (f->body_case == HBC__FRAME__BODY_LIST_APPROVALS) {
         Hbc__ListApprovalsRequest *q = f->list_approvals;
-        struct approval_filter af = {.c = &c, .pending_only = q->has_pending_only && q->pending_only};
+        struct approval_filter af = {.c = &c,
+                                     .pending_only = q->has_pending_only && q->pending_only};
         rv = fsm_list_approvals(fsm, approval_cb, &af, &e);
         Hbc__ListApprovalsReply r = HBC__LIST_APPROVALS_REPLY__INIT;
         r.approvals = (Hbc__ApprovalInfo **)c.items;

@@ -85,11 +85,11 @@
 #define FSM_SKEW_MIN_MS 1000ull         /* ClockTick.max_skew_ms: smallest accepted */
 #define FSM_SKEW_MAX_MS 3600000ull      /* ClockTick.max_skew_ms: largest accepted */
 #define FSM_CLOCK_VOTERS_MAX 64         /* ClockTick.voter_clock_ms: most entries */
-/* A time-dependent command needs its leader time within max_skew + this of the clock. */
-#define FSM_CLOCK_STALE_MS (3 * FSM_TICK_INTERVAL_MS)
 #define FSM_PROPOSER_SELF "hbcd"        /* proposer of the leader's own commands */
 #define FSM_POLICY_RULE_MAX 64          /* longest policy name or copy rule site */
 #define FSM_POLICY_MEDIA_MAX 32         /* longest copy rule media */
+/* A time-dependent command needs its leader time within max_skew + this of the clock. */
+#define FSM_CLOCK_STALE_MS (3 * FSM_TICK_INTERVAL_MS)
 /* Length prefix of a Command in a Raft entry (see fsm_command_encode). */
 #define FSM_ENTRY_PREFIX 4
 

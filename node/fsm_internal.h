@@ -14,7 +14,7 @@
 #define FSM_META_APPLIED "applied_index"      /* 8 bytes big-endian: last command index */
 #define FSM_META_LEADER_TIME "leader_time_ms" /* 8 bytes big-endian: highest leader time */
 #define FSM_META_CHAIN "chain" /* 32 bytes: SHA-256 chain over every applied command */
-#define FSM_META_CLOCK "compliance_clock_ms" /* 8 bytes big-endian: the compliance clock */
+#define FSM_META_CLOCK "compliance_clock_ms"    /* 8 bytes big-endian: the compliance clock */
 #define FSM_META_CLOCK_SKEW "clock_max_skew_ms" /* 8 bytes: max_skew of the last accepted tick */
 
 /* Key prefixes inside the column families that hold more than one kind of key. */

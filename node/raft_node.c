@@ -652,8 +652,8 @@ static void tick_done_cb(void *arg, int code, uint64_t index, const char *msg)
     struct raft_node *rn = arg;
     rn->tick_inflight = false;
     if (code == HBC_ECLOCK) {
-        hbc_log(LOG_ERROR, "event=clock_alert index=%llu reason=\"%s\"",
-                (unsigned long long)index, msg);
+        hbc_log(LOG_ERROR, "event=clock_alert index=%llu reason=\"%s\"", (unsigned long long)index,
+                msg);
     } else if (code != 0) {
         hbc_log(LOG_WARN, "event=clock_tick_refused index=%llu code=%s msg=\"%s\"",
                 (unsigned long long)index, hbc_errname(code), msg);
@@ -675,7 +675,7 @@ static void tick_propose(struct raft_node *rn, const int64_t *offsets_ms, size_t
     tick.anchor_clock_ms = rn->clock_seen;
     voter_clock[0] = tick.wall_ms;
     size_t k = 1;
-    for (size_t i = 0; i < n && k < CLOCK_SYNC_MAX_PEERS + 1; i++) {
+    for (size_t i = 0; i < n && k < FSM_CLOCK_VOTERS_MAX; i++) {
         int64_t v = (int64_t)tick.wall_ms + offsets_ms[i];
         voter_clock[k++] = v > 0 ? (uint64_t)v : 1;
     }
@@ -722,8 +722,7 @@ static int voter_find_cb(const Hbc__NodeInfo *node, void *arg)
         const struct raft_server *s = &rn->raft.configuration.servers[i];
         if (s->id == node->raft_id && s->role == RAFT_VOTER) {
             snprintf(vf->peers[vf->n].addr, sizeof vf->peers[0].addr, "%s", node->data_address);
-            snprintf(vf->peers[vf->n].node_id, sizeof vf->peers[0].node_id, "%s",
-                     node->node_id);
+            snprintf(vf->peers[vf->n].node_id, sizeof vf->peers[0].node_id, "%s", node->node_id);
             vf->n++;
             break;
         }

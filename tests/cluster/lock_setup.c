@@ -134,7 +134,7 @@ int main(int argc, char **argv)
         v.retention_days = (uint32_t)atoi(argv[7]);
         v.has_lock_mode = true;
         v.lock_mode = strcmp(argv[8], "governance") == 0 ? HBC__LOCK_MODE__LOCK_GOVERNANCE
-                                                          : HBC__LOCK_MODE__LOCK_COMPLIANCE;
+                                                         : HBC__LOCK_MODE__LOCK_COMPLIANCE;
         cmd.cmd_case = HBC__COMMAND__CMD_VAULT_CREATE;
         cmd.vault_create = &v;
         snprintf(extra, sizeof extra, ", \"vault_id\": \"%s\"", idhex);

@@ -948,7 +948,6 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roles),
         cmocka_unit_test(test_clock),
-        cmocka_unit_test(test_clock_voters),
         cmocka_unit_test(test_compliance_randomised),
         cmocka_unit_test(test_hold),
         cmocka_unit_test(test_compliance_expiry),
@@ -956,6 +955,7 @@ int main(void)
         cmocka_unit_test(test_dedup_trap),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_restore_keeps_locks),
+        cmocka_unit_test(test_clock_voters),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
