@@ -684,7 +684,8 @@ static void tick_propose(struct raft_node *rn, const int64_t *offsets_ms, size_t
     tick.has_voters = true;
     tick.voters = rn->tick_voters > 0 ? rn->tick_voters : 1;
     tick.has_max_skew_ms = true;
-    tick.max_skew_ms = (uint64_t)rn->cfg->max_skew * 1000;
+    /* 0: a configuration not read by node_config_load (tests): the default. */
+    tick.max_skew_ms = rn->cfg->max_skew > 0 ? (uint64_t)rn->cfg->max_skew * 1000 : FSM_MAX_SKEW_MS;
     cmd.cmd_case = HBC__COMMAND__CMD_CLOCK_TICK;
     cmd.clock_tick = &tick;
     struct err e;
