@@ -8,6 +8,7 @@
  *   hbc-lock-setup ADDR[,ADDR...] CA CERT KEY vault NAME DAYS compliance|governance
  *   hbc-lock-setup ADDR[,ADDR...] CA CERT KEY snapshot VAULT_HEX
  *   hbc-lock-setup ADDR[,ADDR...] CA CERT KEY forget SNAPSHOT_HEX
+ *   hbc-lock-setup ADDR CA CERT KEY clock        (a ClockRequest: {"code", "wall_ms"})
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@
 #include <openssl/rand.h>
 
 #include "common/frame.h"
+#include "common/node_client.h"
 #include "common/rpc_call.h"
 #include "common/tls.h"
 #include "hbc.pb-c.h"
@@ -99,8 +101,47 @@ static int propose(struct tls_ctx *tls, char *addrs, Hbc__Command *cmd, const ch
     return 1;
 }
 
+/* Ask the node at addr for its clock, as a leader does (node/clock_sync.c). */
+static int ask_clock(struct tls_ctx *tls, const char *addr)
+{
+    Hbc__Frame req = HBC__FRAME__INIT;
+    Hbc__ClockRequest q = HBC__CLOCK_REQUEST__INIT;
+    req.request_id = 1;
+    req.body_case = HBC__FRAME__BODY_CLOCK_REQUEST;
+    req.clock_request = &q;
+    Hbc__Frame *r = NULL;
+    struct err e;
+    if (rpc_call(tls, addr, &req, 5000, &r, &e) != 0) {
+        fprintf(stderr, "hbc-lock-setup: %s\n", e.msg);
+        return 1;
+    }
+    if (r->body_case == HBC__FRAME__BODY_CLOCK_REPLY) {
+        printf("{\"code\": \"OK\", \"wall_ms\": %llu}\n",
+               (unsigned long long)r->clock_reply->wall_ms);
+    } else if (r->body_case == HBC__FRAME__BODY_ERROR) {
+        printf("{\"code\": \"%s\", \"message\": \"%s\"}\n",
+               hbc_errname(node_client_error_code(r->error->code)), r->error->message);
+    } else {
+        printf("{\"code\": \"HBC_EPROTO\"}\n");
+    }
+    frame_free(r);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 6 && strcmp(argv[5], "clock") == 0) {
+        struct tls_ctx_opts o = {.ca_file = argv[2], .cert_file = argv[3], .key_file = argv[4]};
+        struct tls_ctx *tls = NULL;
+        struct err e;
+        if (tls_ctx_new(&o, &tls, &e) != 0) {
+            fprintf(stderr, "hbc-lock-setup: %s\n", e.msg);
+            return 2;
+        }
+        int rv = ask_clock(tls, argv[1]);
+        tls_ctx_free(tls);
+        return rv;
+    }
     if (argc < 7) {
         fprintf(stderr, "usage: see the top of tests/cluster/lock_setup.c\n");
         return 2;

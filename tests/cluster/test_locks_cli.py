@@ -235,3 +235,16 @@ def test_legal_hold(cl):
     # Lifted: the lock alone applies now (retention 0 days: free one margin day after commit).
     f = w["admin"].setup("forget", snap)
     assert f["code"] == "HBC_ELOCKED" and "retained" in f["message"], f
+
+
+def test_clock_requests_need_a_node_certificate(cl):
+    """Voters tell their clock only to node certificates (the leader's), not to clients."""
+    w, n1 = cl["who"], cl["node"]
+    for who in ("admin", "so1"):
+        d = w[who].setup("clock")
+        assert d["code"] == "HBC_EDENIED" and "node certificate" in d["message"], d
+    cmd = [hbctest.binary("hbc-lock-setup"), n1.addr, n1.tls["ca"], n1.tls["cert"],
+           n1.tls["key"], "clock"]
+    p = subprocess.run(cmd, capture_output=True, timeout=60)
+    d = json.loads(p.stdout.decode().strip().splitlines()[-1])
+    assert d["code"] == "OK" and abs(d["wall_ms"] - time.time() * 1000) < 60000, d
