@@ -9,6 +9,9 @@
 #include "common/log.h"
 #include "common/node_client.h"
 
+/* Largest wall clock a reply may carry (ms, about the year 10000); larger ones are dropped. */
+#define CLOCK_SYNC_WALL_MAX_MS 253402300800000ull
+
 /* One voter asked in the running round. */
 struct ask {
     struct clock_sync *cs;  /* owner */
@@ -116,7 +119,13 @@ static void on_close(struct node_client *nc, int status, const char *reason)
 static void reply_cb(struct node_client *nc, struct node_client_result *res, void *arg)
 {
     struct ask *a = arg;
-    if (res->status == 0 && res->reply->body_case == HBC__FRAME__BODY_CLOCK_REPLY) {
+    if (res->status == 0 && res->reply->body_case == HBC__FRAME__BODY_CLOCK_REPLY &&
+        res->reply->clock_reply->wall_ms > CLOCK_SYNC_WALL_MAX_MS) {
+        /* No real clock reads this (year 10000 and beyond): a broken or hostile peer. */
+        hbc_log(
+            LOG_WARN, "event=clock_sync_failed node=%s addr=%s reason=\"clock %llu out of range\"",
+            a->peer.node_id, a->peer.addr, (unsigned long long)res->reply->clock_reply->wall_ms);
+    } else if (res->status == 0 && res->reply->body_case == HBC__FRAME__BODY_CLOCK_REPLY) {
         uint64_t now_wall = clock_sync_wall_ms();
         uint64_t rtt = (uv_hrtime() - a->sent_ns) / 1000000;
         uint64_t theirs = res->reply->clock_reply->wall_ms + rtt / 2;
