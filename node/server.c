@@ -39,6 +39,7 @@
 #include "common/erasure.h"
 #include "common/frame.h"
 #include "common/log.h"
+#include "node/clock_sync.h"
 #include "node/control.h"
 #include "hbc.pb-c.h"
 
@@ -782,6 +783,17 @@ static int frame_cb(Hbc__Frame *frame, void *arg)
     }
     case HBC__FRAME__BODY_STATUS:
         answer_status(r);
+        break;
+    case HBC__FRAME__BODY_CLOCK_REQUEST:
+        /* The voters' clock exchange (node/clock_sync.h): node certificates only. */
+        if (!tls_conn_peer_has_ou(c->tls, "node")) {
+            req_fail(r, HBC_EDENIED, "clock requests need a node certificate (OU=node)");
+        } else {
+            Hbc__Frame f;
+            Hbc__ClockReply cr;
+            clock_sync_answer(frame->request_id, &f, &cr);
+            req_finish(r, &f);
+        }
         break;
     default:
         if (control_is_request(frame)) {
