@@ -100,6 +100,8 @@ struct raft_node {
     uint64_t clock_seen_at;                /* uv_now when it was seen applied (or start) */
     uint64_t tick_sent_at;                 /* uv_now of our last ClockTick proposal */
     bool tick_inflight;                    /* a ClockTick is not yet called back */
+    unsigned short seen_state;             /* raft state at the last role check (0: none yet) */
+    raft_id seen_leader;                   /* leader id at the last role check */
     struct clock_sync *clock_sync;         /* asks the voters for their clocks (leader) */
     unsigned tick_voters;                  /* voters in the configuration at the round's start */
     struct raft_transfer transfer;         /* hands leadership over during stop */
@@ -743,9 +745,32 @@ static int voter_find_cb(const Hbc__NodeInfo *node, void *arg)
  * just started counts from its start, which underestimates the elapsed
  * time: it refuses more, never less.
  */
+static const char *state_name(int state);
+
+/*
+ * Log this node's Raft role and the leader it knows whenever either changed
+ * since the last check (once a second, from the clock timer: libraft 0.15 has
+ * no state callback), so operators can follow elections in the log.
+ */
+static void log_role_change(struct raft_node *rn)
+{
+    raft_id lid = 0;
+    const char *laddr = NULL;
+    raft_leader(&rn->raft, &lid, &laddr);
+    if (rn->raft.state == rn->seen_state && lid == rn->seen_leader) {
+        return;
+    }
+    rn->seen_state = rn->raft.state;
+    rn->seen_leader = lid;
+    hbc_log(LOG_INFO, "event=raft_role role=%s term=%llu leader=%llu leader_address=%s",
+            state_name(rn->raft.state), (unsigned long long)rn->raft.current_term,
+            (unsigned long long)lid, laddr != NULL ? laddr : "-");
+}
+
 static void clock_timer_cb(uv_timer_t *t)
 {
     struct raft_node *rn = t->data;
+    log_role_change(rn);
     uint64_t now = uv_now(rn->loop);
     uint64_t clock = fsm_compliance_clock_ms(rn->fsm);
     bool leader = rn->raft.state == RAFT_LEADER;
