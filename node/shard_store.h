@@ -85,6 +85,14 @@ struct shard_put {
     struct shard_key key; /* the shard's name */
     const void *data;     /* the encoded shard, borrowed for the call */
     size_t len;           /* bytes at data (0 allowed) */
+    /*
+     * SHA-256 of the len bytes at data, already computed by the caller (so
+     * that hashing can happen outside the group commit), or NULL: the store
+     * computes it. Borrowed for the call. The caller vouches for it: a wrong
+     * digest is stored as given and every read of the shard then fails as
+     * HBC_ECORRUPT.
+     */
+    const uint8_t *sha256;
 };
 
 /* Where and what a stored shard is (shard_store_lookup()). */
@@ -158,7 +166,11 @@ int shard_store_close(struct shard_store *s, struct err *e);
 /*
  * Store n records durably, as one group commit: append, one fdatasync per
  * segment touched, one synced index batch; only then return. data is only
- * read during the call. results (n entries, caller's) gets, per record: 0
+ * read during the call. The SHA-256 of records without a caller's digest is
+ * computed before the writer lock is taken, so concurrent calls hash in
+ * parallel and only append, sync and index one at a time; each call returns
+ * once its own records are synced and indexed, and a call that fails (say a
+ * failed fdatasync) fails only its own records. results (n entries, caller's) gets, per record: 0
  * stored now; SHARD_STORE_ALREADY an identical shard was already there (or
  * earlier in this batch); HBC_EEXIST a different shard is stored under that
  * key and was kept; HBC_ETOOBIG data longer than max_shard_size; HBC_EINVAL

@@ -475,9 +475,13 @@ int shard_store_put_batch(struct shard_store *s, const struct shard_put *recs, s
             continue;
         }
         store_key_encode(&recs[i].key, w[i].key);
-        rc = store_sha256(s, recs[i].len > 0 ? recs[i].data : "", recs[i].len, w[i].sha, e);
-        if (rc != 0) {
-            break;
+        if (recs[i].sha256 != NULL) {
+            memcpy(w[i].sha, recs[i].sha256, SHARD_STORE_SHA256_LEN);
+        } else {
+            rc = store_sha256(s, recs[i].len > 0 ? recs[i].data : "", recs[i].len, w[i].sha, e);
+            if (rc != 0) {
+                break;
+            }
         }
         store_record_header(w[i].key, (uint32_t)recs[i].len, w[i].sha, w[i].hdr);
         w[i].write = true;
