@@ -32,6 +32,7 @@
 #include "node/server.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +62,14 @@
  * soon as space returns. So puts fail with ENOSPC before the index can.
  */
 #define SERVER_DISK_RESERVE (16ULL << 20)
+/*
+ * Group commits in flight at once: the shard store appends the next one's
+ * shards while this one fdatasyncs and writes its index batch. A second
+ * commit starts only with at least 1/COMMIT_SECOND_SHARE of a full commit
+ * queued, so that what it appends is worth its own sync.
+ */
+#define COMMIT_PIPELINE 2
+#define COMMIT_SECOND_SHARE 4
 
 struct conn;
 
@@ -119,7 +128,10 @@ struct server {
     struct conn *conns;                  /* open connections */
     struct req *queue_head, *queue_tail; /* puts waiting for the next commit */
     size_t queue_shards;                 /* shards in the queue */
-    struct commit *committing;           /* the commit running, or NULL */
+    size_t queue_bytes;                  /* bytes of the requests in the queue */
+    unsigned committing;                 /* group commits running (at most COMMIT_PIPELINE) */
+    pthread_mutex_t space_mu;            /* guards space_reserved (commit workers) */
+    uint64_t space_reserved;             /* bytes of commits past the space check, not stored */
     unsigned works;                      /* get, have and put-check works running */
     unsigned handles_open;               /* listener + sweep handles not yet closed */
     bool stopping;                       /* server_stop() was called */
@@ -383,6 +395,7 @@ static void put_check_after_cb(uv_work_t *w, int status)
     }
     s->queue_tail = r;
     s->queue_shards += r->frame->put_shards->n_shards;
+    s->queue_bytes += r->bytes;
     server_maybe_commit(s);
     server_maybe_finish(s);
 }
@@ -421,32 +434,46 @@ static void commit_work_cb(uv_work_t *w)
     if (n == 0) {
         goto out;
     }
+    /*
+     * Another commit may be past this check and not yet stored: its bytes
+     * are reserved, so that the two together fit (counted twice for a
+     * moment once it is stored: refusing a little early, never too late).
+     */
+    pthread_mutex_lock(&s->space_mu);
+    uint64_t reserved = s->space_reserved;
     struct shard_store_stats st;
     shard_store_stats(s->store, &st);
-    if (st.used_bytes + bytes > s->cfg->capacity) {
+    if (st.used_bytes + reserved + bytes > s->cfg->capacity) {
+        pthread_mutex_unlock(&s->space_mu);
         cm->status = -ENOSPC;
         snprintf(cm->msg, sizeof cm->msg,
                  "no space: the node is full ([node] capacity): %llu of %llu bytes used, %llu more "
                  "asked",
-                 (unsigned long long)st.used_bytes, (unsigned long long)s->cfg->capacity,
-                 (unsigned long long)bytes);
+                 (unsigned long long)(st.used_bytes + reserved),
+                 (unsigned long long)s->cfg->capacity, (unsigned long long)bytes);
         goto out;
     }
     /* Leave the index room to grow (see SERVER_DISK_RESERVE). */
     struct statvfs vfs;
     if (statvfs(s->cfg->data_dir, &vfs) == 0 &&
-        (uint64_t)vfs.f_bavail * vfs.f_frsize < bytes + SERVER_DISK_RESERVE) {
+        (uint64_t)vfs.f_bavail * vfs.f_frsize < bytes + reserved + SERVER_DISK_RESERVE) {
+        pthread_mutex_unlock(&s->space_mu);
         cm->status = -ENOSPC;
         snprintf(cm->msg, sizeof cm->msg,
                  "no space: %llu bytes free on the data directory's filesystem, %llu asked "
                  "plus %llu kept for the index",
-                 (unsigned long long)vfs.f_bavail * vfs.f_frsize, (unsigned long long)bytes,
-                 (unsigned long long)SERVER_DISK_RESERVE);
+                 (unsigned long long)vfs.f_bavail * vfs.f_frsize,
+                 (unsigned long long)(bytes + reserved), (unsigned long long)SERVER_DISK_RESERVE);
         goto out;
     }
+    s->space_reserved += bytes;
+    pthread_mutex_unlock(&s->space_mu);
     struct err e;
     err_clear(&e);
     int rv = shard_store_put_batch(s->store, puts, n, results, &e);
+    pthread_mutex_lock(&s->space_mu);
+    s->space_reserved -= bytes;
+    pthread_mutex_unlock(&s->space_mu);
     if (rv != 0) {
         cm->status = rv;
         snprintf(cm->msg, sizeof cm->msg, "group commit: %.480s", e.msg);
@@ -479,7 +506,7 @@ static void commit_after_cb(uv_work_t *w, int status)
     struct commit *cm = w->data;
     struct server *s = cm->srv;
     (void)status;
-    s->committing = NULL;
+    s->committing--;
     s->stats.commits++;
     struct req *r = cm->reqs;
     while (r != NULL) {
@@ -511,8 +538,13 @@ static void commit_after_cb(uv_work_t *w, int status)
 /* Start a group commit of the queued puts if none is running. */
 static void server_maybe_commit(struct server *s)
 {
-    if (s->committing != NULL || s->queue_head == NULL) {
+    if (s->committing >= COMMIT_PIPELINE || s->queue_head == NULL) {
         return;
+    }
+    if (s->committing > 0 && !s->stopping &&
+        s->queue_shards < s->cfg->commit_max_shards / COMMIT_SECOND_SHARE &&
+        s->queue_bytes < s->cfg->commit_max_bytes / COMMIT_SECOND_SHARE) {
+        return; /* started when the running commit ends, or when more has queued */
     }
     struct commit *cm = hbc_calloc(1, sizeof *cm);
     if (cm == NULL) {
@@ -535,12 +567,13 @@ static void server_maybe_commit(struct server *s)
         cm->nshards += n;
         bytes += r->bytes;
         s->queue_shards -= n;
+        s->queue_bytes -= r->bytes;
     }
     if (s->queue_head == NULL) {
         s->queue_tail = NULL;
     }
     cm->work.data = cm;
-    s->committing = cm;
+    s->committing++;
     int rv = uv_queue_work(s->loop, &cm->work, commit_work_cb, commit_after_cb);
     if (rv != 0) {
         cm->status = rv;
@@ -1033,6 +1066,7 @@ int server_start(uv_loop_t *loop, const struct node_config *cfg, struct tls_ctx 
     s->sweep.data = s;
     s->handles_open++;
     uv_timer_start(&s->sweep, sweep_cb, SWEEP_INTERVAL_MS, SWEEP_INTERVAL_MS);
+    pthread_mutex_init(&s->space_mu, NULL);
     *out = s;
     return 0;
 }
@@ -1053,7 +1087,7 @@ static void server_maybe_finish(struct server *s)
     if (!s->stopping) {
         return;
     }
-    if (s->committing != NULL || s->queue_head != NULL || s->works > 0) {
+    if (s->committing > 0 || s->queue_head != NULL || s->works > 0) {
         return;
     }
     if (!s->stopped_conns) {
@@ -1075,6 +1109,7 @@ static void server_maybe_finish(struct server *s)
     s->done = NULL;
     hbc_log(LOG_INFO, "event=server_stopped puts_acked=%llu commits=%llu",
             (unsigned long long)s->stats.puts_acked, (unsigned long long)s->stats.commits);
+    pthread_mutex_destroy(&s->space_mu);
     hbc_free(s);
     done(arg);
 }
@@ -1087,8 +1122,8 @@ void server_stop(struct server *s, void (*done)(void *arg), void *arg)
     s->stopping = true;
     s->done = done;
     s->done_arg = arg;
-    hbc_log(LOG_INFO, "event=server_stopping queued_shards=%zu commit_running=%d", s->queue_shards,
-            s->committing != NULL);
+    hbc_log(LOG_INFO, "event=server_stopping queued_shards=%zu commits_running=%u", s->queue_shards,
+            s->committing);
     uv_close((uv_handle_t *)&s->listener, handle_closed_cb);
     uv_timer_stop(&s->sweep);
     uv_close((uv_handle_t *)&s->sweep, handle_closed_cb);

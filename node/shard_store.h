@@ -35,8 +35,14 @@
  *
  * Threads: every function may be called from any thread (the server calls
  * them from uv_queue_work workers). Writer calls (put_batch, delete, compact)
- * are serialised by an internal mutex; reads (lookup, get*, exists*, stats,
- * segments) run concurrently with each other and with the writer.
+ * are serialised by internal locks, except that put_batch calls are
+ * pipelined: while one fdatasyncs and writes its index batch, the next one
+ * appends its records; each still returns only after its own records are
+ * synced and indexed, syncs happen in append order, and a put whose sync
+ * fails fails alone (a put that appended after it, to the same segment, is
+ * appended again to a new segment before it syncs). Reads (lookup, get*,
+ * exists*, stats, segments) run concurrently with each other and with the
+ * writers.
  */
 
 #define SHARD_STORE_VAULT_ID_LEN 16
@@ -120,6 +126,8 @@ struct shard_store_stats {
     uint64_t fdatasyncs;          /* segment fdatasync calls since open */
     uint64_t dir_fsyncs;          /* segments/ directory fsync calls since open */
     uint64_t index_syncs;         /* synced RocksDB batches since open */
+    uint64_t pipelined_puts;      /* put_batch calls that appended while another one synced */
+    uint64_t reappended_puts;     /* put_batch calls that appended again after another's sync failed */
 };
 
 /* One segment as seen by a garbage collector (shard_store_segments()). */

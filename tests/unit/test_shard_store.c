@@ -25,6 +25,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "node/shard_store.h"
+#include "node/shard_store_internal.h"
 
 #define KiB 1024u
 #define MiB (1024u * 1024u)
@@ -1037,6 +1038,310 @@ static void test_reads_run_during_puts_and_compaction(void **state)
     close_store(s);
 }
 
+/* ---- the put pipeline ---------------------------------------------------- */
+
+/*
+ * A test's fdatasync: once armed, the first call waits until the test
+ * releases it and then succeeds or fails with EIO; every call is counted.
+ */
+struct sync_gate {
+    pthread_mutex_t mu;  /* guards the fields below */
+    pthread_cond_t cond; /* signalled on every change */
+    bool armed;          /* the next call is held */
+    bool holding;        /* a call is held now */
+    bool released;       /* the held call may go on */
+    bool fail;           /* the held call fails with EIO */
+    int calls;           /* calls so far */
+};
+
+static int gate_fdatasync(int fd, void *arg)
+{
+    struct sync_gate *g = arg;
+    pthread_mutex_lock(&g->mu);
+    g->calls++;
+    bool held = g->armed;
+    g->armed = false;
+    if (held) {
+        g->holding = true;
+        pthread_cond_broadcast(&g->cond);
+        while (!g->released) {
+            pthread_cond_wait(&g->cond, &g->mu);
+        }
+        g->holding = false;
+    }
+    bool fail = held && g->fail;
+    pthread_mutex_unlock(&g->mu);
+    if (fail) {
+        errno = EIO;
+        return -1;
+    }
+    return fdatasync(fd);
+}
+
+static void gate_init(struct sync_gate *g, bool fail)
+{
+    memset(g, 0, sizeof *g);
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_cond_init(&g->cond, NULL);
+    g->armed = true;
+    g->fail = fail;
+}
+
+/* Wait (at most a minute) until a put is held in its fdatasync. */
+static void gate_wait_holding(struct sync_gate *g)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 60;
+    pthread_mutex_lock(&g->mu);
+    int rc = 0;
+    while (!g->holding && rc == 0) {
+        rc = pthread_cond_timedwait(&g->cond, &g->mu, &until);
+    }
+    bool holding = g->holding;
+    pthread_mutex_unlock(&g->mu);
+    assert_true(holding);
+}
+
+static void gate_release(struct sync_gate *g)
+{
+    pthread_mutex_lock(&g->mu);
+    g->released = true;
+    pthread_cond_broadcast(&g->cond);
+    pthread_mutex_unlock(&g->mu);
+}
+
+static void gate_destroy(struct sync_gate *g)
+{
+    pthread_mutex_destroy(&g->mu);
+    pthread_cond_destroy(&g->cond);
+}
+
+/* One put_batch on its own thread. */
+struct put_thread {
+    pthread_t th;          /* the thread */
+    struct shard_store *s; /* the store */
+    const struct rec *recs; /* what it puts */
+    size_t n;              /* entries in recs */
+    int rc;                /* what put_batch returned */
+    int res[8];            /* per-record results */
+    atomic_bool done;      /* put_batch has returned */
+    char msg[512];         /* its error message */
+};
+
+static void *put_thread_main(void *p)
+{
+    struct put_thread *t = p;
+    struct shard_put puts[8];
+    for (size_t i = 0; i < t->n; i++) {
+        puts[i] = (struct shard_put){
+            .key = t->recs[i].key, .data = rec_data(&t->recs[i]), .len = t->recs[i].len};
+    }
+    struct err e = {0};
+    t->rc = shard_store_put_batch(t->s, puts, t->n, t->res, &e);
+    snprintf(t->msg, sizeof t->msg, "%s", e.msg);
+    for (size_t i = 0; i < t->n; i++) {
+        free((void *)puts[i].data);
+    }
+    atomic_store(&t->done, true);
+    return NULL;
+}
+
+static void put_thread_start(struct put_thread *t, struct shard_store *s, const struct rec *recs,
+                             size_t n)
+{
+    assert_true(n <= 8);
+    memset(t, 0, sizeof *t);
+    t->s = s;
+    t->recs = recs;
+    t->n = n;
+    atomic_init(&t->done, false);
+    assert_int_equal(pthread_create(&t->th, NULL, put_thread_main, t), 0);
+}
+
+/* Wait (at most a minute) until a put has appended and waits for the sync stage. */
+static void wait_pipelined(struct shard_store *s, uint64_t want)
+{
+    struct shard_store_stats st;
+    for (int i = 0; i < 60000; i++) {
+        shard_store_stats(s, &st);
+        if (st.pipelined_puts >= want) {
+            return;
+        }
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    fail_msg("no put reached the sync stage behind another");
+}
+
+static bool is_stored(struct shard_store *s, const struct rec *r)
+{
+    struct shard_info info;
+    struct err e = {0};
+    int rc = shard_store_lookup(s, &r->key, &info, &e);
+    assert_true(rc == 0 || rc == HBC_ENOTFOUND);
+    return rc == 0;
+}
+
+static void test_put_behind_a_sync_is_acknowledged_after_its_own(void **state)
+{
+    const char *dir = *state;
+    struct shard_store *s = open_store(dir, NULL);
+    struct rec a[2] = {{make_key(20, 1, 0), 40 * KiB, 2001}, {make_key(20, 2, 0), 3 * KiB, 2002}};
+    struct rec b[2] = {{make_key(21, 1, 0), 50 * KiB, 2101}, {make_key(21, 2, 1), 7, 2102}};
+    struct sync_gate g;
+    gate_init(&g, false);
+    shard_store_set_fdatasync(s, gate_fdatasync, &g);
+    struct put_thread ta, tb;
+    put_thread_start(&ta, s, a, 2);
+    gate_wait_holding(&g);
+    /* a is in its sync: b appends behind it, then must wait. */
+    put_thread_start(&tb, s, b, 2);
+    wait_pipelined(s, 1);
+    assert_false(atomic_load(&tb.done));
+    assert_false(atomic_load(&ta.done));
+    for (int i = 0; i < 2; i++) {
+        assert_false(is_stored(s, &a[i]));
+        assert_false(is_stored(s, &b[i]));
+    }
+    gate_release(&g);
+    assert_int_equal(pthread_join(ta.th, NULL), 0);
+    assert_int_equal(pthread_join(tb.th, NULL), 0);
+    assert_int_equal(ta.rc, 0);
+    assert_int_equal(tb.rc, 0);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(ta.res[i], 0);
+        assert_int_equal(tb.res[i], 0);
+        check_rec(s, &a[i]);
+        check_rec(s, &b[i]);
+    }
+    /* Each put synced its own records: two fdatasyncs, two index batches. */
+    struct shard_store_stats st;
+    shard_store_stats(s, &st);
+    assert_int_equal(g.calls, 2);
+    assert_int_equal(st.put_batches, 2);
+    assert_int_equal(st.shard_count, 4);
+    assert_int_equal(st.reappended_puts, 0);
+    shard_store_set_fdatasync(s, NULL, NULL);
+    close_store(s);
+    gate_destroy(&g);
+    s = open_store(dir, NULL);
+    for (int i = 0; i < 2; i++) {
+        check_rec(s, &a[i]);
+        check_rec(s, &b[i]);
+    }
+    shard_store_stats(s, &st);
+    assert_int_equal(st.recovered_cut_bytes, 0);
+    close_store(s);
+}
+
+static void test_failed_sync_fails_only_its_own_puts(void **state)
+{
+    const char *dir = *state;
+    struct shard_store *s = open_store(dir, NULL);
+    struct rec first = {make_key(22, 0, 0), 20 * KiB, 2200};
+    put_recs(s, &first, 1);
+    uint64_t seg_before = open_segment(s);
+    struct rec a[2] = {{make_key(22, 1, 0), 40 * KiB, 2201}, {make_key(22, 2, 0), 1, 2202}};
+    struct rec b[2] = {{make_key(23, 1, 0), 30 * KiB, 2301}, {make_key(23, 2, 0), 5 * KiB, 2302}};
+    struct sync_gate g;
+    gate_init(&g, true);
+    shard_store_set_fdatasync(s, gate_fdatasync, &g);
+    struct put_thread ta, tb;
+    put_thread_start(&ta, s, a, 2);
+    gate_wait_holding(&g);
+    /* b appends behind a in the same segment; then a's sync fails. */
+    put_thread_start(&tb, s, b, 2);
+    wait_pipelined(s, 1);
+    gate_release(&g);
+    assert_int_equal(pthread_join(ta.th, NULL), 0);
+    assert_int_equal(pthread_join(tb.th, NULL), 0);
+    assert_int_equal(ta.rc, -EIO);
+    assert_non_null(strstr(ta.msg, "fdatasync"));
+    assert_int_equal(tb.rc, 0);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(ta.res[i], -EIO);
+        assert_int_equal(tb.res[i], 0);
+        check_gone(s, &a[i]);
+        check_rec(s, &b[i]);
+    }
+    check_rec(s, &first);
+    /* b was appended again, to a new segment: the failed one takes no more appends. */
+    struct shard_store_stats st;
+    shard_store_stats(s, &st);
+    assert_int_equal(st.reappended_puts, 1);
+    assert_int_equal(st.shard_count, 3);
+    struct shard_info info;
+    struct err e = {0};
+    assert_ok(shard_store_lookup(s, &b[0].key, &info, &e), &e);
+    assert_true(info.segment > seg_before);
+    assert_true(open_segment(s) != seg_before);
+    /* The failed put's bytes were cut off its segment. */
+    char path[512];
+    segment_path(dir, seg_before, path, sizeof path);
+    assert_int_equal(file_size(path), (uint64_t)SHARD_STORE_RECORD_HEADER_LEN + first.len);
+    /* Later puts go through, and everything is as acknowledged after a reopen. */
+    struct rec c = {make_key(24, 1, 0), 9 * KiB, 2401};
+    put_recs(s, &c, 1);
+    shard_store_set_fdatasync(s, NULL, NULL);
+    close_store(s);
+    gate_destroy(&g);
+    s = open_store(dir, NULL);
+    check_rec(s, &first);
+    check_rec(s, &c);
+    for (int i = 0; i < 2; i++) {
+        check_gone(s, &a[i]);
+        check_rec(s, &b[i]);
+    }
+    shard_store_stats(s, &st);
+    assert_int_equal(st.shard_count, 4);
+    assert_int_equal(st.recovered_cut_bytes, 0);
+    close_store(s);
+}
+
+/* A put of a key the syncing put writes waits for its outcome instead of writing it twice. */
+static void test_same_key_behind_a_sync_waits_for_it(void **state)
+{
+    const char *dir = *state;
+    struct shard_store *s = open_store(dir, NULL);
+    for (int failing = 0; failing < 2; failing++) {
+        struct rec a = {make_key(25, (uint64_t)failing, 0), 12 * KiB, 2500u + (uint64_t)failing};
+        struct sync_gate g;
+        gate_init(&g, failing != 0);
+        shard_store_set_fdatasync(s, gate_fdatasync, &g);
+        struct put_thread ta, tb;
+        put_thread_start(&ta, s, &a, 1);
+        gate_wait_holding(&g);
+        put_thread_start(&tb, s, &a, 1);
+        /* Give b a moment to reach the wait (the outcome is the same if it has not). */
+        struct timespec ts = {0, 20000000};
+        nanosleep(&ts, NULL);
+        assert_false(atomic_load(&tb.done));
+        gate_release(&g);
+        assert_int_equal(pthread_join(ta.th, NULL), 0);
+        assert_int_equal(pthread_join(tb.th, NULL), 0);
+        assert_int_equal(tb.rc, 0);
+        if (failing) {
+            assert_int_equal(ta.rc, -EIO);
+            assert_int_equal(tb.res[0], 0); /* b stored it itself */
+        } else {
+            assert_int_equal(ta.rc, 0);
+            assert_int_equal(tb.res[0], SHARD_STORE_ALREADY);
+        }
+        check_rec(s, &a);
+        shard_store_set_fdatasync(s, NULL, NULL);
+        gate_destroy(&g);
+    }
+    struct shard_store_stats st;
+    shard_store_stats(s, &st);
+    assert_int_equal(st.shard_count, 2);
+    close_store(s);
+    s = open_store(dir, NULL);
+    shard_store_stats(s, &st);
+    assert_int_equal(st.shard_count, 2);
+    close_store(s);
+}
+
 /* ---- allocation failures ------------------------------------------------- */
 
 static void test_allocation_failures_are_reported(void **state)
@@ -1103,6 +1408,12 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_reads_run_during_puts_and_compaction, setup_tmpdir,
                                         teardown_tmpdir),
         cmocka_unit_test_setup_teardown(test_allocation_failures_are_reported, setup_tmpdir,
+                                        teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_put_behind_a_sync_is_acknowledged_after_its_own,
+                                        setup_tmpdir, teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_failed_sync_fails_only_its_own_puts, setup_tmpdir,
+                                        teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_same_key_behind_a_sync_waits_for_it, setup_tmpdir,
                                         teardown_tmpdir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
