@@ -41,7 +41,6 @@
 #include <hbc/hbc.h>
 
 #include "common/alloc.h"
-#include "common/crypto.h"
 #include "common/erasure.h"
 #include "common/frame.h"
 #include "common/log.h"
@@ -304,8 +303,13 @@ static void req_fail(struct req *r, int code, const char *msg)
 /* ---------------------------------------------------------------------- */
 /* Group commit                                                            */
 
-/* Check one shard blob of a put: bounded, well formed, and naming what it claims. */
-static int check_blob(const Hbc__ShardBlob *b, uint64_t max_shard, char *msg, size_t mlen)
+/*
+ * Check one shard blob of a put: bounded, well formed, and naming what it
+ * claims; sha gets the SHA-256 of the whole blob that the store records
+ * (computed in the same pass as the blob's own SHA-256 check).
+ */
+static int check_blob(const Hbc__ShardBlob *b, uint64_t max_shard,
+                      uint8_t sha[SHARD_STORE_SHA256_LEN], char *msg, size_t mlen)
 {
     if (b->vault_id.len != SHARD_STORE_VAULT_ID_LEN ||
         b->chunk_id.len != SHARD_STORE_CHUNK_ID_LEN) {
@@ -322,7 +326,7 @@ static int check_blob(const Hbc__ShardBlob *b, uint64_t max_shard, char *msg, si
     struct erasure_shard_info info;
     const uint8_t *payload;
     struct err e;
-    int rv = erasure_shard_decode(b->data.data, b->data.len, &info, &payload, &e);
+    int rv = erasure_shard_decode_sha256(b->data.data, b->data.len, &info, &payload, sha, &e);
     if (rv != 0) {
         snprintf(msg, mlen, "shard %u: %.200s", b->index, e.msg);
         return rv;
@@ -347,29 +351,14 @@ static void put_check_work_cb(uv_work_t *w)
     struct req *r = w->data;
     struct server *s = r->conn->srv;
     Hbc__PutShards *p = r->frame->put_shards;
-    for (size_t i = 0; i < p->n_shards && r->status == 0; i++) {
-        r->status = check_blob(p->shards[i], s->cfg->max_shard, r->msg, sizeof r->msg);
-    }
-    if (r->status != 0) {
-        return;
-    }
     r->shas = hbc_calloc(p->n_shards, sizeof *r->shas);
     if (r->shas == NULL) {
         r->status = HBC_ENOMEM;
         snprintf(r->msg, sizeof r->msg, "put shards: out of memory");
         return;
     }
-    for (size_t i = 0; i < p->n_shards; i++) {
-        struct err e;
-        err_clear(&e);
-        const Hbc__ShardBlob *b = p->shards[i];
-        int rv = crypto_sha256(b->data.len > 0 ? b->data.data : (const uint8_t *)"", b->data.len,
-                               r->shas[i], &e);
-        if (rv != 0) {
-            r->status = rv;
-            snprintf(r->msg, sizeof r->msg, "shard %u: %.200s", b->index, e.msg);
-            return;
-        }
+    for (size_t i = 0; i < p->n_shards && r->status == 0; i++) {
+        r->status = check_blob(p->shards[i], s->cfg->max_shard, r->shas[i], r->msg, sizeof r->msg);
     }
 }
 
