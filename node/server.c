@@ -89,7 +89,7 @@ struct req {
     size_t *lens;                /* get: their lengths */
     int *results;                /* get: per-key results */
     protobuf_c_boolean *present; /* have: per-id answer */
-    uint8_t (*shas)[SHARD_STORE_SHA256_LEN]; /* put: each shard's SHA-256, for the store (owned) */
+    uint8_t *shas;               /* put: the shards' SHA-256s, 32 bytes each (owned) */
 };
 
 /* One group commit on the thread pool. */
@@ -351,14 +351,15 @@ static void put_check_work_cb(uv_work_t *w)
     struct req *r = w->data;
     struct server *s = r->conn->srv;
     Hbc__PutShards *p = r->frame->put_shards;
-    r->shas = hbc_calloc(p->n_shards, sizeof *r->shas);
+    r->shas = hbc_calloc(p->n_shards, SHARD_STORE_SHA256_LEN);
     if (r->shas == NULL) {
         r->status = HBC_ENOMEM;
         snprintf(r->msg, sizeof r->msg, "put shards: out of memory");
         return;
     }
     for (size_t i = 0; i < p->n_shards && r->status == 0; i++) {
-        r->status = check_blob(p->shards[i], s->cfg->max_shard, r->shas[i], r->msg, sizeof r->msg);
+        r->status = check_blob(p->shards[i], s->cfg->max_shard,
+                               r->shas + i * SHARD_STORE_SHA256_LEN, r->msg, sizeof r->msg);
     }
 }
 
@@ -415,7 +416,7 @@ static void commit_work_cb(uv_work_t *w)
             puts[n].key.index = b->index;
             puts[n].data = b->data.data;
             puts[n].len = b->data.len;
-            puts[n].sha256 = r->shas[i];
+            puts[n].sha256 = r->shas + i * SHARD_STORE_SHA256_LEN;
             bytes += b->data.len + SHARD_STORE_RECORD_HEADER_LEN;
             n++;
         }

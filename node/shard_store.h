@@ -127,7 +127,7 @@ struct shard_store_stats {
     uint64_t dir_fsyncs;          /* segments/ directory fsync calls since open */
     uint64_t index_syncs;         /* synced RocksDB batches since open */
     uint64_t pipelined_puts;      /* put_batch calls that appended while another one synced */
-    uint64_t reappended_puts;     /* put_batch calls that appended again after another's sync failed */
+    uint64_t reappended_puts; /* put_batch calls that appended again after another's sync failed */
 };
 
 /* One segment as seen by a garbage collector (shard_store_segments()). */

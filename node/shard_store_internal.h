@@ -94,24 +94,24 @@ struct shard_store {
      * next put appends while this one syncs, and syncs run in append order.
      * Delete and compaction hold both (nothing in flight beside them).
      */
-    pthread_mutex_t append_mu;                       /* the append stage */
-    pthread_mutex_t sync_mu;                         /* the sync + index stage */
-    pthread_mutex_t pending_mu;                      /* guards syncing_keys and nsyncing */
+    pthread_mutex_t append_mu;                          /* the append stage */
+    pthread_mutex_t sync_mu;                            /* the sync + index stage */
+    pthread_mutex_t pending_mu;                         /* guards syncing_keys and nsyncing */
     const uint8_t (*syncing_keys)[SHARD_STORE_KEY_LEN]; /* sorted keys the syncing put writes */
-    size_t nsyncing;                                 /* entries in syncing_keys */
-    struct appender *failed; /* (append_mu + sync_mu) appends of a put whose sync failed:
-                                cut back by the next writer that holds both locks */
-    store_fdatasync_fn fdatasync_fn; /* fdatasync, or a test's replacement */
-    void *fdatasync_arg;             /* its argument */
-    pthread_rwlock_t seg_lock;                       /* the segment table and its (lock) fields */
-    struct segment **segs;                           /* sorted by number (lock) */
-    size_t nsegs;                                    /* entries in segs (lock) */
-    size_t cap_segs;                                 /* allocated entries in segs (lock) */
-    struct segment *open; /* append target or NULL (lock; changed by the writer) */
-    uint64_t next_number; /* (writer) number of the next segment created */
-    _Atomic bool broken;  /* an index write failed: writes refused until reopened */
-    uint64_t shard_count; /* indexed shards (lock) */
-    uint64_t used_bytes;  /* bytes of indexed records (lock) */
+    size_t nsyncing;                                    /* entries in syncing_keys */
+    struct appender *failed;          /* (append_mu + sync_mu) appends of a put whose sync failed:
+                                         cut back by the next writer that holds both locks */
+    store_fdatasync_fn fdatasync_fn;  /* fdatasync, or a test's replacement */
+    void *fdatasync_arg;              /* its argument */
+    pthread_rwlock_t seg_lock;        /* the segment table and its (lock) fields */
+    struct segment **segs;            /* sorted by number (lock) */
+    size_t nsegs;                     /* entries in segs (lock) */
+    size_t cap_segs;                  /* allocated entries in segs (lock) */
+    struct segment *open;             /* append target or NULL (lock; changed by the writer) */
+    uint64_t next_number;             /* (writer) number of the next segment created */
+    _Atomic bool broken;              /* an index write failed: writes refused until reopened */
+    uint64_t shard_count;             /* indexed shards (lock) */
+    uint64_t used_bytes;              /* bytes of indexed records (lock) */
     uint64_t recovered_cut_bytes;     /* set by open */
     _Atomic int open_rfds;            /* read descriptors open */
     _Atomic uint64_t use_clock;       /* ticks once per read */

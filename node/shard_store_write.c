@@ -126,8 +126,8 @@ static int appender_touch(struct appender *a, struct segment *seg, bool created)
     pthread_rwlock_wrlock(&a->s->seg_lock);
     seg->pins++;
     pthread_rwlock_unlock(&a->s->seg_lock);
-    a->t[a->nt++] = (struct touched){
-        .seg = seg, .start = seg->wpos, .end = seg->wpos, .created = created};
+    a->t[a->nt++] =
+        (struct touched){.seg = seg, .start = seg->wpos, .end = seg->wpos, .created = created};
     return 0;
 }
 
@@ -363,7 +363,8 @@ static uint64_t appender_records(const struct appender *a)
     return n;
 }
 
-/* Cut back the appends of a put whose sync failed (see the file comment). Caller holds both locks. */
+/* Cut back the appends of a put whose sync failed (see the file comment). Caller holds both locks.
+ */
 static void pipeline_cut_failed(struct shard_store *s)
 {
     struct appender *f = s->failed;

@@ -1119,14 +1119,14 @@ static void gate_destroy(struct sync_gate *g)
 
 /* One put_batch on its own thread. */
 struct put_thread {
-    pthread_t th;          /* the thread */
-    struct shard_store *s; /* the store */
+    pthread_t th;           /* the thread */
+    struct shard_store *s;  /* the store */
     const struct rec *recs; /* what it puts */
-    size_t n;              /* entries in recs */
-    int rc;                /* what put_batch returned */
-    int res[8];            /* per-record results */
-    atomic_bool done;      /* put_batch has returned */
-    char msg[512];         /* its error message */
+    size_t n;               /* entries in recs */
+    int rc;                 /* what put_batch returned */
+    int res[8];             /* per-record results */
+    atomic_bool done;       /* put_batch has returned */
+    char msg[512];          /* its error message */
 };
 
 static void *put_thread_main(void *p)
