@@ -84,6 +84,7 @@ struct shard_store_options {
     uint32_t max_shard_size;    /* largest shard accepted by put (0: 8 MiB) */
     uint64_t capacity;          /* bytes this node offers; only reported in stats */
     uint32_t max_open_segments; /* read descriptors kept open at most (0: 256) */
+    bool cache_written;         /* keep records in the page cache once synced (false: drop) */
 };
 
 /* One record for shard_store_put_batch(). */
@@ -178,7 +179,12 @@ int shard_store_close(struct shard_store *s, struct err *e);
  * computed before the writer lock is taken, so concurrent calls hash in
  * parallel and only append, sync and index one at a time; each call returns
  * once its own records are synced and indexed, and a call that fails (say a
- * failed fdatasync) fails only its own records. results (n entries, caller's) gets, per record: 0
+ * failed fdatasync) fails only its own records. Once synced, the records'
+ * pages are dropped from the page cache (POSIX_FADV_DONTNEED) unless
+ * opts.cache_written: shards are cold once written (they are read back for
+ * a restore or a repair, much later), so keeping them would only evict what
+ * is read (the index), and the next commit's copy reuses the freed pages
+ * instead of faulting in new ones. results (n entries, caller's) gets, per record: 0
  * stored now; SHARD_STORE_ALREADY an identical shard was already there (or
  * earlier in this batch); HBC_EEXIST a different shard is stored under that
  * key and was kept; HBC_ETOOBIG data longer than max_shard_size; HBC_EINVAL

@@ -247,6 +247,14 @@ static int appender_sync(struct appender *a, struct err *e)
             rc = err_set(e, -errno, "segments directory: fsync");
         }
     }
+    /* The synced pages are clean: drop them (see shard_store_put_batch); advice, never fatal. */
+    for (size_t i = 0; rc == 0 && !s->opts.cache_written && i < a->nt; i++) {
+        const struct touched *t = &a->t[i];
+        if (t->end > t->start) {
+            (void)posix_fadvise(t->seg->wfd, (off_t)t->start, (off_t)(t->end - t->start),
+                                POSIX_FADV_DONTNEED);
+        }
+    }
     return rc;
 }
 

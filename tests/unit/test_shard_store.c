@@ -13,7 +13,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/magic.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/statfs.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -1342,6 +1345,62 @@ static void test_same_key_behind_a_sync_waits_for_it(void **state)
     close_store(s);
 }
 
+/* Pages of bytes [from, to) of path (to: its size) in the page cache. */
+static size_t resident_pages(const char *path, size_t from, size_t len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    assert_true(fd >= 0);
+    void *m = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+    assert_true(m != MAP_FAILED);
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t np = (len + page - 1) / page;
+    unsigned char *vec = malloc(np);
+    assert_non_null(vec);
+    assert_int_equal(mincore(m, len, vec), 0);
+    size_t n = 0;
+    for (size_t i = from / page; i < np; i++) {
+        n += vec[i] & 1;
+    }
+    free(vec);
+    munmap(m, len);
+    close(fd);
+    return n;
+}
+
+/* Synced records leave the page cache unless cache_written asks to keep them. */
+static void test_synced_records_leave_the_page_cache(void **state)
+{
+    const char *dir = *state;
+    struct statfs fs;
+    assert_int_equal(statfs(dir, &fs), 0);
+    if (fs.f_type == TMPFS_MAGIC) {
+        skip(); /* tmpfs pages are the file itself: nothing to drop */
+    }
+    for (int keep = 0; keep < 2; keep++) {
+        struct shard_store_options o = {.cache_written = keep != 0};
+        struct shard_store *s = open_store(dir, &o);
+        struct rec r = {make_key(26, (uint64_t)keep, 0), 1 * MiB, 2600u + (uint64_t)keep};
+        put_recs(s, &r, 1);
+        struct shard_info info;
+        struct err e = {0};
+        assert_ok(shard_store_lookup(s, &r.key, &info, &e), &e);
+        char path[512];
+        segment_path(dir, info.segment, path, sizeof path);
+        /* Only this record's pages: the one before was read back. */
+        size_t len = (size_t)file_size(path);
+        size_t page = (size_t)sysconf(_SC_PAGESIZE);
+        size_t pages = (len + page - 1) / page - (size_t)info.offset / page;
+        size_t resident = resident_pages(path, (size_t)info.offset, len);
+        if (keep) {
+            assert_int_equal(resident, pages);
+        } else {
+            assert_true(resident <= 1); /* at most the page the next record continues */
+        }
+        check_rec(s, &r); /* and it reads back from the disk */
+        close_store(s);
+    }
+}
+
 /* ---- allocation failures ------------------------------------------------- */
 
 static void test_allocation_failures_are_reported(void **state)
@@ -1414,6 +1473,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_failed_sync_fails_only_its_own_puts, setup_tmpdir,
                                         teardown_tmpdir),
         cmocka_unit_test_setup_teardown(test_same_key_behind_a_sync_waits_for_it, setup_tmpdir,
+                                        teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_synced_records_leave_the_page_cache, setup_tmpdir,
                                         teardown_tmpdir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
