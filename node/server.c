@@ -6,14 +6,16 @@
  * thread pool, every shard's format and SHA-256 trailer is checked and the
  * SHA-256 the store records is computed (put_check_work_cb: many requests at
  * once, beside the commit running); the checked request then joins the
- * commit queue. When no commit is running, the queued puts (up to the
- * configured shards and bytes) become one group commit that runs on the
- * thread pool: the store appends them all, fdatasyncs each segment once and
- * writes one synced index batch. Only in the after-work callback, on the
- * loop, are the puts acknowledged. Puts checked meanwhile wait for the next
- * commit, so one fsync covers everything that arrived during the previous
- * one, and the hashing of the next commit's shards overlaps this one's
- * writes and syncs instead of lengthening the cycle.
+ * commit queue. The queued puts (up to the configured shards and bytes)
+ * become one group commit that runs on the thread pool: the store appends
+ * them all, fdatasyncs each segment once and writes one synced index batch.
+ * Only in the after-work callback, on the loop, are the puts acknowledged.
+ * Up to COMMIT_PIPELINE commits run at once: the store appends the next
+ * one's shards while this one syncs, and each is acknowledged after its own
+ * sync. Puts checked meanwhile wait for a next commit, so one fsync covers
+ * everything that arrived during the previous one, and the hashing of the
+ * next commit's shards overlaps this one's writes and syncs instead of
+ * lengthening the cycle.
  *
  * Gets and existence queries run on the thread pool too (the store checks
  * every record's SHA-256 before returning it); status is answered inline.
@@ -525,7 +527,7 @@ static void commit_after_cb(uv_work_t *w, int status)
     server_maybe_finish(s);
 }
 
-/* Start a group commit of the queued puts if none is running. */
+/* Start a group commit of the queued puts if fewer than COMMIT_PIPELINE are running. */
 static void server_maybe_commit(struct server *s)
 {
     if (s->committing >= COMMIT_PIPELINE || s->queue_head == NULL) {
