@@ -217,6 +217,15 @@ void store_batch_totals(struct shard_store *s, rocksdb_writebatch_t *wb, uint64_
 /* Write wb with sync = true. Returns 0 or HBC_ESTORE ("index: write: ..."). */
 int store_write_sync(struct shard_store *s, rocksdb_writebatch_t *wb, struct err *e);
 
+/*
+ * Writer calls other than put_batch (delete, compact, and any new one that
+ * changes segments or the index) run between these: both writer locks are
+ * taken, so no put is in flight beside the caller, and the appends of a put
+ * whose sync failed are cut back first. (This replaces the former write_mu.)
+ */
+void store_writer_lock(struct shard_store *s);
+void store_writer_unlock(struct shard_store *s);
+
 /* Free what the put pipeline holds (a failed put's appends not yet cut back). */
 void store_pipeline_free(struct shard_store *s);
 

@@ -392,15 +392,14 @@ void store_pipeline_free(struct shard_store *s)
     }
 }
 
-/* Take both writer locks: nothing is in flight beside the caller. */
-static void writer_lock_all(struct shard_store *s)
+void store_writer_lock(struct shard_store *s)
 {
     pthread_mutex_lock(&s->append_mu);
     pthread_mutex_lock(&s->sync_mu);
     pipeline_cut_failed(s);
 }
 
-static void writer_unlock_all(struct shard_store *s)
+void store_writer_unlock(struct shard_store *s)
 {
     pthread_mutex_unlock(&s->sync_mu);
     pthread_mutex_unlock(&s->append_mu);
@@ -877,7 +876,7 @@ int shard_store_delete(struct shard_store *s, const struct shard_key *keys, size
         bool same = i > 0 && memcmp(k[order[i]], k[order[i - 1]], SHARD_STORE_KEY_LEN) == 0;
         first[order[i]] = same ? first[order[i - 1]] : order[i];
     }
-    writer_lock_all(s);
+    store_writer_lock(s);
     rc = check_writable(s, e);
     for (size_t i = 0; rc == 0 && i < n; i++) {
         if (first[i] != i) {
@@ -926,7 +925,7 @@ int shard_store_delete(struct shard_store *s, const struct shard_key *keys, size
         s->used_bytes -= del_bytes;
         pthread_rwlock_unlock(&s->seg_lock);
     }
-    writer_unlock_all(s);
+    store_writer_unlock(s);
 out:
     if (wb != NULL) {
         rocksdb_writebatch_destroy(wb);
@@ -1165,7 +1164,7 @@ int shard_store_compact(struct shard_store *s, uint64_t segment, struct shard_co
         return err_set(e, HBC_ENOMEM, "compact segment %" PRIu64, segment);
     }
     int rc = 0;
-    writer_lock_all(s);
+    store_writer_lock(s);
     rc = check_writable(s, e);
     c.src = rc == 0 ? store_segment_find(s, segment) : NULL;
     if (rc != 0) {
@@ -1197,7 +1196,7 @@ int shard_store_compact(struct shard_store *s, uint64_t segment, struct shard_co
                 segment, c.res->copied_records, c.res->corrupt_records, c.res->freed_bytes);
     }
 out:
-    writer_unlock_all(s);
+    store_writer_unlock(s);
     hbc_free(c.buf);
     hbc_free(c.moves);
     return rc != 0 ? err_wrap(e, "compact segment %" PRIu64, segment) : 0;
