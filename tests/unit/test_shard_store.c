@@ -468,48 +468,84 @@ static struct rec crash_rec(int round, uint32_t batch, uint32_t j)
     return (struct rec){.key = make_key(4, n, j), .len = 1 + splitmix(&x) % (256 * KiB), .seed = n};
 }
 
+/* One writer of a crash child: batches first, first + step, ... */
+struct crash_writer {
+    pthread_t th;          /* the thread */
+    struct shard_store *s; /* the store */
+    int round;             /* the test round (part of every key) */
+    uint32_t first;        /* its first batch */
+    uint32_t step;         /* writers in all */
+    int fd;                /* where acknowledged batch numbers go */
+    int rc;                /* 0 or the child's exit status for a failure */
+};
+
+static void *crash_writer_main(void *arg)
+{
+    struct crash_writer *w = arg;
+    struct shard_put p[CRASH_BATCH];
+    uint8_t *bufs[CRASH_BATCH];
+    int res[CRASH_BATCH];
+    struct err e = {0};
+    for (uint32_t b = w->first; b < CRASH_MAX_BATCHES && w->rc == 0; b += w->step) {
+        for (uint32_t j = 0; j < CRASH_BATCH; j++) {
+            struct rec r = crash_rec(w->round, b, j);
+            bufs[j] = malloc(r.len);
+            if (bufs[j] == NULL) {
+                w->rc = 4;
+                return NULL;
+            }
+            fill(bufs[j], r.len, r.seed);
+            p[j] = (struct shard_put){.key = r.key, .data = bufs[j], .len = r.len};
+        }
+        if (shard_store_put_batch(w->s, p, CRASH_BATCH, res, &e) != 0) {
+            fprintf(stderr, "crash child: %s\n", e.msg);
+            w->rc = 5;
+        }
+        for (uint32_t j = 0; j < CRASH_BATCH; j++) {
+            free(bufs[j]);
+        }
+        /* A pipe write of 4 bytes is atomic: writers do not interleave within one. */
+        if (w->rc == 0 && write(w->fd, &b, sizeof b) != (ssize_t)sizeof b) {
+            w->rc = 6;
+        }
+    }
+    return NULL;
+}
+
 /*
  * The child (this program run again with --crash-child, so that it starts
- * without the parent's RocksDB threads): put batches until killed, writing
- * each acknowledged batch's number to fd.
+ * without the parent's RocksDB threads): writers threads put batches until
+ * killed, writing each acknowledged batch's number to fd.
  */
-static int crash_child(const char *dir, int round, int fd)
+static int crash_child(const char *dir, int round, int fd, int writers)
 {
     char path[256];
     snprintf(path, sizeof path, "%s/store", dir);
     struct shard_store_options o = {.segment_size = 2 * MiB};
     struct shard_store *s = NULL;
     struct err e = {0};
+    if (writers < 1 || writers > 4) {
+        return 2;
+    }
     if (shard_store_open(path, &o, &s, &e) != 0) {
         fprintf(stderr, "crash child: %s\n", e.msg);
         return 3;
     }
-    struct shard_put p[CRASH_BATCH];
-    uint8_t *bufs[CRASH_BATCH];
-    int res[CRASH_BATCH];
-    for (uint32_t b = 0; b < CRASH_MAX_BATCHES; b++) {
-        for (uint32_t j = 0; j < CRASH_BATCH; j++) {
-            struct rec r = crash_rec(round, b, j);
-            bufs[j] = malloc(r.len);
-            if (bufs[j] == NULL) {
-                return 4;
-            }
-            fill(bufs[j], r.len, r.seed);
-            p[j] = (struct shard_put){.key = r.key, .data = bufs[j], .len = r.len};
-        }
-        if (shard_store_put_batch(s, p, CRASH_BATCH, res, &e) != 0) {
-            fprintf(stderr, "crash child: %s\n", e.msg);
-            return 5;
-        }
-        for (uint32_t j = 0; j < CRASH_BATCH; j++) {
-            free(bufs[j]);
-        }
-        if (write(fd, &b, sizeof b) != (ssize_t)sizeof b) {
-            return 6;
+    struct crash_writer w[4];
+    for (int k = 0; k < writers; k++) {
+        w[k] = (struct crash_writer){
+            .s = s, .round = round, .first = (uint32_t)k, .step = (uint32_t)writers, .fd = fd};
+        if (pthread_create(&w[k].th, NULL, crash_writer_main, &w[k]) != 0) {
+            return 7;
         }
     }
+    int rc = 0;
+    for (int k = 0; k < writers; k++) {
+        pthread_join(w[k].th, NULL);
+        rc = rc != 0 ? rc : w[k].rc;
+    }
     shard_store_close(s, NULL);
-    return 0;
+    return rc;
 }
 
 /* Read one acknowledged batch number; 0 on end of file or after timeout_ms. */
@@ -591,6 +627,94 @@ static void test_crash_loses_nothing_acknowledged(void **state)
                     hbc_free(got);
                     here++;
                 }
+            }
+            assert_true(here == 0 || here == CRASH_BATCH); /* one batch is one index write */
+            present_total += here;
+        }
+        struct shard_store_stats st;
+        shard_store_stats(s, &st);
+        assert_int_equal(st.shard_count, present_total);
+        assert_int_equal(st.corrupt_reads, 0);
+        close_store(s);
+    }
+}
+
+/*
+ * The same with two writers, so that puts are pipelined (one appends while
+ * the other syncs) when the kill lands: every acknowledged batch is there and
+ * intact, any other batch is all there or not at all, nothing torn is served.
+ */
+static void test_crash_with_pipelined_puts_loses_nothing_acknowledged(void **state)
+{
+    char *dir = *state;
+    uint64_t x = 4242;
+    uint64_t present_total = 0;
+    enum { ROUNDS = 3, WRITERS = 2 };
+    for (int round = 0; round < ROUNDS; round++) {
+        int fds[2];
+        assert_int_equal(pipe2(fds, O_CLOEXEC), 0);
+        char round_arg[16];
+        char fd_arg[16];
+        char writers_arg[16];
+        snprintf(round_arg, sizeof round_arg, "%d", 100 + round);
+        snprintf(fd_arg, sizeof fd_arg, "%d", fds[1]);
+        snprintf(writers_arg, sizeof writers_arg, "%d", WRITERS);
+        char *argv[] = {
+            "test_shard_store", "--crash-child", dir, round_arg, fd_arg, writers_arg, NULL};
+        fflush(NULL);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            fcntl(fds[1], F_SETFD, 0);
+            execv("/proc/self/exe", argv);
+            _exit(127);
+        }
+        close(fds[1]);
+        bool acked[CRASH_MAX_BATCHES] = {false};
+        uint32_t nacked = 0;
+        uint32_t want = 2 + (uint32_t)(splitmix(&x) % 8);
+        uint32_t b;
+        while (nacked < want && read_ack(fds[0], &b, 60000)) {
+            assert_true(b < CRASH_MAX_BATCHES);
+            nacked += !acked[b];
+            acked[b] = true;
+        }
+        struct timespec ts = {0, (long)(splitmix(&x) % 20000) * 1000};
+        nanosleep(&ts, NULL);
+        kill(pid, SIGKILL);
+        int status = 0;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) == 0));
+        while (read_ack(fds[0], &b, 1000)) {
+            assert_true(b < CRASH_MAX_BATCHES);
+            nacked += !acked[b];
+            acked[b] = true;
+        }
+        close(fds[0]);
+        assert_true(nacked > 0);
+
+        struct shard_store *s =
+            open_store(dir, &(struct shard_store_options){.segment_size = 2 * MiB});
+        for (uint32_t bb = 0; bb < CRASH_MAX_BATCHES; bb++) {
+            uint32_t here = 0;
+            for (uint32_t j = 0; j < CRASH_BATCH; j++) {
+                struct rec r = crash_rec(100 + round, bb, j);
+                uint8_t *got = NULL;
+                size_t len = 0;
+                struct err e = {0};
+                int rc = shard_store_get_alloc(s, &r.key, &got, &len, &e);
+                assert_true(rc == 0 || rc == HBC_ENOTFOUND);
+                if (rc == 0) {
+                    uint8_t *want_data = rec_data(&r);
+                    assert_int_equal(len, r.len);
+                    assert_memory_equal(got, want_data, len);
+                    free(want_data);
+                    hbc_free(got);
+                    here++;
+                }
+            }
+            if (acked[bb]) {
+                assert_int_equal(here, CRASH_BATCH);
             }
             assert_true(here == 0 || here == CRASH_BATCH); /* one batch is one index write */
             present_total += here;
@@ -1443,8 +1567,8 @@ static void test_allocation_failures_are_reported(void **state)
 int main(int argc, char **argv)
 {
     log_init_from_env();
-    if (argc == 5 && strcmp(argv[1], "--crash-child") == 0) {
-        return crash_child(argv[2], atoi(argv[3]), atoi(argv[4]));
+    if ((argc == 5 || argc == 6) && strcmp(argv[1], "--crash-child") == 0) {
+        return crash_child(argv[2], atoi(argv[3]), atoi(argv[4]), argc == 6 ? atoi(argv[5]) : 1);
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_round_trip_across_segments_and_reopen, setup_tmpdir,
@@ -1455,6 +1579,8 @@ int main(int argc, char **argv)
                                         teardown_tmpdir),
         cmocka_unit_test_setup_teardown(test_crash_loses_nothing_acknowledged, setup_tmpdir,
                                         teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_crash_with_pipelined_puts_loses_nothing_acknowledged,
+                                        setup_tmpdir, teardown_tmpdir),
         cmocka_unit_test_setup_teardown(test_corrupt_record_is_never_served, setup_tmpdir,
                                         teardown_tmpdir),
         cmocka_unit_test_setup_teardown(test_delete_and_compact_reclaim_space, setup_tmpdir,
