@@ -78,5 +78,7 @@ int cli_backup(struct cli *c, int argc, char **argv);    /* client/cli_backup.c 
 int cli_snapshots(struct cli *c, int argc, char **argv); /* client/cli_backup.c */
 int cli_ls(struct cli *c, int argc, char **argv);        /* client/cli_backup.c */
 int cli_restore(struct cli *c, int argc, char **argv);   /* client/cli_backup.c */
+int cli_gc(struct cli *c, int argc, char **argv);        /* client/cli_gc.c */
+int cli_forget(struct cli *c, int argc, char **argv);    /* client/cli_gc.c */
 
 #endif /* HBC_CLIENT_CLI_H */

@@ -80,6 +80,10 @@ static const struct key_spec keys[] = {
      "voters at most, spread over the sites; later nodes are standbys"},
     {"raft", "segment_size", KEY_SIZE, OFF(raft_segment_size), "8M", 64 * KiB, 1 * GiB,
      "bytes per Raft log segment file"},
+    {"gc", "grace", KEY_U32, OFF(gc_grace), "86400", 0, 31536000,
+     "seconds a chunk stays after it was stored even when nothing references it"},
+    {"gc", "interval", KEY_U32, OFF(gc_interval), "21600", 0, 31536000,
+     "seconds between garbage collection cycles run by the leader (0: only on demand)"},
 };
 
 #define NKEYS (sizeof keys / sizeof keys[0])

@@ -39,6 +39,8 @@ struct node_config {
     uint32_t snapshot_trailing;  /* [raft] snapshot_trailing: entries kept after a snapshot */
     uint32_t max_voters;         /* [raft] max_voters: voters at most; later nodes are standbys */
     uint64_t raft_segment_size;  /* [raft] segment_size: bytes per Raft log segment */
+    uint32_t gc_grace;           /* [gc] grace: seconds an unreferenced chunk is kept at least */
+    uint32_t gc_interval;        /* [gc] interval: seconds between GC cycles (0: on demand only) */
 };
 
 /*
