@@ -39,7 +39,8 @@ static int find_vault(struct cli *c, const char *name, uint8_t id[REPO_ID_LEN])
     } else {
         const Hbc__ListVaultsReply *l = rep->list_vaults_reply;
         for (size_t i = 0; i < l->n_vaults; i++) {
-            if (strcmp(l->vaults[i]->name, name) == 0 && l->vaults[i]->vault_id.len == REPO_ID_LEN) {
+            if (strcmp(l->vaults[i]->name, name) == 0 &&
+                l->vaults[i]->vault_id.len == REPO_ID_LEN) {
                 memcpy(id, l->vaults[i]->vault_id.data, REPO_ID_LEN);
                 rv = CLI_OK;
             }
@@ -193,7 +194,8 @@ int cli_forget(struct cli *c, int argc, char **argv)
     }
     const char *vault = cli_vault_name(vflag);
     if (spec == NULL || vault == NULL) {
-        cli_error("%s%s", usage, vault == NULL ? " (no vault: give --vault NAME or HBC_VAULT)" : "");
+        cli_error("%s%s", usage,
+                  vault == NULL ? " (no vault: give --vault NAME or HBC_VAULT)" : "");
         return CLI_USAGE;
     }
     if (cli_tls(c) == NULL) {

@@ -42,8 +42,8 @@ int repo_put_plain(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *
     if (r->nnodes == 0) {
         return err_setraw(e, HBC_EUNAVAILABLE, "put plain object: the cluster lists no node");
     }
-    struct erasure_shard_info info = {.k = 1, .m = 0, .index = 0, .object_length = len,
-                                      .shard_length = len};
+    struct erasure_shard_info info = {
+        .k = 1, .m = 0, .index = 0, .object_length = len, .shard_length = len};
     memcpy(info.vault_id, r->vault_id, REPO_ID_LEN);
     memcpy(info.chunk_id, id, REPO_CHUNK_ID);
     uint8_t *blob = NULL;

@@ -19,8 +19,8 @@ static uint32_t get_be32(const uint8_t *p)
 }
 
 int reflist_encode(const uint8_t (*parts)[REFLIST_ID_LEN], size_t nparts,
-                        const uint8_t (*ids)[REFLIST_ID_LEN], size_t n, uint8_t **out, size_t *len,
-                        struct err *e)
+                   const uint8_t (*ids)[REFLIST_ID_LEN], size_t n, uint8_t **out, size_t *len,
+                   struct err *e)
 {
     *out = NULL;
     *len = 0;
@@ -54,8 +54,7 @@ int reflist_encode(const uint8_t (*parts)[REFLIST_ID_LEN], size_t nparts,
 }
 
 int reflist_decode(const uint8_t *data, size_t len, const uint8_t (**parts)[REFLIST_ID_LEN],
-                        size_t *nparts, const uint8_t (**ids)[REFLIST_ID_LEN], size_t *n,
-                        struct err *e)
+                   size_t *nparts, const uint8_t (**ids)[REFLIST_ID_LEN], size_t *n, struct err *e)
 {
     if (len < REFLIST_HEADER) {
         return err_set(e, HBC_ETRUNCATED, "reference list of %zu bytes", len);
@@ -92,4 +91,3 @@ int reflist_decode(const uint8_t *data, size_t len, const uint8_t (**parts)[REFL
     *n = ni;
     return 0;
 }
-

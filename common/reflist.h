@@ -55,7 +55,6 @@ int reflist_encode(const uint8_t (*parts)[REFLIST_ID_LEN], size_t nparts,
  * HBC_EFORMAT (magic, counts, order) or HBC_EVERSION.
  */
 int reflist_decode(const uint8_t *data, size_t len, const uint8_t (**parts)[REFLIST_ID_LEN],
-                   size_t *nparts, const uint8_t (**ids)[REFLIST_ID_LEN], size_t *n,
-                   struct err *e);
+                   size_t *nparts, const uint8_t (**ids)[REFLIST_ID_LEN], size_t *n, struct err *e);
 
 #endif /* HBC_COMMON_REFLIST_H */

@@ -113,8 +113,8 @@ static bool subject_has(const char *subject, const char *attr, const char *value
 int fsm_apply_gc_sweep(struct apply_ctx *c, const Hbc__GcSweep *g, int *code, struct err *e)
 {
     c->audit = true;
-    if (g->vault_id.len != FSM_ID_LEN || g->n_chunk_ids == 0 ||
-        g->n_chunk_ids > FSM_GC_SWEEP_MAX || g->mark_index == 0 || g->mark_index >= c->index) {
+    if (g->vault_id.len != FSM_ID_LEN || g->n_chunk_ids == 0 || g->n_chunk_ids > FSM_GC_SWEEP_MAX ||
+        g->mark_index == 0 || g->mark_index >= c->index) {
         *code = HBC_EINVAL;
         c->reason = "gc sweep: bad vault id, chunk count (1..1800) or mark index";
         return 0;
@@ -126,7 +126,8 @@ int fsm_apply_gc_sweep(struct apply_ctx *c, const Hbc__GcSweep *g, int *code, st
             return 0;
         }
     }
-    /* Only the cluster's own nodes sweep: the proposer must be a node certificate of a known node. */
+    /* Only the cluster's own nodes sweep: the proposer must be a node certificate of a known node.
+     */
     char cn[FSM_NAME_MAX + 1];
     if (!subject_has(c->proposer, "OU", "node", NULL, 0) ||
         !subject_has(c->proposer, "CN", NULL, cn, sizeof cn)) {
@@ -194,8 +195,7 @@ int fsm_apply_gc_sweep(struct apply_ctx *c, const Hbc__GcSweep *g, int *code, st
     return fsm_put_record(c, META_CF_META, key, sizeof key, &st.base, e);
 }
 
-int fsm_gc_commit_fence(struct apply_ctx *c, const Hbc__SnapshotCommit *s, int *code,
-                        struct err *e)
+int fsm_gc_commit_fence(struct apply_ctx *c, const Hbc__SnapshotCommit *s, int *code, struct err *e)
 {
     Hbc__GcVaultState st;
     int rc = gc_state_load(c, s->vault_id.data, &st, e);
@@ -205,7 +205,8 @@ int fsm_gc_commit_fence(struct apply_ctx *c, const Hbc__SnapshotCommit *s, int *
     uint64_t start = s->has_gc_start_index ? s->gc_start_index : 0;
     if (st.last_sweep_index > start) {
         *code = HBC_EGCFENCE;
-        c->reason = "a garbage collection ran during this backup; check its chunks and commit again";
+        c->reason =
+            "a garbage collection ran during this backup; check its chunks and commit again";
         c->audit_snapshot = s->snapshot_id.data;
     }
     return 0;

@@ -44,30 +44,30 @@
 /* Node side: deletions for accepted sweeps                                */
 
 struct gc_job {
-    struct gc_node *g;          /* owner */
-    uv_work_t work;             /* on the thread pool */
-    uint64_t index;             /* the sweep's Raft index */
-    uint8_t vault_id[VAULT_LEN];/* its vault */
-    uint64_t cutoff_ms;         /* delete only shards stored before this */
-    uint8_t (*ids)[ID_LEN];     /* its chunk ids (owned) */
-    size_t n;                   /* how many */
-    uint64_t deleted;           /* result: shards removed */
-    uint64_t kept_young;        /* result: shards kept, stored after the cutoff */
-    uint64_t freed;             /* result: bytes given back */
-    int status;                 /* result: 0 or the store's error */
-    char msg[256];              /* its explanation */
-    struct gc_job *next;        /* queue link */
+    struct gc_node *g;           /* owner */
+    uv_work_t work;              /* on the thread pool */
+    uint64_t index;              /* the sweep's Raft index */
+    uint8_t vault_id[VAULT_LEN]; /* its vault */
+    uint64_t cutoff_ms;          /* delete only shards stored before this */
+    uint8_t (*ids)[ID_LEN];      /* its chunk ids (owned) */
+    size_t n;                    /* how many */
+    uint64_t deleted;            /* result: shards removed */
+    uint64_t kept_young;         /* result: shards kept, stored after the cutoff */
+    uint64_t freed;              /* result: bytes given back */
+    int status;                  /* result: 0 or the store's error */
+    char msg[256];               /* its explanation */
+    struct gc_job *next;         /* queue link */
 };
 
 struct gc_node {
-    uv_loop_t *loop;             /* the node's loop */
-    struct shard_store *store;   /* borrowed */
-    struct gc_job *head, *tail;  /* queued jobs, oldest first (head may be running) */
-    bool running;                /* head is on the thread pool */
-    bool stopping;               /* gc_node_stop() was called */
-    void (*idle)(void *);        /* gc_node_stop()'s callback */
-    void *idle_arg;              /* its argument */
-    struct gc_node_stats stats;  /* counters */
+    uv_loop_t *loop;            /* the node's loop */
+    struct shard_store *store;  /* borrowed */
+    struct gc_job *head, *tail; /* queued jobs, oldest first (head may be running) */
+    bool running;               /* head is on the thread pool */
+    bool stopping;              /* gc_node_stop() was called */
+    void (*idle)(void *);       /* gc_node_stop()'s callback */
+    void *idle_arg;             /* its argument */
+    struct gc_node_stats stats; /* counters */
 };
 
 static void job_free(struct gc_job *j)
@@ -107,8 +107,7 @@ static void job_work_cb(uv_work_t *w)
         }
         struct shard_compact_result res = {0};
         if (shard_store_compact(j->g->store, segs[i].number, &res, &e) == 0) {
-            hbc_log(LOG_INFO,
-                    "event=gc_compact segment=%llu copied_records=%llu freed_bytes=%llu",
+            hbc_log(LOG_INFO, "event=gc_compact segment=%llu copied_records=%llu freed_bytes=%llu",
                     (unsigned long long)segs[i].number, (unsigned long long)res.copied_records,
                     (unsigned long long)res.freed_bytes);
         } else {
@@ -362,36 +361,36 @@ struct gc_peer {
 
 /* A waiting request. */
 struct gc_waiter {
-    uint64_t request_id;   /* to answer */
-    gc_reply_fn reply;     /* how */
-    void *ctx;             /* its context */
+    uint64_t request_id; /* to answer */
+    gc_reply_fn reply;   /* how */
+    void *ctx;           /* its context */
     struct gc_waiter *next;
 };
 
 struct gc_leader {
-    uv_loop_t *loop;                 /* the node's loop */
-    const struct node_config *cfg;   /* borrowed */
-    struct tls_ctx *tls;             /* borrowed: the node certificate */
-    struct raft_node *rn;            /* borrowed */
-    uv_timer_t timer;                /* the interval timer */
-    uv_async_t async;                /* the cycle thread's "done" */
-    unsigned handles;                /* handles not yet closed */
-    pthread_t thread;                /* the cycle thread while running */
-    bool running;                    /* a cycle thread exists */
-    _Atomic bool cancel;             /* ask the cycle to stop */
-    struct gc_waiter *waiters;       /* requests answered when the cycle ends */
+    uv_loop_t *loop;               /* the node's loop */
+    const struct node_config *cfg; /* borrowed */
+    struct tls_ctx *tls;           /* borrowed: the node certificate */
+    struct raft_node *rn;          /* borrowed */
+    uv_timer_t timer;              /* the interval timer */
+    uv_async_t async;              /* the cycle thread's "done" */
+    unsigned handles;              /* handles not yet closed */
+    pthread_t thread;              /* the cycle thread while running */
+    bool running;                  /* a cycle thread exists */
+    _Atomic bool cancel;           /* ask the cycle to stop */
+    struct gc_waiter *waiters;     /* requests answered when the cycle ends */
     /* Inputs of the running cycle (set on the loop before the thread starts). */
-    char self[FSM_NAME_MAX + 1];     /* this node's data-plane address */
-    bool one_vault;                  /* only vault_id */
-    uint8_t vault_id[VAULT_LEN];     /* that vault */
-    uint64_t clock_ms;               /* compliance clock at the start */
-    uint64_t grace_ms;               /* the grace period */
-    struct cycle_out *result;        /* the running cycle's output (thread writes, loop reads after) */
-    struct cycle_out *last;          /* the last cycle's summary (loop), or NULL before the first */
-    uint64_t started_ms;             /* wall clock of the cycle's start */
-    void (*done)(void *);            /* gc_leader_stop()'s callback */
-    void *done_arg;                  /* its argument */
-    bool stopping;                   /* gc_leader_stop() was called */
+    char self[FSM_NAME_MAX + 1]; /* this node's data-plane address */
+    bool one_vault;              /* only vault_id */
+    uint8_t vault_id[VAULT_LEN]; /* that vault */
+    uint64_t clock_ms;           /* compliance clock at the start */
+    uint64_t grace_ms;           /* the grace period */
+    struct cycle_out *result;    /* the running cycle's output (thread writes, loop reads after) */
+    struct cycle_out *last;      /* the last cycle's summary (loop), or NULL before the first */
+    uint64_t started_ms;         /* wall clock of the cycle's start */
+    void (*done)(void *);        /* gc_leader_stop()'s callback */
+    void *done_arg;              /* its argument */
+    bool stopping;               /* gc_leader_stop() was called */
 };
 
 static uint64_t wall_ms(void)
@@ -408,8 +407,8 @@ static uint64_t next_request_id(void)
 }
 
 /* One blocking request to addr; on 0 *reply has the body expect (frame_free). */
-static int call(struct gc_leader *g, const char *addr, Hbc__Frame *req,
-                Hbc__Frame__BodyCase expect, Hbc__Frame **reply, struct err *e)
+static int call(struct gc_leader *g, const char *addr, Hbc__Frame *req, Hbc__Frame__BodyCase expect,
+                Hbc__Frame **reply, struct err *e)
 {
     req->request_id = next_request_id();
     int rv = rpc_call(g->tls, addr, req, GC_RPC_TIMEOUT_MS, reply, e);
@@ -472,8 +471,7 @@ static int fetch_reflist(struct gc_leader *g, const struct gc_peer *peers, size_
             if (erasure_shard_decode(b->data, b->len, &info, &payload, &ce) == 0 && info.k == 1 &&
                 info.m == 0 && memcmp(info.vault_id, vault, VAULT_LEN) == 0 &&
                 memcmp(info.chunk_id, id, ID_LEN) == 0 &&
-                EVP_Digest(payload, (size_t)info.shard_length, sum, &sn, EVP_sha256(), NULL) ==
-                    1 &&
+                EVP_Digest(payload, (size_t)info.shard_length, sum, &sn, EVP_sha256(), NULL) == 1 &&
                 memcmp(sum, id, ID_LEN) == 0) {
                 uint8_t *copy = hbc_malloc(info.shard_length > 0 ? info.shard_length : 1);
                 if (copy == NULL) {
@@ -727,13 +725,13 @@ static void collect_vault(struct gc_leader *g, const struct gc_peer *peers, size
 
 /* The whole cycle; builds g->last (heap, protobuf-c unpacked layout freed by gc_reply_free). */
 struct cycle_out {
-    Hbc__GcRunReply reply;          /* the summary */
-    Hbc__GcVaultSummary *sums;      /* per vault */
-    Hbc__GcVaultSummary **sump;     /* pointers for reply.vaults */
+    Hbc__GcRunReply reply;                 /* the summary */
+    Hbc__GcVaultSummary *sums;             /* per vault */
+    Hbc__GcVaultSummary **sump;            /* pointers for reply.vaults */
     char (*names)[FSM_VAULT_NAME_MAX + 1]; /* vault names */
-    char (*msgs)[256];              /* per vault messages */
-    uint8_t (*vids)[VAULT_LEN];     /* vault ids */
-    char message[256];              /* reply.message */
+    char (*msgs)[256];                     /* per vault messages */
+    uint8_t (*vids)[VAULT_LEN];            /* vault ids */
+    char message[256];                     /* reply.message */
 };
 
 static void cycle_out_free(struct cycle_out *o)
@@ -892,8 +890,8 @@ static void answer_waiters(struct gc_leader *g, int code, const char *msg)
     g->waiters = NULL;
     while (w != NULL) {
         struct gc_waiter *next = w->next;
-        reply_summary(w->request_id, code, msg, code == 0 && g->last != NULL ? &g->last->reply : NULL,
-                      w->reply, w->ctx);
+        reply_summary(w->request_id, code, msg,
+                      code == 0 && g->last != NULL ? &g->last->reply : NULL, w->reply, w->ctx);
         hbc_free(w);
         w = next;
     }
@@ -1020,16 +1018,16 @@ void gc_leader_request(struct gc_leader *g, const Hbc__Frame *req, bool admin, g
     if (q->has_status_only && q->status_only) {
         if (g->last == NULL) {
             reply_summary(req->request_id, HBC_ENOTFOUND,
-                          "no garbage collection cycle has run on this node since it started",
-                          NULL, reply, ctx);
+                          "no garbage collection cycle has run on this node since it started", NULL,
+                          reply, ctx);
         } else {
             reply_summary(req->request_id, 0, NULL, &g->last->reply, reply, ctx);
         }
         return;
     }
     if (!admin) {
-        reply_summary(req->request_id, HBC_EDENIED, "running garbage collection needs the admin role",
-                      NULL, reply, ctx);
+        reply_summary(req->request_id, HBC_EDENIED,
+                      "running garbage collection needs the admin role", NULL, reply, ctx);
         return;
     }
     if (g->stopping) {

@@ -1,4 +1,5 @@
-/* What garbage collection asks of the shard store: chunks listed by vault, old shards of a chunk. */
+/* What garbage collection asks of the shard store: chunks listed by vault, old shards of a chunk.
+ */
 #include <string.h>
 
 #include "common/alloc.h"
