@@ -1083,7 +1083,8 @@ int backup_run(struct repo *r, const struct backup_options *o, struct backup_res
     if (rv == 0) {
         rv = roots_prepare(bk, e);
     }
-    /* The GC fence: taken before the parent is read or any chunk is looked up (docs/retention.md). */
+    /* The GC fence: taken before the parent is read or any chunk is looked up (docs/retention.md).
+     */
     uint64_t gc_start = 0;
     if (rv == 0) {
         rv = repo_gc_safe_index(r, &gc_start, e);

@@ -102,7 +102,8 @@ static int vault_create_policy(struct cli *c, const char *name, const char *poli
     /* The vault's scheme fields carry copy 0's fitted scheme for older readers. */
     uint8_t id[REPO_ID_LEN];
     repo_set_create_retention(r, (uint32_t)retention_seconds);
-    rv = repo_vault_create(r, name, p.ncopies, p.copies[0].k, p.copies[0].m, &pb, home_site, id, &e);
+    rv =
+        repo_vault_create(r, name, p.ncopies, p.copies[0].k, p.copies[0].m, &pb, home_site, id, &e);
     repo_close(r);
     if (rv != 0) {
         cli_error("%s", e.msg);

@@ -44,7 +44,7 @@ static void usage(FILE *f)
            "                            record the result in the cluster\n"
            "  forget SNAP [--vault NAME] remove a snapshot whose lock has expired (the state\n"
            "                            machine says why when it refuses)\n"
-           "  gc run [--vault NAME]     run one garbage collection cycle on the leader now (admin)\n"
+           "  gc run [--vault NAME]     run one garbage collection cycle now (admin)\n"
            "  gc status                 the leader's last garbage collection cycle\n"
            "  (backup, snapshots, ls and restore also take --vault NAME and --keyfile FILE)\n"
            "\n"

@@ -27,7 +27,7 @@
  * cluster's nodes), so that the cluster's garbage collector can read it.
  */
 
-#define SNAP_ID_HEX (REPO_ID_LEN * 2)   /* hex digits of a snapshot id */
+#define SNAP_ID_HEX (REPO_ID_LEN * 2)              /* hex digits of a snapshot id */
 #define SNAP_REFLIST_MAGIC REFLIST_MAGIC           /* reference list objects */
 #define SNAP_REFLIST_VERSION REFLIST_VERSION       /* written and accepted */
 #define SNAP_REFLIST_HEADER REFLIST_HEADER         /* bytes before the ids */

@@ -85,7 +85,7 @@
 #define FSM_PROPOSER_SELF "hbcd"        /* proposer of the leader's own commands */
 #define FSM_POLICY_RULE_MAX 64          /* longest policy name or copy rule site */
 #define FSM_POLICY_MEDIA_MAX 32         /* longest copy rule media */
-#define FSM_GC_SWEEP_MAX 1800 /* chunk ids in one GcSweep (an entry stays under 64 KiB) */
+#define FSM_GC_SWEEP_MAX 1800           /* chunk ids in one GcSweep (an entry stays under 64 KiB) */
 #define FSM_RETENTION_SECONDS_MAX 86400 /* longest retention_seconds of a short-retention vault */
 /* Length prefix of a Command in a Raft entry (see fsm_command_encode). */
 #define FSM_ENTRY_PREFIX 4

@@ -128,9 +128,9 @@ struct server {
     void *done_arg;                      /* its argument */
     struct server_stats stats;           /* counters */
     struct gc_node *gc;                  /* deletions for accepted GC sweeps */
-    struct gc_leader *gcl;               /* GC cycles when leader (NULL without Raft or once stopped) */
-    bool gcl_stopping;                   /* gc_leader_stop() was called and has not finished */
-    bool gc_stopping;                    /* gc_node_stop() was called and has not finished */
+    struct gc_leader *gcl; /* GC cycles when leader (NULL without Raft or once stopped) */
+    bool gcl_stopping;     /* gc_leader_stop() was called and has not finished */
+    bool gc_stopping;      /* gc_node_stop() was called and has not finished */
 };
 
 static void conn_read_check(struct conn *c);
@@ -681,8 +681,9 @@ static void gc_list_work_cb(uv_work_t *w)
         return;
     }
     struct err e;
-    int rv = shard_store_list_chunks(s->store, q->vault_id.data, q->has_after ? q->after.data : NULL,
-                                     max, r->gc_ids, r->gc_times, &r->gc_n, &r->gc_more, &e);
+    int rv =
+        shard_store_list_chunks(s->store, q->vault_id.data, q->has_after ? q->after.data : NULL,
+                                max, r->gc_ids, r->gc_times, &r->gc_n, &r->gc_more, &e);
     if (rv != 0) {
         r->status = rv;
         snprintf(r->msg, sizeof r->msg, "gc list chunks: %.220s", e.msg);
@@ -723,7 +724,8 @@ static void gc_list_after_cb(uv_work_t *w, int status)
     server_maybe_finish(s);
 }
 
-/* GcListChunks: node certificates only (chunk ids are no secret, but listing is the GC's business). */
+/* GcListChunks: node certificates only (chunk ids are no secret, but listing is the GC's business).
+ */
 static int gc_list_start(struct server *s, struct conn *c, struct req *r)
 {
     const Hbc__GcListChunks *q = r->frame->gc_list_chunks;
@@ -750,14 +752,14 @@ static void gc_run_reply_cb(void *ctx, const Hbc__Frame *reply)
     req_finish(ctx, reply);
 }
 
-/* Whether the peer may run GC: the admin role in the state machine, or OU=admin while none has it. */
+/* Whether the peer may run GC: the admin role in the state machine, or OU=admin while none has it.
+ */
 static bool gc_peer_admin(struct server *s, struct conn *c)
 {
     const char *subject = tls_conn_peer_subject(c->tls);
     uint32_t roles = 0;
     struct err e;
-    if (s->raft != NULL &&
-        fsm_get_roles(raft_node_fsm(s->raft), subject, &roles, &e) == 0 &&
+    if (s->raft != NULL && fsm_get_roles(raft_node_fsm(s->raft), subject, &roles, &e) == 0 &&
         (roles & (1u << HBC__ROLE__ROLE_ADMIN)) != 0) {
         return true;
     }
