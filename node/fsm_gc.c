@@ -177,6 +177,9 @@ int fsm_apply_gc_sweep(struct apply_ctx *c, const Hbc__GcSweep *g, int *code, st
         return rc;
     }
     if (lc.index > g->mark_index) {
+        hbc_log(LOG_INFO, "event=gc_sweep_stale index=%llu mark_index=%llu last_commit=%llu",
+                (unsigned long long)c->index, (unsigned long long)g->mark_index,
+                (unsigned long long)lc.index);
         *code = HBC_EGCSTALE;
         c->reason = "gc sweep: a snapshot was committed after the mark; mark again";
         return 0;
@@ -204,6 +207,9 @@ int fsm_gc_commit_fence(struct apply_ctx *c, const Hbc__SnapshotCommit *s, int *
     }
     uint64_t start = s->has_gc_start_index ? s->gc_start_index : 0;
     if (st.last_sweep_index > start) {
+        hbc_log(LOG_INFO, "event=gc_fence index=%llu gc_start_index=%llu last_sweep_index=%llu",
+                (unsigned long long)c->index, (unsigned long long)start,
+                (unsigned long long)st.last_sweep_index);
         *code = HBC_EGCFENCE;
         c->reason =
             "a garbage collection ran during this backup; check its chunks and commit again";
