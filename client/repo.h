@@ -157,7 +157,8 @@ int repo_get_plain(struct repo *r, const uint8_t id[REPO_CHUNK_ID], uint8_t **da
 /*
  * The GC fence index for a backup starting now (docs/retention.md): the
  * smallest gc_safe_index the nodes report (every sweep at or below it is
- * fully carried out on that node). Nodes that do not answer are left out.
+ * fully carried out on that node). Nodes that do not answer, and nodes
+ * without a state machine (they report none and never delete), are left out.
  * Returns 0, HBC_EUNAVAILABLE (no node answered) or HBC_ENOMEM.
  */
 int repo_gc_safe_index(struct repo *r, uint64_t *index, struct err *e);

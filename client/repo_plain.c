@@ -175,19 +175,23 @@ int repo_gc_safe_index(struct repo *r, uint64_t *index, struct err *e)
     }
     repo_net_run(r->net, q, r->nnodes);
     uint64_t min = UINT64_MAX;
+    size_t answered = 0;
     for (size_t i = 0; i < r->nnodes; i++) {
         if (q[i].status == 0) {
+            answered++;
+            /* A node without a state machine reports none: it applies no sweep, deletes nothing. */
             const Hbc__StatusReply *s = q[i].reply->status_reply;
-            uint64_t v = s->has_gc_safe_index ? s->gc_safe_index : 0;
-            min = v < min ? v : min;
+            if (s->has_gc_safe_index && s->gc_safe_index < min) {
+                min = s->gc_safe_index;
+            }
         }
         frame_free(q[i].reply);
     }
     hbc_free(q);
     hbc_free(reqs);
-    if (min == UINT64_MAX) {
+    if (answered == 0) {
         return err_setraw(e, HBC_EUNAVAILABLE, "gc fence: no node answered a status request");
     }
-    *index = min;
+    *index = min == UINT64_MAX ? 0 : min;
     return 0;
 }

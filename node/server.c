@@ -790,9 +790,11 @@ static void answer_status(struct req *r)
     rep.has_worm = true;
     rep.worm = s->cfg->worm;
     struct gc_node_stats gs = gc_node_stats(s->gc);
-    rep.has_gc_safe_index = true;
-    rep.gc_safe_index =
-        s->raft != NULL ? gc_node_safe_index(s->gc, fsm_applied_index(raft_node_fsm(s->raft))) : 0;
+    /* Only a node with a state machine applies sweeps; a data-only node never deletes. */
+    if (s->raft != NULL) {
+        rep.has_gc_safe_index = true;
+        rep.gc_safe_index = gc_node_safe_index(s->gc, fsm_applied_index(raft_node_fsm(s->raft)));
+    }
     rep.has_gc_deleted_shards = true;
     rep.gc_deleted_shards = gs.deleted_shards;
     rep.has_gc_freed_bytes = true;
