@@ -361,10 +361,10 @@ struct gc_peer {
 
 /* A waiting request. */
 struct gc_waiter {
-    uint64_t request_id; /* to answer */
-    gc_reply_fn reply;   /* how */
-    void *ctx;           /* its context */
-    struct gc_waiter *next;
+    uint64_t request_id;    /* to answer */
+    gc_reply_fn reply;      /* how */
+    void *ctx;              /* its context */
+    struct gc_waiter *next; /* the next waiter */
 };
 
 struct gc_leader {

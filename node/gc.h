@@ -26,9 +26,10 @@
  * garbage = listed - live, stored before cutoff = compliance clock - grace;
  * propose GcSweep commands of at most FSM_GC_SWEEP_MAX ids. The state
  * machine refuses a sweep if a snapshot of the vault was committed after
- * the mark. Memory: 32 bytes per distinct live id, per distinct listed id
- * and per garbage id of the vault being collected, plus one reference-list
- * object (at most about 4 MiB) at a time.
+ * the mark. Memory, for the vault being collected: 32 bytes per distinct
+ * live id, per id each node lists (all nodes' listings are kept, then
+ * sorted and deduplicated) and per garbage id, plus one reference-list
+ * object (at most about 4 MiB) and one listing page at a time.
  *
  * Node (struct gc_node). When this node's state machine accepts a GcSweep,
  * the hook queues a deletion job: on the thread pool, every shard of the
