@@ -1015,17 +1015,8 @@ void gc_leader_request(struct gc_leader *g, const Hbc__Frame *req, bool admin, g
                        void *ctx)
 {
     const Hbc__GcRunRequest *q = req->gc_run;
-    if (q->has_status_only && q->status_only) {
-        if (g->last == NULL) {
-            reply_summary(req->request_id, HBC_ENOTFOUND,
-                          "no garbage collection cycle has run on this node since it started", NULL,
-                          reply, ctx);
-        } else {
-            reply_summary(req->request_id, 0, NULL, &g->last->reply, reply, ctx);
-        }
-        return;
-    }
-    if (!admin) {
+    bool status_only = q->has_status_only && q->status_only;
+    if (!status_only && !admin) {
         reply_summary(req->request_id, HBC_EDENIED,
                       "running garbage collection needs the admin role", NULL, reply, ctx);
         return;
@@ -1045,6 +1036,16 @@ void gc_leader_request(struct gc_leader *g, const Hbc__Frame *req, bool admin, g
         pr.message = "garbage collection runs on the leader";
         pr.leader_address = (char *)raft_node_leader_data_address(g->rn);
         reply(ctx, &f);
+        return;
+    }
+    if (status_only) {
+        if (g->last == NULL) {
+            reply_summary(req->request_id, HBC_ENOTFOUND,
+                          "no garbage collection cycle has run since this leader started", NULL,
+                          reply, ctx);
+        } else {
+            reply_summary(req->request_id, 0, NULL, &g->last->reply, reply, ctx);
+        }
         return;
     }
     if (q->has_vault_id && q->vault_id.len != VAULT_LEN) {

@@ -179,6 +179,8 @@ def test_expiry_and_dedup_trap(cluster):
     assert v["code"] == 0 and v["snapshots"] == 1, v
     assert v["swept_chunks"] == len(garbage), (v, len(garbage))
     FIGURES["swept_chunks"] = v["swept_chunks"]
+    rc, st, err = hbc.json("gc", "status", check=False)
+    assert rc == 0 and st["vaults"][0]["swept_chunks"] == len(garbage), (st, err)
     FIGURES["live_chunks"] = v["live_chunks"]
     # Every node deletes on its own; wait until each has carried out the sweeps.
     deadline = time.monotonic() + 60
