@@ -1143,7 +1143,10 @@ static void server_maybe_finish(struct server *s)
             }
             c = next;
         }
-        return;
+        /* With no connection left, no close callback will call again: go on now. */
+        if (s->conns != NULL) {
+            return;
+        }
     }
     if (s->conns != NULL || s->handles_open > 0 || s->done == NULL) {
         return;
