@@ -39,6 +39,7 @@
 #define VAULT_LEN 16
 #define GC_RPC_TIMEOUT_MS 30000
 #define GC_COMPACT_BELOW 0.5 /* compact segments whose live ratio is below this */
+#define GC_MAX_REMARKS 100   /* re-marks after stale sweeps, per vault and cycle */
 
 /* ---------------------------------------------------------------------- */
 /* Node side: deletions for accepted sweeps                                */
@@ -638,6 +639,45 @@ static int propose_sweep(struct gc_leader *g, const uint8_t vault[VAULT_LEN], ui
     return 0;
 }
 
+/*
+ * The snapshots committed after *mark (a current read): merge their reference lists into live
+ * and move *mark to the read's index. Returns 0 or an error.
+ */
+static int remark(struct gc_leader *g, const struct gc_peer *peers, size_t npeers,
+                  const uint8_t vault[VAULT_LEN], uint64_t *mark, struct idvec *live, struct err *e)
+{
+    Hbc__Frame req = HBC__FRAME__INIT;
+    Hbc__ListSnapshotsRequest ls = HBC__LIST_SNAPSHOTS_REQUEST__INIT;
+    ls.has_vault_id = true;
+    ls.vault_id = (ProtobufCBinaryData){VAULT_LEN, (uint8_t *)vault};
+    ls.has_current = true;
+    ls.current = true;
+    req.body_case = HBC__FRAME__BODY_LIST_SNAPSHOTS;
+    req.list_snapshots = &ls;
+    Hbc__Frame *rep = NULL;
+    int rv = call(g, g->self, &req, HBC__FRAME__BODY_LIST_SNAPSHOTS_REPLY, &rep, e);
+    if (rv != 0) {
+        return rv;
+    }
+    const Hbc__ListSnapshotsReply *l = rep->list_snapshots_reply;
+    for (size_t i = 0; rv == 0 && i < l->n_snapshots; i++) {
+        const Hbc__SnapshotInfo *sn = l->snapshots[i];
+        if (sn->commit_index <= *mark) {
+            continue;
+        }
+        if (sn->ref_list_id.len != ID_LEN) {
+            rv = err_setraw(e, HBC_EFORMAT, "a snapshot without a reference list id");
+            break;
+        }
+        rv = mark_snapshot(g, peers, npeers, vault, sn->ref_list_id.data, live, e);
+    }
+    if (rv == 0) {
+        *mark = l->applied_index;
+    }
+    frame_free(rep);
+    return rv;
+}
+
 /* One vault's cycle into s (its strings owned by the caller's arena). */
 static void collect_vault(struct gc_leader *g, const struct gc_peer *peers, size_t npeers,
                           const Hbc__VaultInfo *v, Hbc__GcVaultSummary *s, char *msg, size_t mlen)
@@ -700,6 +740,7 @@ static void collect_vault(struct gc_leader *g, const struct gc_peer *peers, size
     }
     s->young_chunks = unreferenced - garbage.n;
     /* Sweep through Raft, in batches the state machine checks one by one. */
+    unsigned remarks = 0;
     for (size_t done = 0; rv == 0 && done < garbage.n;) {
         size_t n = garbage.n - done < FSM_GC_SWEEP_MAX ? garbage.n - done : FSM_GC_SWEEP_MAX;
         int code = 0;
@@ -707,6 +748,26 @@ static void collect_vault(struct gc_leader *g, const struct gc_peer *peers, size
         rv = propose_sweep(g, v->vault_id.data, s->mark_index, cutoff,
                            (const uint8_t(*)[ID_LEN])garbage.v + done, n, &code, why, sizeof why,
                            &e);
+        if (rv == 0 && code == HBC_EGCSTALE && remarks < GC_MAX_REMARKS) {
+            /*
+             * Backups committed since the mark: add their references to the live set,
+             * drop what became live from the rest, and propose again with the new mark.
+             * Forgotten snapshots only leave more marked than needed, never less.
+             */
+            remarks++;
+            rv = remark(g, peers, npeers, v->vault_id.data, &s->mark_index, &live, &e);
+            if (rv == 0) {
+                size_t w = done;
+                for (size_t i = done; i < garbage.n; i++) {
+                    if (!idvec_has(&live, garbage.v[i])) {
+                        memcpy(garbage.v[w++], garbage.v[i], ID_LEN);
+                    }
+                }
+                garbage.n = w;
+                s->live_chunks = live.n;
+            }
+            continue;
+        }
         if (rv == 0 && code != 0) {
             rv = err_setraw(&e, code, "sweep refused: %.200s", why);
         }
