@@ -229,19 +229,27 @@ def test_gc_racing_backups(cluster):
                         forgotten.append(snap)
             time.sleep(0.1)
 
+    def swept_so_far():
+        return sum(v["swept_chunks"] for _, d in list(gc_runs) if d for v in d.get("vaults", []))
+
     fence_before = sum(len(n.events("gc_fence")) for n in nodes)
     t = threading.Thread(target=gc_loop)
     t.start()
     try:
         base = os.path.join(str(root), "race")
-        end = time.monotonic() + 150
+        # Until several snapshots expired, were forgotten and swept under load (bounded).
+        end = time.monotonic() + 400
         i = 0
-        while time.monotonic() < end and i < 200:
+        while time.monotonic() < end and i < 400:
+            with lock:
+                done = len(forgotten) >= 4 and swept_so_far() > 0
+            if done:
+                break
             d = os.path.join(base, f"r{i}")
             os.makedirs(d)
             # Some data shared with B (dedup against live chunks), some new.
             os.link(os.path.join(str(root), "a", "shared.bin"), os.path.join(d, "shared.bin"))
-            write_random(os.path.join(d, "new.bin"), 2_000_000, 100 + i)
+            write_random(os.path.join(d, "new.bin"), 1_000_000, 100 + i)
             rc, doc, err = backup(hbc, d)
             if rc == 0:
                 with lock:
@@ -250,11 +258,12 @@ def test_gc_racing_backups(cluster):
                 assert "garbage collection" in err, (rc, doc, err)
                 fenced.append(i)
             i += 1
+            time.sleep(0.3)
     finally:
         stop.set()
         t.join(timeout=300)
     fence_events = sum(len(n.events("gc_fence")) for n in nodes) - fence_before
-    swept = sum(v["swept_chunks"] for _, d in gc_runs if d for v in d.get("vaults", []))
+    swept = swept_so_far()
     FIGURES["race_backups"] = i
     FIGURES["race_backups_kept"] = len(kept)
     FIGURES["race_backups_forgotten"] = len(forgotten)
