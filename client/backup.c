@@ -1403,6 +1403,12 @@ int backup_run(struct repo *r, const struct backup_options *o, struct backup_res
     if (rv == 0) {
         rv = roots_prepare(bk, e);
     }
+    /* The GC fence: taken before the parent is read or any chunk is looked up (docs/retention.md).
+     */
+    uint64_t gc_start = 0;
+    if (rv == 0) {
+        rv = repo_gc_safe_index(r, &gc_start, e);
+    }
     if (rv == 0) {
         rv = find_parent(bk, parent_root, e);
     }
@@ -1514,8 +1520,10 @@ drain:
     sc.files = res->files;
     sc.bytes = res->bytes;
     sc.chunks = res->chunks;
+    sc.has_gc_start_index = true;
+    sc.gc_start_index = gc_start;
     uint64_t index = 0;
-    rv = repo_snapshot_commit(r, &sc, &index, e);
+    rv = snap_commit_fenced(r, &sc, (const uint8_t(*)[TREE_ID_LEN])bk->set.slots, nids, &index, e);
     if (rv != 0) {
         err_wrap(e, "commit snapshot");
         goto done;

@@ -10,6 +10,9 @@
 #include "common/alloc.h"
 #include "common/erasure.h"
 
+/* --retention-seconds: a short-retention vault (tests, scratch data; docs/retention.md). */
+static unsigned long retention_seconds;
+
 static void hex(const uint8_t *p, size_t n, char *out)
 {
     for (size_t i = 0; i < n; i++) {
@@ -98,6 +101,7 @@ static int vault_create_policy(struct cli *c, const char *name, const char *poli
     policy_to_proto(&p, &pb, rules, ptrs);
     /* The vault's scheme fields carry copy 0's fitted scheme for older readers. */
     uint8_t id[REPO_ID_LEN];
+    repo_set_create_retention(r, (uint32_t)retention_seconds);
     rv =
         repo_vault_create(r, name, p.ncopies, p.copies[0].k, p.copies[0].m, &pb, home_site, id, &e);
     repo_close(r);
@@ -179,11 +183,19 @@ static int vault_create(struct cli *c, int argc, char **argv)
             policy_name = argv[++i];
         } else if (strcmp(a, "--home-site") == 0 && v != NULL) {
             home_flag = argv[++i];
+        } else if (strcmp(a, "--retention-seconds") == 0 && v != NULL) {
+            char *end;
+            retention_seconds = strtoul(argv[++i], &end, 10);
+            if (*end != '\0' || retention_seconds == 0 || retention_seconds > 86400) {
+                cli_error("--retention-seconds wants 1..86400");
+                return CLI_USAGE;
+            }
         } else if (a[0] != '-' && name == NULL) {
             name = a;
         } else {
             cli_error("unknown argument '%s' (usage: hbc vault create NAME [--policy P] "
-                      "[--home-site SITE] [--copies N] [--k K] [--m M] [--keyfile FILE])",
+                      "[--home-site SITE] [--copies N] [--k K] [--m M] [--keyfile FILE] "
+                      "[--retention-seconds N])",
                       a);
             return CLI_USAGE;
         }
@@ -242,6 +254,7 @@ static int vault_create(struct cli *c, int argc, char **argv)
     }
     uint8_t id[REPO_ID_LEN];
     struct err e;
+    repo_set_create_retention(r, (uint32_t)retention_seconds);
     rv = repo_vault_create(r, name, fc, fk, fm, NULL, NULL, id, &e);
     repo_close(r);
     if (rv != 0) {

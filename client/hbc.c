@@ -42,6 +42,10 @@ static void usage(FILE *f)
            "  restore SNAP --verify [--copy N]\n"
            "                            restore test: read and check everything, write nothing,\n"
            "                            record the result in the cluster\n"
+           "  forget SNAP [--vault NAME] remove a snapshot whose lock has expired (the state\n"
+           "                            machine says why when it refuses)\n"
+           "  gc run [--vault NAME]     run one garbage collection cycle now (admin)\n"
+           "  gc status                 the leader's last garbage collection cycle\n"
            "  (backup, snapshots, ls and restore also take --vault NAME and --keyfile FILE)\n"
            "  lock extend SNAP --until DATE   retain a snapshot longer (never shorter)\n"
            "  lock shorten SNAP --until DATE  ask to shorten a governance lock (two officers)\n"
@@ -264,6 +268,10 @@ int main(int argc, char **argv)
         rv = cli_restore(&c, argc - i - 1, argv + i + 1);
     } else if (strcmp(cmd, "key") == 0) {
         rv = cli_key(&c, argc - i - 1, argv + i + 1);
+    } else if (strcmp(cmd, "gc") == 0) {
+        rv = cli_gc(&c, argc - i - 1, argv + i + 1);
+    } else if (strcmp(cmd, "forget") == 0) {
+        rv = cli_forget(&c, argc - i - 1, argv + i + 1);
     } else if (strcmp(cmd, "vault") == 0) {
         rv = cli_vault(&c, argc - i - 1, argv + i + 1);
     } else if (strcmp(cmd, "policy") == 0) {

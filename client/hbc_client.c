@@ -146,6 +146,10 @@ int hbc_backup(hbc_client *c, const struct hbc_backup_options *o, struct hbc_bac
     };
     struct backup_result res;
     int rv = backup_run(c->r, &bo, &res, &c->err);
+    if (rv == HBC_EGCFENCE && !res.committed) {
+        /* A garbage collection removed chunks this backup reused (docs/retention.md): once more. */
+        rv = backup_run(c->r, &bo, &res, &c->err);
+    }
     if (res.committed) {
         snap_id_hex(res.snapshot_id, s->snapshot);
     }

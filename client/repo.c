@@ -624,6 +624,12 @@ int repo_vault_create(struct repo *r, const char *name, unsigned copies, unsigne
     vc.m = m;
     vc.policy = (Hbc__VaultPolicy *)policy;
     vc.home_site = (char *)home_site;
+    if (r->create_retention_seconds > 0) {
+        vc.has_retention_seconds = true;
+        vc.retention_seconds = r->create_retention_seconds;
+        vc.has_retention_days = true;
+        vc.retention_days = 0;
+    }
     vc.has_wrapped_data_key = true;
     vc.wrapped_data_key = (ProtobufCBinaryData){KEYS_WRAPPED_LEN, wrapped_data};
     vc.has_wrapped_chunk_id_key = true;
@@ -695,6 +701,11 @@ unsigned repo_copies(const struct repo *r)
 unsigned repo_node_count(const struct repo *r)
 {
     return (unsigned)r->nnodes;
+}
+
+void repo_set_create_retention(struct repo *r, uint32_t seconds)
+{
+    r->create_retention_seconds = seconds;
 }
 
 int repo_snapshot_commit(struct repo *r, const Hbc__SnapshotCommit *s, uint64_t *index,

@@ -62,6 +62,13 @@ int repo_vault_create(struct repo *r, const char *name, unsigned copies, unsigne
                       uint8_t vault_id[REPO_ID_LEN], struct err *e);
 
 /*
+ * Make later repo_vault_create() calls on r create short-retention vaults:
+ * each snapshot locked for seconds (1..86400) instead of retention_days,
+ * with an expiry margin of max_skew (docs/retention.md). 0: the default.
+ */
+void repo_set_create_retention(struct repo *r, uint32_t seconds);
+
+/*
  * Every vault (records owned by the caller; free each with
  * protobuf_c_message_free_unpacked(..., NULL) and the array with hbc_free).
  */
@@ -129,5 +136,31 @@ unsigned repo_copies(const struct repo *r);
 
 /* Nodes in the cluster's node list (those placement spreads shards over). */
 unsigned repo_node_count(const struct repo *r);
+
+/*
+ * Plaintext objects replicated whole (reference lists; common/reflist.h).
+ * repo_plain_id() is the SHA-256 of data. repo_put_plain() stores data
+ * (borrowed) under id as one shard (k = 1, m = 0) on every node of the
+ * cluster, in parallel; *stored (may be NULL) counts the nodes that have it.
+ * Returns 0 once a majority of the nodes hold it, HBC_EUNAVAILABLE otherwise.
+ * repo_get_plain() asks the nodes in turn until one returns a copy whose
+ * SHA-256 is id; on 0 *data (hbc_free) holds *len bytes. Returns 0,
+ * HBC_ENOTFOUND, HBC_ECORRUPT (every copy failed its checks), or a network
+ * error.
+ */
+int repo_plain_id(const void *data, size_t len, uint8_t id[REPO_CHUNK_ID], struct err *e);
+int repo_put_plain(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *data, size_t len,
+                   unsigned *stored, struct err *e);
+int repo_get_plain(struct repo *r, const uint8_t id[REPO_CHUNK_ID], uint8_t **data, size_t *len,
+                   struct err *e);
+
+/*
+ * The GC fence index for a backup starting now (docs/retention.md): the
+ * smallest gc_safe_index the nodes report (every sweep at or below it is
+ * fully carried out on that node). Nodes that do not answer, and nodes
+ * without a state machine (they report none and never delete), are left out.
+ * Returns 0, HBC_EUNAVAILABLE (no node answered) or HBC_ENOMEM.
+ */
+int repo_gc_safe_index(struct repo *r, uint64_t *index, struct err *e);
 
 #endif /* HBC_CLIENT_REPO_H */

@@ -142,6 +142,7 @@ struct repo {
     size_t nbusy;                               /* how many */
     uv_cond_t busy_cv;                          /* signalled when one is done */
     uint64_t degraded;                          /* chunks written with some shard missing */
+    uint32_t create_retention_seconds;          /* repo_set_create_retention(); 0: none */
 };
 
 /* A control request (ProposeRequest, ListVaults, ...) with leader redirects and retries (repo.c).

@@ -7,6 +7,7 @@
 #include <strings.h>
 
 #include "common/alloc.h"
+#include "common/reflist.h"
 
 void snap_id_hex(const uint8_t id[REPO_ID_LEN], char out[SNAP_ID_HEX + 1])
 {
@@ -339,92 +340,18 @@ int snap_lookup(struct repo *r, const uint8_t root[TREE_ID_LEN], const char *pat
 /* ------------------------------------------------------------------------- */
 /* Reference lists.                                                          */
 
-static void put_be32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24);
-    p[1] = (uint8_t)(v >> 16);
-    p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
-
-static uint32_t get_be32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
 int snap_reflist_encode(const uint8_t (*parts)[TREE_ID_LEN], size_t nparts,
                         const uint8_t (*ids)[TREE_ID_LEN], size_t n, uint8_t **out, size_t *len,
                         struct err *e)
 {
-    *out = NULL;
-    *len = 0;
-    if (n > SNAP_REFLIST_PER_OBJECT || nparts > SNAP_REFLIST_MAX_PARTS) {
-        return err_set(e, HBC_EINVAL, "reference list: %zu ids and %zu parts", n, nparts);
-    }
-    for (size_t i = 1; i < n; i++) {
-        if (memcmp(ids[i - 1], ids[i], TREE_ID_LEN) >= 0) {
-            return err_set(e, HBC_EINVAL, "reference list: ids not strictly increasing at %zu", i);
-        }
-    }
-    size_t total = SNAP_REFLIST_HEADER + (nparts + n) * TREE_ID_LEN;
-    uint8_t *b = hbc_malloc(total);
-    if (b == NULL) {
-        return err_set(e, HBC_ENOMEM, "reference list");
-    }
-    memcpy(b, SNAP_REFLIST_MAGIC, 4);
-    b[4] = SNAP_REFLIST_VERSION;
-    b[5] = b[6] = b[7] = 0;
-    put_be32(b + 8, (uint32_t)nparts);
-    put_be32(b + 12, (uint32_t)n);
-    if (nparts > 0) {
-        memcpy(b + SNAP_REFLIST_HEADER, parts, nparts * TREE_ID_LEN);
-    }
-    if (n > 0) {
-        memcpy(b + SNAP_REFLIST_HEADER + nparts * TREE_ID_LEN, ids, n * TREE_ID_LEN);
-    }
-    *out = b;
-    *len = total;
-    return 0;
+    return reflist_encode(parts, nparts, ids, n, out, len, e);
 }
 
 int snap_reflist_decode(const uint8_t *data, size_t len, const uint8_t (**parts)[TREE_ID_LEN],
                         size_t *nparts, const uint8_t (**ids)[TREE_ID_LEN], size_t *n,
                         struct err *e)
 {
-    if (len < SNAP_REFLIST_HEADER) {
-        return err_set(e, HBC_ETRUNCATED, "reference list of %zu bytes", len);
-    }
-    if (memcmp(data, SNAP_REFLIST_MAGIC, 4) != 0) {
-        return err_set(e, HBC_EFORMAT, "reference list: bad magic");
-    }
-    if (data[4] != SNAP_REFLIST_VERSION) {
-        return err_set(e, HBC_EVERSION, "reference list version %u", data[4]);
-    }
-    if (data[5] != 0 || data[6] != 0 || data[7] != 0) {
-        return err_set(e, HBC_EFORMAT, "reference list: reserved bytes set");
-    }
-    size_t np = get_be32(data + 8);
-    size_t ni = get_be32(data + 12);
-    if (np > SNAP_REFLIST_MAX_PARTS || ni > SNAP_REFLIST_PER_OBJECT) {
-        return err_set(e, HBC_EFORMAT, "reference list: %zu parts and %zu ids", np, ni);
-    }
-    if (len != SNAP_REFLIST_HEADER + (np + ni) * TREE_ID_LEN) {
-        return err_set(
-            e, len < SNAP_REFLIST_HEADER + (np + ni) * TREE_ID_LEN ? HBC_ETRUNCATED : HBC_EFORMAT,
-            "reference list of %zu bytes for %zu parts and %zu ids", len, np, ni);
-    }
-    const uint8_t(*pp)[TREE_ID_LEN] = (const uint8_t(*)[TREE_ID_LEN])(data + SNAP_REFLIST_HEADER);
-    const uint8_t(*ip)[TREE_ID_LEN] = pp + np;
-    for (size_t i = 1; i < ni; i++) {
-        if (memcmp(ip[i - 1], ip[i], TREE_ID_LEN) >= 0) {
-            return err_set(e, HBC_EFORMAT, "reference list: ids not increasing at %zu", i);
-        }
-    }
-    *parts = pp;
-    *nparts = np;
-    *ids = ip;
-    *n = ni;
-    return 0;
+    return reflist_decode(data, len, parts, nparts, ids, n, e);
 }
 
 static int reflist_put(struct repo *r, const uint8_t (*parts)[TREE_ID_LEN], size_t nparts,
@@ -437,9 +364,10 @@ static int reflist_put(struct repo *r, const uint8_t (*parts)[TREE_ID_LEN], size
     if (rv != 0) {
         return rv;
     }
-    rv = repo_chunk_id(r, buf, len, id, e);
+    /* Plaintext under its SHA-256, on every node: the cluster's GC reads it (common/reflist.h). */
+    rv = repo_plain_id(buf, len, id, e);
     if (rv == 0) {
-        rv = repo_put_chunk(r, id, buf, len, e);
+        rv = repo_put_plain(r, id, buf, len, NULL, e);
     }
     hbc_free(buf);
     return rv != 0 ? err_wrap(e, "store reference list") : 0;
@@ -500,7 +428,7 @@ int snap_reflist_load(struct repo *r, const uint8_t head[TREE_ID_LEN], uint8_t (
     *n = 0;
     uint8_t *hbuf = NULL;
     size_t hlen = 0;
-    int rv = repo_get_chunk(r, head, -1, &hbuf, &hlen, NULL, e);
+    int rv = repo_get_plain(r, head, &hbuf, &hlen, e);
     if (rv != 0) {
         return err_wrap(e, "read reference list");
     }
@@ -514,7 +442,7 @@ int snap_reflist_load(struct repo *r, const uint8_t head[TREE_ID_LEN], uint8_t (
     for (size_t i = 0; rv == 0 && i < nparts; i++) {
         uint8_t *pbuf = NULL;
         size_t plen = 0;
-        rv = repo_get_chunk(r, parts[i], -1, &pbuf, &plen, NULL, e);
+        rv = repo_get_plain(r, parts[i], &pbuf, &plen, e);
         if (rv != 0) {
             err_wrap(e, "read reference list part");
             break;
@@ -543,4 +471,51 @@ int snap_reflist_load(struct repo *r, const uint8_t head[TREE_ID_LEN], uint8_t (
     *ids = all;
     *n = count;
     return 0;
+}
+
+int snap_commit_fenced(struct repo *r, Hbc__SnapshotCommit *sc, const uint8_t (*ids)[TREE_ID_LEN],
+                       size_t n, uint64_t *index, struct err *e)
+{
+    for (unsigned attempt = 0;; attempt++) {
+        int rv = repo_snapshot_commit(r, sc, index, e);
+        if (rv != HBC_EGCFENCE || attempt == SNAP_FENCE_RETRIES) {
+            return rv;
+        }
+        /* The fresh index first: every later answer reflects the sweeps up to it. */
+        uint64_t fresh = 0;
+        rv = repo_gc_safe_index(r, &fresh, e);
+        if (rv != 0) {
+            return err_wrap(e, "commit after a garbage collection");
+        }
+        bool *present = hbc_malloc(n > 0 ? n : 1);
+        if (present == NULL) {
+            return err_set(e, HBC_ENOMEM, "commit after a garbage collection");
+        }
+        rv = repo_have(r, (const uint8_t(*)[REPO_CHUNK_ID])ids, n, present, e);
+        size_t missing = 0;
+        for (size_t i = 0; rv == 0 && i < n; i++) {
+            missing += present[i] ? 0 : 1;
+        }
+        hbc_free(present);
+        if (rv != 0) {
+            return err_wrap(e, "commit after a garbage collection");
+        }
+        if (missing > 0) {
+            return err_setraw(e, HBC_EGCFENCE,
+                              "%zu of the %zu chunks this backup uses were removed by a garbage "
+                              "collection that ran during it; run the backup again",
+                              missing, n);
+        }
+        uint8_t head[TREE_ID_LEN];
+        rv = snap_reflist_store(r, ids, n, head, e);
+        if (rv != 0) {
+            return rv;
+        }
+        if (sc->ref_list_id.len != TREE_ID_LEN ||
+            memcmp(head, sc->ref_list_id.data, TREE_ID_LEN) != 0) {
+            return err_setraw(e, HBC_EINTERNAL, "reference list changed between two stores");
+        }
+        sc->has_gc_start_index = true;
+        sc->gc_start_index = fresh;
+    }
 }

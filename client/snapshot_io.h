@@ -10,6 +10,7 @@
 #include "client/repo.h"
 #include "client/tree.h"
 #include "common/err.h"
+#include "common/reflist.h"
 #include "hbc.pb-c.h"
 
 /*
@@ -20,32 +21,18 @@
  * restore recreates the same layout below its target, and "the same paths"
  * can be found again by looking them up.
  *
- * THE REFERENCE LIST FORMAT (version 1). A snapshot's ref_list_id names the
- * head object of its reference list: every chunk id the snapshot uses (file
- * data, tree objects, chunk lists), sorted bytewise, without duplicates.
- * Each object is the plaintext of a chunk (sealed and stored like data):
- *
- *   offset  size      field
- *   0       4         magic "HBCR"
- *   4       1         version 1
- *   5       3         zero
- *   8       4         P, number of part ids (big-endian); 0 in a part
- *   12      4         N, number of ids (big-endian)
- *   16      32 * P    ids of the earlier parts, in order (head only)
- *   16+32P  32 * N    ids, strictly increasing
- *
- * A list longer than SNAP_REFLIST_PER_OBJECT ids is cut into parts of that
- * many ids; the head holds the last run and names the parts before it. Ids
- * increase strictly across parts and head in reading order (parts, then the
- * head). Decoding checks all of that (HBC_EFORMAT) and the bounds below.
+ * Reference lists: the format is in common/reflist.h. Each object is stored
+ * in plaintext under the SHA-256 of its bytes, as one whole-object shard
+ * (k = 1, m = 0) on every node that accepts it (at least a majority of the
+ * cluster's nodes), so that the cluster's garbage collector can read it.
  */
 
-#define SNAP_ID_HEX (REPO_ID_LEN * 2)   /* hex digits of a snapshot id */
-#define SNAP_REFLIST_MAGIC "HBCR"       /* reference list objects */
-#define SNAP_REFLIST_VERSION 1          /* written and accepted */
-#define SNAP_REFLIST_HEADER 16          /* bytes before the ids */
-#define SNAP_REFLIST_PER_OBJECT 131000u /* ids in one object (about 4 MiB) */
-#define SNAP_REFLIST_MAX_PARTS 65536u   /* parts a head may name */
+#define SNAP_ID_HEX (REPO_ID_LEN * 2)              /* hex digits of a snapshot id */
+#define SNAP_REFLIST_MAGIC REFLIST_MAGIC           /* reference list objects */
+#define SNAP_REFLIST_VERSION REFLIST_VERSION       /* written and accepted */
+#define SNAP_REFLIST_HEADER REFLIST_HEADER         /* bytes before the ids */
+#define SNAP_REFLIST_PER_OBJECT REFLIST_PER_OBJECT /* ids in one object (about 4 MiB) */
+#define SNAP_REFLIST_MAX_PARTS REFLIST_MAX_PARTS   /* parts a head may name */
 
 /* Write id as SNAP_ID_HEX lowercase hex digits and a NUL into out. */
 void snap_id_hex(const uint8_t id[REPO_ID_LEN], char out[SNAP_ID_HEX + 1]);
@@ -144,7 +131,7 @@ int snap_reflist_decode(const uint8_t *data, size_t len, const uint8_t (**parts)
 
 /*
  * Store the reference list ids[0..n) (sorted, unique; borrowed) as objects
- * through repo_put_chunk() and return the head's id in head. Returns 0 or
+ * through repo_put_plain() and return the head's id in head. Returns 0 or
  * an error from encoding or storing.
  */
 int snap_reflist_store(struct repo *r, const uint8_t (*ids)[TREE_ID_LEN], size_t n,
@@ -156,5 +143,20 @@ int snap_reflist_store(struct repo *r, const uint8_t (*ids)[TREE_ID_LEN], size_t
  */
 int snap_reflist_load(struct repo *r, const uint8_t head[TREE_ID_LEN], uint8_t (**ids)[TREE_ID_LEN],
                       size_t *n, struct err *e);
+
+/*
+ * Commit sc (its gc_start_index set from repo_gc_safe_index() before the
+ * backup read anything) through repo_snapshot_commit(). When the state
+ * machine answers HBC_EGCFENCE (a garbage collection swept the vault
+ * during the backup), take a fresh fence index, check with repo_have()
+ * that every id of ids[0..n) (the snapshot's reference list, borrowed) is
+ * still stored, store the reference list again, and commit with the fresh
+ * index; at most SNAP_FENCE_RETRIES times. Returns 0, HBC_EGCFENCE with the
+ * number of chunks that are gone (the backup must run again), or an error
+ * of the calls above.
+ */
+#define SNAP_FENCE_RETRIES 3
+int snap_commit_fenced(struct repo *r, Hbc__SnapshotCommit *sc, const uint8_t (*ids)[TREE_ID_LEN],
+                       size_t n, uint64_t *index, struct err *e);
 
 #endif /* HBC_CLIENT_SNAPSHOT_IO_H */

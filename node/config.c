@@ -82,6 +82,10 @@ static const struct key_spec keys[] = {
      "bytes per Raft log segment file"},
     {"clock", "max_skew", KEY_U32, OFF(max_skew), "60", 1, 3600,
      "seconds the leader's clock may differ from the voters' median before ticks are refused"},
+    {"gc", "grace", KEY_U32, OFF(gc_grace), "86400", 0, 31536000,
+     "seconds a chunk stays after it was stored even when nothing references it"},
+    {"gc", "interval", KEY_U32, OFF(gc_interval), "21600", 0, 31536000,
+     "seconds between garbage collection cycles run by the leader (0: only on demand)"},
 };
 
 #define NKEYS (sizeof keys / sizeof keys[0])

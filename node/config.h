@@ -40,6 +40,8 @@ struct node_config {
     uint32_t max_voters;         /* [raft] max_voters: voters at most; later nodes are standbys */
     uint64_t raft_segment_size;  /* [raft] segment_size: bytes per Raft log segment */
     uint32_t max_skew;           /* [clock] max_skew: s the leader may differ from voters' median */
+    uint32_t gc_grace;           /* [gc] grace: seconds an unreferenced chunk is kept at least */
+    uint32_t gc_interval;        /* [gc] interval: seconds between GC cycles (0: on demand only) */
 };
 
 /*

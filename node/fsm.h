@@ -90,6 +90,8 @@
 #define FSM_POLICY_MEDIA_MAX 32         /* longest copy rule media */
 /* A time-dependent command needs its leader time within max_skew + this of the clock. */
 #define FSM_CLOCK_STALE_MS (3 * FSM_TICK_INTERVAL_MS)
+#define FSM_GC_SWEEP_MAX 1800           /* chunk ids in one GcSweep (an entry stays under 64 KiB) */
+#define FSM_RETENTION_SECONDS_MAX 86400 /* longest retention_seconds of a short-retention vault */
 /* Length prefix of a Command in a Raft entry (see fsm_command_encode). */
 #define FSM_ENTRY_PREFIX 4
 
@@ -204,6 +206,23 @@ int fsm_protected_until(struct fsm *f, const uint8_t *snapshot_ids, size_t n,
  * own applied state before deleting.
  */
 int fsm_forget_allowed(const Hbc__SnapshotInfo *s, uint64_t clock_ms);
+
+/*
+ * Called on the loop thread after an accepted GcSweep at index was written
+ * (sweep borrowed for the call): the data plane deletes what it holds of
+ * the swept chunks. Not called for skipped (replayed) entries.
+ */
+typedef void (*fsm_gc_hook)(void *arg, uint64_t index, const Hbc__GcSweep *sweep);
+
+/* Set (or clear, with NULL) the GC hook. Loop thread. */
+void fsm_set_gc_hook(struct fsm *f, fsm_gc_hook hook, void *arg);
+
+/*
+ * The vault's GC record: index of the last accepted sweep (0: none), sweeps
+ * accepted and chunks they named. Any thread. Returns 0 or a local failure.
+ */
+int fsm_get_gc_state(struct fsm *f, const uint8_t vault_id[FSM_ID_LEN], uint64_t *last_sweep_index,
+                     uint64_t *sweeps, uint64_t *chunks_swept, struct err *e);
 
 /* The roles (bit 1 << HBC__ROLE__*) a subject holds in the state machine, 0 if none. */
 int fsm_get_roles(struct fsm *f, const char *subject, uint32_t *roles, struct err *e);

@@ -284,10 +284,12 @@ static int apply_vault_create(struct apply_ctx *c, const Hbc__VaultCreate *v, in
         return 0;
     }
     if (v->retention_days > FSM_RETENTION_DAYS_MAX ||
+        (v->has_retention_seconds && v->retention_seconds > FSM_RETENTION_SECONDS_MAX) ||
         (v->lock_mode != HBC__LOCK_MODE__LOCK_COMPLIANCE &&
          v->lock_mode != HBC__LOCK_MODE__LOCK_GOVERNANCE)) {
         *code = HBC_EINVAL;
-        c->reason = "retention_days above 36500 or an unknown lock mode";
+        c->reason = "retention_days above 36500, retention_seconds above 86400 or an unknown lock "
+                    "mode";
         return 0;
     }
     const char *why = v->policy != NULL ? policy_problem(v->policy) : NULL;
@@ -332,6 +334,10 @@ static int apply_vault_create(struct apply_ctx *c, const Hbc__VaultCreate *v, in
     /* Stored explicitly, so a later change of the defaults never changes this vault. */
     info.has_retention_days = true;
     info.retention_days = v->retention_days;
+    if (v->has_retention_seconds && v->retention_seconds > 0) {
+        info.has_retention_seconds = true;
+        info.retention_seconds = v->retention_seconds;
+    }
     info.has_lock_mode = true;
     info.lock_mode = v->lock_mode;
     info.policy = v->policy;
@@ -408,8 +414,16 @@ static int apply_snapshot_commit(struct apply_ctx *c, const Hbc__SnapshotCommit 
      */
     uint64_t base = c->clock_ms > c->time_ms ? c->clock_ms : c->time_ms;
     uint64_t retain_until = base + (uint64_t)vault->retention_days * FSM_DAY_MS;
+    bool short_retention = vault->has_retention_seconds && vault->retention_seconds > 0;
+    if (short_retention) {
+        retain_until = base + (uint64_t)vault->retention_seconds * 1000;
+    }
     Hbc__LockMode mode = vault->lock_mode;
     fsm_record_free(vault);
+    rc = fsm_gc_commit_fence(c, s, code, e);
+    if (rc != 0 || *code != 0) {
+        return rc;
+    }
     Hbc__SnapshotInfo info = HBC__SNAPSHOT_INFO__INIT;
     info.snapshot_id = s->snapshot_id;
     info.vault_id = s->vault_id;
@@ -426,6 +440,10 @@ static int apply_snapshot_commit(struct apply_ctx *c, const Hbc__SnapshotCommit 
     info.retain_until_ms = retain_until;
     info.has_lock_mode = true;
     info.lock_mode = mode;
+    if (short_retention) {
+        info.has_expiry_margin_ms = true;
+        info.expiry_margin_ms = FSM_MAX_SKEW_MS;
+    }
     rc = fsm_put_record(c, META_CF_SNAPSHOTS, snap_key, sizeof snap_key, &info.base, e);
     if (rc != 0) {
         return rc;
@@ -507,6 +525,8 @@ static int dispatch(struct apply_ctx *c, const Hbc__Command *cmd, int *code, str
         return apply_snapshot_commit(c, cmd->snapshot_commit, code, e);
     case HBC__COMMAND__CMD_RESTORE_TEST_RECORD:
         return apply_restore_test(c, cmd->restore_test_record, code, e);
+    case HBC__COMMAND__CMD_GC_SWEEP:
+        return fsm_apply_gc_sweep(c, cmd->gc_sweep, code, e);
     default:
         /* No command, or one a newer version added: refused the same way everywhere. */
         *code = HBC_EPROTO;
@@ -658,6 +678,10 @@ int fsm_apply_at(struct fsm *f, uint64_t index, const void *buf, size_t len, int
         f->stats.refused++;
     }
     *code = outcome;
+    if (outcome == 0 && cmd != NULL && cmd->cmd_case == HBC__COMMAND__CMD_GC_SWEEP &&
+        f->gc_hook != NULL) {
+        f->gc_hook(f->gc_hook_arg, index, cmd->gc_sweep);
+    }
 out:
     if (cmd != NULL) {
         hbc__command__free_unpacked(cmd, &alloc);

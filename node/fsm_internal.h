@@ -33,6 +33,8 @@ struct fsm {
     uint8_t chain[32];        /* cache of meta chain */
     struct fsm_stats stats;   /* counters */
     struct err last_err;      /* last local failure inside a libraft callback */
+    fsm_gc_hook gc_hook;      /* told of every accepted GcSweep, or NULL */
+    void *gc_hook_arg;        /* its argument */
 };
 
 /* Big-endian integers in keys and meta values. */
@@ -96,6 +98,15 @@ int fsm_key_exists(struct apply_ctx *c, enum meta_cf cf, const void *key, size_t
  * cmd is not one of them (nothing done), else the handler's result.
  */
 int fsm_apply_locks(struct apply_ctx *c, const Hbc__Command *cmd, int *code, struct err *e);
+
+/*
+ * Garbage collection (node/fsm_gc.c): apply a GcSweep; and the commit fence,
+ * which sets *code to HBC_EGCFENCE when a sweep of s's vault was accepted
+ * after s->gc_start_index (else leaves it). Both return 0 or a local failure.
+ */
+int fsm_apply_gc_sweep(struct apply_ctx *c, const Hbc__GcSweep *g, int *code, struct err *e);
+int fsm_gc_commit_fence(struct apply_ctx *c, const Hbc__SnapshotCommit *s, int *code,
+                        struct err *e);
 
 /* A snapshot's retain-until, with the default for records older than locks. */
 uint64_t fsm_retain_until(const Hbc__SnapshotInfo *s);

@@ -145,8 +145,9 @@ int fsm_forget_allowed(const Hbc__SnapshotInfo *s, uint64_t clock_ms)
         return HBC_ECLOCK;
     }
     uint64_t until = fsm_retain_until(s);
-    uint64_t free_at =
-        until > UINT64_MAX - FSM_EXPIRY_MARGIN_MS ? UINT64_MAX : until + FSM_EXPIRY_MARGIN_MS;
+    /* Short-retention vaults (retention_seconds) record a margin of max_skew. */
+    uint64_t margin = s->has_expiry_margin_ms ? s->expiry_margin_ms : FSM_EXPIRY_MARGIN_MS;
+    uint64_t free_at = until > UINT64_MAX - margin ? UINT64_MAX : until + margin;
     return clock_ms >= free_at ? 0 : HBC_ELOCKED;
 }
 

@@ -48,6 +48,8 @@
 #include "common/log.h"
 #include "node/clock_sync.h"
 #include "node/control.h"
+#include "node/fsm.h"
+#include "node/gc.h"
 #include "hbc.pb-c.h"
 
 /* Requests a connection may have in flight before reading pauses. */
@@ -75,7 +77,7 @@
 
 struct conn;
 
-enum req_kind { REQ_PUT, REQ_GET, REQ_HAVE };
+enum req_kind { REQ_PUT, REQ_GET, REQ_HAVE, REQ_GC_LIST };
 
 /* One request being worked on: owns its frame until answered. */
 struct req {
@@ -93,6 +95,10 @@ struct req {
     int *results;                /* get: per-key results */
     protobuf_c_boolean *present; /* have: per-id answer */
     uint8_t *shas;               /* put: the shards' SHA-256s, 32 bytes each (owned) */
+    uint8_t (*gc_ids)[32];       /* gc list: chunk ids found */
+    uint64_t *gc_times;          /* gc list: their stored-at times */
+    size_t gc_n;                 /* gc list: how many */
+    bool gc_more;                /* gc list: more follow */
 };
 
 /* One group commit on the thread pool. */
@@ -141,6 +147,10 @@ struct server {
     void (*done)(void *);                /* server_stop()'s callback */
     void *done_arg;                      /* its argument */
     struct server_stats stats;           /* counters */
+    struct gc_node *gc;                  /* deletions for accepted GC sweeps */
+    struct gc_leader *gcl; /* GC cycles when leader (NULL without Raft or once stopped) */
+    bool gcl_stopping;     /* gc_leader_stop() was called and has not finished */
+    bool gc_stopping;      /* gc_node_stop() was called and has not finished */
 };
 
 static void conn_read_check(struct conn *c);
@@ -207,6 +217,10 @@ static void req_free(struct req *r)
     hbc_free(r->present);
     hbc_free(r->shas);
     r->shas = NULL;
+    hbc_free(r->gc_ids);
+    hbc_free(r->gc_times);
+    r->gc_ids = NULL;
+    r->gc_times = NULL;
     r->datas = NULL;
     r->lens = NULL;
     r->results = NULL;
@@ -745,6 +759,108 @@ static void have_after_cb(uv_work_t *w, int status)
 }
 
 /* ---------------------------------------------------------------------- */
+/* Garbage collection: chunk listings                                      */
+
+static void gc_list_work_cb(uv_work_t *w)
+{
+    struct req *r = w->data;
+    struct server *s = r->conn->srv;
+    const Hbc__GcListChunks *q = r->frame->gc_list_chunks;
+    size_t max = q->has_max && q->max > 0 && q->max < GC_LIST_PAGE ? q->max : GC_LIST_PAGE;
+    r->gc_ids = hbc_malloc(max * 32);
+    r->gc_times = hbc_malloc(max * sizeof *r->gc_times);
+    if (r->gc_ids == NULL || r->gc_times == NULL) {
+        r->status = HBC_ENOMEM;
+        snprintf(r->msg, sizeof r->msg, "gc list chunks: out of memory");
+        return;
+    }
+    struct err e;
+    int rv =
+        shard_store_list_chunks(s->store, q->vault_id.data, q->has_after ? q->after.data : NULL,
+                                max, r->gc_ids, r->gc_times, &r->gc_n, &r->gc_more, &e);
+    if (rv != 0) {
+        r->status = rv;
+        snprintf(r->msg, sizeof r->msg, "gc list chunks: %.220s", e.msg);
+    }
+}
+
+static void gc_list_after_cb(uv_work_t *w, int status)
+{
+    struct req *r = w->data;
+    struct server *s = r->conn->srv;
+    (void)status;
+    s->works--;
+    if (r->status != 0) {
+        req_fail(r, r->status, r->msg);
+    } else {
+        Hbc__Frame f = HBC__FRAME__INIT;
+        Hbc__GcListChunksReply rep = HBC__GC_LIST_CHUNKS_REPLY__INIT;
+        ProtobufCBinaryData *ids = hbc_calloc(r->gc_n > 0 ? r->gc_n : 1, sizeof *ids);
+        if (ids == NULL) {
+            req_fail(r, HBC_ENOMEM, "gc list chunks: out of memory");
+        } else {
+            for (size_t i = 0; i < r->gc_n; i++) {
+                ids[i] = (ProtobufCBinaryData){32, r->gc_ids[i]};
+            }
+            rep.chunk_ids = ids;
+            rep.n_chunk_ids = r->gc_n;
+            rep.stored_at_ms = r->gc_times;
+            rep.n_stored_at_ms = r->gc_n;
+            rep.has_more = true;
+            rep.more = r->gc_more;
+            f.request_id = r->frame->request_id;
+            f.body_case = HBC__FRAME__BODY_GC_LIST_CHUNKS_REPLY;
+            f.gc_list_chunks_reply = &rep;
+            req_finish(r, &f);
+            hbc_free(ids);
+        }
+    }
+    server_maybe_finish(s);
+}
+
+/* GcListChunks: node certificates only (chunk ids are no secret, but listing is the GC's business).
+ */
+static int gc_list_start(struct server *s, struct conn *c, struct req *r)
+{
+    const Hbc__GcListChunks *q = r->frame->gc_list_chunks;
+    if (!tls_conn_peer_has_ou(c->tls, "node")) {
+        req_fail(r, HBC_EDENIED, "gc list chunks: only nodes of the cluster may list chunks");
+        return 0;
+    }
+    if (q->vault_id.len != 16 || (q->has_after && q->after.len != 32)) {
+        req_fail(r, HBC_EINVAL, "gc list chunks: a vault id has 16 bytes and a chunk id 32");
+        return 0;
+    }
+    r->kind = REQ_GC_LIST;
+    r->work.data = r;
+    if (uv_queue_work(s->loop, &r->work, gc_list_work_cb, gc_list_after_cb) != 0) {
+        req_fail(r, HBC_EUNAVAILABLE, "cannot queue work");
+        return 0;
+    }
+    s->works++;
+    return 0;
+}
+
+static void gc_run_reply_cb(void *ctx, const Hbc__Frame *reply)
+{
+    req_finish(ctx, reply);
+}
+
+/* Whether the peer may run GC: the admin role in the state machine, or OU=admin while none has it.
+ */
+static bool gc_peer_admin(struct server *s, struct conn *c)
+{
+    const char *subject = tls_conn_peer_subject(c->tls);
+    uint32_t roles = 0;
+    struct err e;
+    if (s->raft != NULL && fsm_get_roles(raft_node_fsm(s->raft), subject, &roles, &e) == 0 &&
+        (roles & (1u << HBC__ROLE__ROLE_ADMIN)) != 0) {
+        return true;
+    }
+    return tls_conn_peer_has_ou(c->tls, "admin");
+}
+
+/* ---------------------------------------------------------------------- */
 /* Requests                                                                */
 
 static void answer_status(struct req *r)
@@ -767,6 +883,18 @@ static void answer_status(struct req *r)
     rep.media = s->cfg->media;
     rep.has_worm = true;
     rep.worm = s->cfg->worm;
+    struct gc_node_stats gs = gc_node_stats(s->gc);
+    /* Only a node with a state machine applies sweeps; a data-only node never deletes. */
+    if (s->raft != NULL) {
+        rep.has_gc_safe_index = true;
+        rep.gc_safe_index = gc_node_safe_index(s->gc, fsm_applied_index(raft_node_fsm(s->raft)));
+    }
+    rep.has_gc_deleted_shards = true;
+    rep.gc_deleted_shards = gs.deleted_shards;
+    rep.has_gc_freed_bytes = true;
+    rep.gc_freed_bytes = gs.freed_bytes;
+    rep.has_bytes_on_disk = true;
+    rep.bytes_on_disk = st.bytes_on_disk;
     req_finish(r, &f);
 }
 
@@ -887,6 +1015,16 @@ static int frame_cb(Hbc__Frame *frame, void *arg)
             clock_sync_answer(frame->request_id, &f, &cr);
             req_finish(r, &f);
         }
+        break;
+    case HBC__FRAME__BODY_GC_LIST_CHUNKS:
+        rv = gc_list_start(s, c, r);
+        break;
+    case HBC__FRAME__BODY_GC_RUN:
+        if (s->gcl == NULL) {
+            req_fail(r, HBC_EUNAVAILABLE, "this node runs no metadata plane or is stopping");
+            break;
+        }
+        gc_leader_request(s->gcl, frame, gc_peer_admin(s, c), gc_run_reply_cb, r);
         break;
     default:
         if (control_is_request(frame)) {
@@ -1044,11 +1182,17 @@ int server_start(uv_loop_t *loop, const struct node_config *cfg, struct tls_ctx 
     s->cfg = cfg;
     s->tls = tls;
     s->store = store;
+    int grv = gc_node_new(loop, store, &s->gc, e);
+    if (grv != 0) {
+        hbc_free(s);
+        return grv;
+    }
     struct sockaddr_in addr;
     char host[64];
     unsigned port = 0;
     if (sscanf(cfg->listen, "%63[0-9.]:%u", host, &port) != 2 ||
         uv_ip4_addr(host, (int)port, &addr) != 0) {
+        gc_node_free(s->gc);
         hbc_free(s);
         return err_setraw(e, HBC_ECONFIG, "data.listen: '%s' is not an IPv4 address and port",
                           cfg->listen);
@@ -1063,6 +1207,7 @@ int server_start(uv_loop_t *loop, const struct node_config *cfg, struct tls_ctx 
     if (rv != 0) {
         uv_close((uv_handle_t *)&s->listener, NULL);
         uv_run(loop, UV_RUN_NOWAIT);
+        gc_node_free(s->gc);
         hbc_free(s);
         return err_setraw(e, rv, "listen on %s: %s", cfg->listen, uv_strerror(rv));
     }
@@ -1091,7 +1236,8 @@ static void server_maybe_finish(struct server *s)
     if (!s->stopping) {
         return;
     }
-    if (s->committing > 0 || s->queue_head != NULL || s->works > 0) {
+    if (s->committing > 0 || s->queue_head != NULL || s->works > 0 || s->gc_stopping ||
+        s->gcl_stopping) {
         return;
     }
     if (!s->stopped_conns) {
@@ -1103,7 +1249,10 @@ static void server_maybe_finish(struct server *s)
             }
             c = next;
         }
-        return;
+        /* With no connection left, no close callback will call again: go on now. */
+        if (s->conns != NULL) {
+            return;
+        }
     }
     if (s->conns != NULL || s->handles_open > 0 || s->done == NULL) {
         return;
@@ -1114,8 +1263,33 @@ static void server_maybe_finish(struct server *s)
     hbc_log(LOG_INFO, "event=server_stopped puts_acked=%llu commits=%llu",
             (unsigned long long)s->stats.puts_acked, (unsigned long long)s->stats.commits);
     pthread_mutex_destroy(&s->space_mu);
+    gc_node_free(s->gc);
     hbc_free(s);
     done(arg);
+}
+
+static void gc_node_idle_cb(void *arg)
+{
+    struct server *s = arg;
+    s->gc_stopping = false;
+    server_maybe_finish(s);
+}
+
+static void gc_leader_stopped_cb(void *arg)
+{
+    struct server *s = arg;
+    s->gcl_stopping = false;
+    server_maybe_finish(s);
+}
+
+static void server_stop_gc_leader(struct server *s)
+{
+    if (s->gcl != NULL) {
+        struct gc_leader *g = s->gcl;
+        s->gcl = NULL;
+        s->gcl_stopping = true;
+        gc_leader_stop(g, gc_leader_stopped_cb, s);
+    }
 }
 
 void server_stop(struct server *s, void (*done)(void *arg), void *arg)
@@ -1129,6 +1303,9 @@ void server_stop(struct server *s, void (*done)(void *arg), void *arg)
     hbc_log(LOG_INFO, "event=server_stopping queued_shards=%zu commits_running=%u", s->queue_shards,
             s->committing);
     uv_close((uv_handle_t *)&s->listener, handle_closed_cb);
+    server_stop_gc_leader(s);
+    s->gc_stopping = true;
+    gc_node_stop(s->gc, gc_node_idle_cb, s);
     uv_timer_stop(&s->sweep);
     uv_close((uv_handle_t *)&s->sweep, handle_closed_cb);
     for (struct conn *c = s->conns; c != NULL; c = c->next) {
@@ -1139,6 +1316,16 @@ void server_stop(struct server *s, void (*done)(void *arg), void *arg)
 
 void server_set_raft(struct server *s, struct raft_node *rn)
 {
+    if (rn == NULL) {
+        server_stop_gc_leader(s); /* Raft is gone: no more cycles */
+    } else if (s->raft == NULL && !s->stopping) {
+        fsm_set_gc_hook(raft_node_fsm(rn), gc_node_on_sweep, s->gc);
+        struct err e;
+        if (gc_leader_new(s->loop, s->cfg, s->tls, rn, &s->gcl, &e) != 0) {
+            hbc_log(LOG_ERROR, "event=gc_start_failed reason=\"%s\"", e.msg);
+            s->gcl = NULL;
+        }
+    }
     s->raft = rn;
 }
 

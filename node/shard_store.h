@@ -266,6 +266,31 @@ int shard_store_delete(struct shard_store *s, const struct shard_key *keys, size
                        struct err *e);
 
 /*
+ * Garbage collection (node/shard_store_gc.c). List the distinct chunk ids
+ * stored in vault_id, in increasing order, after `after` (32 bytes, or NULL
+ * from the start): at most max into ids and, per id, the latest
+ * stored_at_ms of its shards into stored_at_ms (caller arrays of max
+ * entries); *more says whether more follow. Returns 0, HBC_EINVAL,
+ * HBC_ECORRUPT (a bad index value) or HBC_ESTORE. Any thread.
+ */
+int shard_store_list_chunks(struct shard_store *s, const uint8_t vault_id[SHARD_STORE_VAULT_ID_LEN],
+                            const uint8_t *after, size_t max,
+                            uint8_t (*ids)[SHARD_STORE_CHUNK_ID_LEN], uint64_t *stored_at_ms,
+                            size_t *n, bool *more, struct err *e);
+
+/*
+ * Delete every shard of the n chunks (borrowed) of vault_id that this store
+ * indexed before cutoff_ms (its own stored_at_ms); shards stored at or after
+ * it are kept and counted in *kept_young. *deleted and *bytes (records with
+ * their headers) say what went. Only for a committed, accepted GcSweep (the
+ * caller's duty). Returns 0 or what shard_store_delete() returns. Writer call.
+ */
+int shard_store_delete_old(struct shard_store *s, const uint8_t vault_id[SHARD_STORE_VAULT_ID_LEN],
+                           const uint8_t (*chunk_ids)[SHARD_STORE_CHUNK_ID_LEN], size_t n,
+                           uint64_t cutoff_ms, uint64_t *deleted, uint64_t *kept_young,
+                           uint64_t *bytes, struct err *e);
+
+/*
  * Copy segment's live records forward into the open segment (checking each
  * record's header and SHA-256 on the way: a corrupt one is logged, removed
  * from the index and not copied), fdatasync, move their index entries in

@@ -41,6 +41,8 @@ extern "C" {
     X(PARTIAL, -4027, "operation completed only in part")                                          \
     X(LOCKED, -4028, "protected by a retention lock or legal hold")                                \
     X(CLOCK, -4029, "compliance clock unknown or skewed: time-dependent command refused")          \
+    X(GCFENCE, -4035, "a garbage collection ran during this backup; commit refused")               \
+    X(GCSTALE, -4036, "garbage collection refused: a snapshot was committed after the mark")       \
     X(INTERNAL, -4099, "internal error")
 
 enum hbc_error {
