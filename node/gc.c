@@ -55,14 +55,21 @@ struct gc_job {
     uint64_t deleted;            /* result: shards removed */
     uint64_t kept_young;         /* result: shards kept, stored after the cutoff */
     uint64_t freed;              /* result: bytes given back */
+    uint64_t refused_live;       /* result: named chunks a present snapshot references */
+    uint8_t (*refs)[ID_LEN];     /* reference-list heads of the vault's snapshots (owned) */
+    size_t nrefs;                /* how many */
+    struct gc_peer *peers;       /* nodes to fetch a reference list from (owned) */
+    size_t npeers;               /* how many */
     int status;                  /* result: 0 or the store's error */
     char msg[256];               /* its explanation */
     struct gc_job *next;         /* queue link */
 };
 
 struct gc_node {
-    uv_loop_t *loop;            /* the node's loop */
-    struct shard_store *store;  /* borrowed */
+    uv_loop_t *loop;           /* the node's loop */
+    struct shard_store *store; /* borrowed */
+    struct fsm *fsm;     /* borrowed (gc_node_attach): the applied state sweeps are checked on */
+    struct tls_ctx *tls; /* borrowed (gc_node_attach): to fetch reference lists from peers */
     struct gc_job *head, *tail; /* queued jobs, oldest first (head may be running) */
     bool running;               /* head is on the thread pool */
     bool stopping;              /* gc_node_stop() was called */
@@ -71,9 +78,14 @@ struct gc_node {
     struct gc_node_stats stats; /* counters */
 };
 
+struct gc_peer;
+static int live_filter(struct gc_job *j, struct err *e);
+
 static void job_free(struct gc_job *j)
 {
     if (j != NULL) {
+        hbc_free(j->refs);
+        hbc_free(j->peers);
         hbc_free(j->ids);
         hbc_free(j);
     }
@@ -85,8 +97,17 @@ static void job_work_cb(uv_work_t *w)
     struct err e;
     err_clear(&e);
     uint64_t bytes = 0;
-    int rv = shard_store_delete_old(j->g->store, j->vault_id, (const uint8_t(*)[ID_LEN])j->ids,
-                                    j->n, j->cutoff_ms, &j->deleted, &j->kept_young, &bytes, &e);
+    int rv = live_filter(j, &e);
+    if (rv != 0) {
+        j->status = rv;
+        snprintf(j->msg, sizeof j->msg,
+                 "nothing deleted: cannot check the sweep against the "
+                 "snapshots' reference lists: %.150s",
+                 e.msg);
+        return;
+    }
+    rv = shard_store_delete_old(j->g->store, j->vault_id, (const uint8_t(*)[ID_LEN])j->ids, j->n,
+                                j->cutoff_ms, &j->deleted, &j->kept_young, &bytes, &e);
     if (rv != 0) {
         j->status = rv;
         snprintf(j->msg, sizeof j->msg, "%.250s", e.msg);
@@ -139,6 +160,13 @@ static void job_after_cb(uv_work_t *w, int status)
         g->stats.deleted_shards += j->deleted;
         g->stats.kept_young += j->kept_young;
         g->stats.freed_bytes += j->freed;
+        if (j->refused_live > 0) {
+            hbc_log(LOG_ERROR,
+                    "event=gc_sweep_live_refused sweep_index=%llu chunks=%llu reason=\"the sweep "
+                    "names chunks that snapshots present in this node's applied state reference; "
+                    "they are kept\"",
+                    (unsigned long long)j->index, (unsigned long long)j->refused_live);
+        }
         hbc_log(LOG_INFO,
                 "event=gc_delete sweep_index=%llu chunks=%zu deleted_shards=%llu kept_young=%llu "
                 "freed_bytes=%llu",
@@ -200,6 +228,14 @@ int gc_node_new(uv_loop_t *loop, struct shard_store *store, struct gc_node **out
     return 0;
 }
 
+void gc_node_attach(struct gc_node *g, struct fsm *fsm, struct tls_ctx *tls)
+{
+    g->fsm = fsm;
+    g->tls = tls;
+}
+
+static int collect_refs(struct gc_node *g, struct gc_job *j, struct err *e);
+
 void gc_node_on_sweep(void *arg, uint64_t index, const Hbc__GcSweep *sweep)
 {
     struct gc_node *g = arg;
@@ -225,6 +261,18 @@ void gc_node_on_sweep(void *arg, uint64_t index, const Hbc__GcSweep *sweep)
         memcpy(j->ids[i], sweep->chunk_ids[i].data, ID_LEN);
     }
     j->n = sweep->n_chunk_ids;
+    /*
+     * The fence: this node's applied state at the sweep decides what is still
+     * referenced. Collect it now, on the loop thread inside the apply; the job
+     * loads the reference lists and keeps every chunk they name.
+     */
+    struct err e;
+    if (g->fsm == NULL || collect_refs(g, j, &e) != 0) {
+        hbc_log(LOG_ERROR, "event=gc_delete_failed sweep_index=%llu reason=\"nothing deleted: %s\"",
+                (unsigned long long)index, g->fsm == NULL ? "no state machine attached" : e.msg);
+        job_free(j);
+        return;
+    }
     if (g->tail != NULL) {
         g->tail->next = j;
     } else {
@@ -408,11 +456,11 @@ static uint64_t next_request_id(void)
 }
 
 /* One blocking request to addr; on 0 *reply has the body expect (frame_free). */
-static int call(struct gc_leader *g, const char *addr, Hbc__Frame *req, Hbc__Frame__BodyCase expect,
-                Hbc__Frame **reply, struct err *e)
+static int call_tls(struct tls_ctx *tls, const char *addr, Hbc__Frame *req,
+                    Hbc__Frame__BodyCase expect, Hbc__Frame **reply, struct err *e)
 {
     req->request_id = next_request_id();
-    int rv = rpc_call(g->tls, addr, req, GC_RPC_TIMEOUT_MS, reply, e);
+    int rv = rpc_call(tls, addr, req, GC_RPC_TIMEOUT_MS, reply, e);
     if (rv != 0) {
         return rv;
     }
@@ -438,12 +486,63 @@ static int call(struct gc_leader *g, const char *addr, Hbc__Frame *req, Hbc__Fra
     return 0;
 }
 
-/* Fetch one reference-list object (id) from the peers until one copy checks out. */
-static int fetch_reflist(struct gc_leader *g, const struct gc_peer *peers, size_t npeers,
-                         const uint8_t vault[VAULT_LEN], const uint8_t id[ID_LEN], uint8_t **out,
-                         size_t *len, struct err *e)
+static int call(struct gc_leader *g, const char *addr, Hbc__Frame *req, Hbc__Frame__BodyCase expect,
+                Hbc__Frame **reply, struct err *e)
+{
+    return call_tls(g->tls, addr, req, expect, reply, e);
+}
+
+/* A copy of the payload of blob if it is an intact reference-list shard id of vault; NULL if not.
+ */
+static uint8_t *reflist_payload(const uint8_t *blob, size_t blob_len,
+                                const uint8_t vault[VAULT_LEN], const uint8_t id[ID_LEN],
+                                size_t *len)
+{
+    struct erasure_shard_info info;
+    const uint8_t *payload = NULL;
+    uint8_t sum[ID_LEN];
+    unsigned int sn = 0;
+    if (erasure_shard_decode(blob, blob_len, &info, &payload, NULL) != 0 || info.k != 1 ||
+        info.m != 0 || memcmp(info.vault_id, vault, VAULT_LEN) != 0 ||
+        memcmp(info.chunk_id, id, ID_LEN) != 0 ||
+        EVP_Digest(payload, (size_t)info.shard_length, sum, &sn, EVP_sha256(), NULL) != 1 ||
+        memcmp(sum, id, ID_LEN) != 0) {
+        return NULL;
+    }
+    uint8_t *copy = hbc_malloc(info.shard_length > 0 ? info.shard_length : 1);
+    if (copy != NULL) {
+        memcpy(copy, payload, info.shard_length);
+        *len = info.shard_length;
+    }
+    return copy;
+}
+
+/*
+ * Fetch one reference-list object (id): from store first when given (every
+ * node keeps a copy of every reference list), then from the peers until one
+ * copy checks out.
+ */
+static int fetch_reflist(struct tls_ctx *tls, struct shard_store *store,
+                         const struct gc_peer *peers, size_t npeers, const uint8_t vault[VAULT_LEN],
+                         const uint8_t id[ID_LEN], uint8_t **out, size_t *len, struct err *e)
 {
     int last = HBC_ENOTFOUND;
+    if (store != NULL) {
+        struct shard_key key;
+        memset(&key, 0, sizeof key);
+        memcpy(key.vault_id, vault, VAULT_LEN);
+        memcpy(key.chunk_id, id, ID_LEN);
+        key.index = 0;
+        uint8_t *blob = NULL;
+        size_t blen = 0;
+        if (shard_store_get_alloc(store, &key, &blob, &blen, NULL) == 0) {
+            *out = reflist_payload(blob, blen, vault, id, len);
+            hbc_free(blob);
+            if (*out != NULL) {
+                return 0;
+            }
+        }
+    }
     for (size_t i = 0; i < npeers; i++) {
         Hbc__Frame req = HBC__FRAME__INIT;
         Hbc__GetShards gs = HBC__GET_SHARDS__INIT;
@@ -458,30 +557,15 @@ static int fetch_reflist(struct gc_leader *g, const struct gc_peer *peers, size_
         req.get_shards = &gs;
         Hbc__Frame *rep = NULL;
         struct err ce;
-        if (call(g, peers[i].addr, &req, HBC__FRAME__BODY_GET_SHARDS_REPLY, &rep, &ce) != 0) {
+        if (call_tls(tls, peers[i].addr, &req, HBC__FRAME__BODY_GET_SHARDS_REPLY, &rep, &ce) != 0) {
             last = ce.code;
             continue;
         }
         const Hbc__GetShardsReply *r = rep->get_shards_reply;
         if (r->n_shards == 1) {
-            struct erasure_shard_info info;
-            const uint8_t *payload = NULL;
-            uint8_t sum[ID_LEN];
-            unsigned int sn = 0;
             const ProtobufCBinaryData *b = &r->shards[0]->data;
-            if (erasure_shard_decode(b->data, b->len, &info, &payload, &ce) == 0 && info.k == 1 &&
-                info.m == 0 && memcmp(info.vault_id, vault, VAULT_LEN) == 0 &&
-                memcmp(info.chunk_id, id, ID_LEN) == 0 &&
-                EVP_Digest(payload, (size_t)info.shard_length, sum, &sn, EVP_sha256(), NULL) == 1 &&
-                memcmp(sum, id, ID_LEN) == 0) {
-                uint8_t *copy = hbc_malloc(info.shard_length > 0 ? info.shard_length : 1);
-                if (copy == NULL) {
-                    frame_free(rep);
-                    return err_set(e, HBC_ENOMEM, "reference list");
-                }
-                memcpy(copy, payload, info.shard_length);
-                *out = copy;
-                *len = info.shard_length;
+            *out = reflist_payload(b->data, b->len, vault, id, len);
+            if (*out != NULL) {
                 frame_free(rep);
                 return 0;
             }
@@ -494,13 +578,13 @@ static int fetch_reflist(struct gc_leader *g, const struct gc_peer *peers, size_
 }
 
 /* Add one snapshot's reference list (head and parts, and their own ids) to live. */
-static int mark_snapshot(struct gc_leader *g, const struct gc_peer *peers, size_t npeers,
-                         const uint8_t vault[VAULT_LEN], const uint8_t head[ID_LEN],
-                         struct idvec *live, struct err *e)
+static int mark_snapshot(struct tls_ctx *tls, struct shard_store *store,
+                         const struct gc_peer *peers, size_t npeers, const uint8_t vault[VAULT_LEN],
+                         const uint8_t head[ID_LEN], struct idvec *live, struct err *e)
 {
     uint8_t *hbuf = NULL;
     size_t hlen = 0;
-    int rv = fetch_reflist(g, peers, npeers, vault, head, &hbuf, &hlen, e);
+    int rv = fetch_reflist(tls, store, peers, npeers, vault, head, &hbuf, &hlen, e);
     if (rv != 0) {
         return rv;
     }
@@ -518,7 +602,7 @@ static int mark_snapshot(struct gc_leader *g, const struct gc_peer *peers, size_
     for (size_t i = 0; rv == 0 && i < nparts; i++) {
         uint8_t *pbuf = NULL;
         size_t plen = 0;
-        rv = fetch_reflist(g, peers, npeers, vault, parts[i], &pbuf, &plen, e);
+        rv = fetch_reflist(tls, store, peers, npeers, vault, parts[i], &pbuf, &plen, e);
         if (rv != 0) {
             break;
         }
@@ -669,7 +753,7 @@ static int remark(struct gc_leader *g, const struct gc_peer *peers, size_t npeer
             rv = err_setraw(e, HBC_EFORMAT, "a snapshot without a reference list id");
             break;
         }
-        rv = mark_snapshot(g, peers, npeers, vault, sn->ref_list_id.data, live, e);
+        rv = mark_snapshot(g->tls, NULL, peers, npeers, vault, sn->ref_list_id.data, live, e);
     }
     if (rv == 0) {
         *mark = l->applied_index;
@@ -711,7 +795,7 @@ static void collect_vault(struct gc_leader *g, const struct gc_peer *peers, size
                 rv = err_setraw(&e, HBC_EFORMAT, "a snapshot without a reference list id");
                 break;
             }
-            rv = mark_snapshot(g, peers, npeers, v->vault_id.data,
+            rv = mark_snapshot(g->tls, NULL, peers, npeers, v->vault_id.data,
                                l->snapshots[i]->ref_list_id.data, &live, &e);
         }
         frame_free(rep);
@@ -1147,4 +1231,93 @@ void gc_leader_stop(struct gc_leader *g, void (*done)(void *arg), void *arg)
         finish_stop(g);
     }
     /* else async_cb finishes once the thread has ended */
+}
+
+/* ---------------------------------------------------------------------- */
+/* Node side: the fence on deletions                                       */
+
+struct refs_ctx {
+    struct gc_job *j; /* the job being filled */
+    int rv;           /* first failure */
+};
+
+static int collect_snapshot_cb(const Hbc__SnapshotInfo *snap, void *arg)
+{
+    struct refs_ctx *c = arg;
+    struct gc_job *j = c->j;
+    if (snap->ref_list_id.len != ID_LEN) {
+        return c->rv = HBC_ECORRUPT;
+    }
+    uint8_t(*p)[ID_LEN] = hbc_realloc(j->refs, (j->nrefs + 1) * ID_LEN);
+    if (p == NULL) {
+        return c->rv = HBC_ENOMEM;
+    }
+    j->refs = p;
+    memcpy(j->refs[j->nrefs++], snap->ref_list_id.data, ID_LEN);
+    return 0;
+}
+
+static int collect_node_cb(const Hbc__NodeInfo *node, void *arg)
+{
+    struct refs_ctx *c = arg;
+    struct gc_job *j = c->j;
+    if (node->state == HBC__NODE_STATE__NODE_JOINING) {
+        return 0;
+    }
+    struct gc_peer *p = hbc_realloc(j->peers, (j->npeers + 1) * sizeof *p);
+    if (p == NULL) {
+        return c->rv = HBC_ENOMEM;
+    }
+    j->peers = p;
+    snprintf(p[j->npeers].id, sizeof p[j->npeers].id, "%s", node->node_id);
+    snprintf(p[j->npeers].addr, sizeof p[j->npeers].addr, "%s", node->data_address);
+    j->npeers++;
+    return 0;
+}
+
+/*
+ * The reference-list heads of every snapshot of the sweep's vault present in
+ * this node's applied state, and the nodes to fetch them from. Loop thread
+ * (inside the sweep's apply).
+ */
+static int collect_refs(struct gc_node *g, struct gc_job *j, struct err *e)
+{
+    struct refs_ctx c = {.j = j, .rv = 0};
+    int rv = fsm_list_snapshots(g->fsm, j->vault_id, collect_snapshot_cb, &c, e);
+    if (rv == 0 && c.rv == 0) {
+        rv = fsm_list_nodes(g->fsm, collect_node_cb, &c, e);
+    }
+    if (rv == 0 && c.rv != 0) {
+        rv = err_set(e, c.rv, "snapshots and nodes of the swept vault");
+    }
+    return rv;
+}
+
+/*
+ * Drop from j's chunk ids every chunk that a snapshot present in this node's
+ * applied state references: a sweep proposed by a rogue or buggy node cannot
+ * delete what a lock or hold protects. Thread pool. Fails (and nothing is
+ * deleted) when a reference list cannot be loaded.
+ */
+static int live_filter(struct gc_job *j, struct err *e)
+{
+    struct idvec live = {0};
+    int rv = 0;
+    for (size_t i = 0; i < j->nrefs && rv == 0; i++) {
+        rv = mark_snapshot(j->g->tls, j->g->store, j->peers, j->npeers, j->vault_id, j->refs[i],
+                           &live, e);
+    }
+    if (rv == 0) {
+        size_t w = 0;
+        for (size_t i = 0; i < j->n; i++) {
+            if (idvec_has(&live, j->ids[i])) {
+                j->refused_live++;
+            } else {
+                memmove(j->ids[w++], j->ids[i], ID_LEN);
+            }
+        }
+        j->n = w;
+    }
+    hbc_free(live.v);
+    return rv;
 }

@@ -58,6 +58,15 @@ struct gc_node_stats {
  */
 int gc_node_new(uv_loop_t *loop, struct shard_store *store, struct gc_node **out, struct err *e);
 
+/*
+ * Give g the state machine and TLS context its deletions need (borrowed;
+ * both outlive g): before deleting, a node keeps every swept chunk that a
+ * snapshot present in its own applied state references, loading the
+ * reference lists from its own store or from peers. Without them (or when a
+ * reference list cannot be loaded) nothing is deleted. Loop thread.
+ */
+void gc_node_attach(struct gc_node *g, struct fsm *fsm, struct tls_ctx *tls);
+
 /* The state machine's GC hook (fsm_gc_hook): queue the deletions of an accepted sweep. */
 void gc_node_on_sweep(void *arg, uint64_t index, const Hbc__GcSweep *sweep);
 

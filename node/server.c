@@ -1319,6 +1319,7 @@ void server_set_raft(struct server *s, struct raft_node *rn)
     if (rn == NULL) {
         server_stop_gc_leader(s); /* Raft is gone: no more cycles */
     } else if (s->raft == NULL && !s->stopping) {
+        gc_node_attach(s->gc, raft_node_fsm(rn), s->tls);
         fsm_set_gc_hook(raft_node_fsm(rn), gc_node_on_sweep, s->gc);
         struct err e;
         if (gc_leader_new(s->loop, s->cfg, s->tls, rn, &s->gcl, &e) != 0) {

@@ -8,6 +8,9 @@
  *   hbc-lock-setup ADDR[,ADDR...] CA CERT KEY vault NAME DAYS compliance|governance
  *   hbc-lock-setup ADDR[,ADDR...] CA CERT KEY snapshot VAULT_HEX
  *   hbc-lock-setup ADDR[,ADDR...] CA CERT KEY forget SNAPSHOT_HEX
+ *   hbc-lock-setup ADDR[,ADDR...] CA CERT KEY sweep VAULT_HEX MARK_INDEX CUTOFF_MS CHUNK_HEX...
+ *                 (a GcSweep as a rogue node would propose it; at most 1800 chunk ids;
+ *                 MARK_INDEX "now": the first node's applied index)
  *   hbc-lock-setup ADDR CA CERT KEY clock        (a ClockRequest: {"code", "wall_ms"})
  */
 #include <stdio.h>
@@ -203,6 +206,56 @@ int main(int argc, char **argv)
         cmd.cmd_case = HBC__COMMAND__CMD_SNAPSHOT_FORGET;
         cmd.snapshot_forget = &f;
         rv = propose(tls, argv[1], &cmd, "");
+    } else if (strcmp(argv[5], "sweep") == 0 && argc >= 10 && argc - 9 <= 1800 &&
+               unhex(argv[6], other, 16) == 0) {
+        size_t n = (size_t)argc - 9;
+        uint8_t(*ids)[32] = malloc(n * 32);
+        ProtobufCBinaryData *bins = malloc(n * sizeof *bins);
+        if (ids == NULL || bins == NULL) {
+            fprintf(stderr, "out of memory\n");
+            return 1;
+        }
+        for (size_t i = 0; i < n; i++) {
+            if (unhex(argv[9 + i], ids[i], 32) != 0) {
+                fprintf(stderr, "sweep: '%s' is not a 64-digit chunk id\n", argv[9 + i]);
+                return 1;
+            }
+            bins[i] = (ProtobufCBinaryData){32, ids[i]};
+        }
+        Hbc__GcSweep sw = HBC__GC_SWEEP__INIT;
+        sw.vault_id.data = other;
+        sw.vault_id.len = 16;
+        sw.mark_index = strtoull(argv[7], NULL, 10);
+        if (strcmp(argv[7], "now") == 0) {
+            char first[256];
+            snprintf(first, sizeof first, "%s", argv[1]);
+            char *comma = strchr(first, ',');
+            if (comma != NULL) {
+                *comma = '\0';
+            }
+            Hbc__Frame lreq = HBC__FRAME__INIT;
+            Hbc__ListSnapshotsRequest ls = HBC__LIST_SNAPSHOTS_REQUEST__INIT;
+            lreq.request_id = 7;
+            lreq.body_case = HBC__FRAME__BODY_LIST_SNAPSHOTS;
+            lreq.list_snapshots = &ls;
+            Hbc__Frame *lr = NULL;
+            struct err le;
+            if (rpc_call(tls, first, &lreq, 5000, &lr, &le) != 0 ||
+                lr->body_case != HBC__FRAME__BODY_LIST_SNAPSHOTS_REPLY) {
+                fprintf(stderr, "sweep: no applied index from %s\n", first);
+                return 1;
+            }
+            sw.mark_index = lr->list_snapshots_reply->applied_index;
+            frame_free(lr);
+        }
+        sw.cutoff_ms = strtoull(argv[8], NULL, 10);
+        sw.chunk_ids = bins;
+        sw.n_chunk_ids = n;
+        cmd.cmd_case = HBC__COMMAND__CMD_GC_SWEEP;
+        cmd.gc_sweep = &sw;
+        rv = propose(tls, argv[1], &cmd, "");
+        free(bins);
+        free(ids);
     } else {
         fprintf(stderr, "usage: see the top of tests/cluster/lock_setup.c\n");
     }

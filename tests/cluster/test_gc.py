@@ -10,6 +10,8 @@ docs/retention.md) serve the tests in order:
   stays; GC removes exactly the chunks no remaining snapshot references (the
   nodes' listings equal B's reference list), the shared chunks stay, node
   status shows the freed space, and B restores with --verify and 0 errors;
+- a rogue sweep (a node's certificate naming B's chunks) is accepted by the state
+  machine but every node keeps the chunks its applied state's snapshots reference;
 - GC racing backups: GC cycles run back to back while backups run; every
   backup either commits or fails with the GC fence's message, and every
   committed snapshot restores with --verify and 0 errors.
@@ -202,6 +204,39 @@ def test_expiry_and_dedup_trap(cluster):
     doc = restore_verify(hbc, snap_b)
     assert doc.get("errors", 0) == 0, doc
     cluster["snap_b"] = snap_b
+
+
+def test_rogue_sweep_keeps_referenced_chunks(cluster):
+    """A sweep naming chunks that a present (locked) snapshot references, proposed with a
+    node's own certificate (what a stolen node key or a root shell on one node could do): the
+    state machine accepts it (it cannot read reference lists), but every node checks the
+    sweep against the reference lists of the snapshots in its own applied state before it
+    deletes, keeps every referenced chunk and logs the refusal; B still restores."""
+    hbc, nodes = cluster["hbc"], cluster["nodes"]
+    snap_b = cluster["snap_b"]
+    live_b = sorted(probe(nodes[0], "--live", "short")["chunks"])
+    assert live_b
+    before = listed(nodes)
+    _, vaults, _ = hbc.json("vault", "list")
+    vid = [v for v in vaults["vaults"] if v["name"] == "short"][0]["vault_id"]
+    _, ap, _ = hbc.json("approvals", "list")
+    clock = ap["compliance_clock_ms"]
+    assert clock > 0, ap
+    refusals_before = sum(len(n.events("gc_sweep_live_refused")) for n in nodes)
+    rogue = nodes[0].tls
+    p = subprocess.run([hbctest.binary("hbc-lock-setup"), ",".join(n.addr for n in nodes),
+                        rogue["ca"], rogue["cert"], rogue["key"], "sweep", vid, "now", str(clock),
+                        *live_b[:1800]], capture_output=True, timeout=120)
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    doc = json.loads(p.stdout.decode().strip().splitlines()[-1])
+    assert doc["code"] == "OK", doc
+    deadline = time.monotonic() + 60
+    while sum(len(n.events("gc_sweep_live_refused")) for n in nodes) - refusals_before < len(nodes):
+        assert time.monotonic() < deadline, "a node did not refuse the rogue sweep"
+        time.sleep(0.5)
+    assert listed(nodes) == before
+    doc = restore_verify(hbc, snap_b)
+    assert doc.get("errors", 0) == 0, doc
 
 
 def test_gc_racing_backups(cluster):
