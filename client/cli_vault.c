@@ -12,6 +12,32 @@
 
 /* --retention-seconds: a short-retention vault (tests, scratch data; docs/retention.md). */
 static unsigned long retention_seconds;
+/* --retention-days (-1: the default, 2192) and --lock-mode (0: compliance). */
+static long retention_days = -1;
+static int lock_mode;
+
+#define VAULT_CREATE_USAGE                                                                         \
+    "usage: hbc vault create NAME [--policy P] [--home-site SITE] [--copies N] [--k K] [--m M]\n"  \
+    "                        [--retention-days D] [--lock-mode compliance|governance]\n"           \
+    "                        [--retention-seconds S] [--keyfile FILE]\n"
+
+static const char vault_create_help[] = VAULT_CREATE_USAGE
+    "\n"
+    "Create a vault: its keys (wrapped with your key file), its copy policy and\n"
+    "the lock every snapshot in it gets.\n"
+    "\n"
+    "  --policy P            copy rules (default 3-2-1-1-0; 'none' with --copies/--k/--m)\n"
+    "  --home-site SITE      the site 'home' and 'offsite' are measured from\n"
+    "  --copies N --k K --m M  N copies of K data + M parity shards, no copy rules\n"
+    "  --retention-days D    each snapshot is locked for D days (0..36500; default 2192,\n"
+    "                        six years); retain-until can later only be extended\n"
+    "  --lock-mode MODE      compliance (default: nobody may shorten or forget early) or\n"
+    "                        governance (two different security officers may)\n"
+    "  --retention-seconds S a lock of S seconds (1..86400) for tests and scratch data\n"
+    "  --keyfile FILE        the key file (default from the client config)\n"
+    "\n"
+    "Refused when the cluster's topology cannot meet the policy (the error names the\n"
+    "rule and what is missing). See docs/retention.md and docs/placement.md.\n";
 
 static void hex(const uint8_t *p, size_t n, char *out)
 {
@@ -102,6 +128,7 @@ static int vault_create_policy(struct cli *c, const char *name, const char *poli
     /* The vault's scheme fields carry copy 0's fitted scheme for older readers. */
     uint8_t id[REPO_ID_LEN];
     repo_set_create_retention(r, (uint32_t)retention_seconds);
+    repo_set_create_lock(r, retention_days, lock_mode);
     rv =
         repo_vault_create(r, name, p.ncopies, p.copies[0].k, p.copies[0].m, &pb, home_site, id, &e);
     repo_close(r);
@@ -153,7 +180,28 @@ static int vault_create(struct cli *c, int argc, char **argv)
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--copies") == 0) {
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            fputs(vault_create_help, stdout);
+            return CLI_OK;
+        } else if (strcmp(a, "--retention-days") == 0 && v != NULL) {
+            char *end;
+            retention_days = strtol(argv[++i], &end, 10);
+            if (*end != '\0' || argv[i][0] == '\0' || retention_days < 0 ||
+                retention_days > 36500) {
+                cli_error("--retention-days wants 0..36500");
+                return CLI_USAGE;
+            }
+        } else if (strcmp(a, "--lock-mode") == 0 && v != NULL) {
+            i++;
+            if (strcmp(argv[i], "compliance") == 0) {
+                lock_mode = HBC__LOCK_MODE__LOCK_COMPLIANCE;
+            } else if (strcmp(argv[i], "governance") == 0) {
+                lock_mode = HBC__LOCK_MODE__LOCK_GOVERNANCE;
+            } else {
+                cli_error("--lock-mode wants compliance or governance, not '%s'", argv[i]);
+                return CLI_USAGE;
+            }
+        } else if (strcmp(a, "--copies") == 0) {
             copies = number(a, v, PLACEMENT_MAX_COPIES);
             if (copies < 1) {
                 if (copies == 0) {
@@ -193,16 +241,12 @@ static int vault_create(struct cli *c, int argc, char **argv)
         } else if (a[0] != '-' && name == NULL) {
             name = a;
         } else {
-            cli_error("unknown argument '%s' (usage: hbc vault create NAME [--policy P] "
-                      "[--home-site SITE] [--copies N] [--k K] [--m M] [--keyfile FILE] "
-                      "[--retention-seconds N])",
-                      a);
+            cli_error("unknown argument '%s'\n" VAULT_CREATE_USAGE, a);
             return CLI_USAGE;
         }
     }
     if (name == NULL) {
-        cli_error("usage: hbc vault create NAME [--policy P] [--home-site SITE] [--copies N] "
-                  "[--k K] [--m M] [--keyfile FILE]");
+        cli_error("%s", VAULT_CREATE_USAGE);
         return CLI_USAGE;
     }
     if (strlen(name) > 128) {
@@ -255,6 +299,7 @@ static int vault_create(struct cli *c, int argc, char **argv)
     uint8_t id[REPO_ID_LEN];
     struct err e;
     repo_set_create_retention(r, (uint32_t)retention_seconds);
+    repo_set_create_lock(r, retention_days, lock_mode);
     rv = repo_vault_create(r, name, fc, fk, fm, NULL, NULL, id, &e);
     repo_close(r);
     if (rv != 0) {

@@ -432,6 +432,7 @@ int repo_open(const struct repo_options *o, struct repo **out, struct err *e)
     if (r == NULL) {
         return err_set(e, HBC_ENOMEM, "repo");
     }
+    r->create_retention_days = -1;
     int rv = uv_mutex_init(&r->mu);
     if (rv != 0) {
         hbc_free(r);
@@ -624,6 +625,14 @@ int repo_vault_create(struct repo *r, const char *name, unsigned copies, unsigne
     vc.m = m;
     vc.policy = (Hbc__VaultPolicy *)policy;
     vc.home_site = (char *)home_site;
+    if (r->create_retention_days >= 0) {
+        vc.has_retention_days = true;
+        vc.retention_days = (uint32_t)r->create_retention_days;
+    }
+    if (r->create_lock_mode != 0) {
+        vc.has_lock_mode = true;
+        vc.lock_mode = (Hbc__LockMode)r->create_lock_mode;
+    }
     if (r->create_retention_seconds > 0) {
         vc.has_retention_seconds = true;
         vc.retention_seconds = r->create_retention_seconds;
@@ -706,6 +715,12 @@ unsigned repo_node_count(const struct repo *r)
 void repo_set_create_retention(struct repo *r, uint32_t seconds)
 {
     r->create_retention_seconds = seconds;
+}
+
+void repo_set_create_lock(struct repo *r, int64_t retention_days, int lock_mode)
+{
+    r->create_retention_days = retention_days;
+    r->create_lock_mode = lock_mode;
 }
 
 int repo_snapshot_commit(struct repo *r, const Hbc__SnapshotCommit *s, uint64_t *index,

@@ -69,6 +69,13 @@ int repo_vault_create(struct repo *r, const char *name, unsigned copies, unsigne
 void repo_set_create_retention(struct repo *r, uint32_t seconds);
 
 /*
+ * Make later repo_vault_create() calls on r give each snapshot a lock of
+ * retention_days (0..36500; -1: the state machine's default, 2192) in
+ * lock_mode (HBC__LOCK_MODE__LOCK_COMPLIANCE or _GOVERNANCE; 0: compliance).
+ */
+void repo_set_create_lock(struct repo *r, int64_t retention_days, int lock_mode);
+
+/*
  * Every vault (records owned by the caller; free each with
  * protobuf_c_message_free_unpacked(..., NULL) and the array with hbc_free).
  */

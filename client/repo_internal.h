@@ -143,6 +143,8 @@ struct repo {
     uv_cond_t busy_cv;                          /* signalled when one is done */
     uint64_t degraded;                          /* chunks written with some shard missing */
     uint32_t create_retention_seconds;          /* repo_set_create_retention(); 0: none */
+    int64_t create_retention_days;              /* repo_set_create_lock(); -1: the default */
+    int create_lock_mode;                       /* repo_set_create_lock(); 0: the default */
 };
 
 /* A control request (ProposeRequest, ListVaults, ...) with leader redirects and retries (repo.c).
