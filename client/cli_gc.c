@@ -154,9 +154,40 @@ static int gc_request(struct cli *c, const char *vault, bool status_only)
     return code == 0 ? CLI_OK : CLI_FAILED;
 }
 
+static const char gc_help[] =
+    "Usage:\n"
+    "  hbc gc run [--vault NAME]   run one garbage collection cycle now (admin): the\n"
+    "                              leader marks every chunk a present snapshot references,\n"
+    "                              and sweeps the rest that is older than [gc] grace\n"
+    "  hbc gc status               the last cycle's summary per vault\n"
+    "Nodes delete only for sweeps committed through Raft, after checking them against\n"
+    "their own state (docs/retention.md). --json: one object per vault.\n";
+
+static const char forget_help[] =
+    "Usage:\n"
+    "  hbc forget SNAP [--vault NAME]   remove a snapshot whose lock has expired (admin or\n"
+    "                                   backup role); refused, with the state machine's\n"
+    "                                   reason, while a retention lock or legal hold holds.\n"
+    "Its chunks are freed by the next garbage collection (hbc gc run).\n"
+    "SNAP: an id prefix (4+ hex digits) or latest.\n";
+
+static bool wants_help(int argc, char **argv)
+{
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
 int cli_gc(struct cli *c, int argc, char **argv)
 {
     const char *usage = "usage: hbc gc run [--vault NAME] | hbc gc status";
+    if (wants_help(argc, argv)) {
+        fputs(gc_help, stdout);
+        return CLI_OK;
+    }
     if (argc < 1 || (strcmp(argv[0], "run") != 0 && strcmp(argv[0], "status") != 0)) {
         cli_error("%s", usage);
         return CLI_USAGE;
@@ -180,6 +211,10 @@ int cli_gc(struct cli *c, int argc, char **argv)
 int cli_forget(struct cli *c, int argc, char **argv)
 {
     const char *usage = "usage: hbc forget SNAP [--vault NAME]";
+    if (wants_help(argc, argv)) {
+        fputs(forget_help, stdout);
+        return CLI_OK;
+    }
     const char *spec = NULL;
     const char *vflag = NULL;
     for (int i = 0; i < argc; i++) {

@@ -79,6 +79,68 @@ static void usage(FILE *f)
            "  4  the cluster could not be reached or has no leader\n");
 }
 
+/* Per-command help for the commands whose own parser has none (hbc CMD --help). */
+static const struct {
+    const char *cmd;  /* the command */
+    const char *text; /* its help */
+} command_help[] = {
+    {"backup",
+     "Usage: hbc backup PATH... [--vault NAME] [--keyfile FILE] [--parent SNAP | --force-read]\n"
+     "                  [--one-file-system] [--threads N]\n"
+     "Back up files and directories as one snapshot of the vault. Unchanged files (same size,\n"
+     "mtime, inode and device as in the parent, by default the vault's latest snapshot) are\n"
+     "not read again; --force-read reads everything. Data is chunked, deduplicated,\n"
+     "compressed, encrypted and erasure-coded here; the snapshot is committed through Raft\n"
+     "only once every chunk is durable under the vault's policy. Unreadable files are\n"
+     "reported and skipped (exit 3). A live progress line on a terminal; --json: a summary.\n"},
+    {"snapshots", "Usage: hbc snapshots [--vault NAME]\n"
+                  "The vault's snapshots, oldest first: id, time, files, size, retain-until,\n"
+                  "lock mode and legal hold. No key file is needed.\n"},
+    {"ls", "Usage: hbc ls SNAP [PATH] [--vault NAME] [--keyfile FILE]\n"
+           "What a snapshot holds (below PATH). SNAP: an id prefix (4+ hex digits) or latest.\n"},
+    {"restore",
+     "Usage: hbc restore SNAP --target DIR [--include PATTERN]... [--verify]\n"
+     "       hbc restore SNAP --verify [--copy N]\n"
+     "       (both take --vault NAME and --keyfile FILE)\n"
+     "With --target: restore into DIR (each file written under a temporary name, then\n"
+     "renamed; modes and times set; paths leaving DIR refused); --verify then reads back\n"
+     "every file and compares its SHA-256. Without --target, --verify is a restore test:\n"
+     "everything but writing, optionally from one copy, recorded in the cluster.\n"
+     "Reads the nearest healthy copy, data shards first, and falls back to parity shards and\n"
+     "other copies on any error.\n"},
+    {"key", "Usage: hbc key init [--keyfile FILE]    create a key file with a new KEK\n"
+            "       hbc key passwd [--keyfile FILE]  change its passphrase\n"
+            "The passphrase comes from HBC_PASSPHRASE, HBC_PASSPHRASE_FILE or a prompt.\n"},
+    {"vault", "Usage: hbc vault create NAME ... (hbc vault create --help)\n"
+              "       hbc vault list   every vault, its scheme and policy\n"},
+    {"policy", "Usage: hbc policy check [VAULT]\n"
+               "One line per 3-2-1-1-0 digit of each vault's policy on the current topology,\n"
+               "with pass or fail and the reason, and each copy's failure tolerance; exit 1 when\n"
+               "any digit fails.\n"},
+    {"cluster", "Usage: hbc cluster status           every member's role, site, term, indexes\n"
+                "       hbc cluster remove NODE      remove a node from the cluster (admin)\n"
+                "       hbc cluster drain NODE       empty a node before removing it (admin)\n"},
+};
+
+/* If argv asks for help (--help or -h) and cmd has an entry above, print it; true if printed. */
+static bool command_wants_help(const char *cmd, int argc, char **argv)
+{
+    bool asked = false;
+    for (int i = 0; i < argc; i++) {
+        asked = asked || strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0;
+    }
+    if (!asked || (strcmp(cmd, "vault") == 0 && argc > 0 && strcmp(argv[0], "create") == 0)) {
+        return false;
+    }
+    for (size_t i = 0; i < sizeof command_help / sizeof command_help[0]; i++) {
+        if (strcmp(command_help[i].cmd, cmd) == 0) {
+            fputs(command_help[i].text, stdout);
+            return true;
+        }
+    }
+    return false;
+}
+
 void cli_error(const char *fmt, ...)
 {
     va_list ap;
@@ -256,7 +318,9 @@ int main(int argc, char **argv)
     }
     const char *cmd = argv[i];
     int rv;
-    if (strcmp(cmd, "cluster") == 0) {
+    if (command_wants_help(cmd, argc - i - 1, argv + i + 1)) {
+        rv = CLI_OK;
+    } else if (strcmp(cmd, "cluster") == 0) {
         rv = cli_cluster(&c, argc - i - 1, argv + i + 1);
     } else if (strcmp(cmd, "backup") == 0) {
         rv = cli_backup(&c, argc - i - 1, argv + i + 1);
