@@ -80,7 +80,7 @@ int cli_ls(struct cli *c, int argc, char **argv);        /* client/cli_backup.c 
 int cli_restore(struct cli *c, int argc, char **argv);   /* client/cli_backup.c */
 /* hbc lock|hold|approvals|role (client/cli_locks.c): cmd is the command's name. */
 int cli_locks(struct cli *c, const char *cmd, int argc, char **argv);
-int cli_gc(struct cli *c, int argc, char **argv);        /* client/cli_gc.c */
-int cli_forget(struct cli *c, int argc, char **argv);    /* client/cli_gc.c */
+int cli_gc(struct cli *c, int argc, char **argv);     /* client/cli_gc.c */
+int cli_forget(struct cli *c, int argc, char **argv); /* client/cli_gc.c */
 
 #endif /* HBC_CLIENT_CLI_H */
