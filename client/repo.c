@@ -403,6 +403,13 @@ static int open_vault(struct repo *r, const char *name, struct err *e)
         goto out;
     }
     memcpy(r->vault_id, v->vault_id.data, REPO_ID_LEN);
+    rv = pmap_vault_from_info(v, &r->pv, e);
+    if (rv == 0 && r->pv.groups > 0) {
+        rv = repo_map_load(r, e);
+    }
+    if (rv != 0) {
+        goto out;
+    }
     r->copies = v->copies;
     r->k = v->k;
     r->m = v->m;
@@ -524,6 +531,7 @@ void repo_close(struct repo *r)
         hbc_free(r->nodes[i].region);
         hbc_free(r->nodes[i].media);
     }
+    repo_map_free(r->map);
     hbc_free(r->nodes);
     hbc_free(r->pnodes);
     hbc_free(r->polnodes);
@@ -563,6 +571,21 @@ static bool vault_is_ours(struct repo *r, const char *name, const uint8_t id[REP
 int repo_place(const struct repo *r, const uint8_t id[REPO_CHUNK_ID], unsigned copies,
                unsigned width, unsigned *out, struct err *e)
 {
+    if (r->map != NULL) {
+        /* Writers use the current epoch only, and every shard needs a node. */
+        int rv = repo_place_epoch(r, id, 0, copies, width, out, e);
+        for (unsigned i = 0; i < copies * width && rv == 0; i++) {
+            if (out[i] == PMAP_NONE) {
+                unsigned c = i / width;
+                return err_setraw(
+                    e, HBC_ETOOFEW,
+                    "placement epoch %llu cannot place copy %u (%s): no eligible node up",
+                    (unsigned long long)r->map->current, c,
+                    r->has_policy ? r->policy.copies[c].site : "any");
+            }
+        }
+        return rv;
+    }
     if (!r->has_policy) {
         return placement_chunk_nodes(r->vault_id, id, copies, width, r->pnodes, r->nnodes, out, e);
     }
@@ -624,6 +647,9 @@ int repo_vault_create(struct repo *r, const char *name, unsigned copies, unsigne
     vc.m = m;
     vc.policy = (Hbc__VaultPolicy *)policy;
     vc.home_site = (char *)home_site;
+    /* Every new vault is placed by groups and epochs (client/placement_map.h). */
+    vc.has_placement_groups = true;
+    vc.placement_groups = PMAP_DEFAULT_GROUPS;
     vc.has_wrapped_data_key = true;
     vc.wrapped_data_key = (ProtobufCBinaryData){KEYS_WRAPPED_LEN, wrapped_data};
     vc.has_wrapped_chunk_id_key = true;

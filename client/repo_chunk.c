@@ -165,8 +165,8 @@ static void fetch_shards(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const 
     size_t used = 0;
     /* Group the wanted slots by node, keys of one node contiguous. */
     for (unsigned s = 0; s < width; s++) {
-        if (!(mask & ((uint32_t)1 << s))) {
-            continue;
+        if (!(mask & ((uint32_t)1 << s)) || slots[s] == PMAP_NONE) {
+            continue; /* PMAP_NONE: an older epoch's node that has left the cluster */
         }
         size_t t = 0;
         while (t < ntargets && tnode[t] != slots[s]) {
@@ -330,6 +330,31 @@ static int leave_one_out(struct repo *r, struct repo_worker *w, const uint8_t id
     return rv;
 }
 
+/* Read one copy whose nodes are slots[]: data shards first, then parity, then leave-one-out. */
+static int read_copy(struct repo *r, struct repo_worker *w, const uint8_t id[REPO_CHUNK_ID],
+                     const unsigned *slots, struct fetch *f, uint8_t **plain, size_t *len,
+                     struct repo_read_stats *st, struct err *ce)
+{
+    const unsigned width = r->k + r->m;
+    const uint32_t data_mask = ((uint32_t)1 << r->k) - 1;
+    const uint32_t all_mask = ((uint32_t)1 << width) - 1;
+    /* Data shards first: a healthy read needs nothing else and no decoding. */
+    fetch_shards(r, id, slots, data_mask, f, st);
+    int rv = rebuild_open(r, w, id, f, plain, len, ce);
+    bool have_parity = false;
+    if (rv == HBC_ETOOFEW && width > r->k) {
+        drop_bad(r, id, f, st);
+        fetch_shards(r, id, slots, all_mask & ~data_mask, f, st);
+        have_parity = true;
+        err_clear(ce);
+        rv = rebuild_open(r, w, id, f, plain, len, ce);
+    }
+    if (rv != 0 && rv != HBC_ETOOFEW && rv != HBC_ENOMEM && width > r->k) {
+        rv = leave_one_out(r, w, id, slots, f, have_parity, plain, len, st, ce);
+    }
+    return rv;
+}
+
 int repo_get_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], int copy, uint8_t **plain,
                    size_t *len, struct repo_read_stats *stats, struct err *e)
 {
@@ -360,27 +385,30 @@ int repo_get_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], int copy, ui
     short_hex(id, idhex);
     char why[400] = "";
     size_t why_len = 0;
-    const uint32_t data_mask = ((uint32_t)1 << r->k) - 1;
-    const uint32_t all_mask = ((uint32_t)1 << width) - 1;
     rv = HBC_ETOOFEW;
+    unsigned older[MAX_SLOTS];
     for (unsigned c = copy >= 0 ? (unsigned)copy : 0; c < copies; c++) {
         const unsigned *slots = place + c * width;
         struct fetch f = {0};
         struct err ce;
         err_clear(&ce);
-        /* Data shards first: a healthy read needs nothing else and no decoding. */
-        fetch_shards(r, id, slots, data_mask, &f, &st);
-        rv = rebuild_open(r, w, id, &f, plain, len, &ce);
-        bool have_parity = false;
-        if (rv == HBC_ETOOFEW && width > r->k) {
-            drop_bad(r, id, &f, &st);
-            fetch_shards(r, id, slots, all_mask & ~data_mask, &f, &st);
-            have_parity = true;
+        /*
+         * Epoch fallback: while the chunk's group has not settled in the
+         * current epoch, its shards may still sit where an older epoch put
+         * them; try those epochs, newest first, before the next copy.
+         */
+        for (size_t nth = 1;; nth++) {
+            rv = read_copy(r, w, id, slots, &f, plain, len, &st, &ce);
+            if (rv == 0 || rv == HBC_ENOMEM ||
+                repo_place_epoch(r, id, nth, copies, width, older, NULL) != 0) {
+                break;
+            }
+            hbc_log(LOG_DEBUG, "event=chunk_read_epoch_fallback chunk=%s copy=%u nth=%zu", idhex,
+                    c, nth);
+            fetch_free(&f);
+            f = (struct fetch){0};
             err_clear(&ce);
-            rv = rebuild_open(r, w, id, &f, plain, len, &ce);
-        }
-        if (rv != 0 && rv != HBC_ETOOFEW && rv != HBC_ENOMEM && width > r->k) {
-            rv = leave_one_out(r, w, id, slots, &f, have_parity, plain, len, &st, &ce);
+            slots = older + c * width;
         }
         fetch_free(&f);
         if (rv == 0 || rv == HBC_ENOMEM) {

@@ -41,6 +41,8 @@ extern "C" {
     X(PARTIAL, -4027, "operation completed only in part")                                          \
     X(LOCKED, -4028, "protected by a retention lock or legal hold")                                \
     X(CLOCK, -4029, "compliance clock unknown or skewed: time-dependent command refused")          \
+    X(STALEEPOCH, -4040, "placement epoch is stale: reload the placement map")                     \
+    X(NOTDRAINED, -4041, "node still holds shards the placement needs")                            \
     X(INTERNAL, -4099, "internal error")
 
 enum hbc_error {
