@@ -483,6 +483,7 @@ static void busy_leave(struct repo *r, const uint8_t id[REPO_CHUNK_ID])
  * the shards it needs durable.
  */
 static int put_object(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const unsigned *place,
+                      uint64_t epoch,
                       const uint8_t *obj, size_t olen, struct err *e)
 {
     const unsigned width = r->k + r->m;
@@ -539,12 +540,20 @@ static int put_object(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const uns
                                     .node_id = r->nodes[tnode[t]].node_id,
                                     .kind = REPO_REQ_PUT,
                                     .shards = &flat[first],
-                                    .nshards = used - first};
+                                    .nshards = used - first,
+                                    .epoch = epoch};
     }
     flow_acquire(r, bytes);
     repo_net_run(r->net, reqs, ntargets);
     flow_release(r, bytes);
 
+    for (size_t t = 0; t < ntargets; t++) {
+        if (reqs[t].status == HBC_ESTALEEPOCH) {
+            /* The placement moved on while we wrote: the caller reloads the map and retries. */
+            rv = err_setraw(e, HBC_ESTALEEPOCH, "put chunk %s: %s", idhex, reqs[t].msg);
+            goto out;
+        }
+    }
     bool ok[MAX_SLOTS];
     size_t failed = 0;
     const struct repo_req *first_failure = NULL;
@@ -621,7 +630,7 @@ static int presence(struct repo *r, const uint8_t id[REPO_CHUNK_ID], bool *enoug
  * stored where missing.
  */
 static int complete_existing(struct repo *r, struct repo_worker *w, const uint8_t id[REPO_CHUNK_ID],
-                             const unsigned *place, struct err *e)
+                             const unsigned *place, uint64_t epoch, struct err *e)
 {
     const unsigned width = r->k + r->m;
     const uint32_t all_mask = ((uint32_t)1 << width) - 1;
@@ -652,7 +661,7 @@ static int complete_existing(struct repo *r, struct repo_worker *w, const uint8_
         hbc_free(plain);
     }
     if (rv == 0) {
-        rv = put_object(r, id, place, obj, olen, e);
+        rv = put_object(r, id, place, epoch, obj, olen, e);
     }
     hbc_free(obj);
     for (unsigned c = 0; c < r->copies; c++) {
@@ -661,8 +670,9 @@ static int complete_existing(struct repo *r, struct repo_worker *w, const uint8_
     return rv;
 }
 
-int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *plain, size_t len,
-                   struct err *e)
+/* One attempt of repo_put_chunk() with the current placement map. */
+static int put_chunk_once(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *plain,
+                          size_t len, struct err *e)
 {
     int rv = need_vault(r, "put chunk", e);
     if (rv != 0) {
@@ -673,7 +683,8 @@ int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *
                        (size_t)CHUNK_OBJECT_MAX_PLAINTEXT);
     }
     unsigned place[MAX_SLOTS];
-    rv = repo_place(r, id, r->copies, r->k + r->m, place, e);
+    uint64_t epoch = 0;
+    rv = repo_place_current(r, id, r->copies, r->k + r->m, place, &epoch, e);
     if (rv != 0) {
         return err_wrap(e, "put chunk");
     }
@@ -694,7 +705,7 @@ int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *
     }
     if (any) {
         err_clear(&pe);
-        rv = complete_existing(r, w, id, place, &pe);
+        rv = complete_existing(r, w, id, place, epoch, &pe);
         if (rv == 0) {
             hbc_log(LOG_INFO, "event=chunk_completed chunk=%s", idhex);
             goto out;
@@ -718,10 +729,26 @@ int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *
         err_wrap(e, "put chunk: seal");
         goto out;
     }
-    rv = put_object(r, id, place, w->buf, olen, e);
+    rv = put_object(r, id, place, epoch, w->buf, olen, e);
 out:
     busy_leave(r, id);
     worker_give(r, w);
+    return rv;
+}
+
+int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *plain, size_t len,
+                   struct err *e)
+{
+    int rv = put_chunk_once(r, id, plain, len, e);
+    /* A node in a later placement epoch refused the put: reload the map, place again. */
+    for (int attempt = 0; rv == HBC_ESTALEEPOCH && attempt < 5; attempt++) {
+        struct err re;
+        int rr = repo_map_refresh(r, &re);
+        if (rr != 0) {
+            return err_setraw(e, rr, "put chunk: reload the placement map: %s", re.msg);
+        }
+        rv = put_chunk_once(r, id, plain, len, e);
+    }
     return rv;
 }
 

@@ -21,24 +21,23 @@ void repo_map_free(struct repo_map *m)
     hbc_free(m);
 }
 
-/* Index of node_id in r->nodes (sorted by id), or PMAP_NONE. */
-static unsigned node_index(const struct repo *r, const char *node_id)
+/* Index of node_id in r->nodes (sorted at open, then appended to), or PMAP_NONE. */
+static unsigned node_index(const struct repo *r, size_t n, const char *node_id)
 {
-    size_t lo = 0;
-    size_t hi = r->nnodes;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(r->nodes[mid].node_id, node_id);
-        if (c == 0) {
-            return (unsigned)mid;
-        }
-        if (c < 0) {
-            lo = mid + 1;
-        } else {
-            hi = mid;
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(r->nodes[i].node_id, node_id) == 0) {
+            return (unsigned)i;
         }
     }
     return PMAP_NONE;
+}
+
+const struct repo_map *repo_map_current(struct repo *r)
+{
+    uv_mutex_lock(&r->mu);
+    const struct repo_map *m = r->map;
+    uv_mutex_unlock(&r->mu);
+    return m;
 }
 
 int repo_map_load(struct repo *r, struct err *e)
@@ -87,8 +86,11 @@ int repo_map_load(struct repo *r, struct err *e)
             repo_map_free(m);
             return err_set(e, HBC_ENOMEM, "placement map");
         }
+        uv_mutex_lock(&r->mu);
+        size_t nnodes = r->nnodes;
+        uv_mutex_unlock(&r->mu);
         for (size_t j = 0; j < re->ep.n; j++) {
-            re->to_node[j] = node_index(r, re->ep.pol[j].node_id);
+            re->to_node[j] = node_index(r, nnodes, re->ep.pol[j].node_id);
         }
     }
     for (uint32_t g = 0; g < r->pv.groups; g++) {
@@ -101,15 +103,80 @@ int repo_map_load(struct repo *r, struct err *e)
     }
     hbc_log(LOG_DEBUG, "event=placement_map epoch=%llu epochs=%zu unsettled=%zu",
             (unsigned long long)m->current, m->nepochs, p->n_fallback);
-    repo_map_free(r->map);
+    uv_mutex_lock(&r->mu);
+    if (r->map != NULL) {
+        r->map->next = r->retired;
+        r->retired = r->map;
+    }
     r->map = m;
+    uv_mutex_unlock(&r->mu);
     return 0;
+}
+
+int repo_map_refresh(struct repo *r, struct err *e)
+{
+    if (r->pv.groups == 0) {
+        return 0;
+    }
+    Hbc__Frame req = HBC__FRAME__INIT;
+    Hbc__ClusterStatusRequest cs = HBC__CLUSTER_STATUS_REQUEST__INIT;
+    req.body_case = HBC__FRAME__BODY_CLUSTER_STATUS;
+    req.cluster_status = &cs;
+    Hbc__Frame *reply = NULL;
+    int rv = repo_control(r, &req, HBC__FRAME__BODY_CLUSTER_STATUS_REPLY, &reply, e);
+    if (rv != 0) {
+        return err_wrap(e, "reload the node list");
+    }
+    const Hbc__ClusterStatusReply *s = reply->cluster_status_reply;
+    /* Append nodes that joined; entries never move, so other threads' indexes stay valid. */
+    uv_mutex_lock(&r->mu);
+    for (size_t i = 0; i < s->n_nodes && rv == 0; i++) {
+        const Hbc__NodeInfo *ni = s->nodes[i];
+        if (ni->state == HBC__NODE_STATE__NODE_JOINING ||
+            node_index(r, r->nnodes, ni->node_id) != PMAP_NONE) {
+            continue;
+        }
+        if (r->nnodes == r->nodes_cap) {
+            hbc_log(LOG_WARN, "event=node_list_full node=%s", ni->node_id);
+            continue;
+        }
+        struct repo_node *rn = &r->nodes[r->nnodes];
+        rn->node_id = hbc_strdup(ni->node_id);
+        rn->addr = hbc_strdup(ni->data_address);
+        rn->site = hbc_strdup(ni->site);
+        rn->region = hbc_strdup(ni->region);
+        rn->media = hbc_strdup(ni->media);
+        rn->worm = ni->worm;
+        rn->capacity = ni->capacity_bytes;
+        if (rn->node_id == NULL || rn->addr == NULL || rn->site == NULL || rn->region == NULL ||
+            rn->media == NULL) {
+            hbc_free(rn->node_id);
+            hbc_free(rn->addr);
+            hbc_free(rn->site);
+            hbc_free(rn->region);
+            hbc_free(rn->media);
+            *rn = (struct repo_node){0};
+            rv = err_set(e, HBC_ENOMEM, "node list");
+            break;
+        }
+        r->nnodes++;
+    }
+    uv_mutex_unlock(&r->mu);
+    frame_free(reply);
+    if (rv == 0) {
+        rv = repo_map_load(r, e);
+    }
+    if (rv == 0) {
+        hbc_log(LOG_INFO, "event=placement_map_reloaded epoch=%llu nodes=%zu",
+                (unsigned long long)repo_map_current(r)->current, r->nnodes);
+    }
+    return rv;
 }
 
 int repo_place_epoch(const struct repo *r, const uint8_t id[REPO_CHUNK_ID], size_t nth,
                      unsigned copies, unsigned width, unsigned *out, struct err *e)
 {
-    const struct repo_map *m = r->map;
+    const struct repo_map *m = repo_map_current((struct repo *)r);
     if (m == NULL) {
         return nth == 0 ? repo_place(r, id, copies, width, out, e) : HBC_ENOTFOUND;
     }

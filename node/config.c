@@ -80,6 +80,12 @@ static const struct key_spec keys[] = {
      "voters at most, spread over the sites; later nodes are standbys"},
     {"raft", "segment_size", KEY_SIZE, OFF(raft_segment_size), "8M", 64 * KiB, 1 * GiB,
      "bytes per Raft log segment file"},
+    {"placement", "move_rate", KEY_SIZE, OFF(move_rate), "64M", 64 * KiB, 1ULL << 40,
+     "bytes per second the mover copies or rebuilds at most (docs/placement.md)"},
+    {"placement", "move_interval", KEY_U32, OFF(move_interval), "2000", 50, 600000,
+     "ms between the mover's passes over the unsettled placement groups"},
+    {"placement", "down_after", KEY_U32, OFF(down_after), "600", 5, 604800,
+     "seconds without contact before the leader marks a node DOWN (a new epoch)"},
 };
 
 #define NKEYS (sizeof keys / sizeof keys[0])

@@ -582,3 +582,31 @@ int fsm_placement_removable(struct fsm *f, const char *node_id, struct err *e)
     }
     return 0;
 }
+
+int fsm_placement_done_by(struct fsm *f, const uint8_t vault_id[FSM_ID_LEN], uint32_t group,
+                          uint64_t epoch, const char *node_id, bool *done, struct err *e)
+{
+    *done = false;
+    uint8_t key[KEY_GROUP_LEN];
+    group_key(vault_id, group, epoch, key);
+    void *v = NULL;
+    size_t n = 0;
+    int rc = meta_store_get(f->store, NULL, META_CF_META, key, sizeof key, &v, &n, e);
+    if (rc == HBC_ENOTFOUND) {
+        return 0;
+    }
+    if (rc != 0) {
+        return rc;
+    }
+    Hbc__PlacementGroupState *st = NULL;
+    rc = fsm_record_unpack(&hbc__placement_group_state__descriptor, v, n, (void **)&st, e);
+    hbc_free(v);
+    if (rc != 0) {
+        return rc;
+    }
+    for (size_t i = 0; i < st->n_done; i++) {
+        *done |= strcmp(st->done[i], node_id) == 0;
+    }
+    fsm_record_free(st);
+    return 0;
+}

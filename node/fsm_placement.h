@@ -56,4 +56,11 @@ void fsm_placement_map_free(Hbc__PlacementMapReply *r);
  */
 int fsm_placement_removable(struct fsm *f, const char *node_id, struct err *e);
 
+/*
+ * Whether node_id has reported group `group` of vault_id done in epoch
+ * `epoch` (*done). Any thread. Returns 0 or a local failure.
+ */
+int fsm_placement_done_by(struct fsm *f, const uint8_t vault_id[FSM_ID_LEN], uint32_t group,
+                          uint64_t epoch, const char *node_id, bool *done, struct err *e);
+
 #endif /* HBC_NODE_FSM_PLACEMENT_H */

@@ -40,6 +40,10 @@
 #include "common/frame.h"
 #include "common/log.h"
 #include "node/control.h"
+#include "node/fsm_placement.h"
+#include "node/mover.h"
+#include "node/raft_node.h"
+#include "node/shard_store_list.h"
 #include "hbc.pb-c.h"
 
 /* Requests a connection may have in flight before reading pauses. */
@@ -59,7 +63,7 @@
 
 struct conn;
 
-enum req_kind { REQ_PUT, REQ_GET, REQ_HAVE };
+enum req_kind { REQ_PUT, REQ_GET, REQ_HAVE, REQ_LIST };
 
 /* One request being worked on: owns its frame until answered. */
 struct req {
@@ -76,6 +80,9 @@ struct req {
     size_t *lens;                /* get: their lengths */
     int *results;                /* get: per-key results */
     protobuf_c_boolean *present; /* have: per-id answer */
+    struct shard_list_entry *list; /* placement list: the chunks found (owned) */
+    size_t nlist;                  /* placement list: how many */
+    bool list_more;                /* placement list: more follow */
 };
 
 /* One group commit on the thread pool. */
@@ -108,6 +115,7 @@ struct server {
     struct tls_ctx *tls;                 /* borrowed */
     struct shard_store *store;           /* borrowed */
     struct raft_node *raft;              /* the metadata plane (borrowed), or NULL */
+    struct mover *mover;                 /* moves shards between placement epochs, or NULL */
     uv_tcp_t listener;                   /* the listening socket */
     uv_timer_t sweep;                    /* idle sweep */
     struct conn *conns;                  /* open connections */
@@ -185,6 +193,8 @@ static void req_free(struct req *r)
     hbc_free(r->lens);
     hbc_free(r->results);
     hbc_free(r->present);
+    hbc_free(r->list);
+    r->list = NULL;
     r->datas = NULL;
     r->lens = NULL;
     r->results = NULL;
@@ -260,6 +270,8 @@ static Hbc__ErrorCode error_code_for(int code)
     case HBC_EFORMAT:
     case HBC_EPROTO:
         return HBC__ERROR_CODE__ERROR_BAD_REQUEST;
+    case HBC_ESTALEEPOCH:
+        return HBC__ERROR_CODE__ERROR_STALE_EPOCH;
     default:
         return HBC__ERROR_CODE__ERROR_INTERNAL;
     }
@@ -650,6 +662,73 @@ static void have_after_cb(uv_work_t *w, int status)
     server_maybe_finish(s);
 }
 
+/* PlacementList on the thread pool: one page of the vault's chunks (node/shard_store_list.h). */
+static void list_work_cb(uv_work_t *w)
+{
+    struct req *r = w->data;
+    struct server *s = r->conn->srv;
+    const Hbc__PlacementListRequest *q = r->frame->placement_list;
+    size_t limit = q->has_limit && q->limit > 0 && q->limit < SHARD_STORE_LIST_MAX
+                       ? q->limit
+                       : SHARD_STORE_LIST_MAX;
+    r->list = hbc_calloc(limit, sizeof *r->list);
+    if (r->list == NULL) {
+        r->status = HBC_ENOMEM;
+        snprintf(r->msg, sizeof r->msg, "placement list: out of memory");
+        return;
+    }
+    struct err e;
+    int rv = shard_store_list_chunks(s->store, q->vault_id.data,
+                                     q->has_after ? q->after.data : NULL,
+                                     q->has_groups ? q->groups : 0, q->has_group ? q->group : 0,
+                                     limit, r->list, &r->nlist, &r->list_more, &e);
+    if (rv != 0) {
+        r->status = rv;
+        snprintf(r->msg, sizeof r->msg, "placement list: %.220s", e.msg);
+    }
+}
+
+static void list_after_cb(uv_work_t *w, int status)
+{
+    struct req *r = w->data;
+    struct server *s = r->conn->srv;
+    (void)status;
+    s->works--;
+    if (r->status != 0) {
+        req_fail(r, r->status, r->msg);
+        server_maybe_finish(s);
+        return;
+    }
+    Hbc__Frame f = HBC__FRAME__INIT;
+    Hbc__PlacementListReply rep = HBC__PLACEMENT_LIST_REPLY__INIT;
+    f.request_id = r->frame->request_id;
+    f.body_case = HBC__FRAME__BODY_PLACEMENT_LIST_REPLY;
+    f.placement_list_reply = &rep;
+    ProtobufCBinaryData *ids = hbc_calloc(r->nlist + 1, sizeof *ids);
+    uint32_t *masks = hbc_calloc(r->nlist + 1, sizeof *masks);
+    if (ids == NULL || masks == NULL) {
+        hbc_free(ids);
+        hbc_free(masks);
+        req_fail(r, HBC_ENOMEM, "placement list: out of memory");
+        server_maybe_finish(s);
+        return;
+    }
+    for (size_t i = 0; i < r->nlist; i++) {
+        ids[i] = (ProtobufCBinaryData){SHARD_STORE_CHUNK_ID_LEN, r->list[i].chunk_id};
+        masks[i] = r->list[i].mask;
+    }
+    rep.chunk_ids = ids;
+    rep.n_chunk_ids = r->nlist;
+    rep.index_masks = masks;
+    rep.n_index_masks = r->nlist;
+    rep.more = r->list_more;
+    rep.epoch = s->raft != NULL ? fsm_placement_current(raft_node_fsm(s->raft)) : 0;
+    req_finish(r, &f);
+    hbc_free(ids);
+    hbc_free(masks);
+    server_maybe_finish(s);
+}
+
 /* ---------------------------------------------------------------------- */
 /* Requests                                                                */
 
@@ -747,6 +826,17 @@ static int frame_cb(Hbc__Frame *frame, void *arg)
             req_fail(r, HBC_EUNAVAILABLE, "node is shutting down");
             break;
         }
+        /* The placement fence: a writer with an older epoch's map must reload it. */
+        uint64_t epoch = s->raft != NULL && frame->put_shards->has_epoch
+                             ? fsm_placement_current(raft_node_fsm(s->raft))
+                             : 0;
+        if (frame->put_shards->has_epoch && frame->put_shards->epoch < epoch) {
+            snprintf(r->msg, sizeof r->msg,
+                     "put shards: placement epoch %llu is stale (current %llu)",
+                     (unsigned long long)frame->put_shards->epoch, (unsigned long long)epoch);
+            req_fail(r, HBC_ESTALEEPOCH, r->msg);
+            break;
+        }
         r->kind = REQ_PUT;
         if (s->queue_tail != NULL) {
             s->queue_tail->next = r;
@@ -783,6 +873,25 @@ static int frame_cb(Hbc__Frame *frame, void *arg)
     case HBC__FRAME__BODY_STATUS:
         answer_status(r);
         break;
+    case HBC__FRAME__BODY_PLACEMENT_LIST: {
+        const Hbc__PlacementListRequest *q = frame->placement_list;
+        if (!tls_conn_peer_has_ou(c->tls, "node")) {
+            req_fail(r, HBC_EDENIED, "placement list: only nodes may list chunks");
+            break;
+        }
+        if (q->vault_id.len != 16 || (q->has_after && q->after.len != 32)) {
+            req_fail(r, HBC_EINVAL, "placement list: bad vault id or after");
+            break;
+        }
+        r->kind = REQ_LIST;
+        r->work.data = r;
+        if (uv_queue_work(s->loop, &r->work, list_work_cb, list_after_cb) != 0) {
+            req_fail(r, HBC_EUNAVAILABLE, "cannot queue work");
+        } else {
+            s->works++;
+        }
+        break;
+    }
     default:
         if (control_is_request(frame)) {
             struct control_peer peer = {
@@ -1019,6 +1128,8 @@ void server_stop(struct server *s, void (*done)(void *arg), void *arg)
     s->stopping = true;
     s->done = done;
     s->done_arg = arg;
+    mover_stop(s->mover);
+    s->mover = NULL;
     hbc_log(LOG_INFO, "event=server_stopping queued_shards=%zu commit_running=%d", s->queue_shards,
             s->committing != NULL);
     uv_close((uv_handle_t *)&s->listener, handle_closed_cb);
@@ -1033,6 +1144,23 @@ void server_stop(struct server *s, void (*done)(void *arg), void *arg)
 void server_set_raft(struct server *s, struct raft_node *rn)
 {
     s->raft = rn;
+    if (rn == NULL) {
+        mover_stop(s->mover);
+        s->mover = NULL;
+        return;
+    }
+    if (s->mover == NULL && !s->stopping) {
+        struct mover_opts mo = {.node_id = s->cfg->node_id,
+                                .fsm = raft_node_fsm(rn),
+                                .store = s->store,
+                                .tls = s->tls,
+                                .rate = s->cfg->move_rate,
+                                .interval_ms = s->cfg->move_interval};
+        struct err e;
+        if (mover_start(&mo, &s->mover, &e) != 0) {
+            hbc_log(LOG_ERROR, "event=mover_start_failed reason=\"%s\"", e.msg);
+        }
+    }
 }
 
 void server_get_stats(const struct server *s, struct server_stats *out)
