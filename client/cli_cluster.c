@@ -76,6 +76,44 @@ static int ask_status(struct cli *c, const char *addr, Hbc__Frame **out, struct 
     return rv;
 }
 
+/*
+ * The placement epoch and how far the move to it has come (groups of every
+ * grouped vault settled in it), and the nodes being drained; JSON null when
+ * the cluster does not answer the request.
+ */
+static json_t *placement_json(struct cli *c, const Hbc__ClusterStatusReply *view)
+{
+    Hbc__Frame req = HBC__FRAME__INIT;
+    Hbc__PlacementMapRequest q = HBC__PLACEMENT_MAP_REQUEST__INIT;
+    req.request_id = 1;
+    req.body_case = HBC__FRAME__BODY_PLACEMENT_MAP;
+    req.placement_map = &q;
+    Hbc__Frame *r = NULL;
+    struct err e;
+    if (cli_request(c, &req, false, &r, &e) != 0) {
+        return json_null();
+    }
+    if (r->body_case != HBC__FRAME__BODY_PLACEMENT_MAP_REPLY) {
+        frame_free(r);
+        return json_null();
+    }
+    const Hbc__PlacementMapReply *p = r->placement_map_reply;
+    json_t *o = json_object();
+    json_object_set_new(o, "epoch", json_integer((json_int_t)p->current));
+    json_object_set_new(o, "groups_total", json_integer((json_int_t)p->groups_total));
+    json_object_set_new(o, "groups_confirmed", json_integer((json_int_t)p->groups_confirmed));
+    json_object_set_new(o, "settled", json_boolean(p->groups_confirmed == p->groups_total));
+    json_t *draining = json_array();
+    for (size_t i = 0; i < view->n_nodes; i++) {
+        if (view->nodes[i]->state == HBC__NODE_STATE__NODE_DRAINING) {
+            json_array_append_new(draining, json_string(view->nodes[i]->node_id));
+        }
+    }
+    json_object_set_new(o, "draining", draining);
+    frame_free(r);
+    return o;
+}
+
 static int cluster_status(struct cli *c)
 {
     if (cli_tls(c) == NULL) {
@@ -141,8 +179,10 @@ static int cluster_status(struct cli *c)
         frame_free(r);
     }
     int rv = json_array_size(unreachable) > 0 ? CLI_PARTIAL : CLI_OK;
+    json_t *placement = placement_json(c, view);
     if (c->json) {
         json_t *o = json_object();
+        json_object_set_new(o, "placement", placement);
         json_object_set_new(o, "leader_raft_id",
                             leader != 0 ? json_integer((json_int_t)leader) : json_null());
         json_object_set_new(o, "members", json_integer((json_int_t)view->n_members));
@@ -180,6 +220,20 @@ static int cluster_status(struct cli *c)
         if (leader == 0) {
             printf("no leader\n");
         }
+        if (json_is_object(placement)) {
+            printf("placement epoch %lld: %lld of %lld groups moved to it",
+                   (long long)json_integer_value(json_object_get(placement, "epoch")),
+                   (long long)json_integer_value(json_object_get(placement, "groups_confirmed")),
+                   (long long)json_integer_value(json_object_get(placement, "groups_total")));
+            size_t k2;
+            json_t *d;
+            json_array_foreach(json_object_get(placement, "draining"), k2, d)
+            {
+                printf("%s %s draining", k2 == 0 ? ";" : ",", json_string_value(d));
+            }
+            printf("\n");
+        }
+        json_decref(placement);
         json_decref(nodes);
         json_decref(unreachable);
     }

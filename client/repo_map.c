@@ -40,6 +40,50 @@ const struct repo_map *repo_map_current(struct repo *r)
     return m;
 }
 
+/*
+ * Append the nodes of the map's node list that r->nodes lacks (nodes that
+ * joined since the vault was opened). Entries never move, so indexes other
+ * threads hold stay valid.
+ */
+static int append_nodes(struct repo *r, Hbc__NodeInfo *const *nodes, size_t n, struct err *e)
+{
+    int rv = 0;
+    uv_mutex_lock(&r->mu);
+    for (size_t i = 0; i < n && rv == 0; i++) {
+        const Hbc__NodeInfo *ni = nodes[i];
+        if (ni->state == HBC__NODE_STATE__NODE_JOINING ||
+            node_index(r, r->nnodes, ni->node_id) != PMAP_NONE) {
+            continue;
+        }
+        if (r->nnodes == r->nodes_cap) {
+            hbc_log(LOG_WARN, "event=node_list_full node=%s", ni->node_id);
+            continue;
+        }
+        struct repo_node *rn = &r->nodes[r->nnodes];
+        rn->node_id = hbc_strdup(ni->node_id);
+        rn->addr = hbc_strdup(ni->data_address);
+        rn->site = hbc_strdup(ni->site);
+        rn->region = hbc_strdup(ni->region);
+        rn->media = hbc_strdup(ni->media);
+        rn->worm = ni->worm;
+        rn->capacity = ni->capacity_bytes;
+        if (rn->node_id == NULL || rn->addr == NULL || rn->site == NULL || rn->region == NULL ||
+            rn->media == NULL) {
+            hbc_free(rn->node_id);
+            hbc_free(rn->addr);
+            hbc_free(rn->site);
+            hbc_free(rn->region);
+            hbc_free(rn->media);
+            *rn = (struct repo_node){0};
+            rv = err_set(e, HBC_ENOMEM, "node list");
+            break;
+        }
+        r->nnodes++;
+    }
+    uv_mutex_unlock(&r->mu);
+    return rv;
+}
+
 int repo_map_load(struct repo *r, struct err *e)
 {
     Hbc__Frame req = HBC__FRAME__INIT;
@@ -66,6 +110,11 @@ int repo_map_load(struct repo *r, struct err *e)
         repo_map_free(m);
         return err_setraw(e, HBC_EPROTO, "placement map: no record of the current epoch %llu",
                           (unsigned long long)p->current);
+    }
+    rv = append_nodes(r, p->nodes, p->n_nodes, e);
+    if (rv != 0) {
+        repo_map_free(m);
+        return rv;
     }
     m->epochs = hbc_calloc(p->n_epochs, sizeof *m->epochs);
     m->settled = hbc_calloc(r->pv.groups, sizeof *m->settled);
@@ -118,54 +167,7 @@ int repo_map_refresh(struct repo *r, struct err *e)
     if (r->pv.groups == 0) {
         return 0;
     }
-    Hbc__Frame req = HBC__FRAME__INIT;
-    Hbc__ClusterStatusRequest cs = HBC__CLUSTER_STATUS_REQUEST__INIT;
-    req.body_case = HBC__FRAME__BODY_CLUSTER_STATUS;
-    req.cluster_status = &cs;
-    Hbc__Frame *reply = NULL;
-    int rv = repo_control(r, &req, HBC__FRAME__BODY_CLUSTER_STATUS_REPLY, &reply, e);
-    if (rv != 0) {
-        return err_wrap(e, "reload the node list");
-    }
-    const Hbc__ClusterStatusReply *s = reply->cluster_status_reply;
-    /* Append nodes that joined; entries never move, so other threads' indexes stay valid. */
-    uv_mutex_lock(&r->mu);
-    for (size_t i = 0; i < s->n_nodes && rv == 0; i++) {
-        const Hbc__NodeInfo *ni = s->nodes[i];
-        if (ni->state == HBC__NODE_STATE__NODE_JOINING ||
-            node_index(r, r->nnodes, ni->node_id) != PMAP_NONE) {
-            continue;
-        }
-        if (r->nnodes == r->nodes_cap) {
-            hbc_log(LOG_WARN, "event=node_list_full node=%s", ni->node_id);
-            continue;
-        }
-        struct repo_node *rn = &r->nodes[r->nnodes];
-        rn->node_id = hbc_strdup(ni->node_id);
-        rn->addr = hbc_strdup(ni->data_address);
-        rn->site = hbc_strdup(ni->site);
-        rn->region = hbc_strdup(ni->region);
-        rn->media = hbc_strdup(ni->media);
-        rn->worm = ni->worm;
-        rn->capacity = ni->capacity_bytes;
-        if (rn->node_id == NULL || rn->addr == NULL || rn->site == NULL || rn->region == NULL ||
-            rn->media == NULL) {
-            hbc_free(rn->node_id);
-            hbc_free(rn->addr);
-            hbc_free(rn->site);
-            hbc_free(rn->region);
-            hbc_free(rn->media);
-            *rn = (struct repo_node){0};
-            rv = err_set(e, HBC_ENOMEM, "node list");
-            break;
-        }
-        r->nnodes++;
-    }
-    uv_mutex_unlock(&r->mu);
-    frame_free(reply);
-    if (rv == 0) {
-        rv = repo_map_load(r, e);
-    }
+    int rv = repo_map_load(r, e);
     if (rv == 0) {
         hbc_log(LOG_INFO, "event=placement_map_reloaded epoch=%llu nodes=%zu",
                 (unsigned long long)repo_map_current(r)->current, r->nnodes);

@@ -39,8 +39,9 @@ uint64_t fsm_placement_current(struct fsm *f)
     void *v = NULL;
     size_t n = 0;
     uint64_t epoch = 0;
+    struct err e;
     if (meta_store_get(f->store, NULL, META_CF_META, FSM_META_EPOCH, strlen(FSM_META_EPOCH), &v, &n,
-                       NULL) == 0 &&
+                       &e) == 0 &&
         n == 8) {
         epoch = fsm_get_be64(v);
     }
@@ -240,7 +241,8 @@ int fsm_apply_group_done(struct apply_ctx *c, const Hbc__PlacementGroupDone *d, 
         return rc;
     }
     struct pmap_vault v;
-    if (pmap_vault_from_info(vi, &v, NULL) != 0 || v.groups == 0) {
+    struct err ve;
+    if (pmap_vault_from_info(vi, &v, &ve) != 0 || v.groups == 0) {
         *code = HBC_EINVAL;
         c->reason = "placement group done for a vault without placement groups";
         goto out;
@@ -387,6 +389,7 @@ struct vault_list {
     size_t n;           /* how many */
     size_t cap;         /* allocated */
     int rc;             /* HBC_ENOMEM when one could not be kept */
+    struct err e;       /* scratch for the copies */
 };
 
 static int vault_keep(const Hbc__VaultInfo *v, void *arg)
@@ -408,18 +411,47 @@ static int vault_keep(const Hbc__VaultInfo *v, void *arg)
     }
     uint8_t *buf = NULL;
     size_t len = 0;
-    if (fsm_record_pack(&v->base, &buf, &len, NULL) != 0) {
+    if (fsm_record_pack(&v->base, &buf, &len, &l->e) != 0) {
         l->rc = HBC_ENOMEM;
         return 1;
     }
     Hbc__VaultInfo *copy = NULL;
-    int rc = fsm_record_unpack(&hbc__vault_info__descriptor, buf, len, (void **)&copy, NULL);
+    int rc = fsm_record_unpack(&hbc__vault_info__descriptor, buf, len, (void **)&copy, &l->e);
     hbc_free(buf);
     if (rc != 0) {
         l->rc = HBC_ENOMEM;
         return 1;
     }
     l->v[l->n++] = copy;
+    return 0;
+}
+
+struct node_list {
+    Hbc__PlacementMapReply *out; /* where the copies go */
+    struct err *e;               /* where a failure goes */
+};
+
+static int node_keep(const Hbc__NodeInfo *n, void *arg)
+{
+    struct node_list *l = arg;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int rc = fsm_record_pack(&n->base, &buf, &len, l->e);
+    Hbc__NodeInfo *copy = NULL;
+    if (rc == 0) {
+        rc = fsm_record_unpack(&hbc__node_info__descriptor, buf, len, (void **)&copy, l->e);
+    }
+    hbc_free(buf);
+    if (rc != 0) {
+        return rc;
+    }
+    Hbc__NodeInfo **p = hbc_realloc(l->out->nodes, (l->out->n_nodes + 1) * sizeof *p);
+    if (p == NULL) {
+        fsm_record_free(copy);
+        return err_set(l->e, HBC_ENOMEM, "placement map");
+    }
+    l->out->nodes = p;
+    l->out->nodes[l->out->n_nodes++] = copy;
     return 0;
 }
 
@@ -456,6 +488,10 @@ int fsm_placement_map(struct fsm *f, const uint8_t *vault_id, Hbc__PlacementMapR
         if (rc == 0 && l.rc != 0) {
             rc = err_set(e, l.rc, "placement map");
         }
+    }
+    if (rc == 0 && vault_id != NULL) {
+        struct node_list nl = {.out = out, .e = e};
+        rc = fsm_list_nodes(f, node_keep, &nl, e);
     }
     if (rc != 0 || out->current == 0) {
         goto out;
@@ -545,6 +581,12 @@ void fsm_placement_map_free(Hbc__PlacementMapReply *r)
         hbc_free(r->fallback[i]);
     }
     hbc_free(r->fallback);
+    for (size_t i = 0; i < r->n_nodes; i++) {
+        fsm_record_free(r->nodes[i]);
+    }
+    hbc_free(r->nodes);
+    r->nodes = NULL;
+    r->n_nodes = 0;
     r->epochs = NULL;
     r->n_epochs = 0;
     r->fallback = NULL;

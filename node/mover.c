@@ -187,7 +187,8 @@ static uint32_t local_missing(struct mover *m, const struct pmap_vault *v, const
         memcpy(key.chunk_id, chunk, 32);
         key.index = s;
         struct shard_info info;
-        if (shard_store_lookup(m->o.store, &key, &info, NULL) == 0) {
+        struct err le;
+        if (shard_store_lookup(m->o.store, &key, &info, &le) == 0) {
             *have |= (uint32_t)1 << s;
         }
     }
@@ -218,7 +219,8 @@ static bool blob_ok(const uint8_t *blob, size_t len, const struct pmap_vault *v,
                     const uint8_t chunk[32], unsigned index)
 {
     struct erasure_shard_info info;
-    if (erasure_shard_decode(blob, len, &info, NULL, NULL) != 0) {
+    struct err de;
+    if (erasure_shard_decode(blob, len, &info, NULL, &de) != 0) {
         return false;
     }
     return info.index == index && info.k == v->k && info.m == v->m &&
@@ -295,7 +297,8 @@ static int complete_chunk(struct mover *m, const struct pmap_vault *v, const uin
                 memcpy(key.chunk_id, chunk, 32);
                 key.index = s;
                 size_t len = 0;
-                if (shard_store_get_alloc(m->o.store, &key, &st.local[s], &len, NULL) == 0 &&
+                struct err ge;
+                if (shard_store_get_alloc(m->o.store, &key, &st.local[s], &len, &ge) == 0 &&
                     blob_ok(st.local[s], len, v, chunk, s)) {
                     st.blob[s] = st.local[s];
                     st.len[s] = len;
@@ -433,6 +436,8 @@ static int list_source(struct mover *m, const struct pmap_vault *v, const struct
             en->mask = l->index_masks[i];
             en->src = src;
         }
+        hbc_log(LOG_DEBUG, "event=mover_listed node=%s chunks=%zu rows=%zu more=%d", p->id,
+                l->n_chunk_ids, *nrows, l->more);
         bool more = l->more && l->n_chunk_ids > 0;
         if (more) {
             memcpy(after, l->chunk_ids[l->n_chunk_ids - 1].data, 32);
@@ -500,7 +505,7 @@ static void move_vault(struct mover *m, const struct pmap_vault *v, uint64_t cur
         goto out;
     }
     for (size_t i = 0; i < map.n_epochs && neps < 64; i++) {
-        if (pmap_epoch_from_proto(map.epochs[i], &eps[neps], NULL) != 0) {
+        if (pmap_epoch_from_proto(map.epochs[i], &eps[neps], &e) != 0) {
             goto out;
         }
         neps++;
@@ -528,8 +533,8 @@ static void move_vault(struct mover *m, const struct pmap_vault *v, uint64_t cur
         }
         uint32_t mask = 0;
         bool already = false;
-        if (pmap_node_mask(v, &eps[0], g, me, &mask, NULL) != 0 || mask == 0 ||
-            fsm_placement_done_by(m->o.fsm, v->vault_id, g, current, m->node_id, &already, NULL) !=
+        if (pmap_node_mask(v, &eps[0], g, me, &mask, &e) != 0 || mask == 0 ||
+            fsm_placement_done_by(m->o.fsm, v->vault_id, g, current, m->node_id, &already, &e) !=
                 0 ||
             already) {
             continue;
@@ -619,7 +624,8 @@ static int vault_visit(const Hbc__VaultInfo *vi, void *arg)
 {
     struct vault_set *s = arg;
     struct pmap_vault pv;
-    if (pmap_vault_from_info(vi, &pv, NULL) != 0 || pv.groups == 0) {
+    struct err e;
+    if (pmap_vault_from_info(vi, &pv, &e) != 0 || pv.groups == 0) {
         return 0;
     }
     struct pmap_vault *p = hbc_realloc(s->v, (s->n + 1) * sizeof *p);
@@ -639,8 +645,9 @@ static void mover_pass(struct mover *m)
     }
     struct vault_set vs = {0};
     peers_free(m);
-    if (fsm_list_nodes(m->o.fsm, peer_visit, m, NULL) != 0 ||
-        fsm_list_vaults(m->o.fsm, vault_visit, &vs, NULL) != 0 || m->npeers == 0) {
+    struct err e;
+    if (fsm_list_nodes(m->o.fsm, peer_visit, m, &e) != 0 ||
+        fsm_list_vaults(m->o.fsm, vault_visit, &vs, &e) != 0 || m->npeers == 0) {
         peers_free(m);
         hbc_free(vs.v);
         return;
