@@ -110,6 +110,13 @@ static json_t *placement_json(struct cli *c, const Hbc__ClusterStatusReply *view
         }
     }
     json_object_set_new(o, "draining", draining);
+    json_t *down = json_array();
+    for (size_t i = 0; i < view->n_nodes; i++) {
+        if (view->nodes[i]->state == HBC__NODE_STATE__NODE_DOWN) {
+            json_array_append_new(down, json_string(view->nodes[i]->node_id));
+        }
+    }
+    json_object_set_new(o, "down", down);
     frame_free(r);
     return o;
 }
@@ -230,6 +237,10 @@ static int cluster_status(struct cli *c)
             json_array_foreach(json_object_get(placement, "draining"), k2, d)
             {
                 printf("%s %s draining", k2 == 0 ? ";" : ",", json_string_value(d));
+            }
+            json_array_foreach(json_object_get(placement, "down"), k2, d)
+            {
+                printf("; %s down", json_string_value(d));
             }
             printf("\n");
         }

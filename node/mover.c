@@ -2,6 +2,7 @@
 #include "node/mover.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,12 @@ struct peer {
     char *addr; /* data-plane address */
 };
 
+/* Leader bookkeeping of one node's reachability. */
+struct seen {
+    char id[65];      /* node id */
+    uint64_t ok_ns;   /* when it last answered a status probe (or when we started watching) */
+};
+
 /* One (chunk, source) row of the listings. */
 struct entry {
     uint8_t chunk[32]; /* the chunk */
@@ -48,6 +55,9 @@ struct mover {
     size_t npeers;         /* how many */
     uint64_t moved_bytes;  /* shard bytes stored so far (logged) */
     uint64_t moved_shards; /* shards stored so far (logged) */
+    _Atomic bool leads;    /* this node leads (set by the loop thread) */
+    struct seen *seen;     /* leader: when each node last answered */
+    size_t nseen;          /* how many */
 };
 
 static uint64_t now_ns(void)
@@ -637,6 +647,135 @@ static int vault_visit(const Hbc__VaultInfo *vi, void *arg)
     return 0;
 }
 
+static struct seen *seen_get(struct mover *m, const char *id, uint64_t now)
+{
+    for (size_t i = 0; i < m->nseen; i++) {
+        if (strcmp(m->seen[i].id, id) == 0) {
+            return &m->seen[i];
+        }
+    }
+    struct seen *p = hbc_realloc(m->seen, (m->nseen + 1) * sizeof *p);
+    if (p == NULL) {
+        return NULL;
+    }
+    m->seen = p;
+    struct seen *s = &m->seen[m->nseen++];
+    snprintf(s->id, sizeof s->id, "%s", id);
+    s->ok_ns = now;
+    return s;
+}
+
+/* Propose a node state change (DOWN or UP) as the leader's mover. */
+static void set_state(struct mover *m, const char *id, Hbc__NodeState state, uint64_t quiet_s)
+{
+    Hbc__Command cmd = HBC__COMMAND__INIT;
+    Hbc__NodeUpdate u = HBC__NODE_UPDATE__INIT;
+    u.node_id = (char *)id;
+    u.has_state = true;
+    u.state = state;
+    cmd.cmd_case = HBC__COMMAND__CMD_NODE_UPDATE;
+    cmd.node_update = &u;
+    char msg[256];
+    int code = propose(m, &cmd, msg, sizeof msg);
+    hbc_log(code == 0 ? LOG_WARN : LOG_INFO,
+            "event=node_%s node=%s unreachable_s=%llu code=%s msg=\"%s\"",
+            state == HBC__NODE_STATE__NODE_DOWN ? "down" : "up_again", id,
+            (unsigned long long)quiet_s, hbc_errname(code), msg);
+}
+
+struct probe_node {
+    char id[65];           /* node id */
+    char addr[65];         /* data address */
+    Hbc__NodeState state;  /* its state */
+};
+
+static int probe_visit(const Hbc__NodeInfo *n, void *arg)
+{
+    struct probe_node **pp = arg;
+    size_t count = 0;
+    while ((*pp)[count].id[0] != '\0') {
+        count++;
+    }
+    struct probe_node *p = hbc_realloc(*pp, (count + 2) * sizeof *p);
+    if (p == NULL) {
+        return HBC_ENOMEM;
+    }
+    *pp = p;
+    snprintf(p[count].id, sizeof p[count].id, "%s", n->node_id);
+    snprintf(p[count].addr, sizeof p[count].addr, "%s", n->data_address);
+    p[count].state = n->state;
+    p[count + 1].id[0] = '\0';
+    return 0;
+}
+
+/* Leader: probe every UP or DOWN node; mark DOWN after down_after_s, UP when back. */
+static void watch_nodes(struct mover *m)
+{
+    if (!atomic_load(&m->leads) || m->o.down_after_s == 0) {
+        m->nseen = 0; /* a new leader starts its watch afresh */
+        return;
+    }
+    struct probe_node *nodes = hbc_calloc(1, sizeof *nodes);
+    struct err e;
+    if (nodes == NULL || fsm_list_nodes(m->o.fsm, probe_visit, &nodes, &e) != 0) {
+        hbc_free(nodes);
+        return;
+    }
+    size_t n = 0;
+    while (nodes[n].id[0] != '\0') {
+        n++;
+    }
+    struct repo_req *reqs = hbc_calloc(n + 1, sizeof *reqs);
+    Hbc__Frame *frames = hbc_calloc(n + 1, sizeof *frames);
+    Hbc__StatusRequest sr = HBC__STATUS_REQUEST__INIT;
+    if (reqs == NULL || frames == NULL) {
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        hbc__frame__init(&frames[i]);
+        frames[i].body_case = HBC__FRAME__BODY_STATUS;
+        frames[i].status = &sr;
+        reqs[i] = (struct repo_req){.addr = nodes[i].addr,
+                                    .node_id = nodes[i].id,
+                                    .kind = REPO_REQ_FRAME,
+                                    .frame = &frames[i],
+                                    .expect = HBC__FRAME__BODY_STATUS_REPLY};
+    }
+    repo_net_run(m->net, reqs, n);
+    uint64_t now = now_ns();
+    for (size_t i = 0; i < n; i++) {
+        bool ok = reqs[i].status == 0;
+        frame_free(reqs[i].reply);
+        if (strcmp(nodes[i].id, m->node_id) == 0) {
+            continue;
+        }
+        struct seen *s = seen_get(m, nodes[i].id, now);
+        if (s == NULL) {
+            continue;
+        }
+        uint64_t quiet_s = (now - s->ok_ns) / 1000000000ull;
+        if (ok) {
+            s->ok_ns = now;
+            if (nodes[i].state == HBC__NODE_STATE__NODE_DOWN) {
+                set_state(m, nodes[i].id, HBC__NODE_STATE__NODE_UP, 0);
+            }
+        } else if (nodes[i].state == HBC__NODE_STATE__NODE_UP && quiet_s >= m->o.down_after_s) {
+            set_state(m, nodes[i].id, HBC__NODE_STATE__NODE_DOWN, quiet_s);
+        }
+    }
+out:
+    hbc_free(reqs);
+    hbc_free(frames);
+    hbc_free(nodes);
+}
+
+void mover_set_leader(struct mover *m, bool leader)
+{
+    if (m != NULL) {
+        atomic_store(&m->leads, leader);
+    }
+}
+
 static void mover_pass(struct mover *m)
 {
     uint64_t current = fsm_placement_current(m->o.fsm);
@@ -652,6 +791,7 @@ static void mover_pass(struct mover *m)
         hbc_free(vs.v);
         return;
     }
+    watch_nodes(m);
     for (size_t i = 0; i < vs.n && !stopping(m); i++) {
         move_vault(m, &vs.v[i], current);
     }
@@ -719,6 +859,7 @@ void mover_stop(struct mover *m)
     pthread_mutex_unlock(&m->mu);
     pthread_join(m->thread, NULL);
     repo_net_stop(m->net);
+    hbc_free(m->seen);
     pthread_cond_destroy(&m->cv);
     pthread_mutex_destroy(&m->mu);
     hbc_free(m->node_id);

@@ -2,6 +2,7 @@
 #ifndef HBC_NODE_MOVER_H
 #define HBC_NODE_MOVER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "common/err.h"
@@ -42,10 +43,20 @@ struct mover_opts {
     struct tls_ctx *tls;    /* the node's TLS context (dials with its node certificate) */
     uint64_t rate;          /* bytes per second at most (0: unlimited) */
     unsigned interval_ms;   /* ms between passes */
+    unsigned down_after_s;  /* leader: mark a node DOWN after this long unreachable (0: never) */
 };
 
 /* Start the mover thread. Returns 0, HBC_ENOMEM or a thread/libuv error. */
 int mover_start(const struct mover_opts *o, struct mover **out, struct err *e);
+
+/*
+ * Tell the mover whether this node leads (the loop thread knows; call it on
+ * every change or periodically). The leader's mover also probes every node
+ * (StatusRequest) each pass and proposes NodeUpdate state DOWN for a node
+ * unreachable for down_after_s seconds, and state UP when a DOWN node answers
+ * again: both are topology changes, so each makes a new placement epoch.
+ */
+void mover_set_leader(struct mover *m, bool leader);
 
 /* Stop the thread (finishing the request in flight) and free m. NULL is a no-op. */
 void mover_stop(struct mover *m);

@@ -1026,6 +1026,7 @@ static void sweep_cb(uv_timer_t *t)
 {
     struct server *s = t->data;
     uint64_t now = uv_now(s->loop);
+    mover_set_leader(s->mover, s->raft != NULL && raft_node_is_leader(s->raft));
     uint64_t limit = (uint64_t)s->cfg->idle_timeout * 1000;
     for (struct conn *c = s->conns; c != NULL; c = c->next) {
         if (c->tls != NULL && c->handshaken && c->inflight == 0 && now - c->last_active > limit) {
@@ -1155,7 +1156,9 @@ void server_set_raft(struct server *s, struct raft_node *rn)
                                 .store = s->store,
                                 .tls = s->tls,
                                 .rate = s->cfg->move_rate,
-                                .interval_ms = s->cfg->move_interval};
+                                .interval_ms = s->cfg->move_interval > 0 ? s->cfg->move_interval
+                                                                         : 2000,
+                                .down_after_s = s->cfg->down_after};
         struct err e;
         if (mover_start(&mo, &s->mover, &e) != 0) {
             hbc_log(LOG_ERROR, "event=mover_start_failed reason=\"%s\"", e.msg);

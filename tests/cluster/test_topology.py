@@ -132,3 +132,64 @@ def test_add_site_drain_and_remove_during_backup(tmp_path, ca):
         "remove_refused_while_moving": refused, "audit": {k: a[k] for k in
                                                           ("chunks", "shards_expected")},
         "test_seconds": round(time.monotonic() - t0, 1)}))
+
+
+def test_node_down_is_rebuilt_elsewhere(tmp_path, ca):
+    """A node unreachable for placement.down_after seconds is marked DOWN by the leader: a new
+    epoch without it, whose shards the others rebuild from the remaining ones; when it comes
+    back it is UP again (another epoch)."""
+    plan = [(f"n{i}", "site-a", "ssd", False) for i in range(1, 6)]
+    nodes = []
+    for i, (name, site, media, worm) in enumerate(plan):
+        extra = {"placement": {"down_after": "5", "move_interval": "500"}}
+        if i == 0:
+            n = hbctest.RaftNode(tmp_path, ca, name, bootstrap=True, site=site, extra=extra)
+        else:
+            n = hbctest.RaftNode(tmp_path, ca, name, join=nodes[0].addr, site=site, extra=extra)
+        n.start()
+        if i > 0:
+            n.wait_event(lambda ev: ev.get("event") == "joined", timeout=60, what="an admission")
+        nodes.append(n)
+    hbc = placetest.Hbc(tmp_path, ca, [n.addr for n in nodes])
+    placetest.wait_members(hbc, 5)
+    hbc.run("key", "init", "--keyfile", hbc.env["HBC_KEYFILE"])
+    hbc.run("vault", "create", "one", "--policy", "none", "--copies", "1", "--k", "2", "--m", "2")
+    hbc.env["HBC_VAULT"] = "one"
+    src = os.path.join(tmp_path, "src")
+    placetest.make_tree(src, files=30, seed=3)
+    rc, b, err = hbc.json("backup", src)
+    epoch = placement(hbc)["epoch"]
+    st = placetest.wait_members(hbc, 5)
+    victim = next(n for n in nodes[1:] if n.name != hbctest.leader_name(st))
+    victim.kill9()
+    live = [n for n in nodes if n is not victim]
+    hbc.set_cluster([n.addr for n in live])
+    deadline = time.monotonic() + 120
+    while True:
+        p = placement(hbc)
+        if victim.name in p.get("down", []) and p.get("settled"):
+            break
+        assert time.monotonic() < deadline, f"{victim.name} not marked down and rebuilt: {p}"
+        time.sleep(1)
+    assert p["epoch"] > epoch
+    rc, a = audit(ca, [n.addr for n in live], "one")
+    assert rc == 0 and a["shards_missing"] == 0, a
+    target = os.path.join(tmp_path, "restore")
+    rc, r, err = hbc.json("restore", b["snapshot"], "--target", target, "--verify")
+    assert rc == 0 and r["errors"] == 0, (r, err)
+    same_tree(src, os.path.join(target, src.lstrip("/")))
+    rebuilt = sum(len([e for e in n.events("mover_pass") if e.get("chunks_completed") != "0"])
+                  for n in live)
+    assert rebuilt > 0
+    # Back again: UP, a new epoch, settled again.
+    victim.start()
+    hbc.set_cluster([n.addr for n in nodes])
+    deadline = time.monotonic() + 120
+    while True:
+        q = placement(hbc)
+        if not q.get("down") and q.get("settled") and q["epoch"] > p["epoch"]:
+            break
+        assert time.monotonic() < deadline, f"{victim.name} not back up: {q}"
+        time.sleep(1)
+    print("\ntopology down: " + json.dumps({"epochs": [epoch, p["epoch"], q["epoch"]],
+                                            "passes_with_rebuilds": rebuilt}))
