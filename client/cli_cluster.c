@@ -313,8 +313,9 @@ static int cluster_remove(struct cli *c, const char *node, bool force)
     if (force) {
         rr.has_force = true;
         rr.force = true;
-        fprintf(stderr, "hbc: warning: --force removes %s even if it still holds shards that "
-                        "the placement needs; copies may drop below their policy\n",
+        fprintf(stderr,
+                "hbc: warning: --force removes %s even if it still holds shards that "
+                "the placement needs; copies may drop below their policy\n",
                 node);
     }
     req.request_id = 1;
@@ -326,7 +327,7 @@ static int cluster_remove(struct cli *c, const char *node, bool force)
         cli_error("remove %s: %s", node, e.msg);
         return e.code == HBC_ECONFIG ? CLI_USAGE : CLI_UNAVAILABLE;
     }
-int rv = print_outcome(c, "removed", node, r);
+    int rv = print_outcome(c, "removed", node, r);
     frame_free(r);
     return rv;
 }

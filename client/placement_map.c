@@ -1,4 +1,5 @@
-/* Placement groups and epochs: the nodes of a vault's group in an epoch (rules in placement_map.h). */
+/* Placement groups and epochs: the nodes of a vault's group in an epoch (rules in placement_map.h).
+ */
 #include "client/placement_map.h"
 
 #include <stdio.h>
@@ -14,9 +15,9 @@ int pmap_vault_from_info(const Hbc__VaultInfo *v, struct pmap_vault *out, struct
         return err_setraw(e, HBC_EFORMAT, "vault '%s': malformed record (copies %u, k %u, m %u)",
                           v->name, v->copies, v->k, v->m);
     }
-    if (v->has_placement_groups && (v->placement_groups == 0 ||
-                                    v->placement_groups > PMAP_MAX_GROUPS ||
-                                    (v->placement_groups & (v->placement_groups - 1)) != 0)) {
+    if (v->has_placement_groups &&
+        (v->placement_groups == 0 || v->placement_groups > PMAP_MAX_GROUPS ||
+         (v->placement_groups & (v->placement_groups - 1)) != 0)) {
         return err_setraw(e, HBC_EFORMAT, "vault '%s': %u placement groups (a power of two needed)",
                           v->name, v->placement_groups);
     }

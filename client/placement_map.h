@@ -42,11 +42,11 @@ struct pmap_vault {
 
 /* An epoch's topology, borrowing the strings of the PlacementEpoch it came from. */
 struct pmap_epoch {
-    uint64_t epoch;                /* its number */
-    uint64_t previous;             /* the epoch before (0: none) */
-    size_t n;                      /* nodes */
-    struct policy_node *pol;       /* the nodes for policy placement (hbc_malloc'ed) */
-    struct placement_node *plain;  /* the same for placement without a policy (hbc_malloc'ed) */
+    uint64_t epoch;               /* its number */
+    uint64_t previous;            /* the epoch before (0: none) */
+    size_t n;                     /* nodes */
+    struct policy_node *pol;      /* the nodes for policy placement (hbc_malloc'ed) */
+    struct placement_node *plain; /* the same for placement without a policy (hbc_malloc'ed) */
 };
 
 /*

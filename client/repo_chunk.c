@@ -403,8 +403,8 @@ int repo_get_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], int copy, ui
                 repo_place_epoch(r, id, nth, copies, width, older, NULL) != 0) {
                 break;
             }
-            hbc_log(LOG_DEBUG, "event=chunk_read_epoch_fallback chunk=%s copy=%u nth=%zu", idhex,
-                    c, nth);
+            hbc_log(LOG_DEBUG, "event=chunk_read_epoch_fallback chunk=%s copy=%u nth=%zu", idhex, c,
+                    nth);
             fetch_free(&f);
             f = (struct fetch){0};
             err_clear(&ce);
@@ -483,8 +483,7 @@ static void busy_leave(struct repo *r, const uint8_t id[REPO_CHUNK_ID])
  * the shards it needs durable.
  */
 static int put_object(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const unsigned *place,
-                      uint64_t epoch,
-                      const uint8_t *obj, size_t olen, struct err *e)
+                      uint64_t epoch, const uint8_t *obj, size_t olen, struct err *e)
 {
     const unsigned width = r->k + r->m;
     const unsigned copies = r->copies;

@@ -117,12 +117,12 @@ struct repo_epoch {
 
 /* The placement map of the open vault: epochs and unsettled groups (repo_map.c). */
 struct repo_map {
-    struct repo_map *next;      /* in repo.retired */
-    Hbc__Frame *reply;          /* the PlacementMapReply frame the records live in (owned) */
-    uint64_t current;           /* the current epoch */
-    struct repo_epoch *epochs;  /* current first, then older ones (descending) */
-    size_t nepochs;             /* how many */
-    uint64_t *settled;          /* per group: latest settled epoch (== current when settled) */
+    struct repo_map *next;     /* in repo.retired */
+    Hbc__Frame *reply;         /* the PlacementMapReply frame the records live in (owned) */
+    uint64_t current;          /* the current epoch */
+    struct repo_epoch *epochs; /* current first, then older ones (descending) */
+    size_t nepochs;            /* how many */
+    uint64_t *settled;         /* per group: latest settled epoch (== current when settled) */
 };
 
 struct repo {
@@ -149,11 +149,11 @@ struct repo {
     struct policy policy;                /* its policy (every copy k+m, checked at open) */
     char home_site[POLICY_SITE_MAX + 1]; /* the site its policy calls home */
     struct pmap_vault pv;                /* its placement (pv.groups 0: per-chunk placement) */
-    struct repo_map *map;                /* pv.groups > 0: its placement map (owned; guarded by mu) */
-    struct repo_map *retired;            /* older maps, kept until close (readers may hold them) */
-    size_t nodes_cap;                    /* entries allocated in nodes (appended to on reload) */
-    struct chunk_key ckey;               /* its data key, derived (wiped on close) */
-    struct crypto_hmac *hmac;            /* keyed with its chunk-id key; duplicated per worker */
+    struct repo_map *map;     /* pv.groups > 0: its placement map (owned; guarded by mu) */
+    struct repo_map *retired; /* older maps, kept until close (readers may hold them) */
+    size_t nodes_cap;         /* entries allocated in nodes (appended to on reload) */
+    struct chunk_key ckey;    /* its data key, derived (wiped on close) */
+    struct crypto_hmac *hmac; /* keyed with its chunk-id key; duplicated per worker */
 
     uv_mutex_t mu;                              /* guards the fields below */
     uv_cond_t flow_cv;                          /* signalled when inflight drops */

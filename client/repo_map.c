@@ -1,4 +1,5 @@
-/* The client's placement map: epochs and unsettled groups of the open vault, and placing by them. */
+/* The client's placement map: epochs and unsettled groups of the open vault, and placing by them.
+ */
 #include <string.h>
 
 #include "client/repo_internal.h"

@@ -362,8 +362,8 @@ void control_handle(struct raft_node *rn, const Hbc__Frame *f, const struct cont
         if (cmd->cmd_case == HBC__COMMAND__CMD_PLACEMENT_GROUP_DONE &&
             (!peer->is_node || strcmp(peer->cn, cmd->placement_group_done->node_id) != 0)) {
             reply_propose(rn, f->request_id, HBC_EDENIED, 0,
-                          "placement group done comes only from that node's own certificate",
-                          reply, ctx);
+                          "placement group done comes only from that node's own certificate", reply,
+                          ctx);
             return;
         }
         if (cmd->cmd_case == HBC__COMMAND__CMD_CLOCK_TICK) {
@@ -418,8 +418,8 @@ void control_handle(struct raft_node *rn, const Hbc__Frame *f, const struct cont
         if (!(f->remove->has_force && f->remove->force)) {
             rv = fsm_placement_removable(raft_node_fsm(rn), f->remove->node_id, &e);
             if (rv == HBC_ENOTDRAINED) {
-                hbc_log(LOG_WARN, "event=remove_refused node=%s reason=\"%s\"",
-                        f->remove->node_id, e.msg);
+                hbc_log(LOG_WARN, "event=remove_refused node=%s reason=\"%s\"", f->remove->node_id,
+                        e.msg);
                 reply_propose(rn, f->request_id, rv, 0, e.msg, reply, ctx);
                 return;
             }

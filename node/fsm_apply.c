@@ -211,11 +211,9 @@ static int apply_node_update(struct apply_ctx *c, const Hbc__NodeUpdate *u, int 
     m.updated_ms = c->time_ms;
     rc = fsm_put_record(c, META_CF_NODES, u->node_id, klen, &m.base, e);
     if (rc == 0) {
-        rc = fsm_placement_node_changed(c, u->node_id, &m,
-                                        u->has_state && u->state == HBC__NODE_STATE__NODE_DRAINING
-                                            ? "drain"
-                                            : "update",
-                                        e);
+        rc = fsm_placement_node_changed(
+            c, u->node_id, &m,
+            u->has_state && u->state == HBC__NODE_STATE__NODE_DRAINING ? "drain" : "update", e);
     }
     fsm_record_free(n);
     return rc;

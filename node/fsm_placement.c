@@ -114,8 +114,8 @@ static bool same_node(const Hbc__PlacementNode *a, const Hbc__PlacementNode *b)
            a->worm == b->worm && a->capacity_bytes == b->capacity_bytes;
 }
 
-int fsm_placement_node_changed(struct apply_ctx *c, const char *node_id,
-                               const Hbc__NodeInfo *after, const char *cause, struct err *e)
+int fsm_placement_node_changed(struct apply_ctx *c, const char *node_id, const Hbc__NodeInfo *after,
+                               const char *cause, struct err *e)
 {
     struct topo t = {.e = e};
     int rc = meta_store_scan(c->f->store, NULL, META_CF_NODES, NULL, 0, topo_visit, &t, e);
@@ -282,8 +282,8 @@ int fsm_apply_group_done(struct apply_ctx *c, const Hbc__PlacementGroupDone *d, 
         uint8_t key[KEY_GROUP_LEN];
         group_key(v.vault_id, g, current, key);
         Hbc__PlacementGroupState *st = NULL;
-        rc = fsm_get_record(c, META_CF_META, key, sizeof key, &hbc__placement_group_state__descriptor,
-                            (void **)&st, e);
+        rc = fsm_get_record(c, META_CF_META, key, sizeof key,
+                            &hbc__placement_group_state__descriptor, (void **)&st, e);
         if (rc == HBC_ENOTFOUND) {
             rc = 0;
         }
@@ -357,8 +357,8 @@ static int settle_visit(const void *key, size_t klen, const void *val, size_t vl
         return 0;
     }
     Hbc__PlacementGroupState *st = NULL;
-    int rc = fsm_record_unpack(&hbc__placement_group_state__descriptor, val, vlen, (void **)&st,
-                               s->e);
+    int rc =
+        fsm_record_unpack(&hbc__placement_group_state__descriptor, val, vlen, (void **)&st, s->e);
     if (rc != 0) {
         return rc;
     }

@@ -12,8 +12,8 @@
  * (cause is stored with it, borrowed) to c's batch. Returns 0 or a local
  * failure.
  */
-int fsm_placement_node_changed(struct apply_ctx *c, const char *node_id,
-                               const Hbc__NodeInfo *after, const char *cause, struct err *e);
+int fsm_placement_node_changed(struct apply_ctx *c, const char *node_id, const Hbc__NodeInfo *after,
+                               const char *cause, struct err *e);
 
 /* Apply PlacementGroupDone (contract of struct apply_ctx's handlers). */
 int fsm_apply_group_done(struct apply_ctx *c, const Hbc__PlacementGroupDone *d, int *code,

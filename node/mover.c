@@ -29,8 +29,8 @@ struct peer {
 
 /* Leader bookkeeping of one node's reachability. */
 struct seen {
-    char id[65];      /* node id */
-    uint64_t ok_ns;   /* when it last answered a status probe (or when we started watching) */
+    char id[65];    /* node id */
+    uint64_t ok_ns; /* when it last answered a status probe (or when we started watching) */
 };
 
 /* One (chunk, source) row of the listings. */
@@ -152,8 +152,7 @@ static int propose(struct mover *m, Hbc__Command *cmd, char *msg, size_t mlen)
     int last = HBC_EUNAVAILABLE;
     snprintf(msg, mlen, "no node answered");
     for (size_t attempt = 0; attempt < m->npeers + 4; attempt++) {
-        const char *addr = m->leader[0] != '\0' ? m->leader
-                                                : m->peers[attempt % m->npeers].addr;
+        const char *addr = m->leader[0] != '\0' ? m->leader : m->peers[attempt % m->npeers].addr;
         struct repo_req q = {.addr = addr,
                              .kind = REPO_REQ_FRAME,
                              .frame = &req,
@@ -245,8 +244,8 @@ static void fetch(struct mover *m, const struct pmap_vault *v, const uint8_t chu
     size_t n = 0;
     for (unsigned s = 0; s < v->k + v->m; s++) {
         if ((mask & ((uint32_t)1 << s)) && st->blob[s] == NULL) {
-            keys[n++] = (struct node_client_key){.vault_id = v->vault_id, .chunk_id = chunk,
-                                                 .index = s};
+            keys[n++] =
+                (struct node_client_key){.vault_id = v->vault_id, .chunk_id = chunk, .index = s};
         }
     }
     if (n == 0 || st->nreplies == MOVER_MAX_SOURCES) {
@@ -462,8 +461,8 @@ static int list_source(struct mover *m, const struct pmap_vault *v, const struct
 }
 
 /* Report the groups in done[0..n) of vault v settled here for epoch. */
-static void report_done(struct mover *m, const struct pmap_vault *v, uint64_t epoch,
-                        uint32_t *done, size_t n)
+static void report_done(struct mover *m, const struct pmap_vault *v, uint64_t epoch, uint32_t *done,
+                        size_t n)
 {
     for (size_t at = 0; at < n; at += MOVER_DONE_BATCH) {
         size_t k = n - at < MOVER_DONE_BATCH ? n - at : MOVER_DONE_BATCH;
@@ -684,9 +683,9 @@ static void set_state(struct mover *m, const char *id, Hbc__NodeState state, uin
 }
 
 struct probe_node {
-    char id[65];           /* node id */
-    char addr[65];         /* data address */
-    Hbc__NodeState state;  /* its state */
+    char id[65];          /* node id */
+    char addr[65];        /* data address */
+    Hbc__NodeState state; /* its state */
 };
 
 static int probe_visit(const Hbc__NodeInfo *n, void *arg)
@@ -801,8 +800,8 @@ static void mover_pass(struct mover *m)
 static void *mover_main(void *arg)
 {
     struct mover *m = arg;
-    hbc_log(LOG_INFO, "event=mover_started rate=%llu interval_ms=%u",
-            (unsigned long long)m->o.rate, m->o.interval_ms);
+    hbc_log(LOG_INFO, "event=mover_started rate=%llu interval_ms=%u", (unsigned long long)m->o.rate,
+            m->o.interval_ms);
     while (!stopping(m)) {
         mover_pass(m);
         if (sleep_until(m, now_ns() + (uint64_t)m->o.interval_ms * 1000000ull)) {

@@ -1,4 +1,5 @@
-/* The mover: copies or rebuilds the shards a new placement epoch gives this node, in the background. */
+/* The mover: copies or rebuilds the shards a new placement epoch gives this node, in the
+ * background. */
 #ifndef HBC_NODE_MOVER_H
 #define HBC_NODE_MOVER_H
 
@@ -37,13 +38,13 @@ struct mover;
 
 /* What the mover works with; everything borrowed and outliving the mover. */
 struct mover_opts {
-    const char *node_id;    /* this node (its certificate's CN) */
-    struct fsm *fsm;        /* the state machine (read only) */
+    const char *node_id;       /* this node (its certificate's CN) */
+    struct fsm *fsm;           /* the state machine (read only) */
     struct shard_store *store; /* this node's shards */
-    struct tls_ctx *tls;    /* the node's TLS context (dials with its node certificate) */
-    uint64_t rate;          /* bytes per second at most (0: unlimited) */
-    unsigned interval_ms;   /* ms between passes */
-    unsigned down_after_s;  /* leader: mark a node DOWN after this long unreachable (0: never) */
+    struct tls_ctx *tls;       /* the node's TLS context (dials with its node certificate) */
+    uint64_t rate;             /* bytes per second at most (0: unlimited) */
+    unsigned interval_ms;      /* ms between passes */
+    unsigned down_after_s;     /* leader: mark a node DOWN after this long unreachable (0: never) */
 };
 
 /* Start the mover thread. Returns 0, HBC_ENOMEM or a thread/libuv error. */

@@ -67,19 +67,19 @@ enum req_kind { REQ_PUT, REQ_GET, REQ_HAVE, REQ_LIST };
 
 /* One request being worked on: owns its frame until answered. */
 struct req {
-    enum req_kind kind;          /* what was asked */
-    struct conn *conn;           /* who asked (holds a reference) */
-    Hbc__Frame *frame;           /* the request, owned */
-    size_t bytes;                /* bytes charged to the connection for it */
-    int status;                  /* 0, or why it failed (for an error frame) */
-    char msg[256];               /* the failure's explanation */
-    struct req *next;            /* commit queue / commit batch link */
-    uv_work_t work;              /* for gets and haves */
-    Hbc__Frame *reply;           /* get/have: the reply built on the worker */
-    uint8_t **datas;             /* get: shard data per key (owned) */
-    size_t *lens;                /* get: their lengths */
-    int *results;                /* get: per-key results */
-    protobuf_c_boolean *present; /* have: per-id answer */
+    enum req_kind kind;            /* what was asked */
+    struct conn *conn;             /* who asked (holds a reference) */
+    Hbc__Frame *frame;             /* the request, owned */
+    size_t bytes;                  /* bytes charged to the connection for it */
+    int status;                    /* 0, or why it failed (for an error frame) */
+    char msg[256];                 /* the failure's explanation */
+    struct req *next;              /* commit queue / commit batch link */
+    uv_work_t work;                /* for gets and haves */
+    Hbc__Frame *reply;             /* get/have: the reply built on the worker */
+    uint8_t **datas;               /* get: shard data per key (owned) */
+    size_t *lens;                  /* get: their lengths */
+    int *results;                  /* get: per-key results */
+    protobuf_c_boolean *present;   /* have: per-id answer */
     struct shard_list_entry *list; /* placement list: the chunks found (owned) */
     size_t nlist;                  /* placement list: how many */
     bool list_more;                /* placement list: more follow */
@@ -678,10 +678,10 @@ static void list_work_cb(uv_work_t *w)
         return;
     }
     struct err e;
-    int rv = shard_store_list_chunks(s->store, q->vault_id.data,
-                                     q->has_after ? q->after.data : NULL,
-                                     q->has_groups ? q->groups : 0, q->has_group ? q->group : 0,
-                                     limit, r->list, &r->nlist, &r->list_more, &e);
+    int rv =
+        shard_store_list_chunks(s->store, q->vault_id.data, q->has_after ? q->after.data : NULL,
+                                q->has_groups ? q->groups : 0, q->has_group ? q->group : 0, limit,
+                                r->list, &r->nlist, &r->list_more, &e);
     if (rv != 0) {
         r->status = rv;
         snprintf(r->msg, sizeof r->msg, "placement list: %.220s", e.msg);
@@ -1156,8 +1156,8 @@ void server_set_raft(struct server *s, struct raft_node *rn)
                                 .store = s->store,
                                 .tls = s->tls,
                                 .rate = s->cfg->move_rate,
-                                .interval_ms = s->cfg->move_interval > 0 ? s->cfg->move_interval
-                                                                         : 2000,
+                                .interval_ms =
+                                    s->cfg->move_interval > 0 ? s->cfg->move_interval : 2000,
                                 .down_after_s = s->cfg->down_after};
         struct err e;
         if (mover_start(&mo, &s->mover, &e) != 0) {

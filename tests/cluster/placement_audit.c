@@ -1,4 +1,5 @@
-/* hbc-placement-audit: check that every shard of a vault sits where the current placement epoch says. */
+/* hbc-placement-audit: check that every shard of a vault sits where the current placement epoch
+ * says. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -85,8 +85,7 @@ static int update(struct world *w, const char *id, const char *addr, int state)
 
 static const uint8_t VAULT[16] = {7, 7, 7, 7, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
 
-static int group_done(struct world *w, const char *node, uint64_t epoch, uint32_t *groups,
-                      size_t n)
+static int group_done(struct world *w, const char *node, uint64_t epoch, uint32_t *groups, size_t n)
 {
     Hbc__PlacementGroupDone d = HBC__PLACEMENT_GROUP_DONE__INIT;
     d.vault_id.data = (uint8_t *)VAULT;

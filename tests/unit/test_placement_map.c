@@ -19,14 +19,14 @@
 
 /* An epoch record built in memory: node i is "n%02d". */
 struct topo {
-    char ids[MAXN][24];                 /* node ids */
-    char sites[MAXN][16];               /* sites */
-    char media[MAXN][16];               /* media classes */
-    bool worm[MAXN];                    /* worm flags */
-    Hbc__PlacementNode nodes[MAXN];     /* the records */
-    Hbc__PlacementNode *ptrs[MAXN];     /* pointers to them */
-    Hbc__PlacementEpoch rec;            /* the epoch */
-    size_t n;                           /* nodes */
+    char ids[MAXN][24];             /* node ids */
+    char sites[MAXN][16];           /* sites */
+    char media[MAXN][16];           /* media classes */
+    bool worm[MAXN];                /* worm flags */
+    Hbc__PlacementNode nodes[MAXN]; /* the records */
+    Hbc__PlacementNode *ptrs[MAXN]; /* pointers to them */
+    Hbc__PlacementEpoch rec;        /* the epoch */
+    size_t n;                       /* nodes */
 };
 
 static void topo_add(struct topo *t, const char *site, const char *media, bool worm)
