@@ -798,19 +798,30 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
     if (n > UINT32_MAX) {
         return err_setraw(e, HBC_EINVAL, "have: %zu ids at once", n);
     }
+    /* Every index placement can return: the node list may grow under us (repo_map_refresh). */
+    const size_t nn = r->nodes_cap > r->nnodes ? r->nodes_cap : r->nnodes;
     const unsigned width = r->k + r->m;
     const size_t nslots = (size_t)r->copies * width;
-    struct have_node *hn = hbc_calloc(r->nnodes, sizeof *hn);
+    struct have_node *hn = hbc_calloc(nn, sizeof *hn);
     uint8_t(*buf)[REPO_CHUNK_ID] = NULL;
     struct repo_req *reqs = NULL;
     size_t nreqs = 0;
     if (hn == NULL) {
         return err_set(e, HBC_ENOMEM, "have");
     }
-    /* Pass 1: every node holding a shard of an id is asked about it. */
-    unsigned place[MAX_SLOTS];
+    /*
+     * Pass 1: every node holding a shard of an id is asked about it. The
+     * placements are kept for pass 2: a map reload in between must not
+     * change which answers an id reads.
+     */
+    unsigned *places = hbc_calloc(n * nslots, sizeof *places);
+    if (places == NULL) {
+        hbc_free(hn);
+        return err_set(e, HBC_ENOMEM, "have");
+    }
     unsigned nodes[MAX_SLOTS];
     for (size_t i = 0; i < n; i++) {
+        unsigned *place = places + i * nslots;
         rv = repo_place(r, ids[i], r->copies, width, place, e);
         if (rv != 0) {
             goto out;
@@ -833,7 +844,7 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
     }
     /* Requests of at most NODE_CLIENT_MAX_BATCH ids, each with its own copy of the ids. */
     size_t total = 0;
-    for (size_t j = 0; j < r->nnodes; j++) {
+    for (size_t j = 0; j < nn; j++) {
         total += hn[j].n;
         nreqs += (hn[j].n + NODE_CLIENT_MAX_BATCH - 1) / NODE_CLIENT_MAX_BATCH;
         if (hn[j].n > 0) {
@@ -851,7 +862,7 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
         goto out;
     }
     size_t q = 0, pos = 0;
-    for (size_t j = 0; j < r->nnodes; j++) {
+    for (size_t j = 0; j < nn; j++) {
         for (size_t off = 0; off < hn[j].n; off += NODE_CLIENT_MAX_BATCH) {
             size_t cnt =
                 hn[j].n - off < NODE_CLIENT_MAX_BATCH ? hn[j].n - off : NODE_CLIENT_MAX_BATCH;
@@ -871,7 +882,7 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
     size_t answered = 0;
     const struct repo_req *first_failure = NULL;
     q = 0;
-    for (size_t j = 0; j < r->nnodes; j++) {
+    for (size_t j = 0; j < nn; j++) {
         for (size_t off = 0; off < hn[j].n; off += NODE_CLIENT_MAX_BATCH, q++) {
             if (reqs[q].status != 0) {
                 first_failure = first_failure != NULL ? first_failure : &reqs[q];
@@ -896,10 +907,7 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
      * half-way is sent again instead of being taken for stored.
      */
     for (size_t i = 0; i < n; i++) {
-        rv = repo_place(r, ids[i], r->copies, width, place, e);
-        if (rv != 0) {
-            goto out;
-        }
+        const unsigned *place = places + i * nslots;
         size_t nd = distinct_nodes(place, nslots, nodes);
         bool yes[MAX_SLOTS];
         for (size_t d = 0; d < nd; d++) {
@@ -930,11 +938,12 @@ out:
     }
     hbc_free(reqs);
     hbc_free(buf);
-    for (size_t j = 0; j < r->nnodes; j++) {
+    for (size_t j = 0; j < nn; j++) {
         hbc_free(hn[j].idx);
         hbc_free(hn[j].answer);
     }
     hbc_free(hn);
+    hbc_free(places);
     return rv;
 }
 

@@ -83,6 +83,8 @@ struct req {
     struct shard_list_entry *list; /* placement list: the chunks found (owned) */
     size_t nlist;                  /* placement list: how many */
     bool list_more;                /* placement list: more follow */
+    uint64_t epoch_at;             /* put: the node's epoch when it was accepted; list: the epoch
+                                      the listing vouches for (list_epoch()) */
 };
 
 /* One group commit on the thread pool. */
@@ -662,6 +664,25 @@ static void have_after_cb(uv_work_t *w, int status)
     server_maybe_finish(s);
 }
 
+/*
+ * The epoch a listing started now vouches for: the current one, or lower
+ * while a put accepted in an older epoch is still queued or committing (its
+ * shards may land after the index scan). The mover waits for an epoch at
+ * least its own, so it never settles a group on a listing that misses them.
+ */
+static uint64_t list_epoch(const struct server *s)
+{
+    uint64_t epoch = s->raft != NULL ? fsm_placement_current(raft_node_fsm(s->raft)) : 0;
+    for (const struct req *q = s->queue_head; q != NULL; q = q->next) {
+        epoch = q->epoch_at < epoch ? q->epoch_at : epoch;
+    }
+    for (const struct req *q = s->committing != NULL ? s->committing->reqs : NULL; q != NULL;
+         q = q->next) {
+        epoch = q->epoch_at < epoch ? q->epoch_at : epoch;
+    }
+    return epoch;
+}
+
 /* PlacementList on the thread pool: one page of the vault's chunks (node/shard_store_list.h). */
 static void list_work_cb(uv_work_t *w)
 {
@@ -722,7 +743,7 @@ static void list_after_cb(uv_work_t *w, int status)
     rep.index_masks = masks;
     rep.n_index_masks = r->nlist;
     rep.more = r->list_more;
-    rep.epoch = s->raft != NULL ? fsm_placement_current(raft_node_fsm(s->raft)) : 0;
+    rep.epoch = r->epoch_at;
     req_finish(r, &f);
     hbc_free(ids);
     hbc_free(masks);
@@ -827,9 +848,7 @@ static int frame_cb(Hbc__Frame *frame, void *arg)
             break;
         }
         /* The placement fence: a writer with an older epoch's map must reload it. */
-        uint64_t epoch = s->raft != NULL && frame->put_shards->has_epoch
-                             ? fsm_placement_current(raft_node_fsm(s->raft))
-                             : 0;
+        uint64_t epoch = s->raft != NULL ? fsm_placement_current(raft_node_fsm(s->raft)) : 0;
         if (frame->put_shards->has_epoch && frame->put_shards->epoch < epoch) {
             snprintf(r->msg, sizeof r->msg,
                      "put shards: placement epoch %llu is stale (current %llu)",
@@ -838,6 +857,7 @@ static int frame_cb(Hbc__Frame *frame, void *arg)
             break;
         }
         r->kind = REQ_PUT;
+        r->epoch_at = epoch;
         if (s->queue_tail != NULL) {
             s->queue_tail->next = r;
         } else {
@@ -884,6 +904,7 @@ static int frame_cb(Hbc__Frame *frame, void *arg)
             break;
         }
         r->kind = REQ_LIST;
+        r->epoch_at = list_epoch(s);
         r->work.data = r;
         if (uv_queue_work(s->loop, &r->work, list_work_cb, list_after_cb) != 0) {
             req_fail(r, HBC_EUNAVAILABLE, "cannot queue work");
