@@ -182,12 +182,23 @@ struct backup {
     size_t queued;         /* jobs in the queue */
     size_t inflight;       /* bytes of jobs not yet finished */
     size_t budget;         /* inflight bound */
+    size_t batch_bytes;    /* a worker takes at most this many bytes of jobs at once */
     bool closing;          /* no more jobs will come */
     int failed;            /* first error of a worker (0: none) */
     struct err ferr;       /* its message */
     uint64_t new_chunks;   /* stored */
     uint64_t new_bytes;    /* their bytes */
     uint64_t dedup_chunks; /* found present */
+
+    uint8_t *pack;       /* the open pack: BACKUP_PACK_MAX + pack_below bytes */
+    size_t pack_used;    /* bytes in it */
+    size_t pack_below;   /* files below this size are packed */
+    struct op *ops_head; /* tree operations waiting for the open pack's id, in walk order */
+    struct op *ops_tail; /* last of them */
+    size_t nops;         /* how many */
+    size_t ops_bytes;    /* their bytes */
+    EVP_MD_CTX *md;      /* SHA-256 of files, reused */
+    EVP_MD *sha256;      /* fetched once */
 
     struct err walk_err;             /* an error of the callbacks that stops the walk */
     bool partial;                    /* something was skipped */
@@ -218,8 +229,13 @@ static void *worker_main(void *arg)
         if (bk->head == NULL) {
             break;
         }
+        /* Up to BACKUP_HAVE_BATCH ids (small objects), but no more than a fair share of the
+         * bytes in flight, so that large chunks spread over every worker. */
         size_t n = 0;
-        while (bk->head != NULL && n < BACKUP_HAVE_BATCH) {
+        size_t taken = 0;
+        while (bk->head != NULL && n < BACKUP_HAVE_BATCH &&
+               (n == 0 || taken + bk->head->len <= bk->batch_bytes)) {
+            taken += bk->head->len;
             batch[n++] = bk->head;
             bk->head = bk->head->next;
             bk->queued--;
@@ -280,10 +296,13 @@ static void *worker_main(void *arg)
 
 /*
  * Note that the snapshot uses chunk id, and if this run has not seen it
- * yet, queue data (len bytes, copied) to be stored. Waits for room.
+ * yet, queue data (len bytes) to be stored. Waits for room. With owned
+ * (*owned: the hbc_malloc'ed buffer at data) the buffer itself is taken,
+ * no copy, and *owned set to NULL (it is freed if the backup has failed);
+ * a known id takes nothing. Without owned, data is copied.
  */
-static int submit(struct backup *bk, const uint8_t id[TREE_ID_LEN], const void *data, size_t len,
-                  struct err *e)
+static int submit_buf(struct backup *bk, const uint8_t id[TREE_ID_LEN], const void *data,
+                      size_t len, uint8_t **owned, struct err *e)
 {
     int fresh = idset_add(&bk->set, id);
     if (fresh < 0) {
@@ -293,14 +312,20 @@ static int submit(struct backup *bk, const uint8_t id[TREE_ID_LEN], const void *
         return 0;
     }
     struct job *j = hbc_malloc(sizeof *j);
-    uint8_t *copy = hbc_malloc(len > 0 ? len : 1);
+    uint8_t *copy = owned != NULL ? *owned : hbc_malloc(len > 0 ? len : 1);
     if (j == NULL || copy == NULL) {
         hbc_free(j);
-        hbc_free(copy);
+        if (owned == NULL) {
+            hbc_free(copy);
+        }
         return err_set(e, HBC_ENOMEM, "chunk buffer");
     }
     memcpy(j->id, id, TREE_ID_LEN);
-    memcpy(copy, data, len);
+    if (owned != NULL) {
+        *owned = NULL;
+    } else {
+        memcpy(copy, data, len);
+    }
     j->data = copy;
     j->len = len;
     j->next = NULL;
@@ -331,6 +356,12 @@ static int submit(struct backup *bk, const uint8_t id[TREE_ID_LEN], const void *
     return 0;
 }
 
+static int submit(struct backup *bk, const uint8_t id[TREE_ID_LEN], const void *data, size_t len,
+                  struct err *e)
+{
+    return submit_buf(bk, id, data, len, NULL, e);
+}
+
 /* Trees, tree parts and chunk lists from the builders. */
 static int emit_cb(void *arg, const uint8_t id[TREE_ID_LEN], const uint8_t *data, size_t len,
                    struct err *e)
@@ -338,6 +369,207 @@ static int emit_cb(void *arg, const uint8_t id[TREE_ID_LEN], const uint8_t *data
     struct backup *bk = arg;
     bk->res->trees++;
     return submit(bk, id, data, len, e);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Tree operations, and the queue of those waiting for the open pack's id.   */
+
+/*
+ * One tree operation: add an entry to builders[li], or (finish) finish
+ * builders[li] and add the directory's entry to builders[li - 1]. Queued
+ * operations own copies of everything they point at (one allocation).
+ */
+struct op {
+    struct op *next;      /* queue link */
+    size_t li;            /* builder index */
+    bool finish;          /* finish a directory (else add en) */
+    bool pending;         /* en's one chunk is a slice of the open pack (id not known yet) */
+    struct stat st;       /* finish: the directory's stat */
+    struct tree_entry en; /* add: the entry; finish: its name only */
+    size_t bytes;         /* the allocation's size */
+};
+
+static size_t str_size(const char *s)
+{
+    return s != NULL ? strlen(s) + 1 : 0;
+}
+
+/* Copy s into *p (advancing it); NULL stays NULL. */
+static const char *str_put(char **p, const char *s)
+{
+    if (s == NULL) {
+        return NULL;
+    }
+    size_t n = strlen(s) + 1;
+    char *d = *p;
+    memcpy(d, s, n);
+    *p += n;
+    return d;
+}
+
+static struct op *op_copy(size_t li, bool finish, const struct tree_entry *en,
+                          const struct stat *st)
+{
+    size_t chunks = en->nchunks * sizeof *en->chunks;
+    size_t lists = en->nlists * TREE_ID_LEN;
+    size_t strs = str_size(en->name) + str_size(en->user) + str_size(en->group) +
+                  str_size(en->target) + str_size(en->link);
+    size_t bytes = sizeof(struct op) + chunks + lists + strs;
+    struct op *o = hbc_malloc(bytes);
+    if (o == NULL) {
+        return NULL;
+    }
+    memset(o, 0, sizeof *o);
+    o->li = li;
+    o->finish = finish;
+    o->bytes = bytes;
+    if (st != NULL) {
+        o->st = *st;
+    }
+    o->en = *en;
+    uint8_t *p = (uint8_t *)(o + 1);
+    if (chunks > 0) {
+        memcpy(p, en->chunks, chunks);
+        o->en.chunks = (const struct tree_chunk *)p;
+        p += chunks;
+    }
+    if (lists > 0) {
+        memcpy(p, en->lists, lists);
+        o->en.lists = (const uint8_t(*)[TREE_ID_LEN])p;
+        p += lists;
+    }
+    char *c = (char *)p;
+    o->en.name = str_put(&c, en->name);
+    o->en.user = str_put(&c, en->user);
+    o->en.group = str_put(&c, en->group);
+    o->en.target = str_put(&c, en->target);
+    o->en.link = str_put(&c, en->link);
+    return o;
+}
+
+/* Finish builders[li] (the directory name, st) and add its entry to builders[li - 1]. */
+static int finish_now(struct backup *bk, size_t li, const char *name, const struct stat *st,
+                      struct err *e)
+{
+    struct tree_entry en;
+    tree_entry_from_stat(&en, st);
+    en.type = TREE_DIR;
+    en.name = name;
+    en.has_subtree = true;
+    int rv = tree_builder_finish(bk->builders[li], en.subtree, e);
+    if (rv == 0) {
+        rv = tree_builder_add(bk->builders[li - 1], &en, e);
+    }
+    return rv;
+}
+
+static int pack_close(struct backup *bk, struct err *e);
+
+/* Queue o; close the pack when too much waits. */
+static int op_queue(struct backup *bk, struct op *o, struct err *e)
+{
+    if (o == NULL) {
+        return err_set(e, HBC_ENOMEM, "tree entry waiting for its pack");
+    }
+    if (bk->ops_tail != NULL) {
+        bk->ops_tail->next = o;
+    } else {
+        bk->ops_head = o;
+    }
+    bk->ops_tail = o;
+    bk->nops++;
+    bk->ops_bytes += o->bytes;
+    if (bk->nops >= BACKUP_PACK_MAX_OPS || bk->ops_bytes >= BACKUP_PACK_MAX_WAITING) {
+        return pack_close(bk, e);
+    }
+    return 0;
+}
+
+/*
+ * Add en to builders[li] (pending: its one chunk is a slice of the open
+ * pack), now if nothing waits, else after what waits.
+ */
+static int tree_add(struct backup *bk, size_t li, const struct tree_entry *en, bool pending,
+                    struct err *e)
+{
+    if (bk->ops_head == NULL && !pending) {
+        return tree_builder_add(bk->builders[li], en, e);
+    }
+    struct op *o = op_copy(li, false, en, NULL);
+    if (o != NULL) {
+        o->pending = pending;
+    }
+    return op_queue(bk, o, e);
+}
+
+/* Finish directory li (see finish_now), now if nothing waits, else after what waits. */
+static int dir_finish(struct backup *bk, size_t li, const char *name, const struct stat *st,
+                      struct err *e)
+{
+    if (bk->ops_head == NULL) {
+        return finish_now(bk, li, name, st, e);
+    }
+    struct tree_entry en = {.name = name};
+    return op_queue(bk, op_copy(li, true, &en, st), e);
+}
+
+static void ops_free(struct backup *bk)
+{
+    while (bk->ops_head != NULL) {
+        struct op *o = bk->ops_head;
+        bk->ops_head = o->next;
+        hbc_free(o);
+    }
+    bk->ops_tail = NULL;
+    bk->nops = 0;
+    bk->ops_bytes = 0;
+}
+
+/*
+ * Close the open pack (if it holds anything): store it as one chunk, then
+ * run every waiting operation in order, the pack's id filled in.
+ */
+static int pack_close(struct backup *bk, struct err *e)
+{
+    if (bk->pack_used == 0) {
+        return 0;
+    }
+    uint8_t id[TREE_ID_LEN];
+    int rv = repo_chunk_id(bk->r, bk->pack, bk->pack_used, id, e);
+    if (rv == 0) {
+        /* The job takes the pack's buffer (no copy); the next pack gets a new one. */
+        rv = submit_buf(bk, id, bk->pack, bk->pack_used, &bk->pack, e);
+    }
+    if (rv == 0 && bk->pack == NULL) {
+        bk->pack = hbc_malloc(BACKUP_PACK_MAX + bk->pack_below);
+        if (bk->pack == NULL) {
+            rv = err_set(e, HBC_ENOMEM, "pack buffer");
+        }
+    }
+    bk->pack_used = 0;
+    if (rv != 0) {
+        ops_free(bk);
+        return rv;
+    }
+    bk->res->packs++;
+    while (rv == 0 && bk->ops_head != NULL) {
+        struct op *o = bk->ops_head;
+        bk->ops_head = o->next;
+        if (o->finish) {
+            rv = finish_now(bk, o->li, o->en.name, &o->st, e);
+        } else {
+            if (o->pending) {
+                memcpy(((struct tree_chunk *)o->en.chunks)[0].id, id, TREE_ID_LEN);
+            }
+            rv = tree_builder_add(bk->builders[o->li], &o->en, e);
+        }
+        hbc_free(o);
+    }
+    bk->ops_tail = NULL;
+    bk->nops = 0;
+    bk->ops_bytes = 0;
+    ops_free(bk); /* what is left after an error */
+    return rv;
 }
 
 /* ------------------------------------------------------------------------- */
@@ -624,15 +856,7 @@ static int level_pop(struct backup *bk, struct err *e)
 {
     size_t i = bk->nlevels - 1;
     struct level *l = &bk->levels[i];
-    struct tree_entry en;
-    tree_entry_from_stat(&en, &l->st);
-    en.type = TREE_DIR;
-    en.name = l->name;
-    en.has_subtree = true;
-    int rv = tree_builder_finish(bk->builders[i], en.subtree, e);
-    if (rv == 0) {
-        rv = tree_builder_add(bk->builders[i - 1], &en, e);
-    }
+    int rv = dir_finish(bk, i, l->name, &l->st, e);
     snap_dir_close(l->pdir);
     hbc_free(l->name);
     l->open = false;
@@ -703,6 +927,8 @@ static int chunk_push(struct backup *bk, const uint8_t id[TREE_ID_LEN], uint32_t
     }
     memcpy(bk->chunks[bk->nchunks].id, id, TREE_ID_LEN);
     bk->chunks[bk->nchunks].len = len;
+    bk->chunks[bk->nchunks].off = 0;
+    bk->chunks[bk->nchunks].packed = false;
     bk->nchunks++;
     return 0;
 }
@@ -732,9 +958,8 @@ static int read_file(struct backup *bk, int fd, uint8_t sha[TREE_ID_LEN], uint64
     *size = 0;
     bk->nchunks = 0;
     chunker_reset(&bk->ck);
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
-        EVP_MD_CTX_free(md);
+    EVP_MD_CTX *md = bk->md;
+    if (EVP_DigestInit_ex(md, bk->sha256, NULL) != 1) {
         return err_openssl(e, HBC_ECRYPTO, "SHA-256");
     }
     size_t start = 0; /* where the current chunk begins in buf */
@@ -786,8 +1011,73 @@ static int read_file(struct backup *bk, int fd, uint8_t sha[TREE_ID_LEN], uint64
     if (rv == 0 && EVP_DigestFinal_ex(md, sha, &mdlen) != 1) {
         rv = err_openssl(e, HBC_ECRYPTO, "SHA-256");
     }
-    EVP_MD_CTX_free(md);
     return rv;
+}
+
+/*
+ * Read a small file (expected st_size bytes, below pack_below) into the
+ * open pack. On 0, *packed says whether it went in: *c is its slice (id
+ * not known yet), sha its SHA-256, *size its length; an empty file is 0
+ * bytes and not packed; a file that has grown to pack_below bytes or more
+ * is not packed either (fd is rewound for read_file). A read error is
+ * returned as -errno with *io set.
+ */
+static int read_small(struct backup *bk, int fd, uint64_t st_size, struct tree_chunk *c,
+                      uint8_t sha[TREE_ID_LEN], uint64_t *size, bool *packed, bool *io,
+                      struct err *e)
+{
+    *packed = false;
+    *io = false;
+    *size = 0;
+    if (bk->pack_used + st_size > BACKUP_PACK_MAX) {
+        int rv = pack_close(bk, e);
+        if (rv != 0) {
+            return rv;
+        }
+    }
+    /* Room: pack_used + st_size <= BACKUP_PACK_MAX, and the pack has pack_below bytes more. */
+    uint8_t *dst = bk->pack + bk->pack_used;
+    size_t got = 0;
+    while (got < bk->pack_below) {
+        ssize_t n = read(fd, dst + got, bk->pack_below - got);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0) {
+            *io = true;
+            return err_set(e, -errno, "read");
+        }
+        if (n == 0) {
+            break;
+        }
+        got += (size_t)n;
+    }
+    if (got >= bk->pack_below) {
+        /* It grew: read it as a large file from the start. */
+        if (lseek(fd, 0, SEEK_SET) != 0) {
+            *io = true;
+            return err_set(e, -errno, "seek");
+        }
+        return 0;
+    }
+    unsigned int mdlen = 0;
+    if (EVP_DigestInit_ex(bk->md, bk->sha256, NULL) != 1 ||
+        EVP_DigestUpdate(bk->md, dst, got) != 1 || EVP_DigestFinal_ex(bk->md, sha, &mdlen) != 1) {
+        return err_openssl(e, HBC_ECRYPTO, "SHA-256");
+    }
+    *size = got;
+    *packed = true;
+    bk->res->bytes_read += got;
+    if (got == 0) {
+        return 0; /* emptied meanwhile: no chunk at all */
+    }
+    memset(c, 0, sizeof *c);
+    c->len = (uint32_t)got;
+    c->off = (uint32_t)bk->pack_used;
+    c->packed = true;
+    bk->pack_used += got;
+    bk->res->files_packed++;
+    return 0;
 }
 
 static void skip(struct backup *bk, const char *path, int code, const char *msg)
@@ -800,11 +1090,12 @@ static void skip(struct backup *bk, const char *path, int code, const char *msg)
 }
 
 /* A regular file: reuse the parent's entry if unchanged, else read it. */
-static int do_file(struct backup *bk, struct walk_entry *we, struct tree_builder *b,
-                   struct level *parent)
+static int do_file(struct backup *bk, struct walk_entry *we, size_t li, struct level *parent)
 {
     struct err *e = &bk->walk_err;
     struct tree_entry en;
+    struct tree_chunk slice;
+    bool pending = false;
     tree_entry_from_stat(&en, &we->st);
     en.name = we->name;
     if (we->depth == 0) {
@@ -861,7 +1152,14 @@ static int do_file(struct backup *bk, struct walk_entry *we, struct tree_builder
         }
         uint64_t size = 0;
         bool io = false;
-        rv = read_file(bk, fd, en.sha256, &size, &io, &fe);
+        bool packed = false;
+        if (we->st.st_size > 0 && (uint64_t)we->st.st_size < bk->pack_below) {
+            rv = read_small(bk, fd, (uint64_t)we->st.st_size, &slice, en.sha256, &size, &packed,
+                            &io, &fe);
+        }
+        if (rv == 0 && !packed) {
+            rv = read_file(bk, fd, en.sha256, &size, &io, &fe);
+        }
         close(fd);
         if (rv != 0) {
             if (io) {
@@ -873,11 +1171,17 @@ static int do_file(struct backup *bk, struct walk_entry *we, struct tree_builder
         }
         en.size = size;
         en.has_sha256 = true;
-        en.chunks = bk->chunks;
-        en.nchunks = bk->nchunks;
+        if (packed) {
+            pending = size > 0;
+            en.chunks = pending ? &slice : NULL;
+            en.nchunks = pending ? 1 : 0;
+        } else {
+            en.chunks = bk->chunks;
+            en.nchunks = bk->nchunks;
+        }
         bk->res->files_read++;
     }
-    int rv = tree_builder_add(b, &en, e);
+    int rv = tree_add(bk, li, &en, pending, e);
     if (rv != 0) {
         return rv;
     }
@@ -922,10 +1226,9 @@ static int entry_cb(void *arg, struct walk_entry *we)
     if (li + 1 != bk->nlevels) {
         return err_set(e, HBC_EINTERNAL, "walk levels out of step");
     }
-    struct tree_builder *b = bk->builders[li];
     struct level *parent = &bk->levels[li];
     if (we->type == TREE_FILE) {
-        rv = do_file(bk, we, b, parent);
+        rv = do_file(bk, we, li, parent);
         progress(bk, false);
         return rv;
     }
@@ -953,7 +1256,7 @@ static int entry_cb(void *arg, struct walk_entry *we)
         en.link = link;
         en.rdev = 0;
     }
-    rv = tree_builder_add(b, &en, e);
+    rv = tree_add(bk, li, &en, false, e);
     hbc_free(link);
     if (rv == 0) {
         bk->res->others++;
@@ -1037,7 +1340,11 @@ static unsigned default_threads(void)
     if (n < 1) {
         n = 1;
     }
-    return (unsigned)(n * 2 > BACKUP_MAX_THREADS ? BACKUP_MAX_THREADS : n * 2);
+    /* A put waits for its shards to be durable on the nodes (a group commit each), so the
+     * workers mostly wait: several per core keep enough puts in flight, at the price of their
+     * buffers (docs/performance.md, "Backup and restore"). */
+    long want = n * BACKUP_THREADS_PER_CORE;
+    return (unsigned)(want > BACKUP_MAX_THREADS ? BACKUP_MAX_THREADS : want);
 }
 
 int backup_run(struct repo *r, const struct backup_options *o, struct backup_result *res,
@@ -1061,6 +1368,7 @@ int backup_run(struct repo *r, const struct backup_options *o, struct backup_res
     pthread_cond_init(&bk->work, NULL);
     pthread_cond_init(&bk->room, NULL);
     unsigned nthreads = o->threads != 0 ? o->threads : default_threads();
+    bk->batch_bytes = bk->budget / (2 * (size_t)nthreads);
     pthread_t *threads = hbc_calloc(nthreads, sizeof *threads);
     pthread_t scanner;
     bool scanning = false;
@@ -1071,8 +1379,20 @@ int backup_run(struct repo *r, const struct backup_options *o, struct backup_res
     int rv = 0;
     int walk_rv = 0;
 
+    if (o->pack_below > BACKUP_PACK_BELOW_MAX) {
+        rv = err_setraw(e, HBC_EINVAL, "pack_below above %zu", BACKUP_PACK_BELOW_MAX);
+        goto done;
+    }
+    bk->pack_below = o->pack_below != 0 ? o->pack_below : BACKUP_PACK_BELOW_DEFAULT;
     bk->buf = hbc_malloc(READ_BUF);
-    if (threads == NULL || bk->buf == NULL) {
+    bk->pack = hbc_malloc(BACKUP_PACK_MAX + bk->pack_below);
+    bk->md = EVP_MD_CTX_new();
+    bk->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+    if (bk->md == NULL || bk->sha256 == NULL) {
+        rv = err_openssl(e, HBC_ECRYPTO, "SHA-256");
+        goto done;
+    }
+    if (threads == NULL || bk->buf == NULL || bk->pack == NULL) {
         rv = err_set(e, HBC_ENOMEM, "backup");
         goto done;
     }
@@ -1134,7 +1454,9 @@ int backup_run(struct repo *r, const struct backup_options *o, struct backup_res
         rv = err_setraw(e, HBC_ENOTFOUND, "none of the paths to back up could be read");
         goto drain;
     }
-    /* Close the synthetic levels and finish the root. */
+    /* Store the last pack (running what waits for it), close the synthetic levels, finish the
+     * root. */
+    rv = pack_close(bk, e);
     while (bk->nlevels > 1 && rv == 0) {
         rv = level_pop(bk, e);
     }
@@ -1225,6 +1547,10 @@ done:
     hbc_free(bk->set.slots);
     hbc_free(bk->chunks);
     hbc_free(bk->buf);
+    ops_free(bk);
+    hbc_free(bk->pack);
+    EVP_MD_CTX_free(bk->md);
+    EVP_MD_free(bk->sha256);
     crypto_hmac_free(bk->ids);
     hbc_free(threads);
     pthread_cond_destroy(&bk->room);

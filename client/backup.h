@@ -24,9 +24,28 @@
  * snapshot names can be missing from the vault.
  *
  * Memory: job buffers are bounded by inflight_bytes (the reader waits for
- * room), the read buffer is 8 MiB, and the per-run id set costs about 48
- * bytes per unique chunk. So the peak stays far below 512 MiB for any data
- * size short of tens of millions of chunks.
+ * room), the read buffer is 8 MiB, the open pack about 4 MiB, tree entries
+ * waiting for it at most BACKUP_PACK_MAX_WAITING, each worker holds one
+ * sealed object and its shards while its put is in flight, and the per-run
+ * id set costs about 48 bytes per unique chunk. Measured: a peak of about
+ * 360 MiB with the default 12 workers of a 2-core machine (1 GB backup,
+ * docs/performance.md); it stays below 512 MiB for any data size short of
+ * millions of chunks.
+ *
+ * Small files: a file of fewer than pack_below bytes is not a chunk of its
+ * own: its content is appended to a pack, one chunk of up to
+ * BACKUP_PACK_MAX bytes holding many small files back to back, stored like
+ * any chunk (id: HMAC of the pack's plaintext), and its entry names a slice
+ * of the pack (tree.h, docs/formats.md "Packs"). Since a pack's id is known
+ * only once it is full, tree entries (and directory finishes) that come
+ * after the first file of the open pack wait in a queue, in walk order,
+ * and are added to their builders when the pack closes; a pack also closes
+ * when BACKUP_PACK_MAX_OPS entries or BACKUP_PACK_MAX_WAITING bytes of
+ * them wait, and at the end of the walk. Packing is deterministic (the
+ * same files in the same order make the same packs), so a forced re-read
+ * of unchanged data stores nothing new; but a small file that appears
+ * again elsewhere, or among other changed files, is stored again in a new
+ * pack instead of deduplicated.
  *
  * Incremental: with a parent snapshot, a regular file whose size,
  * modification time, inode and device equal its entry in the parent
@@ -42,11 +61,17 @@
  * garbage for the cluster's GC to collect.
  */
 
-#define BACKUP_HAVE_BATCH 256u                     /* ids per repo_have() */
-#define BACKUP_READ_BLOCK ((size_t)4 << 20)        /* bytes per read() */
-#define BACKUP_INFLIGHT_DEFAULT ((size_t)96 << 20) /* job bytes in flight */
-#define BACKUP_MAX_THREADS 64u                     /* workers at most */
-#define BACKUP_MAX_PATHS 1024u                     /* paths per backup */
+#define BACKUP_HAVE_BATCH 256u                        /* ids per repo_have() */
+#define BACKUP_READ_BLOCK ((size_t)4 << 20)           /* bytes per read() */
+#define BACKUP_INFLIGHT_DEFAULT ((size_t)96 << 20)    /* job bytes in flight */
+#define BACKUP_MAX_THREADS 64u                        /* workers at most */
+#define BACKUP_THREADS_PER_CORE 6                     /* default workers per core */
+#define BACKUP_MAX_PATHS 1024u                        /* paths per backup */
+#define BACKUP_PACK_BELOW_DEFAULT ((size_t)256 << 10) /* files below this size are packed */
+#define BACKUP_PACK_BELOW_MAX ((size_t)1 << 20)       /* largest pack_below accepted */
+#define BACKUP_PACK_MAX ((size_t)4 << 20)             /* a pack closes before passing this */
+#define BACKUP_PACK_MAX_OPS 16384u                    /* tree entries waiting for one pack */
+#define BACKUP_PACK_MAX_WAITING ((size_t)32 << 20)    /* their bytes */
 
 /* Progress, as often as about 5 times a second and once at the end. */
 struct backup_progress {
@@ -74,8 +99,11 @@ struct backup_options {
                                     snapshot holding every path, if any */
     bool force_read;             /* no parent: read every file */
     bool one_file_system;        /* do not descend into other file systems */
-    unsigned threads;            /* worker threads (0: 2 per core), at most BACKUP_MAX_THREADS */
+    unsigned threads;            /* worker threads (0: BACKUP_THREADS_PER_CORE per core), at most
+                                    BACKUP_MAX_THREADS */
     size_t inflight_bytes;       /* job bytes in flight (0: BACKUP_INFLIGHT_DEFAULT) */
+    size_t pack_below;           /* pack files smaller than this (0: BACKUP_PACK_BELOW_DEFAULT;
+                                    1: pack nothing), at most BACKUP_PACK_BELOW_MAX */
     uint64_t time_ms;            /* snapshot time (0: now) */
     backup_progress_cb progress; /* may be NULL (then no scanner runs) */
     backup_skip_cb skipped;      /* may be NULL */
@@ -100,6 +128,8 @@ struct backup_result {
     uint64_t new_bytes;               /* their plaintext bytes */
     uint64_t dedup_chunks;            /* chunks found already stored by repo_have */
     uint64_t trees;                   /* tree and chunk-list objects made */
+    uint64_t packs;                   /* packs made (each a chunk holding small files) */
+    uint64_t files_packed;            /* files read into packs */
     uint64_t skipped;                 /* entries left out */
     double seconds;                   /* wall time */
 };

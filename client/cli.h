@@ -78,5 +78,7 @@ int cli_backup(struct cli *c, int argc, char **argv);    /* client/cli_backup.c 
 int cli_snapshots(struct cli *c, int argc, char **argv); /* client/cli_backup.c */
 int cli_ls(struct cli *c, int argc, char **argv);        /* client/cli_backup.c */
 int cli_restore(struct cli *c, int argc, char **argv);   /* client/cli_backup.c */
+/* hbc lock|hold|approvals|role (client/cli_locks.c): cmd is the command's name. */
+int cli_locks(struct cli *c, const char *cmd, int argc, char **argv);
 
 #endif /* HBC_CLIENT_CLI_H */

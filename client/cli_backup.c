@@ -317,21 +317,32 @@ static int cmd_snapshots(struct cli *c, int argc, char **argv)
         for (size_t i = 0; i < n; i++) {
             char t[32];
             time_text(s[i].time_ms, t, sizeof t);
+            char ru[32];
+            time_text(s[i].retain_until_ms, ru, sizeof ru);
             json_array_append_new(
-                arr, json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I}", "id", s[i].id, "time", t,
-                               "time_ms", (json_int_t)s[i].time_ms, "committed_ms",
-                               (json_int_t)s[i].committed_ms, "files", (json_int_t)s[i].files,
-                               "bytes", (json_int_t)s[i].bytes, "chunks", (json_int_t)s[i].chunks));
+                arr,
+                json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:s, s:I, s:s, s:b}", "id", s[i].id,
+                          "time", t, "time_ms", (json_int_t)s[i].time_ms, "committed_ms",
+                          (json_int_t)s[i].committed_ms, "files", (json_int_t)s[i].files, "bytes",
+                          (json_int_t)s[i].bytes, "chunks", (json_int_t)s[i].chunks, "retain_until",
+                          ru, "retain_until_ms", (json_int_t)s[i].retain_until_ms, "lock_mode",
+                          s[i].governance ? "governance" : "compliance", "legal_hold",
+                          s[i].legal_hold));
         }
         cli_print_json(arr);
     } else {
-        printf("%-32s  %-20s  %10s  %10s\n", "ID", "TIME (UTC)", "FILES", "SIZE");
+        printf("%-32s  %-20s  %10s  %10s  %-20s  %s\n", "ID", "TIME (UTC)", "FILES", "SIZE",
+               "RETAIN UNTIL (UTC)", "LOCK");
         for (size_t i = 0; i < n; i++) {
             char t[32];
             char b[32];
+            char ru[32];
             time_text(s[i].time_ms, t, sizeof t);
+            time_text(s[i].retain_until_ms, ru, sizeof ru);
             progress_bytes(b, sizeof b, (double)s[i].bytes);
-            printf("%-32s  %-20s  %10" PRIu64 "  %10s\n", s[i].id, t, s[i].files, b);
+            printf("%-32s  %-20s  %10" PRIu64 "  %10s  %-20s  %s%s\n", s[i].id, t, s[i].files, b,
+                   ru, s[i].governance ? "governance" : "compliance",
+                   s[i].legal_hold ? ", legal hold" : "");
         }
     }
     hbc_snapshots_free(s);

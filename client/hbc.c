@@ -44,6 +44,15 @@ static void usage(FILE *f)
            "                            restore test: read and check everything, write nothing,\n"
            "                            record the result in the cluster\n"
            "  (backup, snapshots, ls and restore also take --vault NAME and --keyfile FILE)\n"
+           "  lock extend SNAP --until DATE   retain a snapshot longer (never shorter)\n"
+           "  lock shorten SNAP --until DATE  ask to shorten a governance lock (two officers)\n"
+           "  lock forget-early SNAP    ask to forget a governance-locked snapshot early\n"
+           "  hold set SNAP [--case REF] | hold release SNAP\n"
+           "                            legal hold; a release needs a second officer\n"
+           "  approvals list [--all] | approvals approve N\n"
+           "                            governance requests and their approval\n"
+           "  role assign|revoke SUBJECT ROLE  map a certificate subject to a role (admin)\n"
+           "  (each takes --help; see docs/cli.md and docs/retention.md)\n"
            "\n"
            "Global options:\n"
            "  --json                    machine-readable output (one JSON document on stdout)\n"
@@ -260,6 +269,9 @@ int main(int argc, char **argv)
         rv = cli_vault(&c, argc - i - 1, argv + i + 1);
     } else if (strcmp(cmd, "policy") == 0) {
         rv = cli_policy(&c, argc - i - 1, argv + i + 1);
+    } else if (strcmp(cmd, "lock") == 0 || strcmp(cmd, "hold") == 0 ||
+               strcmp(cmd, "approvals") == 0 || strcmp(cmd, "role") == 0) {
+        rv = cli_locks(&c, cmd, argc - i - 1, argv + i + 1);
     } else {
         cli_error("unknown command '%s' (see hbc --help)", cmd);
         rv = CLI_USAGE;

@@ -195,6 +195,12 @@ int hbc_snapshots(hbc_client *c, struct hbc_snapshot **out, size_t *n)
             s[i].files = list[i]->files;
             s[i].bytes = list[i]->bytes;
             s[i].chunks = list[i]->chunks;
+            /* Records older than locks have no retain-until: 2192 days (docs/retention.md). */
+            s[i].retain_until_ms = list[i]->has_retain_until_ms
+                                       ? list[i]->retain_until_ms
+                                       : list[i]->committed_ms + 2192ull * 86400000ull;
+            s[i].governance = list[i]->lock_mode == HBC__LOCK_MODE__LOCK_GOVERNANCE;
+            s[i].legal_hold = list[i]->legal_hold;
         }
         protobuf_c_message_free_unpacked(&list[i]->base, NULL);
     }

@@ -23,11 +23,16 @@
 #include <openssl/evp.h>
 
 #include "client/fs_restore.h"
+#include "client/pack.h"
 #include "client/snapshot_io.h"
 #include "client/tree.h"
 #include "common/alloc.h"
 
-#define MAX_OPEN_FILES 128 /* files being written at once (descriptors) */
+#define MAX_OPEN_FILES 128   /* files being written at once (descriptors) */
+#define GROUP_MAX_FILES 4096 /* packed files restored by one job */
+#define PREFETCH_THREADS 8   /* threads reading directory trees ahead of the walk */
+#define PREFETCH_MAX 64      /* trees read ahead and not yet walked, at most */
+#define DIR_WINDOW 32        /* subdirectories of one directory read ahead together */
 
 static double now_s(void)
 {
@@ -52,11 +57,39 @@ struct rfile {
     pthread_mutex_t mu;        /* guards the fields above from next on */
 };
 
+/* A packed file of a group. */
+struct gfile {
+    char *path;             /* relative to the target */
+    struct tree_entry meta; /* its entry (pointers cleared) */
+    struct tree_chunk c;    /* its slice of the pack */
+};
+
+/* Consecutive packed files of one pack: one job reads the pack once and restores them all. */
+struct rgroup {
+    uint8_t id[TREE_ID_LEN]; /* the pack */
+    struct gfile *files;     /* the files, in walk order */
+    size_t n;                /* how many */
+    size_t cap;              /* allocated */
+    size_t reserve;          /* budget bytes held: the largest offset + length */
+};
+
 struct rjob {
+    struct rgroup *g;  /* a group of packed files (then f is NULL) */
     struct rfile *f;   /* the file */
     size_t idx;        /* which chunk */
     uint64_t off;      /* where it goes */
     struct rjob *next; /* queue link */
+};
+
+/* A directory tree read ahead of the walk by a prefetch thread. */
+struct prefetch {
+    uint8_t id[TREE_ID_LEN];   /* the directory's head */
+    struct snap_dir *d;        /* the open directory (done, rv == 0) */
+    int rv;                    /* result (done) */
+    struct err e;              /* its message */
+    struct repo_read_stats st; /* shards read */
+    bool done;                 /* finished */
+    struct prefetch *next;     /* queue link */
 };
 
 /* Done after every file: hard links, then directory metadata (post-order). */
@@ -75,18 +108,27 @@ struct restore {
     size_t ndefs;                    /* used */
     size_t defs_cap;                 /* allocated */
 
-    pthread_mutex_t mu;   /* guards everything below and res */
-    pthread_cond_t work;  /* jobs queued or closing */
-    pthread_cond_t room;  /* budget or files freed */
-    struct rjob *head;    /* queue */
-    struct rjob *tail;    /* queue end */
-    size_t inflight;      /* chunk bytes reserved */
-    size_t budget;        /* inflight bound */
-    size_t open_files;    /* files not finished */
-    bool closing;         /* no more jobs */
-    double t0;            /* start */
-    double last_progress; /* last progress call */
-    uint64_t bytes_total; /* for progress */
+    pthread_mutex_t mu;       /* guards everything below and res */
+    pthread_cond_t work;      /* jobs queued or closing */
+    pthread_cond_t room;      /* budget or files freed */
+    struct rjob *head;        /* queue */
+    struct rjob *tail;        /* queue end */
+    size_t inflight;          /* chunk bytes reserved */
+    size_t budget;            /* inflight bound */
+    size_t open_files;        /* files not finished */
+    bool closing;             /* no more jobs */
+    double t0;                /* start */
+    double last_progress;     /* last progress call */
+    struct pack_cache *packs; /* packs recently read */
+    pthread_mutex_t pf_mu;    /* guards the prefetch fields below */
+    pthread_cond_t pf_work;   /* prefetches queued or closing */
+    pthread_cond_t pf_done;   /* a prefetch finished */
+    struct prefetch *pf_head; /* prefetches not yet started */
+    struct prefetch *pf_tail; /* queue end */
+    size_t pf_outstanding;    /* prefetches started and not yet taken by the walk */
+    bool pf_closing;          /* prefetch threads are to stop */
+    struct rgroup *group;     /* packed files being gathered (caller's thread) */
+    uint64_t bytes_total;     /* for progress */
 };
 
 static void report(struct restore *rs, const char *path, int code, const char *msg)
@@ -195,6 +237,202 @@ static void rfile_finish(struct restore *rs, struct rfile *f)
     rfile_free(f);
 }
 
+static void meta_copy(struct tree_entry *dst, const struct tree_entry *src);
+
+/* A packed slice of a file with several chunks: a copy of c's bytes of its pack into *out. */
+static int slice_get(struct restore *rs, const struct tree_chunk *c, uint8_t **out,
+                     struct repo_read_stats *st, struct err *e)
+{
+    struct pack_ref pr;
+    bool fetched;
+    int rv = pack_cache_get(rs->packs, c->id, &pr, &fetched, st, e);
+    if (rv != 0) {
+        return rv;
+    }
+    rv = tree_slice_check(c, pr.len, e);
+    if (rv == 0) {
+        *out = hbc_malloc(c->len);
+        if (*out == NULL) {
+            rv = err_set(e, HBC_ENOMEM, "packed slice");
+        } else {
+            memcpy(*out, pr.data + c->off, c->len);
+        }
+    }
+    pack_cache_release(rs->packs, &pr);
+    return rv;
+}
+
+static void group_free(struct rgroup *g)
+{
+    if (g == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < g->n; i++) {
+        hbc_free(g->files[i].path);
+    }
+    hbc_free(g->files);
+    hbc_free(g);
+}
+
+/* Restore (or test) one packed file from its pack's plaintext. */
+static int gfile_restore(struct restore *rs, const struct gfile *gf, const struct pack_ref *pr,
+                         bool *verified, struct err *e)
+{
+    int rv = tree_slice_check(&gf->c, pr->len, e);
+    if (rv != 0) {
+        return rv;
+    }
+    const uint8_t *data = pr->data + gf->c.off;
+    uint8_t got[TREE_ID_LEN];
+    if (EVP_Digest(data, gf->c.len, got, NULL, EVP_sha256(), NULL) != 1) {
+        return err_openssl(e, HBC_ECRYPTO, "SHA-256");
+    }
+    if (!gf->meta.has_sha256 || !crypto_equal(got, gf->meta.sha256, TREE_ID_LEN)) {
+        return err_setraw(e, HBC_ECORRUPT, "content does not match its SHA-256");
+    }
+    if (rs->fsr == NULL) {
+        return 0;
+    }
+    struct fs_file *ff;
+    rv = fs_restore_file_begin(rs->fsr, gf->path, &ff, e);
+    if (rv != 0) {
+        return rv;
+    }
+    rv = fs_file_write(ff, 0, data, gf->c.len, e);
+    if (rv != 0) {
+        fs_file_abort(ff);
+        return rv;
+    }
+    rv = fs_file_commit(ff, &gf->meta, e);
+    if (rv == 0 && rs->o->verify) {
+        rv = fs_restore_verify(rs->fsr, gf->path, &gf->meta, e);
+        *verified = rv == 0;
+    }
+    return rv;
+}
+
+/* A worker runs a group: read the pack once, restore every file in it. Frees g. */
+static void group_run(struct restore *rs, struct rgroup *g)
+{
+    struct pack_ref pr;
+    bool fetched = false;
+    struct err e = {0};
+    struct repo_read_stats st = {0};
+    int rv = pack_cache_get(rs->packs, g->id, &pr, &fetched, &st, &e);
+    uint64_t files = 0;
+    uint64_t bytes = 0;
+    uint64_t verified = 0;
+    for (size_t i = 0; i < g->n; i++) {
+        const struct gfile *gf = &g->files[i];
+        struct err fe = e;
+        int frv = rv;
+        bool ver = false;
+        if (frv == 0) {
+            frv = gfile_restore(rs, gf, &pr, &ver, &fe);
+        }
+        if (frv != 0) {
+            report_unlocked(rs, gf->path, frv, fe.msg);
+        } else {
+            files++;
+            bytes += gf->meta.size;
+            verified += ver ? 1 : 0;
+        }
+    }
+    size_t plen = rv == 0 ? pr.len : 0;
+    if (rv == 0) {
+        pack_cache_release(rs->packs, &pr);
+    }
+    pthread_mutex_lock(&rs->mu);
+    rs->res->files += files;
+    rs->res->bytes += bytes;
+    rs->res->verified += verified;
+    rs->res->shards_read += st.shards_read;
+    rs->res->shard_errors += st.shard_errors;
+    if (fetched && rv == 0) {
+        rs->res->chunks++;
+        rs->res->chunk_bytes += plen;
+    }
+    rs->inflight -= g->reserve;
+    pthread_cond_broadcast(&rs->room);
+    pthread_mutex_unlock(&rs->mu);
+    group_free(g);
+}
+
+/* Queue the group being gathered (caller's thread). */
+static void group_dispatch(struct restore *rs)
+{
+    struct rgroup *g = rs->group;
+    if (g == NULL) {
+        return;
+    }
+    rs->group = NULL;
+    struct rjob *j = hbc_calloc(1, sizeof *j);
+    if (j == NULL) {
+        for (size_t i = 0; i < g->n; i++) {
+            report_unlocked(rs, g->files[i].path, HBC_ENOMEM, "out of memory");
+        }
+        group_free(g);
+        return;
+    }
+    j->g = g;
+    pthread_mutex_lock(&rs->mu);
+    while (rs->inflight > 0 && rs->inflight + g->reserve > rs->budget) {
+        pthread_cond_wait(&rs->room, &rs->mu);
+    }
+    rs->inflight += g->reserve;
+    if (rs->tail != NULL) {
+        rs->tail->next = j;
+    } else {
+        rs->head = j;
+    }
+    rs->tail = j;
+    pthread_cond_signal(&rs->work);
+    pthread_mutex_unlock(&rs->mu);
+}
+
+/* Add a packed file (one slice, en->chunks[0]) to the group of its pack. */
+static void group_add(struct restore *rs, const char *path, const struct tree_entry *en)
+{
+    const struct tree_chunk *c = &en->chunks[0];
+    if (rs->group != NULL &&
+        (memcmp(rs->group->id, c->id, TREE_ID_LEN) != 0 || rs->group->n >= GROUP_MAX_FILES)) {
+        group_dispatch(rs);
+    }
+    struct rgroup *g = rs->group;
+    if (g == NULL) {
+        g = hbc_calloc(1, sizeof *g);
+        if (g == NULL) {
+            report_unlocked(rs, path, HBC_ENOMEM, "out of memory");
+            return;
+        }
+        memcpy(g->id, c->id, TREE_ID_LEN);
+        rs->group = g;
+    }
+    if (g->n == g->cap) {
+        size_t ncap = g->cap == 0 ? 64 : g->cap * 2;
+        struct gfile *nf = hbc_realloc(g->files, ncap * sizeof *nf);
+        if (nf == NULL) {
+            report_unlocked(rs, path, HBC_ENOMEM, "out of memory");
+            return;
+        }
+        g->files = nf;
+        g->cap = ncap;
+    }
+    struct gfile *gf = &g->files[g->n];
+    gf->path = hbc_strdup(path);
+    if (gf->path == NULL) {
+        report_unlocked(rs, path, HBC_ENOMEM, "out of memory");
+        return;
+    }
+    meta_copy(&gf->meta, en);
+    gf->c = *c;
+    g->n++;
+    size_t end = (size_t)c->off + c->len; /* at most CHUNK_OBJECT_MAX_PLAINTEXT (tree.h) */
+    if (end > g->reserve) {
+        g->reserve = end;
+    }
+}
+
 static void *worker_main(void *arg)
 {
     struct restore *rs = arg;
@@ -213,15 +451,28 @@ static void *worker_main(void *arg)
         }
         pthread_mutex_unlock(&rs->mu);
 
+        if (j->g != NULL) {
+            group_run(rs, j->g);
+            hbc_free(j);
+            progress(rs, false);
+            pthread_mutex_lock(&rs->mu);
+            continue;
+        }
         struct rfile *f = j->f;
         const struct tree_chunk *c = &f->chunks[j->idx];
         struct err e = {0};
         uint8_t *plain = NULL;
         size_t len = 0;
         struct repo_read_stats st = {0};
-        int rv = repo_get_chunk(rs->r, c->id, rs->o->copy, &plain, &len, &st, &e);
-        if (rv == 0 && len != c->len) {
-            rv = err_set(&e, HBC_EFORMAT, "chunk of %zu bytes where the tree says %u", len, c->len);
+        int rv;
+        if (c->packed) {
+            rv = slice_get(rs, c, &plain, &st, &e);
+            len = c->len;
+        } else {
+            rv = repo_get_chunk(rs->r, c->id, rs->o->copy, &plain, &len, &st, &e);
+            if (rv == 0) {
+                rv = tree_slice_check(c, len, &e);
+            }
         }
         if (rv == 0 && f->ff != NULL) {
             rv = fs_file_write(f->ff, j->off, plain, len, &e);
@@ -320,6 +571,10 @@ static int defer(struct restore *rs, const char *path, const char *link,
 /* Queue a file's chunks (or finish an empty file at once). */
 static void restore_file(struct restore *rs, const char *path, const struct tree_entry *en)
 {
+    if (en->nchunks == 1 && en->nlists == 0 && en->chunks[0].packed) {
+        group_add(rs, path, en);
+        return;
+    }
     struct err e = {0};
     struct rfile *f = hbc_calloc(1, sizeof *f);
     if (f == NULL) {
@@ -387,6 +642,7 @@ static void restore_file(struct restore *rs, const char *path, const struct tree
             }
             return;
         }
+        j->g = NULL;
         j->f = f;
         j->idx = i;
         j->off = off;
@@ -409,6 +665,83 @@ static void restore_file(struct restore *rs, const char *path, const struct tree
     }
 }
 
+/* ------------------------------------------------------------------------- */
+/* Reading directory trees ahead of the walk.                                */
+
+static void *prefetch_main(void *arg)
+{
+    struct restore *rs = arg;
+    pthread_mutex_lock(&rs->pf_mu);
+    for (;;) {
+        while (rs->pf_head == NULL && !rs->pf_closing) {
+            pthread_cond_wait(&rs->pf_work, &rs->pf_mu);
+        }
+        if (rs->pf_head == NULL) {
+            break;
+        }
+        struct prefetch *p = rs->pf_head;
+        rs->pf_head = p->next;
+        if (rs->pf_head == NULL) {
+            rs->pf_tail = NULL;
+        }
+        pthread_mutex_unlock(&rs->pf_mu);
+        /* The cursor keeps &p->st: reads of the directory's parts (by the walk, later) count
+         * there too, and the walk frees p only when it closes the directory. */
+        struct snap_dir *d = NULL;
+        struct err e = {0};
+        int rv = snap_dir_open(rs->r, p->id, rs->o->copy, &p->st, &d, &e);
+        pthread_mutex_lock(&rs->pf_mu);
+        p->d = d;
+        p->rv = rv;
+        p->e = e;
+        p->done = true;
+        pthread_cond_broadcast(&rs->pf_done);
+    }
+    pthread_mutex_unlock(&rs->pf_mu);
+    return NULL;
+}
+
+/* Start reading directory id ahead; NULL if enough are read ahead already (or no memory). */
+static struct prefetch *prefetch_start(struct restore *rs, const uint8_t id[TREE_ID_LEN])
+{
+    pthread_mutex_lock(&rs->pf_mu);
+    if (rs->pf_outstanding >= PREFETCH_MAX) {
+        pthread_mutex_unlock(&rs->pf_mu);
+        return NULL;
+    }
+    struct prefetch *p = hbc_calloc(1, sizeof *p);
+    if (p != NULL) {
+        memcpy(p->id, id, TREE_ID_LEN);
+        if (rs->pf_tail != NULL) {
+            rs->pf_tail->next = p;
+        } else {
+            rs->pf_head = p;
+        }
+        rs->pf_tail = p;
+        rs->pf_outstanding++;
+        pthread_cond_signal(&rs->pf_work);
+    }
+    pthread_mutex_unlock(&rs->pf_mu);
+    return p;
+}
+
+/* Wait for p and take its result (*d). p stays the caller's (its st counts the directory's reads)
+ * until the directory is closed. Returns its code. */
+static int prefetch_take(struct restore *rs, struct prefetch *p, struct snap_dir **d, struct err *e)
+{
+    pthread_mutex_lock(&rs->pf_mu);
+    while (!p->done) {
+        pthread_cond_wait(&rs->pf_done, &rs->pf_mu);
+    }
+    rs->pf_outstanding--;
+    pthread_mutex_unlock(&rs->pf_mu);
+    *d = p->d;
+    if (p->rv != 0 && e != NULL) {
+        *e = p->e;
+    }
+    return p->rv;
+}
+
 /* Whether path is selected by the include patterns (or lies below a selected directory). */
 static bool included(const struct restore *rs, const char *path)
 {
@@ -424,37 +757,92 @@ static bool included(const struct restore *rs, const char *path)
     return false;
 }
 
+/* A subdirectory met in the walk, waiting (with its tree read ahead) to be walked. */
+struct subdir {
+    char *path;              /* its path */
+    struct tree_entry meta;  /* its entry (pointers cleared) */
+    uint8_t id[TREE_ID_LEN]; /* its head */
+    bool sel;                /* selected as a whole */
+    struct prefetch *pf;     /* its tree being read ahead, or NULL */
+};
+
+static bool restore_dir(struct restore *rs, const uint8_t id[TREE_ID_LEN], const char *path,
+                        bool all, unsigned depth, struct prefetch *pf);
+
+/* A directory is closed: add the reads it counted to the totals, free its prefetch (if any). */
+static void dir_done(struct restore *rs, const struct repo_read_stats *st, struct prefetch *pf)
+{
+    pthread_mutex_lock(&rs->mu);
+    rs->res->shards_read += st->shards_read;
+    rs->res->shard_errors += st->shard_errors;
+    pthread_mutex_unlock(&rs->mu);
+    hbc_free(pf);
+}
+
+/* Walk the subdirectories in w[0..n) in order, then free them; sets *any if one had content. */
+static void subdirs_walk(struct restore *rs, struct subdir *w, size_t n, unsigned depth, bool *any)
+{
+    for (size_t i = 0; i < n; i++) {
+        bool below = restore_dir(rs, w[i].id, w[i].path, w[i].sel, depth + 1, w[i].pf);
+        if (w[i].sel || below) {
+            *any = true;
+            pthread_mutex_lock(&rs->mu);
+            rs->res->dirs++;
+            pthread_mutex_unlock(&rs->mu);
+            if (rs->fsr != NULL && defer(rs, w[i].path, NULL, &w[i].meta) != 0) {
+                report_unlocked(rs, w[i].path, HBC_ENOMEM, "out of memory");
+            }
+        }
+        hbc_free(w[i].path);
+    }
+}
+
 /*
- * Restore the directory whose head is id at path ("" for the root). all:
- * everything below is selected. Returns whether anything was restored
- * below (so its metadata should be set); errors are reported and counted.
+ * Restore the directory whose head is id at path ("" for the root); pf,
+ * if not NULL, is its tree being read ahead. all: everything below is
+ * selected. Subdirectories are walked in windows of DIR_WINDOW, their trees
+ * read ahead by the prefetch threads while the window fills. Returns
+ * whether anything was restored below (so its metadata should be set);
+ * errors are reported and counted.
  */
 static bool restore_dir(struct restore *rs, const uint8_t id[TREE_ID_LEN], const char *path,
-                        bool all, unsigned depth)
+                        bool all, unsigned depth, struct prefetch *pf)
 {
     struct err e = {0};
-    struct snap_dir *d;
-    struct repo_read_stats st = {0};
+    struct snap_dir *d = NULL;
+    struct repo_read_stats own = {0};
+    struct repo_read_stats *st = pf != NULL ? &pf->st : &own; /* the cursor counts reads here */
     bool any = false;
-    if (depth > 1024) {
-        report_unlocked(rs, path, HBC_ETOOBIG, "directories nested too deep");
-        return false;
+    int rv;
+    if (pf != NULL) {
+        rv = prefetch_take(rs, pf, &d, &e);
+    } else {
+        rv = snap_dir_open(rs->r, id, rs->o->copy, st, &d, &e);
     }
-    int rv = snap_dir_open(rs->r, id, rs->o->copy, &st, &d, &e);
     pthread_mutex_lock(&rs->mu);
     rs->res->chunks++;
     pthread_mutex_unlock(&rs->mu);
+    if (rv == 0 && depth > 1024) {
+        snap_dir_close(d);
+        rv = err_setraw(&e, HBC_ETOOBIG, "directories nested too deep");
+    }
     if (rv != 0) {
         report_unlocked(rs, path[0] != '\0' ? path : "/", rv, e.msg);
+        dir_done(rs, st, pf);
         return false;
     }
     size_t plen = strlen(path);
     char *child = hbc_malloc(TREE_MAX_PATH + 1);
-    if (child == NULL) {
+    struct subdir *win = hbc_malloc(DIR_WINDOW * sizeof *win);
+    if (child == NULL || win == NULL) {
+        hbc_free(child);
+        hbc_free(win);
         snap_dir_close(d);
         report_unlocked(rs, path, HBC_ENOMEM, "out of memory");
+        dir_done(rs, st, pf);
         return false;
     }
+    size_t nwin = 0;
     const struct tree_entry *en;
     while ((rv = snap_dir_next(d, &en, &e)) == 1) {
         size_t nlen = strlen(en->name);
@@ -480,20 +868,21 @@ static bool restore_dir(struct restore *rs, const uint8_t id[TREE_ID_LEN], const
                 report_unlocked(rs, child, erv, ee.msg);
                 continue;
             }
-            struct tree_entry meta;
-            meta_copy(&meta, en);
-            uint8_t sub[TREE_ID_LEN];
-            memcpy(sub, en->subtree, TREE_ID_LEN);
-            bool below = restore_dir(rs, sub, child, sel, depth + 1);
-            if (sel || below) {
-                any = true;
-                pthread_mutex_lock(&rs->mu);
-                rs->res->dirs++;
-                pthread_mutex_unlock(&rs->mu);
-                if (rs->fsr != NULL && defer(rs, child, NULL, &meta) != 0) {
-                    report_unlocked(rs, child, HBC_ENOMEM, "out of memory");
-                }
+            if (nwin == DIR_WINDOW) {
+                subdirs_walk(rs, win, nwin, depth, &any);
+                nwin = 0;
             }
+            struct subdir *w = &win[nwin];
+            w->path = hbc_strdup(child);
+            if (w->path == NULL) {
+                report_unlocked(rs, child, HBC_ENOMEM, "out of memory");
+                continue;
+            }
+            meta_copy(&w->meta, en);
+            memcpy(w->id, en->subtree, TREE_ID_LEN);
+            w->sel = sel;
+            w->pf = prefetch_start(rs, w->id);
+            nwin++;
             continue;
         }
         if (!sel) {
@@ -528,12 +917,12 @@ static bool restore_dir(struct restore *rs, const uint8_t id[TREE_ID_LEN], const
     if (rv < 0) {
         report_unlocked(rs, path[0] != '\0' ? path : "/", rv, e.msg);
     }
-    pthread_mutex_lock(&rs->mu);
-    rs->res->shards_read += st.shards_read;
-    rs->res->shard_errors += st.shard_errors;
-    pthread_mutex_unlock(&rs->mu);
+    /* The directory's own parts are read; walk what waits (their prefetches must be taken). */
+    subdirs_walk(rs, win, nwin, depth, &any);
+    hbc_free(win);
     hbc_free(child);
     snap_dir_close(d);
+    dir_done(rs, st, pf);
     return any;
 }
 
@@ -599,6 +988,9 @@ int restore_run(struct repo *r, const struct restore_options *o, struct restore_
     pthread_mutex_init(&rs->mu, NULL);
     pthread_cond_init(&rs->work, NULL);
     pthread_cond_init(&rs->room, NULL);
+    pthread_mutex_init(&rs->pf_mu, NULL);
+    pthread_cond_init(&rs->pf_work, NULL);
+    pthread_cond_init(&rs->pf_done, NULL);
     unsigned nthreads = o->threads != 0 ? o->threads : default_threads();
     pthread_t *threads = hbc_calloc(nthreads, sizeof *threads);
     unsigned started = 0;
@@ -623,7 +1015,25 @@ int restore_run(struct repo *r, const struct restore_options *o, struct restore_
         }
     }
     if (rv == 0) {
-        restore_dir(rs, root, "", o->nincludes == 0, 0);
+        rv = pack_cache_new(&rs->packs, r, o->copy, e);
+    }
+    pthread_t pf_threads[PREFETCH_THREADS];
+    unsigned pf_started = 0;
+    for (; rv == 0 && pf_started < PREFETCH_THREADS; pf_started++) {
+        if (pthread_create(&pf_threads[pf_started], NULL, prefetch_main, rs) != 0) {
+            break; /* fewer read ahead; the walk reads the rest itself */
+        }
+    }
+    if (rv == 0) {
+        restore_dir(rs, root, "", o->nincludes == 0, 0, NULL);
+        group_dispatch(rs);
+    }
+    pthread_mutex_lock(&rs->pf_mu);
+    rs->pf_closing = true;
+    pthread_cond_broadcast(&rs->pf_work);
+    pthread_mutex_unlock(&rs->pf_mu);
+    for (unsigned i = 0; i < pf_started; i++) {
+        pthread_join(pf_threads[i], NULL);
     }
     pthread_mutex_lock(&rs->mu);
     rs->closing = true;
@@ -681,8 +1091,13 @@ int restore_run(struct repo *r, const struct restore_options *o, struct restore_
         rv = err_setraw(e, HBC_EPARTIAL, "%llu entries failed", (unsigned long long)res->errors);
     }
     fs_restore_close(rs->fsr);
+    pack_cache_free(rs->packs);
+    group_free(rs->group);
     hbc_free(rs->defs);
     hbc_free(threads);
+    pthread_cond_destroy(&rs->pf_done);
+    pthread_cond_destroy(&rs->pf_work);
+    pthread_mutex_destroy(&rs->pf_mu);
     pthread_cond_destroy(&rs->room);
     pthread_cond_destroy(&rs->work);
     pthread_mutex_destroy(&rs->mu);

@@ -12,15 +12,21 @@
 /*
  * The happy path: the calling thread reads the snapshot's trees depth
  * first (authenticated plaintext only: every object comes through
- * repo_get_chunk, which opens and checks it) and hands each file's chunks
- * to worker threads, which fetch them (repo_get_chunk: nearest copy, data
- * shards first, parity and other copies on any error), write them into the
- * file's temporary name (client/fs_restore.h) and feed the file's SHA-256
- * in order. When a file's last chunk is in, its digest is compared with the
- * tree's, the file committed (renamed into place with its metadata) and,
- * with verify, read back and checked again. Hard links are made and
+ * repo_get_chunk, which opens and checks it), while prefetch threads read
+ * the trees of the next subdirectories ahead (up to 32 siblings, 64 trees
+ * in all). It hands each file's chunks to worker threads, which fetch them
+ * (repo_get_chunk: nearest copy, data shards first, parity and other
+ * copies on any error), write them into the file's temporary name
+ * (client/fs_restore.h) and feed the file's SHA-256 in order. When a
+ * file's last chunk is in, its digest is compared with the tree's, the
+ * file committed (renamed into place with its metadata) and, with verify,
+ * read back and checked again. Hard links are made and
  * directory metadata set once every file is in (post-order).
  *
+ * Packed small files (client/backup.h) that follow each other in the walk
+ * and share a pack go to one worker as a group: it reads the pack once
+ * (client/pack.h caches the last few), checks each file's slice and
+ * SHA-256 and writes the files one by one.
  * Without a target it is a restore test: everything but the writing, for
  * one copy or any, and the result is recorded in the cluster
  * (repo_restore_test_record).

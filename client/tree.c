@@ -217,6 +217,42 @@ static int chunk_len_check(uint32_t len, size_t i, int code, struct err *e)
     return 0;
 }
 
+/* A ref: its length, and for a packed slice, offset + length within the largest chunk. */
+static int chunk_ref_check(const struct tree_chunk *c, size_t i, int code, struct err *e)
+{
+    int rc = chunk_len_check(c->len, i, code, e);
+    if (rc != 0) {
+        return rc;
+    }
+    if (!c->packed && c->off != 0) {
+        return err_set(e, code, "chunk %zu: offset %u in a chunk that is not a pack", i, c->off);
+    }
+    if (c->packed && (uint64_t)c->off + c->len > CHUNK_OBJECT_MAX_PLAINTEXT) {
+        return err_set(e, code,
+                       "chunk %zu: packed slice at %u of %u bytes passes the largest pack (%zu)", i,
+                       c->off, c->len, (size_t)CHUNK_OBJECT_MAX_PLAINTEXT);
+    }
+    return 0;
+}
+
+int tree_slice_check(const struct tree_chunk *c, size_t chunk_len, struct err *e)
+{
+    if (!c->packed) {
+        if (chunk_len != c->len) {
+            return err_set(e, HBC_EFORMAT, "chunk of %zu bytes where the tree says %u", chunk_len,
+                           c->len);
+        }
+        return 0;
+    }
+    if ((uint64_t)c->off + c->len > chunk_len) {
+        return err_set(
+            e, HBC_EFORMAT,
+            "packed file's slice at offset %u of %u bytes lies outside its pack of %zu bytes",
+            c->off, c->len, chunk_len);
+    }
+    return 0;
+}
+
 /*
  * The rules every entry follows, on the parsed fields. has_* say which
  * optional fields are present; code is the error to report.
@@ -363,6 +399,8 @@ static void refs_fill(Hbc__ChunkRef *refs, Hbc__ChunkRef **ptrs, const struct tr
         refs[i].id.data = (uint8_t *)chunks[i].id;
         refs[i].id.len = TREE_ID_LEN;
         refs[i].length = chunks[i].len;
+        refs[i].has_pack_offset = chunks[i].packed;
+        refs[i].pack_offset = chunks[i].packed ? chunks[i].off : 0;
         ptrs[i] = &refs[i];
     }
 }
@@ -376,7 +414,7 @@ static int list_check(const struct tree_chunk *chunks, size_t n, struct err *e)
         return err_set(e, HBC_EINVAL, "chunk list: no chunks");
     }
     for (size_t i = 0; i < n; i++) {
-        int rc = chunk_len_check(chunks[i].len, i, HBC_EINVAL, e);
+        int rc = chunk_ref_check(&chunks[i], i, HBC_EINVAL, e);
         if (rc != 0) {
             return rc;
         }
@@ -486,7 +524,7 @@ static int entry_input_check(const struct tree_builder *b, const struct tree_ent
         return err_set(e, HBC_EINVAL, "entry claims chunk lists but has none");
     }
     for (size_t i = 0; i < en->nchunks; i++) {
-        int rc = chunk_len_check(en->chunks[i].len, i, HBC_EINVAL, e);
+        int rc = chunk_ref_check(&en->chunks[i], i, HBC_EINVAL, e);
         if (rc != 0) {
             return rc;
         }
@@ -664,7 +702,18 @@ static int ref_check(const Hbc__ChunkRef *r, size_t i, struct err *e)
     if (r->id.len != TREE_ID_LEN) {
         return err_set(e, HBC_EFORMAT, "chunk %zu: id of %zu bytes", i, r->id.len);
     }
-    return chunk_len_check(r->length, i, HBC_EFORMAT, e);
+    struct tree_chunk c = {.len = r->length, .off = r->pack_offset, .packed = r->has_pack_offset};
+    return chunk_ref_check(&c, i, HBC_EFORMAT, e);
+}
+
+/* Copy a checked ref into c. */
+static void ref_copy(struct tree_chunk *c, const Hbc__ChunkRef *r)
+{
+    memset(c, 0, sizeof *c); /* padding too: copies compare with memcmp */
+    memcpy(c->id, r->id.data, TREE_ID_LEN);
+    c->len = r->length;
+    c->packed = r->has_pack_offset;
+    c->off = r->has_pack_offset ? r->pack_offset : 0;
 }
 
 int tree_chunk_list_decode(const uint8_t *data, size_t len, struct tree_chunk **out, size_t *n,
@@ -702,8 +751,7 @@ int tree_chunk_list_decode(const uint8_t *data, size_t len, struct tree_chunk **
         goto done;
     }
     for (size_t i = 0; i < cl->n_chunks; i++) {
-        memcpy(c[i].id, cl->chunks[i]->id.data, TREE_ID_LEN);
-        c[i].len = cl->chunks[i]->length;
+        ref_copy(&c[i], cl->chunks[i]);
     }
     *out = c;
     *n = cl->n_chunks;
@@ -916,8 +964,7 @@ int tree_decode(const uint8_t *data, size_t len, enum tree_kind kind, struct tre
             en->chunks = chunks;
             en->nchunks = te->n_chunks;
             for (size_t c = 0; c < te->n_chunks; c++) {
-                memcpy(chunks[c].id, te->chunks[c]->id.data, TREE_ID_LEN);
-                chunks[c].len = te->chunks[c]->length;
+                ref_copy(&chunks[c], te->chunks[c]);
             }
             chunks += te->n_chunks;
         }

@@ -38,6 +38,11 @@
  * bytes, or when the next entry would not fit), so adding a name to a huge
  * directory changes one or two parts, not all that follow.
  *
+ * Small files. A ChunkRef may name a slice of a chunk instead of all of
+ * it (`pack_offset` set): the backup packs small files' contents into one
+ * chunk (a pack) and each such file's entry lists one ref (pack id, offset,
+ * length) and its own SHA-256 (see docs/formats.md, "Packs").
+ *
  * Large files. A file with at most TREE_INLINE_CHUNKS chunks lists them in
  * its entry. A longer list is cut into ChunkList objects of at most
  * TREE_LIST_CHUNKS refs each (stored as chunks, ids in `chunk_lists`), so
@@ -57,7 +62,8 @@
  * (HBC_ETOOBIG), parses, has version 1 (HBC_EVERSION), names are valid path
  * components (tree_name_check) in strictly increasing order, types are
  * known and carry the fields they need and no others, ids and digests are 32
- * bytes, chunk lengths are 1..CHUNK_OBJECT_MAX_PLAINTEXT, a file's inline
+ * bytes, chunk lengths are 1..CHUNK_OBJECT_MAX_PLAINTEXT, a packed slice's
+ * offset + length is at most CHUNK_OBJECT_MAX_PLAINTEXT, a file's inline
  * chunk lengths add up to its size, counts stay within the limits below.
  * A hard-link path is validated component by component. None of this makes
  * a restore safe on its own: client/fs_restore.h refuses, again, any path
@@ -90,10 +96,18 @@ enum tree_type {
     TREE_SOCKET = 8,   /* Unix socket */
 };
 
-/* One chunk of a file. */
+/*
+ * One chunk of a file, or (packed) a slice of a pack: a chunk holding
+ * several small files back to back. A packed ref names bytes
+ * [off, off + len) of chunk id, with off + len <= CHUNK_OBJECT_MAX_PLAINTEXT;
+ * whether that lies within the pack can only be checked once the pack is
+ * read (tree_slice_check).
+ */
 struct tree_chunk {
-    uint8_t id[TREE_ID_LEN]; /* chunk id */
+    uint8_t id[TREE_ID_LEN]; /* chunk id (of the pack, when packed) */
     uint32_t len;            /* plaintext bytes, 1..CHUNK_OBJECT_MAX_PLAINTEXT */
+    uint32_t off;            /* packed: offset of the slice in the pack; else 0 */
+    bool packed;             /* a slice of a pack (ChunkRef.pack_offset present) */
 };
 
 /*
@@ -224,6 +238,15 @@ int tree_chunk_list_encode(const struct tree_chunk *chunks, size_t n, uint8_t **
  */
 int tree_chunk_list_decode(const uint8_t *data, size_t len, struct tree_chunk **out, size_t *n,
                            struct err *e);
+
+/*
+ * Check that ref c can be served from its chunk's plaintext of chunk_len
+ * bytes: a whole chunk must be exactly c->len bytes, a packed slice must
+ * lie within the pack (off + len <= chunk_len). Returns 0 or HBC_EFORMAT
+ * with a message giving the offsets ("packed file's slice ... lies outside
+ * its pack of N bytes").
+ */
+int tree_slice_check(const struct tree_chunk *c, size_t chunk_len, struct err *e);
 
 /* One decoded tree object: a directory's head, or one of its parts. */
 struct tree {

@@ -91,6 +91,10 @@ int chunk_key_init(struct chunk_key *k, const uint8_t data_key[CRYPTO_KEY_LEN], 
     if (rc == 0) {
         rc = crypto_derive(data_key, CRYPTO_LABEL_KEY_CHECK, k->key_check, sizeof k->key_check, e);
     }
+    if (rc == 0) {
+        rc = crypto_derive(data_key, CRYPTO_LABEL_CHUNK_NONCE_KEY, k->nonce_key,
+                           sizeof k->nonce_key, e);
+    }
     if (rc != 0) {
         chunk_key_clear(k);
         err_wrap(e, "chunk key");
@@ -236,6 +240,31 @@ static size_t build_ad(uint8_t *ad, const uint8_t *obj, size_t header_len,
     return n + CHUNK_OBJECT_CHUNK_ID_LEN;
 }
 
+/*
+ * The nonce of an object (chunk_object.h): HMAC(nonce key, ad || SHA-256 of
+ * the packed payload when packed is not NULL)[0..12). ad has room for the hash
+ * after adl bytes.
+ */
+static int synthetic_nonce(const struct chunk_key *k, uint8_t *ad, size_t adl,
+                           const uint8_t *packed, size_t packed_len,
+                           uint8_t nonce[CRYPTO_GCM_NONCE_LEN], struct err *e)
+{
+    size_t n = adl;
+    if (packed != NULL) {
+        int rc = crypto_sha256(packed, packed_len, ad + adl, e);
+        if (rc != 0) {
+            return rc;
+        }
+        n += CRYPTO_SHA256_LEN;
+    }
+    uint8_t mac[CRYPTO_SHA256_LEN];
+    int rc = crypto_hmac_sha256(k->nonce_key, sizeof k->nonce_key, ad, n, mac, e);
+    if (rc == 0) {
+        memcpy(nonce, mac, CRYPTO_GCM_NONCE_LEN);
+    }
+    return rc;
+}
+
 int chunk_object_seal(struct chunk_ctx *c, const struct chunk_key *k,
                       const uint8_t vault_id[CHUNK_OBJECT_VAULT_ID_LEN],
                       const uint8_t chunk_id[CHUNK_OBJECT_CHUNK_ID_LEN], const void *plaintext,
@@ -276,14 +305,15 @@ int chunk_object_seal(struct chunk_ctx *c, const struct chunk_key *k,
     out[6] = (uint8_t)hl;
     hbc__chunk_object_header__pack(&h, out + CHUNK_OBJECT_PREFIX_LEN);
     put_be32(out + CRC_OFF(hl), crc32c(out, CRC_OFF(hl)));
+    uint8_t ad[AD_MAX + CRYPTO_SHA256_LEN];
+    size_t adl = build_ad(ad, out, hl, vault_id, chunk_id);
     uint8_t *nonce = out + NONCE_OFF(hl);
-    rc = crypto_random(nonce, CRYPTO_GCM_NONCE_LEN, e);
+    rc = synthetic_nonce(k, ad, adl, how == CHUNK_COMPRESSION_ZSTD ? payload : NULL, packed, nonce,
+                         e);
     if (rc != 0) {
         err_wrap(e, "seal chunk object: nonce");
         return rc;
     }
-    uint8_t ad[AD_MAX];
-    size_t adl = build_ad(ad, out, hl, vault_id, chunk_id);
     uint8_t *ct = out + PAYLOAD_OFF(hl);
     rc =
         crypto_gcm_encrypt(c->gcm, k->gcm_key, nonce, ad, adl, payload, packed, ct, ct + packed, e);

@@ -20,7 +20,7 @@
  *                       (8 bytes: HKDF(data key, CRYPTO_LABEL_KEY_CHECK))
  *   7+H           4     CRC32C (Castagnoli) of bytes 0..7+H: unkeyed, so that a damaged
  *                       header is told apart from a forged or mis-keyed object
- *   11+H          12    random 96-bit GCM nonce
+ *   11+H          12    synthetic 96-bit GCM nonce (below)
  *   23+H          P     AES-256-GCM ciphertext of the packed payload (P = packed_length)
  *   23+H+P        16    GCM tag
  *
@@ -30,6 +30,20 @@
  * another vault or chunk id. The packed payload is the zstd frame of the
  * plaintext when compression is ZSTD (kept only when strictly smaller than
  * the plaintext), otherwise the plaintext itself.
+ *
+ * The nonce is synthetic, not random: the first 12 bytes of
+ * HMAC-SHA-256(nonce key, associated data || S), where the nonce key is
+ * HKDF(data key, CRYPTO_LABEL_CHUNK_NONCE_KEY) and S is empty for an
+ * uncompressed payload (the payload is then the plaintext, fixed by the chunk
+ * id in the associated data) and SHA-256 of the packed payload for a zstd
+ * one. Sealing the same chunk twice therefore gives the same object, byte for
+ * byte, so two clients that write a new chunk at the same moment send
+ * identical shards and a stripe can never mix shards of two different
+ * encryptions (which would make it undecodable); and a nonce repeats only
+ * with the same key, associated data and payload, i.e. for the same
+ * ciphertext. What an observer learns is that two objects are equal, which
+ * the chunk ids already tell. Opening does not depend on how the nonce was
+ * made.
  *
  * Opening checks, in order, each with its own code:
  *   fewer bytes than the 7-byte prefix, the header and its CRC   HBC_ETRUNCATED
@@ -94,6 +108,7 @@ struct chunk_key {
     uint32_t generation;                           /* key generation of the data key */
     uint8_t gcm_key[CRYPTO_KEY_LEN];               /* HKDF(data key, "hbc v1 chunk object key") */
     uint8_t key_check[CHUNK_OBJECT_KEY_CHECK_LEN]; /* HKDF(data key, "hbc v1 key check") */
+    uint8_t nonce_key[CRYPTO_KEY_LEN];             /* HKDF(data key, "hbc v1 chunk nonce key") */
 };
 
 /*

@@ -55,6 +55,7 @@
  */
 #define CRYPTO_LABEL_KEY_CHECK "hbc v1 key check"
 #define CRYPTO_LABEL_CHUNK_OBJECT_KEY "hbc v1 chunk object key"
+#define CRYPTO_LABEL_CHUNK_NONCE_KEY "hbc v1 chunk nonce key"
 #define CRYPTO_LABEL_KEYFILE_WRAP "hbc v1 keyfile wrap"
 
 /* Fill buf with len bytes from OpenSSL's DRBG (RAND_bytes). */

@@ -478,8 +478,27 @@ int erasure_shard_encode(const struct erasure_shard_info *info, const uint8_t *p
     return 0;
 }
 
-int erasure_shard_decode(const uint8_t *blob, size_t blob_length, struct erasure_shard_info *info,
-                         const uint8_t **payload, struct err *e)
+/*
+ * SHA-256 of data[0..n) into md and, in the same pass, of data[0..n+extra)
+ * into whole.
+ */
+static int sha256_and_whole(const uint8_t *data, size_t n, size_t extra, uint8_t *md,
+                            uint8_t *whole, struct err *e)
+{
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    EVP_MD_CTX *head = EVP_MD_CTX_new();
+    bool ok = ctx != NULL && head != NULL && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
+              EVP_DigestUpdate(ctx, data, n) == 1 && EVP_MD_CTX_copy_ex(head, ctx) == 1 &&
+              EVP_DigestFinal_ex(head, md, NULL) == 1 &&
+              EVP_DigestUpdate(ctx, data + n, extra) == 1 &&
+              EVP_DigestFinal_ex(ctx, whole, NULL) == 1;
+    EVP_MD_CTX_free(ctx);
+    EVP_MD_CTX_free(head);
+    return ok ? 0 : err_openssl(e, HBC_ECRYPTO, "SHA-256");
+}
+
+static int shard_decode(const uint8_t *blob, size_t blob_length, struct erasure_shard_info *info,
+                        const uint8_t **payload, uint8_t *whole, struct err *e)
 {
     if (blob == NULL && blob_length > 0) {
         return err_set(e, HBC_EINVAL, "shard: no data");
@@ -551,7 +570,8 @@ int erasure_shard_decode(const uint8_t *blob, size_t blob_length, struct erasure
                        got.index, blob_length, blob_length - want);
     }
     uint8_t md[ERASURE_SHARD_TRAILER];
-    rc = sha256(blob, body, md, e);
+    rc = whole != NULL ? sha256_and_whole(blob, body, ERASURE_SHARD_TRAILER, md, whole, e)
+                       : sha256(blob, body, md, e);
     if (rc != 0) {
         err_wrap(e, "shard %u", got.index);
         return rc;
@@ -566,6 +586,22 @@ int erasure_shard_decode(const uint8_t *blob, size_t blob_length, struct erasure
         *payload = blob + ERASURE_SHARD_PREFIX + hlen;
     }
     return 0;
+}
+
+int erasure_shard_decode(const uint8_t *blob, size_t blob_length, struct erasure_shard_info *info,
+                         const uint8_t **payload, struct err *e)
+{
+    return shard_decode(blob, blob_length, info, payload, NULL, e);
+}
+
+int erasure_shard_decode_sha256(const uint8_t *blob, size_t blob_length,
+                                struct erasure_shard_info *info, const uint8_t **payload,
+                                uint8_t blob_sha256[ERASURE_SHARD_TRAILER], struct err *e)
+{
+    if (blob_sha256 == NULL) {
+        return err_set(e, HBC_EINVAL, "shard: no room for the SHA-256");
+    }
+    return shard_decode(blob, blob_length, info, payload, blob_sha256, e);
 }
 
 int erasure_shards_encode(const uint8_t *vault_id, const uint8_t *chunk_id, unsigned k, unsigned m,

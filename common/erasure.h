@@ -211,6 +211,17 @@ int erasure_shard_decode(const uint8_t *blob, size_t blob_length, struct erasure
                          const uint8_t **payload, struct err *e);
 
 /*
+ * erasure_shard_decode(), and also the SHA-256 of the whole blob (trailer
+ * included) into blob_sha256 (caller's), computed in the same pass over the
+ * bytes as the trailer check: what a store that keeps the blob records.
+ * blob_sha256 is meaningful only on 0. Same returns, plus HBC_EINVAL for a
+ * NULL blob_sha256.
+ */
+int erasure_shard_decode_sha256(const uint8_t *blob, size_t blob_length,
+                                struct erasure_shard_info *info, const uint8_t **payload,
+                                uint8_t blob_sha256[ERASURE_SHARD_TRAILER], struct err *e);
+
+/*
  * Encode object (borrowed) with RS(k,m) and frame all k+m shards:
  * blobs[i] (a new buffer, caller frees each with hbc_free()) holds shard i
  * and lengths[i] its length; both arrays have room for k+m entries.

@@ -80,6 +80,8 @@ static const struct key_spec keys[] = {
      "voters at most, spread over the sites; later nodes are standbys"},
     {"raft", "segment_size", KEY_SIZE, OFF(raft_segment_size), "8M", 64 * KiB, 1 * GiB,
      "bytes per Raft log segment file"},
+    {"clock", "max_skew", KEY_U32, OFF(max_skew), "60", 1, 3600,
+     "seconds the leader's clock may differ from the voters' median before ticks are refused"},
     {"placement", "move_rate", KEY_SIZE, OFF(move_rate), "64M", 64 * KiB, 1ULL << 40,
      "bytes per second the mover copies or rebuilds at most (docs/placement.md)"},
     {"placement", "move_interval", KEY_U32, OFF(move_interval), "2000", 50, 600000,

@@ -39,6 +39,7 @@ struct node_config {
     uint32_t snapshot_trailing;  /* [raft] snapshot_trailing: entries kept after a snapshot */
     uint32_t max_voters;         /* [raft] max_voters: voters at most; later nodes are standbys */
     uint64_t raft_segment_size;  /* [raft] segment_size: bytes per Raft log segment */
+    uint32_t max_skew;           /* [clock] max_skew: s the leader may differ from voters' median */
     uint64_t move_rate;          /* [placement] move_rate: mover bytes per second at most */
     uint32_t move_interval;      /* [placement] move_interval: ms between mover passes */
     uint32_t down_after;         /* [placement] down_after: s without contact before DOWN */

@@ -36,6 +36,7 @@ bool control_is_request(const Hbc__Frame *f)
     case HBC__FRAME__BODY_LIST_SNAPSHOTS:
     case HBC__FRAME__BODY_LIST_VAULTS:
     case HBC__FRAME__BODY_LIST_RESTORE_TESTS:
+    case HBC__FRAME__BODY_LIST_APPROVALS:
     case HBC__FRAME__BODY_PLACEMENT_MAP:
         return true;
     default:
@@ -160,6 +161,21 @@ static int restore_cb(const Hbc__RestoreTestInfo *t, void *arg)
     return collect_add(rf->c, &t->base);
 }
 
+/* Approval requests, all or only the pending ones. */
+struct approval_filter {
+    struct collect *c; /* where they go */
+    bool pending_only; /* leave out the done ones */
+};
+
+static int approval_cb(const Hbc__ApprovalInfo *a, void *arg)
+{
+    struct approval_filter *af = arg;
+    if (af->pending_only && a->state != HBC__APPROVAL_STATE__APPROVAL_PENDING) {
+        return 0;
+    }
+    return collect_add(af->c, &a->base);
+}
+
 static void reply_error(uint64_t request_id, int code, const char *msg, control_reply_fn reply,
                         void *ctx)
 {
@@ -245,6 +261,22 @@ static void answer_read(struct raft_node *rn, const Hbc__Frame *f, control_reply
         if (rv == 0 && c.rv == 0) {
             reply(ctx, &out);
         }
+    } else if (f->body_case == HBC__FRAME__BODY_LIST_APPROVALS) {
+        Hbc__ListApprovalsRequest *q = f->list_approvals;
+        struct approval_filter af = {.c = &c,
+                                     .pending_only = q->has_pending_only && q->pending_only};
+        rv = fsm_list_approvals(fsm, approval_cb, &af, &e);
+        Hbc__ListApprovalsReply r = HBC__LIST_APPROVALS_REPLY__INIT;
+        r.approvals = (Hbc__ApprovalInfo **)c.items;
+        r.n_approvals = c.n;
+        r.applied_index = fsm_applied_index(fsm);
+        r.has_compliance_clock_ms = true;
+        r.compliance_clock_ms = fsm_compliance_clock_ms(fsm);
+        out.body_case = HBC__FRAME__BODY_LIST_APPROVALS_REPLY;
+        out.list_approvals_reply = &r;
+        if (rv == 0 && c.rv == 0) {
+            reply(ctx, &out);
+        }
     } else {
         rv = fsm_list_vaults(fsm, vault_cb, &c, &e);
         Hbc__ListVaultsReply r = HBC__LIST_VAULTS_REPLY__INIT;
@@ -286,6 +318,8 @@ static void handle_read(struct raft_node *rn, const Hbc__Frame *f, control_reply
         current = f->list_snapshots->has_current && f->list_snapshots->current;
     } else if (f->body_case == HBC__FRAME__BODY_LIST_RESTORE_TESTS) {
         current = f->list_restore_tests->has_current && f->list_restore_tests->current;
+    } else if (f->body_case == HBC__FRAME__BODY_LIST_APPROVALS) {
+        current = f->list_approvals->has_current && f->list_approvals->current;
     } else if (f->body_case == HBC__FRAME__BODY_PLACEMENT_MAP) {
         current = f->placement_map->has_current && f->placement_map->current;
     } else {
@@ -340,6 +374,7 @@ void control_handle(struct raft_node *rn, const Hbc__Frame *f, const struct cont
     case HBC__FRAME__BODY_LIST_SNAPSHOTS:
     case HBC__FRAME__BODY_LIST_VAULTS:
     case HBC__FRAME__BODY_LIST_RESTORE_TESTS:
+    case HBC__FRAME__BODY_LIST_APPROVALS:
     case HBC__FRAME__BODY_PLACEMENT_MAP:
         handle_read(rn, f, reply, ctx);
         return;

@@ -82,9 +82,14 @@
 #define FSM_MAX_SKEW_MS 60000ull        /* a tick may run ahead of elapsed time by this */
 #define FSM_APPROVAL_TTL_MS FSM_DAY_MS  /* a request must be approved within this */
 #define FSM_TICK_INTERVAL_MS 10000      /* how often the leader proposes a ClockTick */
+#define FSM_SKEW_MIN_MS 1000ull         /* ClockTick.max_skew_ms: smallest accepted */
+#define FSM_SKEW_MAX_MS 3600000ull      /* ClockTick.max_skew_ms: largest accepted */
+#define FSM_CLOCK_VOTERS_MAX 64         /* ClockTick.voter_clock_ms: most entries */
 #define FSM_PROPOSER_SELF "hbcd"        /* proposer of the leader's own commands */
 #define FSM_POLICY_RULE_MAX 64          /* longest policy name or copy rule site */
 #define FSM_POLICY_MEDIA_MAX 32         /* longest copy rule media */
+/* A time-dependent command needs its leader time within max_skew + this of the clock. */
+#define FSM_CLOCK_STALE_MS (3 * FSM_TICK_INTERVAL_MS)
 /* Length prefix of a Command in a Raft entry (see fsm_command_encode). */
 #define FSM_ENTRY_PREFIX 4
 

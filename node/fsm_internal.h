@@ -14,7 +14,8 @@
 #define FSM_META_APPLIED "applied_index"      /* 8 bytes big-endian: last command index */
 #define FSM_META_LEADER_TIME "leader_time_ms" /* 8 bytes big-endian: highest leader time */
 #define FSM_META_CHAIN "chain" /* 32 bytes: SHA-256 chain over every applied command */
-#define FSM_META_CLOCK "compliance_clock_ms" /* 8 bytes big-endian: the compliance clock */
+#define FSM_META_CLOCK "compliance_clock_ms"    /* 8 bytes big-endian: the compliance clock */
+#define FSM_META_CLOCK_SKEW "clock_max_skew_ms" /* 8 bytes: max_skew of the last accepted tick */
 
 /* Key prefixes inside the column families that hold more than one kind of key. */
 #define FSM_VAULT_BY_ID 'i'   /* vaults: 'i' + vault id -> VaultInfo */
@@ -70,6 +71,8 @@ struct apply_ctx {
     const char *reason;            /* why it was refused (static text), NULL for the code's text */
     const uint8_t *audit_snapshot; /* the snapshot it concerned (16 bytes), or NULL */
     uint8_t audit_id[FSM_ID_LEN];  /* storage for audit_snapshot when it must be copied */
+    uint64_t cmd_time_ms;          /* this command's own leader_time_ms (fsm_locks.c) */
+    char reason_buf[224];          /* storage for a reason made up at apply time */
 };
 
 /* Text fields: 1..max bytes, no control characters (UTF-8 passes). */

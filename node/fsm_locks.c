@@ -1,6 +1,9 @@
 /* The state machine's authority over deletion: roles, compliance clock, locks, holds, approvals. */
 #include "node/fsm_internal.h"
 
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/alloc.h"
@@ -12,8 +15,15 @@
  *   carrying OU=admin is an admin while no subject holds the admin role there
  *   (bootstrap); afterwards only the table counts.
  * - The compliance clock moves only through ClockTick, proposed by the leader
- *   itself, and only forward, to at most anchor + elapsed + FSM_MAX_SKEW_MS
+ *   itself, and only forward. A tick carrying the voters' clocks
+ *   (node/clock_sync.c) needs reports from a majority of voters and the
+ *   leader's clock within max_skew of their median; a tick that no second
+ *   clock confirms moves the clock to at most anchor + elapsed + max_skew
  *   (the anchor: the committed clock when the leader started counting).
+ *   A refused tick leaves the clock where it is and raises an alert.
+ * - Time-dependent commands (forget, hold release and bypass requests,
+ *   approvals) need a known clock and their own leader time within max_skew
+ *   + FSM_CLOCK_STALE_MS of it; otherwise HBC_ECLOCK: fail closed.
  * - Forget needs: no legal hold and clock >= retain-until + margin. A
  *   governance lock may be bypassed by a request of one security officer and
  *   the approval of another within FSM_APPROVAL_TTL_MS on the clock; the
@@ -258,6 +268,71 @@ static uint64_t sat_add(uint64_t a, uint64_t b)
     return a > UINT64_MAX - b ? UINT64_MAX : a + b;
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/* Refuse a tick for its clock: ECLOCK, the reason (formatted) audited, an alert on every node. */
+static void refuse_clock(struct apply_ctx *c, int *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void refuse_clock(struct apply_ctx *c, int *code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->reason_buf, sizeof c->reason_buf, fmt, ap);
+    va_end(ap);
+    refuse(c, code, HBC_ECLOCK, c->reason_buf);
+    hbc_log(LOG_ERROR, "event=alert kind=clock_skew index=%llu clock_ms=%llu reason=\"%s\"",
+            (unsigned long long)c->index, (unsigned long long)c->f->clock_ms, c->reason_buf);
+}
+
+static int64_t diff_s(uint64_t a, uint64_t b)
+{
+    return a >= b ? (int64_t)((a - b) / 1000) : -(int64_t)((b - a) / 1000);
+}
+
+/*
+ * The voter cross-check of a tick that carries one (t->has_voters): more
+ * than half the voters reported, and the leader's wall clock is within
+ * max_skew of the median of the reports. 0 when it passes (or the tick
+ * carries none), else the refusal is set.
+ */
+static int check_voters(struct apply_ctx *c, const Hbc__ClockTick *t, uint64_t skew, int *code)
+{
+    if (!t->has_voters) {
+        return 0;
+    }
+    size_t n = t->n_voter_clock_ms;
+    if (t->voters == 0 || t->voters > FSM_CLOCK_VOTERS_MAX || n > t->voters) {
+        refuse(c, code, HBC_EINVAL, "tick: voter count out of range");
+        return 1;
+    }
+    if (2 * n <= t->voters) {
+        refuse_clock(c, code,
+                     "only %zu of %u voters reported their clocks: no majority to check the "
+                     "leader's clock against",
+                     n, t->voters);
+        return 1;
+    }
+    uint64_t v[FSM_CLOCK_VOTERS_MAX];
+    memcpy(v, t->voter_clock_ms, n * sizeof v[0]);
+    qsort(v, n, sizeof v[0], cmp_u64);
+    /* The lower median: with an even count, the smaller of the two middle values. */
+    uint64_t median = v[(n - 1) / 2];
+    uint64_t off = t->wall_ms > median ? t->wall_ms - median : median - t->wall_ms;
+    if (off > skew) {
+        refuse_clock(c, code,
+                     "clock skew: leader clock %+lld s from the median of %zu voter clocks "
+                     "(max_skew %llu s)",
+                     (long long)diff_s(t->wall_ms, median), n, (unsigned long long)(skew / 1000));
+        return 1;
+    }
+    return 0;
+}
+
 static int apply_clock_tick(struct apply_ctx *c, const Hbc__ClockTick *t, int *code)
 {
     if (strcmp(c->proposer, FSM_PROPOSER_SELF) != 0) {
@@ -268,44 +343,94 @@ static int apply_clock_tick(struct apply_ctx *c, const Hbc__ClockTick *t, int *c
         refuse(c, code, HBC_EINVAL, "tick without a time");
         return 0;
     }
+    uint64_t skew = t->has_max_skew_ms ? t->max_skew_ms : FSM_MAX_SKEW_MS;
+    if (skew < FSM_SKEW_MIN_MS || skew > FSM_SKEW_MAX_MS) {
+        refuse(c, code, HBC_EINVAL, "tick: max_skew out of range");
+        return 0;
+    }
+    if (check_voters(c, t, skew, code) != 0) {
+        return 0;
+    }
+    /* Confirmed by a majority of at least two independent clocks. */
+    bool confirmed = t->has_voters && t->n_voter_clock_ms >= 2;
+    uint8_t sk[8];
+    fsm_put_be64(sk, skew);
     uint64_t clock = c->f->clock_ms;
     if (clock == 0) {
-        /* The first tick sets the clock: nothing to check it against yet (docs/retention.md). */
+        /* The first tick sets the clock: nothing to check it against but the voters. */
         c->clock_ms = t->wall_ms;
         c->audit = true;
-        hbc_log(LOG_INFO, "event=compliance_clock_started clock_ms=%llu",
-                (unsigned long long)t->wall_ms);
+        meta_batch_put(c->b, META_CF_META, FSM_META_CLOCK_SKEW, strlen(FSM_META_CLOCK_SKEW), sk, 8);
+        hbc_log(LOG_INFO, "event=compliance_clock_started clock_ms=%llu voters=%zu",
+                (unsigned long long)t->wall_ms, t->n_voter_clock_ms);
+        return 0;
+    }
+    if (t->anchor_clock_ms == 0 || t->anchor_clock_ms > clock) {
+        refuse_clock(c, code, "tick anchored on a clock value never committed");
         return 0;
     }
     /*
-     * The bound counts from the leader's anchor, not from the last tick: were
-     * it per tick, a clock running fast would gain max_skew on every tick.
+     * Without independent clocks to confirm it, the bound counts from the
+     * leader's anchor, not from the last tick: were it per tick, a clock
+     * running fast would gain max_skew on every tick. With a majority of
+     * voters confirming, their median is the authority (a cluster that was
+     * down for a while catches up).
      */
-    if (t->anchor_clock_ms == 0 || t->anchor_clock_ms > clock) {
-        refuse(c, code, HBC_ECLOCK, "tick anchored on a clock value never committed");
-        hbc_log(LOG_ERROR, "event=alert kind=clock_skew reason=\"bad anchor\" clock_ms=%llu",
-                (unsigned long long)clock);
+    uint64_t bound = sat_add(t->anchor_clock_ms, sat_add(t->elapsed_ms, skew));
+    if (!confirmed && t->wall_ms > clock && t->wall_ms > bound) {
+        refuse_clock(c, code,
+                     "clock skew: tick %+lld s from the compliance clock runs ahead of anchor + "
+                     "elapsed time + max_skew (%llu s)",
+                     (long long)diff_s(t->wall_ms, clock), (unsigned long long)(skew / 1000));
         return 0;
     }
-    uint64_t bound = sat_add(t->anchor_clock_ms, sat_add(t->elapsed_ms, FSM_MAX_SKEW_MS));
-    if (t->wall_ms > clock && t->wall_ms > bound) {
-        refuse(c, code, HBC_ECLOCK, "tick runs ahead of anchor + elapsed time + max_skew");
-        hbc_log(LOG_ERROR,
-                "event=alert kind=clock_skew reason=\"tick ahead\" clock_ms=%llu tick_ms=%llu "
-                "anchor_ms=%llu elapsed_ms=%llu",
-                (unsigned long long)clock, (unsigned long long)t->wall_ms,
-                (unsigned long long)t->anchor_clock_ms, (unsigned long long)t->elapsed_ms);
-        return 0;
-    }
-    if (t->wall_ms < clock && clock - t->wall_ms > FSM_MAX_SKEW_MS) {
-        refuse(c, code, HBC_ECLOCK, "leader clock is behind the compliance clock beyond max_skew");
-        hbc_log(LOG_ERROR,
-                "event=alert kind=clock_skew reason=\"tick behind\" clock_ms=%llu tick_ms=%llu",
-                (unsigned long long)clock, (unsigned long long)t->wall_ms);
+    if (t->wall_ms < clock && clock - t->wall_ms > skew) {
+        refuse_clock(c, code,
+                     "clock skew: leader clock %lld s behind the compliance clock (max_skew %llu "
+                     "s)",
+                     (long long)((clock - t->wall_ms) / 1000), (unsigned long long)(skew / 1000));
         return 0;
     }
     if (t->wall_ms > clock) {
         c->clock_ms = t->wall_ms;
+    }
+    meta_batch_put(c->b, META_CF_META, FSM_META_CLOCK_SKEW, strlen(FSM_META_CLOCK_SKEW), sk, 8);
+    return 0;
+}
+
+/*
+ * Whether a time-dependent command may use the clock: it is known, and the
+ * command's own leader time is within max_skew + FSM_CLOCK_STALE_MS of it
+ * (a leader whose clock is skewed, or a clock that stopped moving because
+ * ticks are refused, fails closed). 0, 1 (refused: *code set) or a local failure.
+ */
+static int clock_check(struct apply_ctx *c, int *code, struct err *e)
+{
+    if (c->clock_ms == 0) {
+        refuse(c, code, HBC_ECLOCK, "compliance clock unknown (no tick accepted yet): fail closed");
+        return 1;
+    }
+    uint64_t skew = FSM_MAX_SKEW_MS;
+    void *v = NULL;
+    size_t n = 0;
+    int rc = meta_store_get(c->f->store, NULL, META_CF_META, FSM_META_CLOCK_SKEW,
+                            strlen(FSM_META_CLOCK_SKEW), &v, &n, e);
+    if (rc == 0 && n == 8) {
+        skew = fsm_get_be64(v);
+    }
+    hbc_free(v);
+    if (rc != 0 && rc != HBC_ENOTFOUND) {
+        return rc;
+    }
+    uint64_t t = c->cmd_time_ms;
+    uint64_t off = t > c->clock_ms ? t - c->clock_ms : c->clock_ms - t;
+    if (off > skew + FSM_CLOCK_STALE_MS) {
+        snprintf(c->reason_buf, sizeof c->reason_buf,
+                 "clock skew: the leader's clock is %+lld s from the compliance clock (max_skew "
+                 "%llu s): the leader's clock is wrong or the clock stopped; fail closed",
+                 (long long)diff_s(t, c->clock_ms), (unsigned long long)(skew / 1000));
+        refuse(c, code, HBC_ECLOCK, c->reason_buf);
+        return 1;
     }
     return 0;
 }
@@ -346,6 +471,13 @@ static int apply_snapshot_forget(struct apply_ctx *c, const Hbc__SnapshotForget 
                               "forgetting a snapshot needs an admin or backup role", &s, code, e);
     if (rc != 0 || *code != 0) {
         return rc;
+    }
+    if (!s->legal_hold) {
+        rc = clock_check(c, code, e);
+        if (rc != 0) {
+            fsm_record_free(s);
+            return rc < 0 ? rc : 0;
+        }
     }
     switch (fsm_forget_allowed(s, c->clock_ms)) {
     case 0:
@@ -398,9 +530,9 @@ static int apply_hold_set(struct apply_ctx *c, const Hbc__LegalHoldSet *h, int *
 static int add_request(struct apply_ctx *c, Hbc__ApprovalKind kind, const Hbc__SnapshotInfo *s,
                        uint64_t retain_until, int *code, struct err *e)
 {
-    if (c->clock_ms == 0) {
-        refuse(c, code, HBC_ECLOCK, "compliance clock unknown (no tick accepted yet): fail closed");
-        return 0;
+    int rc = clock_check(c, code, e);
+    if (rc != 0) {
+        return rc < 0 ? rc : 0;
     }
     Hbc__ApprovalInfo a = HBC__APPROVAL_INFO__INIT;
     a.request_index = c->index;
@@ -535,8 +667,8 @@ static int apply_approval_grant(struct apply_ctx *c, const Hbc__ApprovalGrant *g
         refuse(c, code, HBC_EEXIST, "request already approved");
     } else if (strcmp(a->requested_by, c->proposer) == 0) {
         refuse(c, code, HBC_EDENIED, "the approval must come from a different security officer");
-    } else if (c->clock_ms == 0) {
-        refuse(c, code, HBC_ECLOCK, "compliance clock unknown (no tick accepted yet): fail closed");
+    } else if ((rc = clock_check(c, code, e)) != 0) {
+        rc = rc < 0 ? rc : 0;
     } else if (c->clock_ms > a->expires_clock_ms) {
         refuse(c, code, HBC_EDENIED, "request expired: approvals must come within its time limit");
     } else if (a->snapshot_id.len != FSM_ID_LEN) {
@@ -566,6 +698,7 @@ static int apply_approval_grant(struct apply_ctx *c, const Hbc__ApprovalGrant *g
 
 int fsm_apply_locks(struct apply_ctx *c, const Hbc__Command *cmd, int *code, struct err *e)
 {
+    c->cmd_time_ms = cmd->leader_time_ms;
     switch (cmd->cmd_case) {
     case HBC__COMMAND__CMD_ROLE_ASSIGN:
         c->audit = true;

@@ -36,6 +36,7 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
+#include "node/clock_sync.h"
 #include "node/raft_id.h"
 #include "node/raft_transport.h"
 
@@ -43,6 +44,8 @@
 #define STOP_POLL_MS 10
 /* How long stop waits for them at most, ms. */
 #define STOP_WAIT_MAX_MS 5000
+/* How long a voter has to tell the leader its clock, ms. */
+#define CLOCK_ASK_TIMEOUT_MS 2000
 
 enum member_op_kind { OP_JOIN, OP_REMOVE, OP_PROMOTE };
 
@@ -97,6 +100,10 @@ struct raft_node {
     uint64_t clock_seen_at;                /* uv_now when it was seen applied (or start) */
     uint64_t tick_sent_at;                 /* uv_now of our last ClockTick proposal */
     bool tick_inflight;                    /* a ClockTick is not yet called back */
+    unsigned short seen_state;             /* raft state at the last role check (0: none yet) */
+    raft_id seen_leader;                   /* leader id at the last role check */
+    struct clock_sync *clock_sync;         /* asks the voters for their clocks (leader) */
+    unsigned tick_voters;                  /* voters in the configuration at the round's start */
     struct raft_transfer transfer;         /* hands leadership over during stop */
     bool transferring;                     /* transfer started, its callback not yet run */
     uint64_t stop_started;                 /* uv_now when stop began */
@@ -646,25 +653,124 @@ static void tick_done_cb(void *arg, int code, uint64_t index, const char *msg)
 {
     struct raft_node *rn = arg;
     rn->tick_inflight = false;
-    if (code != 0) {
+    if (code == HBC_ECLOCK) {
+        hbc_log(LOG_ERROR, "event=clock_alert index=%llu reason=\"%s\"", (unsigned long long)index,
+                msg);
+    } else if (code != 0) {
         hbc_log(LOG_WARN, "event=clock_tick_refused index=%llu code=%s msg=\"%s\"",
                 (unsigned long long)index, hbc_errname(code), msg);
     }
+}
+
+/* Propose a tick with our clock and the voters' (ours + offsets_ms[0..n)). */
+static void tick_propose(struct raft_node *rn, const int64_t *offsets_ms, size_t n)
+{
+    if (rn->stopping || rn->raft.state != RAFT_LEADER || rn->tick_inflight) {
+        return;
+    }
+    uint64_t now = uv_now(rn->loop);
+    uint64_t voter_clock[CLOCK_SYNC_MAX_PEERS + 1];
+    Hbc__Command cmd = HBC__COMMAND__INIT;
+    Hbc__ClockTick tick = HBC__CLOCK_TICK__INIT;
+    tick.wall_ms = wall_ms();
+    tick.elapsed_ms = now - rn->clock_seen_at;
+    tick.anchor_clock_ms = rn->clock_seen;
+    voter_clock[0] = tick.wall_ms;
+    size_t k = 1;
+    for (size_t i = 0; i < n && k < FSM_CLOCK_VOTERS_MAX; i++) {
+        int64_t v = (int64_t)tick.wall_ms + offsets_ms[i];
+        voter_clock[k++] = v > 0 ? (uint64_t)v : 1;
+    }
+    tick.n_voter_clock_ms = k;
+    tick.voter_clock_ms = voter_clock;
+    tick.has_voters = true;
+    tick.voters = rn->tick_voters > 0 ? rn->tick_voters : 1;
+    tick.has_max_skew_ms = true;
+    /* 0: a configuration not read by node_config_load (tests): the default. */
+    tick.max_skew_ms = rn->cfg->max_skew > 0 ? (uint64_t)rn->cfg->max_skew * 1000 : FSM_MAX_SKEW_MS;
+    cmd.cmd_case = HBC__COMMAND__CMD_CLOCK_TICK;
+    cmd.clock_tick = &tick;
+    struct err e;
+    if (raft_node_propose(rn, &cmd, FSM_PROPOSER_SELF, tick_done_cb, rn, &e) == 0) {
+        rn->tick_inflight = true;
+    } else {
+        hbc_log(LOG_DEBUG, "event=clock_tick_deferred reason=\"%s\"", e.msg);
+    }
+}
+
+static void clock_round_cb(void *arg, const int64_t *offsets_ms, size_t n_ok, size_t n_asked)
+{
+    struct raft_node *rn = arg;
+    if (n_ok < n_asked) {
+        hbc_log(LOG_WARN, "event=clock_sync_partial answered=%zu asked=%zu", n_ok, n_asked);
+    }
+    tick_propose(rn, offsets_ms, n_ok);
+}
+
+/* Where the voters other than us are: peers[], as the state machine records them. */
+struct voter_find {
+    struct raft_node *rn;                          /* us */
+    struct clock_peer peers[CLOCK_SYNC_MAX_PEERS]; /* found */
+    size_t n;                                      /* how many */
+};
+
+static int voter_find_cb(const Hbc__NodeInfo *node, void *arg)
+{
+    struct voter_find *vf = arg;
+    struct raft_node *rn = vf->rn;
+    if (node->raft_id == rn->id || vf->n == CLOCK_SYNC_MAX_PEERS) {
+        return 0;
+    }
+    for (unsigned i = 0; i < rn->raft.configuration.n; i++) {
+        const struct raft_server *s = &rn->raft.configuration.servers[i];
+        if (s->id == node->raft_id && s->role == RAFT_VOTER) {
+            snprintf(vf->peers[vf->n].addr, sizeof vf->peers[0].addr, "%s", node->data_address);
+            snprintf(vf->peers[vf->n].node_id, sizeof vf->peers[0].node_id, "%s", node->node_id);
+            vf->n++;
+            break;
+        }
+    }
+    return 0;
 }
 
 /*
  * Every node keeps an anchor: a committed compliance clock value and the
  * moment, on its own monotonic clock, it saw it applied. A follower moves its
  * anchor whenever the clock moves; a leader freezes it while it leads, so its
- * own ticks cannot compound a fast clock's gain. The leader proposes a tick
- * every FSM_TICK_INTERVAL_MS with its wall clock, the anchor and the monotonic
- * time elapsed since it; the state machine accepts a time up to anchor +
- * elapsed + max_skew (node/fsm_locks.c). A node that just started counts from
- * its start, which underestimates the elapsed time: it refuses more, never less.
+ * own ticks cannot compound a fast clock's gain. Every FSM_TICK_INTERVAL_MS
+ * the leader asks the other voters for their clocks (node/clock_sync.c),
+ * then proposes a tick with its wall clock, the voters' clocks, the anchor
+ * and the monotonic time elapsed since it; the state machine checks it
+ * against the voters' median and the anchor (node/fsm_locks.c). A node that
+ * just started counts from its start, which underestimates the elapsed
+ * time: it refuses more, never less.
  */
+static const char *state_name(int state);
+
+/*
+ * Log this node's Raft role and the leader it knows whenever either changed
+ * since the last check (once a second, from the clock timer: libraft 0.15 has
+ * no state callback), so operators can follow elections in the log.
+ */
+static void log_role_change(struct raft_node *rn)
+{
+    raft_id lid = 0;
+    const char *laddr = NULL;
+    raft_leader(&rn->raft, &lid, &laddr);
+    if (rn->raft.state == rn->seen_state && lid == rn->seen_leader) {
+        return;
+    }
+    rn->seen_state = rn->raft.state;
+    rn->seen_leader = lid;
+    hbc_log(LOG_INFO, "event=raft_role role=%s term=%llu leader=%llu leader_address=%s",
+            state_name(rn->raft.state), (unsigned long long)rn->raft.current_term,
+            (unsigned long long)lid, laddr != NULL ? laddr : "-");
+}
+
 static void clock_timer_cb(uv_timer_t *t)
 {
     struct raft_node *rn = t->data;
+    log_role_change(rn);
     uint64_t now = uv_now(rn->loop);
     uint64_t clock = fsm_compliance_clock_ms(rn->fsm);
     bool leader = rn->raft.state == RAFT_LEADER;
@@ -672,23 +778,36 @@ static void clock_timer_cb(uv_timer_t *t)
         rn->clock_seen = clock;
         rn->clock_seen_at = now;
     }
-    if (rn->stopping || rn->raft.state != RAFT_LEADER || rn->tick_inflight ||
+    if (rn->stopping || !leader || rn->tick_inflight || clock_sync_busy(rn->clock_sync) ||
         now - rn->tick_sent_at < FSM_TICK_INTERVAL_MS) {
         return;
     }
-    Hbc__Command cmd = HBC__COMMAND__INIT;
-    Hbc__ClockTick tick = HBC__CLOCK_TICK__INIT;
-    tick.wall_ms = wall_ms();
-    tick.elapsed_ms = now - rn->clock_seen_at;
-    tick.anchor_clock_ms = rn->clock_seen;
-    cmd.cmd_case = HBC__COMMAND__CMD_CLOCK_TICK;
-    cmd.clock_tick = &tick;
-    struct err e;
     rn->tick_sent_at = now;
-    if (raft_node_propose(rn, &cmd, FSM_PROPOSER_SELF, tick_done_cb, rn, &e) == 0) {
-        rn->tick_inflight = true;
-    } else {
-        hbc_log(LOG_DEBUG, "event=clock_tick_deferred reason=\"%s\"", e.msg);
+    unsigned voters = 0;
+    for (unsigned i = 0; i < rn->raft.configuration.n; i++) {
+        voters += rn->raft.configuration.servers[i].role == RAFT_VOTER;
+    }
+    rn->tick_voters = voters;
+    struct voter_find *vf = hbc_calloc(1, sizeof *vf);
+    struct err e;
+    err_clear(&e);
+    if (vf == NULL) {
+        return;
+    }
+    vf->rn = rn;
+    if (voters > 1 && fsm_list_nodes(rn->fsm, voter_find_cb, vf, &e) != 0) {
+        hbc_log(LOG_WARN, "event=clock_sync_failed reason=\"%s\"", e.msg);
+        vf->n = 0;
+    }
+    size_t n = vf->n;
+    int rv = n > 0 ? clock_sync_round(rn->clock_sync, vf->peers, n, clock_round_cb, rn, &e) : 0;
+    hbc_free(vf);
+    if (n == 0 || rv != 0) {
+        if (rv != 0) {
+            hbc_log(LOG_WARN, "event=clock_sync_failed reason=\"%s\"", e.msg);
+        }
+        /* Our clock alone: enough for a single voter, refused (fail closed) otherwise. */
+        tick_propose(rn, NULL, 0);
     }
 }
 
@@ -945,8 +1064,15 @@ int raft_node_start(uv_loop_t *loop, const struct node_config *cfg, struct tls_c
     raft_set_snapshot_threshold(&rn->raft, cfg->snapshot_threshold);
     raft_set_snapshot_trailing(&rn->raft, cfg->snapshot_trailing);
     raft_set_pre_vote(&rn->raft, true);
+    rv = clock_sync_new(loop, tls, CLOCK_ASK_TIMEOUT_MS, &rn->clock_sync, e);
+    if (rv != 0) {
+        /* raft_close would need the loop; the caller exits on this error. */
+        *out = NULL;
+        return rv;
+    }
     rv = raft_start(&rn->raft);
     if (rv != 0) {
+        clock_sync_close(rn->clock_sync, NULL, NULL);
         char msg[256];
         snprintf(msg, sizeof msg, "%s", raft_errmsg(&rn->raft));
         /* raft_close would need the loop; the caller exits on this error. */
@@ -958,6 +1084,7 @@ int raft_node_start(uv_loop_t *loop, const struct node_config *cfg, struct tls_c
     rn->self_timer.data = rn;
     rn->handles_open++;
     uv_timer_start(&rn->self_timer, self_timer_cb, 200, 500);
+    rn->handles_open++; /* the clock exchange, closed in raft_node_stop() */
     uv_timer_init(loop, &rn->clock_timer);
     rn->clock_timer.data = rn;
     rn->handles_open++;
@@ -987,6 +1114,14 @@ static void stop_maybe_done(struct raft_node *rn)
 static void timer_closed_cb(uv_handle_t *h)
 {
     struct raft_node *rn = h->data;
+    rn->handles_open--;
+    stop_maybe_done(rn);
+}
+
+static void clock_sync_closed_cb(void *arg)
+{
+    struct raft_node *rn = arg;
+    rn->clock_sync = NULL;
     rn->handles_open--;
     stop_maybe_done(rn);
 }
@@ -1042,6 +1177,7 @@ void raft_node_stop(struct raft_node *rn, void (*done)(void *arg), void *arg)
     uv_close((uv_handle_t *)&rn->self_timer, timer_closed_cb);
     uv_timer_stop(&rn->clock_timer);
     uv_close((uv_handle_t *)&rn->clock_timer, timer_closed_cb);
+    clock_sync_close(rn->clock_sync, clock_sync_closed_cb, rn);
     /* Queued membership changes are refused; the running one ends with raft_close. */
     while (rn->ops_head != NULL) {
         struct member_op *op = rn->ops_head;

@@ -37,6 +37,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -45,6 +47,15 @@
 
 /* Bytes read from libraft's stream at a time. */
 #define RT_READ_CHUNK ((size_t)64 << 10)
+/*
+ * A Raft connection whose sent bytes stay unacknowledged this long is
+ * aborted by the kernel (TCP_USER_TIMEOUT), and one idle this long gets
+ * keepalive probes. Without it a connection across a healed partition waits
+ * out TCP's exponential retransmission backoff (measured 9-17 s before the
+ * follower caught up); with it libraft redials within its retry delay.
+ */
+#define RT_TCP_USER_TIMEOUT_MS 3000u
+#define RT_TCP_KEEPALIVE_S 2u
 /* Fixed part of the preamble: magic, id, address length. */
 #define RT_HELLO_FIXED (RAFT_TRANSPORT_MAGIC_LEN + 8u + 2u)
 /* Resume reading once a full queue is below this. */
@@ -692,6 +703,19 @@ static void reply_feed(struct rt_conn *c, const uint8_t *data, size_t n)
 /* TLS callbacks                                                             */
 /* ------------------------------------------------------------------------ */
 
+/* Make a dead peer show up in seconds, not minutes (RT_TCP_USER_TIMEOUT_MS). */
+static void set_liveness(struct rt_conn *c)
+{
+    uv_tcp_t *tcp = tls_conn_tcp(c->tls);
+    uv_os_fd_t fd;
+    unsigned timeout = RT_TCP_USER_TIMEOUT_MS;
+    if (uv_tcp_keepalive(tcp, 1, RT_TCP_KEEPALIVE_S) != 0 || uv_fileno((uv_handle_t *)tcp, &fd) != 0 ||
+        setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &timeout, sizeof timeout) != 0) {
+        hbc_log(LOG_WARN, "event=raft_socket_option peer=%s reason=\"%s\"", c->peer_addr,
+                strerror(errno));
+    }
+}
+
 static void on_tls_handshake(struct tls_conn *tc, int status)
 {
     struct rt_conn *c = tls_conn_data(tc);
@@ -707,6 +731,7 @@ static void on_tls_handshake(struct tls_conn *tc, int status)
     }
     c->state = RT_HELLO;
     uv_timer_start(&c->timer, on_timer, c->rt->preamble_timeout_ms, 0);
+    set_liveness(c);
     if (c->inbound) {
         return;
     }

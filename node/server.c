@@ -2,14 +2,20 @@
  * The data-plane server of hbcd: accepts mutual-TLS connections, reads
  * length-prefixed frames and answers put, get, have and status requests.
  *
- * Happy path of a put: a PutShards frame arrives on a connection; it joins
- * the commit queue; when no commit is running, the queued puts (up to the
- * configured shards and bytes) become one group commit that runs on the
- * thread pool: every shard's format and SHA-256 is checked, then the store
- * appends them all, fdatasyncs each segment once and writes one synced
- * index batch. Only in the after-work callback, on the loop, are the puts
- * acknowledged. Puts that arrive meanwhile wait for the next commit, so one
- * fsync covers everything that arrived during the previous one.
+ * Happy path of a put: a PutShards frame arrives on a connection; on the
+ * thread pool, every shard's format and SHA-256 trailer is checked and the
+ * SHA-256 the store records is computed (put_check_work_cb: many requests at
+ * once, beside the commit running); the checked request then joins the
+ * commit queue. The queued puts (up to the configured shards and bytes)
+ * become one group commit that runs on the thread pool: the store appends
+ * them all, fdatasyncs each segment once and writes one synced index batch.
+ * Only in the after-work callback, on the loop, are the puts acknowledged.
+ * Up to COMMIT_PIPELINE commits run at once: the store appends the next
+ * one's shards while this one syncs, and each is acknowledged after its own
+ * sync. Puts checked meanwhile wait for a next commit, so one fsync covers
+ * everything that arrived during the previous one, and the hashing of the
+ * next commit's shards overlaps this one's writes and syncs instead of
+ * lengthening the cycle.
  *
  * Gets and existence queries run on the thread pool too (the store checks
  * every record's SHA-256 before returning it); status is answered inline.
@@ -28,6 +34,7 @@
 #include "node/server.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +46,7 @@
 #include "common/erasure.h"
 #include "common/frame.h"
 #include "common/log.h"
+#include "node/clock_sync.h"
 #include "node/control.h"
 #include "node/fsm_placement.h"
 #include "node/mover.h"
@@ -60,6 +68,16 @@
  * soon as space returns. So puts fail with ENOSPC before the index can.
  */
 #define SERVER_DISK_RESERVE (16ULL << 20)
+/*
+ * Group commits in flight at once: the shard store appends the next one's
+ * shards while this one fdatasyncs and writes its index batch. A second
+ * commit starts only with at least 1/COMMIT_SECOND_SHARE of a full commit
+ * queued, so that what it appends is worth its own sync.
+ */
+#define COMMIT_PIPELINE 2
+/* Distinct placement epochs of puts in flight tracked (list_epoch()). */
+#define SERVER_PEND_EPOCHS 8
+#define COMMIT_SECOND_SHARE 4
 
 struct conn;
 
@@ -80,11 +98,13 @@ struct req {
     size_t *lens;                  /* get: their lengths */
     int *results;                  /* get: per-key results */
     protobuf_c_boolean *present;   /* have: per-id answer */
+    uint8_t *shas;                 /* put: the shards' SHA-256s, 32 bytes each (owned) */
     struct shard_list_entry *list; /* placement list: the chunks found (owned) */
     size_t nlist;                  /* placement list: how many */
     bool list_more;                /* placement list: more follow */
     uint64_t epoch_at;             /* put: the node's epoch when it was accepted; list: the epoch
                                       the listing vouches for (list_epoch()) */
+    bool epoch_counted;            /* put: counted in the server's pending epochs */
 };
 
 /* One group commit on the thread pool. */
@@ -112,26 +132,72 @@ struct conn {
 };
 
 struct server {
-    uv_loop_t *loop;                     /* the node's loop */
-    const struct node_config *cfg;       /* borrowed */
-    struct tls_ctx *tls;                 /* borrowed */
-    struct shard_store *store;           /* borrowed */
-    struct raft_node *raft;              /* the metadata plane (borrowed), or NULL */
-    struct mover *mover;                 /* moves shards between placement epochs, or NULL */
-    uv_tcp_t listener;                   /* the listening socket */
-    uv_timer_t sweep;                    /* idle sweep */
-    struct conn *conns;                  /* open connections */
-    struct req *queue_head, *queue_tail; /* puts waiting for the next commit */
-    size_t queue_shards;                 /* shards in the queue */
-    struct commit *committing;           /* the commit running, or NULL */
-    unsigned works;                      /* get/have works running */
-    unsigned handles_open;               /* listener + sweep handles not yet closed */
-    bool stopping;                       /* server_stop() was called */
-    bool stopped_conns;                  /* connections were told to close */
-    void (*done)(void *);                /* server_stop()'s callback */
-    void *done_arg;                      /* its argument */
-    struct server_stats stats;           /* counters */
+    uv_loop_t *loop;                         /* the node's loop */
+    const struct node_config *cfg;           /* borrowed */
+    struct tls_ctx *tls;                     /* borrowed */
+    struct shard_store *store;               /* borrowed */
+    struct raft_node *raft;                  /* the metadata plane (borrowed), or NULL */
+    struct mover *mover;                     /* moves shards between placement epochs, or NULL */
+    uint64_t pend_epoch[SERVER_PEND_EPOCHS]; /* epochs of puts in flight, oldest first */
+    uint64_t pend_count[SERVER_PEND_EPOCHS]; /* how many puts of each */
+    size_t npend;                            /* entries in use */
+    uv_tcp_t listener;                       /* the listening socket */
+    uv_timer_t sweep;                        /* idle sweep */
+    struct conn *conns;                      /* open connections */
+    struct req *queue_head, *queue_tail;     /* puts waiting for the next commit */
+    size_t queue_shards;                     /* shards in the queue */
+    size_t queue_bytes;                      /* bytes of the requests in the queue */
+    unsigned committing;                     /* group commits running (at most COMMIT_PIPELINE) */
+    pthread_mutex_t space_mu;                /* guards space_reserved (commit workers) */
+    uint64_t space_reserved;                 /* bytes of commits past the space check, not stored */
+    unsigned works;                          /* get, have and put-check works running */
+    unsigned handles_open;                   /* listener + sweep handles not yet closed */
+    bool stopping;                           /* server_stop() was called */
+    bool stopped_conns;                      /* connections were told to close */
+    void (*done)(void *);                    /* server_stop()'s callback */
+    void *done_arg;                          /* its argument */
+    struct server_stats stats;               /* counters */
 };
+
+/*
+ * Puts in flight by the placement epoch the node was in when it accepted
+ * them (epochs only grow, so the table is in epoch order). A full table
+ * counts a newer epoch under its last, older entry: listings then vouch for
+ * less, never more.
+ */
+static void pending_add(struct server *s, uint64_t epoch)
+{
+    if (s->npend > 0 && (s->pend_epoch[s->npend - 1] >= epoch || s->npend == SERVER_PEND_EPOCHS)) {
+        s->pend_count[s->npend - 1]++;
+        return;
+    }
+    s->pend_epoch[s->npend] = epoch;
+    s->pend_count[s->npend] = 1;
+    s->npend++;
+}
+
+static void pending_del(struct server *s, uint64_t epoch)
+{
+    size_t i = s->npend;
+    while (i > 0 && s->pend_epoch[i - 1] > epoch) {
+        i--;
+    }
+    if (i == 0) {
+        i = 1; /* cannot happen: counted under the oldest entry */
+    }
+    if (s->npend > 0 && s->pend_count[i - 1] > 0) {
+        s->pend_count[i - 1]--;
+    }
+    size_t drop = 0;
+    while (drop < s->npend && s->pend_count[drop] == 0) {
+        drop++;
+    }
+    if (drop > 0) {
+        memmove(s->pend_epoch, s->pend_epoch + drop, (s->npend - drop) * sizeof *s->pend_epoch);
+        memmove(s->pend_count, s->pend_count + drop, (s->npend - drop) * sizeof *s->pend_count);
+        s->npend -= drop;
+    }
+}
 
 static void conn_read_check(struct conn *c);
 static void server_maybe_commit(struct server *s);
@@ -197,6 +263,12 @@ static void req_free(struct req *r)
     hbc_free(r->present);
     hbc_free(r->list);
     r->list = NULL;
+    hbc_free(r->shas);
+    r->shas = NULL;
+    if (r->epoch_counted) {
+        pending_del(r->conn->srv, r->epoch_at);
+        r->epoch_counted = false;
+    }
     r->datas = NULL;
     r->lens = NULL;
     r->results = NULL;
@@ -298,8 +370,13 @@ static void req_fail(struct req *r, int code, const char *msg)
 /* ---------------------------------------------------------------------- */
 /* Group commit                                                            */
 
-/* Check one shard blob of a put: bounded, well formed, and naming what it claims. */
-static int check_blob(const Hbc__ShardBlob *b, uint64_t max_shard, char *msg, size_t mlen)
+/*
+ * Check one shard blob of a put: bounded, well formed, and naming what it
+ * claims; sha gets the SHA-256 of the whole blob that the store records
+ * (computed in the same pass as the blob's own SHA-256 check).
+ */
+static int check_blob(const Hbc__ShardBlob *b, uint64_t max_shard,
+                      uint8_t sha[SHARD_STORE_SHA256_LEN], char *msg, size_t mlen)
 {
     if (b->vault_id.len != SHARD_STORE_VAULT_ID_LEN ||
         b->chunk_id.len != SHARD_STORE_CHUNK_ID_LEN) {
@@ -316,7 +393,7 @@ static int check_blob(const Hbc__ShardBlob *b, uint64_t max_shard, char *msg, si
     struct erasure_shard_info info;
     const uint8_t *payload;
     struct err e;
-    int rv = erasure_shard_decode(b->data.data, b->data.len, &info, &payload, &e);
+    int rv = erasure_shard_decode_sha256(b->data.data, b->data.len, &info, &payload, sha, &e);
     if (rv != 0) {
         snprintf(msg, mlen, "shard %u: %.200s", b->index, e.msg);
         return rv;
@@ -330,6 +407,54 @@ static int check_blob(const Hbc__ShardBlob *b, uint64_t max_shard, char *msg, si
         return HBC_EINVAL;
     }
     return 0;
+}
+
+/*
+ * Check every shard of a put request and compute the SHA-256 the store
+ * records for each (on the thread pool, outside the group commit).
+ */
+static void put_check_work_cb(uv_work_t *w)
+{
+    struct req *r = w->data;
+    struct server *s = r->conn->srv;
+    Hbc__PutShards *p = r->frame->put_shards;
+    r->shas = hbc_calloc(p->n_shards, SHARD_STORE_SHA256_LEN);
+    if (r->shas == NULL) {
+        r->status = HBC_ENOMEM;
+        snprintf(r->msg, sizeof r->msg, "put shards: out of memory");
+        return;
+    }
+    for (size_t i = 0; i < p->n_shards && r->status == 0; i++) {
+        r->status = check_blob(p->shards[i], s->cfg->max_shard,
+                               r->shas + i * SHARD_STORE_SHA256_LEN, r->msg, sizeof r->msg);
+    }
+}
+
+/* A checked put joins the commit queue; a bad one is answered now. */
+static void put_check_after_cb(uv_work_t *w, int status)
+{
+    struct req *r = w->data;
+    struct server *s = r->conn->srv;
+    s->works--;
+    if (status != 0 && r->status == 0) {
+        r->status = HBC_ECANCELED;
+        snprintf(r->msg, sizeof r->msg, "put shards: check cancelled");
+    }
+    if (r->status != 0) {
+        req_fail(r, r->status, r->msg);
+        server_maybe_finish(s);
+        return;
+    }
+    if (s->queue_tail != NULL) {
+        s->queue_tail->next = r;
+    } else {
+        s->queue_head = r;
+    }
+    s->queue_tail = r;
+    s->queue_shards += r->frame->put_shards->n_shards;
+    s->queue_bytes += r->bytes;
+    server_maybe_commit(s);
+    server_maybe_finish(s);
 }
 
 static void commit_work_cb(uv_work_t *w)
@@ -347,12 +472,10 @@ static void commit_work_cb(uv_work_t *w)
     uint64_t bytes = 0;
     for (struct req *r = cm->reqs; r != NULL; r = r->next) {
         Hbc__PutShards *p = r->frame->put_shards;
-        for (size_t i = 0; i < p->n_shards && r->status == 0; i++) {
-            r->status = check_blob(p->shards[i], s->cfg->max_shard, r->msg, sizeof r->msg);
-        }
         if (r->status != 0) {
             continue;
         }
+        /* Checked and hashed by put_check_work_cb before the request was queued. */
         for (size_t i = 0; i < p->n_shards; i++) {
             Hbc__ShardBlob *b = p->shards[i];
             memcpy(puts[n].key.vault_id, b->vault_id.data, SHARD_STORE_VAULT_ID_LEN);
@@ -360,6 +483,7 @@ static void commit_work_cb(uv_work_t *w)
             puts[n].key.index = b->index;
             puts[n].data = b->data.data;
             puts[n].len = b->data.len;
+            puts[n].sha256 = r->shas + i * SHARD_STORE_SHA256_LEN;
             bytes += b->data.len + SHARD_STORE_RECORD_HEADER_LEN;
             n++;
         }
@@ -367,32 +491,46 @@ static void commit_work_cb(uv_work_t *w)
     if (n == 0) {
         goto out;
     }
+    /*
+     * Another commit may be past this check and not yet stored: its bytes
+     * are reserved, so that the two together fit (counted twice for a
+     * moment once it is stored: refusing a little early, never too late).
+     */
+    pthread_mutex_lock(&s->space_mu);
+    uint64_t reserved = s->space_reserved;
     struct shard_store_stats st;
     shard_store_stats(s->store, &st);
-    if (st.used_bytes + bytes > s->cfg->capacity) {
+    if (st.used_bytes + reserved + bytes > s->cfg->capacity) {
+        pthread_mutex_unlock(&s->space_mu);
         cm->status = -ENOSPC;
         snprintf(cm->msg, sizeof cm->msg,
                  "no space: the node is full ([node] capacity): %llu of %llu bytes used, %llu more "
                  "asked",
-                 (unsigned long long)st.used_bytes, (unsigned long long)s->cfg->capacity,
-                 (unsigned long long)bytes);
+                 (unsigned long long)(st.used_bytes + reserved),
+                 (unsigned long long)s->cfg->capacity, (unsigned long long)bytes);
         goto out;
     }
     /* Leave the index room to grow (see SERVER_DISK_RESERVE). */
     struct statvfs vfs;
     if (statvfs(s->cfg->data_dir, &vfs) == 0 &&
-        (uint64_t)vfs.f_bavail * vfs.f_frsize < bytes + SERVER_DISK_RESERVE) {
+        (uint64_t)vfs.f_bavail * vfs.f_frsize < bytes + reserved + SERVER_DISK_RESERVE) {
+        pthread_mutex_unlock(&s->space_mu);
         cm->status = -ENOSPC;
         snprintf(cm->msg, sizeof cm->msg,
                  "no space: %llu bytes free on the data directory's filesystem, %llu asked "
                  "plus %llu kept for the index",
-                 (unsigned long long)vfs.f_bavail * vfs.f_frsize, (unsigned long long)bytes,
-                 (unsigned long long)SERVER_DISK_RESERVE);
+                 (unsigned long long)vfs.f_bavail * vfs.f_frsize,
+                 (unsigned long long)(bytes + reserved), (unsigned long long)SERVER_DISK_RESERVE);
         goto out;
     }
+    s->space_reserved += bytes;
+    pthread_mutex_unlock(&s->space_mu);
     struct err e;
     err_clear(&e);
     int rv = shard_store_put_batch(s->store, puts, n, results, &e);
+    pthread_mutex_lock(&s->space_mu);
+    s->space_reserved -= bytes;
+    pthread_mutex_unlock(&s->space_mu);
     if (rv != 0) {
         cm->status = rv;
         snprintf(cm->msg, sizeof cm->msg, "group commit: %.480s", e.msg);
@@ -425,7 +563,7 @@ static void commit_after_cb(uv_work_t *w, int status)
     struct commit *cm = w->data;
     struct server *s = cm->srv;
     (void)status;
-    s->committing = NULL;
+    s->committing--;
     s->stats.commits++;
     struct req *r = cm->reqs;
     while (r != NULL) {
@@ -454,11 +592,16 @@ static void commit_after_cb(uv_work_t *w, int status)
     server_maybe_finish(s);
 }
 
-/* Start a group commit of the queued puts if none is running. */
+/* Start a group commit of the queued puts if fewer than COMMIT_PIPELINE are running. */
 static void server_maybe_commit(struct server *s)
 {
-    if (s->committing != NULL || s->queue_head == NULL) {
+    if (s->committing >= COMMIT_PIPELINE || s->queue_head == NULL) {
         return;
+    }
+    if (s->committing > 0 && !s->stopping &&
+        s->queue_shards < s->cfg->commit_max_shards / COMMIT_SECOND_SHARE &&
+        s->queue_bytes < s->cfg->commit_max_bytes / COMMIT_SECOND_SHARE) {
+        return; /* started when the running commit ends, or when more has queued */
     }
     struct commit *cm = hbc_calloc(1, sizeof *cm);
     if (cm == NULL) {
@@ -481,12 +624,13 @@ static void server_maybe_commit(struct server *s)
         cm->nshards += n;
         bytes += r->bytes;
         s->queue_shards -= n;
+        s->queue_bytes -= r->bytes;
     }
     if (s->queue_head == NULL) {
         s->queue_tail = NULL;
     }
     cm->work.data = cm;
-    s->committing = cm;
+    s->committing++;
     int rv = uv_queue_work(s->loop, &cm->work, commit_work_cb, commit_after_cb);
     if (rv != 0) {
         cm->status = rv;
@@ -673,12 +817,8 @@ static void have_after_cb(uv_work_t *w, int status)
 static uint64_t list_epoch(const struct server *s)
 {
     uint64_t epoch = s->raft != NULL ? fsm_placement_current(raft_node_fsm(s->raft)) : 0;
-    for (const struct req *q = s->queue_head; q != NULL; q = q->next) {
-        epoch = q->epoch_at < epoch ? q->epoch_at : epoch;
-    }
-    for (const struct req *q = s->committing != NULL ? s->committing->reqs : NULL; q != NULL;
-         q = q->next) {
-        epoch = q->epoch_at < epoch ? q->epoch_at : epoch;
+    if (s->npend > 0 && s->pend_epoch[0] < epoch) {
+        epoch = s->pend_epoch[0];
     }
     return epoch;
 }
@@ -858,14 +998,16 @@ static int frame_cb(Hbc__Frame *frame, void *arg)
         }
         r->kind = REQ_PUT;
         r->epoch_at = epoch;
-        if (s->queue_tail != NULL) {
-            s->queue_tail->next = r;
+        r->epoch_counted = true;
+        pending_add(s, epoch);
+        r->work.data = r;
+        rv = uv_queue_work(s->loop, &r->work, put_check_work_cb, put_check_after_cb);
+        if (rv != 0) {
+            req_fail(r, HBC_EUNAVAILABLE, "cannot queue work");
+            rv = 0;
         } else {
-            s->queue_head = r;
+            s->works++;
         }
-        s->queue_tail = r;
-        s->queue_shards += n;
-        server_maybe_commit(s);
         break;
     }
     case HBC__FRAME__BODY_GET_SHARDS:
@@ -913,6 +1055,17 @@ static int frame_cb(Hbc__Frame *frame, void *arg)
         }
         break;
     }
+    case HBC__FRAME__BODY_CLOCK_REQUEST:
+        /* The voters' clock exchange (node/clock_sync.h): node certificates only. */
+        if (!tls_conn_peer_has_ou(c->tls, "node")) {
+            req_fail(r, HBC_EDENIED, "clock requests need a node certificate (OU=node)");
+        } else {
+            Hbc__Frame f;
+            Hbc__ClockReply cr;
+            clock_sync_answer(frame->request_id, &f, &cr);
+            req_finish(r, &f);
+        }
+        break;
     default:
         if (control_is_request(frame)) {
             struct control_peer peer = {
@@ -1096,6 +1249,7 @@ int server_start(uv_loop_t *loop, const struct node_config *cfg, struct tls_ctx 
     s->sweep.data = s;
     s->handles_open++;
     uv_timer_start(&s->sweep, sweep_cb, SWEEP_INTERVAL_MS, SWEEP_INTERVAL_MS);
+    pthread_mutex_init(&s->space_mu, NULL);
     *out = s;
     return 0;
 }
@@ -1116,7 +1270,7 @@ static void server_maybe_finish(struct server *s)
     if (!s->stopping) {
         return;
     }
-    if (s->committing != NULL || s->queue_head != NULL || s->works > 0) {
+    if (s->committing > 0 || s->queue_head != NULL || s->works > 0) {
         return;
     }
     if (!s->stopped_conns) {
@@ -1138,6 +1292,7 @@ static void server_maybe_finish(struct server *s)
     s->done = NULL;
     hbc_log(LOG_INFO, "event=server_stopped puts_acked=%llu commits=%llu",
             (unsigned long long)s->stats.puts_acked, (unsigned long long)s->stats.commits);
+    pthread_mutex_destroy(&s->space_mu);
     hbc_free(s);
     done(arg);
 }
@@ -1152,8 +1307,8 @@ void server_stop(struct server *s, void (*done)(void *arg), void *arg)
     s->done_arg = arg;
     mover_stop(s->mover);
     s->mover = NULL;
-    hbc_log(LOG_INFO, "event=server_stopping queued_shards=%zu commit_running=%d", s->queue_shards,
-            s->committing != NULL);
+    hbc_log(LOG_INFO, "event=server_stopping queued_shards=%zu commits_running=%u", s->queue_shards,
+            s->committing);
     uv_close((uv_handle_t *)&s->listener, handle_closed_cb);
     uv_timer_stop(&s->sweep);
     uv_close((uv_handle_t *)&s->sweep, handle_closed_cb);

@@ -741,6 +741,7 @@ static int check_options(const struct shard_store_options *in, struct shard_stor
 
 static void store_free(struct shard_store *s)
 {
+    store_pipeline_free(s);
     for (size_t i = 0; i < s->nsegs; i++) {
         store_segment_free(s, s->segs[i]);
     }
@@ -770,7 +771,9 @@ static void store_free(struct shard_store *s)
     }
     EVP_MD_free(s->sha256);
     pthread_rwlock_destroy(&s->seg_lock);
-    pthread_mutex_destroy(&s->write_mu);
+    pthread_mutex_destroy(&s->append_mu);
+    pthread_mutex_destroy(&s->sync_mu);
+    pthread_mutex_destroy(&s->pending_mu);
     hbc_free(s->dir);
     hbc_free(s);
 }
@@ -801,7 +804,12 @@ int shard_store_open(const char *dir, const struct shard_store_options *opts,
     atomic_init(&s->fdatasyncs, 0);
     atomic_init(&s->dir_fsyncs, 0);
     atomic_init(&s->index_syncs, 0);
-    pthread_mutex_init(&s->write_mu, NULL);
+    atomic_init(&s->pipelined_puts, 0);
+    atomic_init(&s->reappended_puts, 0);
+    atomic_init(&s->broken, false);
+    pthread_mutex_init(&s->append_mu, NULL);
+    pthread_mutex_init(&s->sync_mu, NULL);
+    pthread_mutex_init(&s->pending_mu, NULL);
     /* Prefer the writer: a stream of reads must not starve compaction or a new segment. */
     pthread_rwlockattr_t attr;
     pthread_rwlockattr_init(&attr);
@@ -934,6 +942,8 @@ void shard_store_stats(struct shard_store *s, struct shard_store_stats *st)
     st->fdatasyncs = atomic_load(&s->fdatasyncs);
     st->dir_fsyncs = atomic_load(&s->dir_fsyncs);
     st->index_syncs = atomic_load(&s->index_syncs);
+    st->pipelined_puts = atomic_load(&s->pipelined_puts);
+    st->reappended_puts = atomic_load(&s->reappended_puts);
     uint64_t v = 0;
     if (rocksdb_property_int(s->db, "rocksdb.total-sst-files-size", &v) == 0) {
         st->index_bytes = v;

@@ -35,8 +35,14 @@
  *
  * Threads: every function may be called from any thread (the server calls
  * them from uv_queue_work workers). Writer calls (put_batch, delete, compact)
- * are serialised by an internal mutex; reads (lookup, get*, exists*, stats,
- * segments) run concurrently with each other and with the writer.
+ * are serialised by internal locks, except that put_batch calls are
+ * pipelined: while one fdatasyncs and writes its index batch, the next one
+ * appends its records; each still returns only after its own records are
+ * synced and indexed, syncs happen in append order, and a put whose sync
+ * fails fails alone (a put that appended after it, to the same segment, is
+ * appended again to a new segment before it syncs). Reads (lookup, get*,
+ * exists*, stats, segments) run concurrently with each other and with the
+ * writers.
  */
 
 #define SHARD_STORE_VAULT_ID_LEN 16
@@ -78,6 +84,7 @@ struct shard_store_options {
     uint32_t max_shard_size;    /* largest shard accepted by put (0: 8 MiB) */
     uint64_t capacity;          /* bytes this node offers; only reported in stats */
     uint32_t max_open_segments; /* read descriptors kept open at most (0: 256) */
+    bool cache_written;         /* keep records in the page cache once synced (false: drop) */
 };
 
 /* One record for shard_store_put_batch(). */
@@ -85,6 +92,14 @@ struct shard_put {
     struct shard_key key; /* the shard's name */
     const void *data;     /* the encoded shard, borrowed for the call */
     size_t len;           /* bytes at data (0 allowed) */
+    /*
+     * SHA-256 of the len bytes at data, already computed by the caller (so
+     * that hashing can happen outside the group commit), or NULL: the store
+     * computes it. Borrowed for the call. The caller vouches for it: a wrong
+     * digest is stored as given and every read of the shard then fails as
+     * HBC_ECORRUPT.
+     */
+    const uint8_t *sha256;
 };
 
 /* Where and what a stored shard is (shard_store_lookup()). */
@@ -112,6 +127,8 @@ struct shard_store_stats {
     uint64_t fdatasyncs;          /* segment fdatasync calls since open */
     uint64_t dir_fsyncs;          /* segments/ directory fsync calls since open */
     uint64_t index_syncs;         /* synced RocksDB batches since open */
+    uint64_t pipelined_puts;      /* put_batch calls that appended while another one synced */
+    uint64_t reappended_puts; /* put_batch calls that appended again after another's sync failed */
 };
 
 /* One segment as seen by a garbage collector (shard_store_segments()). */
@@ -158,7 +175,16 @@ int shard_store_close(struct shard_store *s, struct err *e);
 /*
  * Store n records durably, as one group commit: append, one fdatasync per
  * segment touched, one synced index batch; only then return. data is only
- * read during the call. results (n entries, caller's) gets, per record: 0
+ * read during the call. The SHA-256 of records without a caller's digest is
+ * computed before the writer lock is taken, so concurrent calls hash in
+ * parallel and only append, sync and index one at a time; each call returns
+ * once its own records are synced and indexed, and a call that fails (say a
+ * failed fdatasync) fails only its own records. Once synced, the records'
+ * pages are dropped from the page cache (POSIX_FADV_DONTNEED) unless
+ * opts.cache_written: shards are cold once written (they are read back for
+ * a restore or a repair, much later), so keeping them would only evict what
+ * is read (the index), and the next commit's copy reuses the freed pages
+ * instead of faulting in new ones. results (n entries, caller's) gets, per record: 0
  * stored now; SHARD_STORE_ALREADY an identical shard was already there (or
  * earlier in this batch); HBC_EEXIST a different shard is stored under that
  * key and was kept; HBC_ETOOBIG data longer than max_shard_size; HBC_EINVAL

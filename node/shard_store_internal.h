@@ -11,6 +11,11 @@
 
 #include "node/shard_store.h"
 
+/* fdatasync(2) as the store calls it: 0, or -1 with errno set. */
+typedef int (*store_fdatasync_fn)(int fd, void *arg);
+
+struct appender;
+
 /* Column families of the index; every one is named when opening. */
 enum store_cf { CF_DEFAULT, CF_SHARDS, CF_SEGMENTS, CF_BY_SEGMENT, CF_COUNT };
 
@@ -56,7 +61,7 @@ struct record_loc {
 /*
  * One segment file. Fields marked (lock) change only under seg_lock held for
  * writing and are read under it held for reading; (writer) fields are used by
- * the one writer call in progress alone.
+ * the writer call in its append stage alone (see struct shard_store).
  */
 struct segment {
     uint64_t number;           /* never reused within a process (lock: constant) */
@@ -67,6 +72,7 @@ struct segment {
     bool missing;              /* indexed but the file was absent at open (lock) */
     uint64_t wpos;             /* (writer) where the next append goes */
     int wfd;                   /* (writer) read-write descriptor while appending, else -1 */
+    unsigned pins;             /* (lock) writer calls in flight that appended to it: wfd stays */
     _Atomic int rfd;           /* cached read-only descriptor or -1 (see store_segment_rfd) */
     _Atomic uint64_t last_use; /* use_clock at the last read, to close idle descriptors */
 };
@@ -82,16 +88,30 @@ struct shard_store {
     rocksdb_column_family_handle_t *cf[CF_COUNT];    /* in enum store_cf order */
     rocksdb_readoptions_t *ro;                       /* shared read options */
     rocksdb_writeoptions_t *wo;                      /* sync = true */
-    pthread_mutex_t write_mu;                        /* one writer call at a time */
-    pthread_rwlock_t seg_lock;                       /* the segment table and its (lock) fields */
-    struct segment **segs;                           /* sorted by number (lock) */
-    size_t nsegs;                                    /* entries in segs (lock) */
-    size_t cap_segs;                                 /* allocated entries in segs (lock) */
-    struct segment *open; /* append target or NULL (lock; changed by the writer) */
-    uint64_t next_number; /* (writer) number of the next segment created */
-    bool broken;          /* (writer) an index write failed: writes refused until reopened */
-    uint64_t shard_count; /* indexed shards (lock) */
-    uint64_t used_bytes;  /* bytes of indexed records (lock) */
+    /*
+     * Writer calls. A put appends under append_mu, then takes sync_mu before
+     * letting append_mu go, and fdatasyncs and indexes under sync_mu: so the
+     * next put appends while this one syncs, and syncs run in append order.
+     * Delete and compaction hold both (nothing in flight beside them).
+     */
+    pthread_mutex_t append_mu;                          /* the append stage */
+    pthread_mutex_t sync_mu;                            /* the sync + index stage */
+    pthread_mutex_t pending_mu;                         /* guards syncing_keys and nsyncing */
+    const uint8_t (*syncing_keys)[SHARD_STORE_KEY_LEN]; /* sorted keys the syncing put writes */
+    size_t nsyncing;                                    /* entries in syncing_keys */
+    struct appender *failed;          /* (append_mu + sync_mu) appends of a put whose sync failed:
+                                         cut back by the next writer that holds both locks */
+    store_fdatasync_fn fdatasync_fn;  /* fdatasync, or a test's replacement */
+    void *fdatasync_arg;              /* its argument */
+    pthread_rwlock_t seg_lock;        /* the segment table and its (lock) fields */
+    struct segment **segs;            /* sorted by number (lock) */
+    size_t nsegs;                     /* entries in segs (lock) */
+    size_t cap_segs;                  /* allocated entries in segs (lock) */
+    struct segment *open;             /* append target or NULL (lock; changed by the writer) */
+    uint64_t next_number;             /* (writer) number of the next segment created */
+    _Atomic bool broken;              /* an index write failed: writes refused until reopened */
+    uint64_t shard_count;             /* indexed shards (lock) */
+    uint64_t used_bytes;              /* bytes of indexed records (lock) */
     uint64_t recovered_cut_bytes;     /* set by open */
     _Atomic int open_rfds;            /* read descriptors open */
     _Atomic uint64_t use_clock;       /* ticks once per read */
@@ -101,6 +121,8 @@ struct shard_store {
     _Atomic uint64_t fdatasyncs;      /* segment fdatasync calls */
     _Atomic uint64_t dir_fsyncs;      /* directory fsync calls */
     _Atomic uint64_t index_syncs;     /* synced index batches */
+    _Atomic uint64_t pipelined_puts;  /* puts that appended while another one synced */
+    _Atomic uint64_t reappended_puts; /* puts appended again after an earlier put's sync failed */
 };
 
 static inline void store_put_be32(uint8_t *p, uint32_t v)
@@ -194,5 +216,24 @@ void store_batch_totals(struct shard_store *s, rocksdb_writebatch_t *wb, uint64_
 
 /* Write wb with sync = true. Returns 0 or HBC_ESTORE ("index: write: ..."). */
 int store_write_sync(struct shard_store *s, rocksdb_writebatch_t *wb, struct err *e);
+
+/*
+ * Writer calls other than put_batch (delete, compact, and any new one that
+ * changes segments or the index) run between these: both writer locks are
+ * taken, so no put is in flight beside the caller, and the appends of a put
+ * whose sync failed are cut back first. (This replaces the former write_mu.)
+ */
+void store_writer_lock(struct shard_store *s);
+void store_writer_unlock(struct shard_store *s);
+
+/* Free what the put pipeline holds (a failed put's appends not yet cut back). */
+void store_pipeline_free(struct shard_store *s);
+
+/*
+ * For tests: segment fdatasyncs call fn(fd, arg) instead (NULL restores
+ * fdatasync), so that a test can hold a sync while another put appends, or
+ * make it fail. Call before any writer call runs.
+ */
+void shard_store_set_fdatasync(struct shard_store *s, store_fdatasync_fn fn, void *arg);
 
 #endif /* HBC_NODE_SHARD_STORE_INTERNAL_H */

@@ -7,12 +7,25 @@
  * synced RocksDB batch with the index entries, segment metadata and totals;
  * only then is the in-memory state updated and success returned.
  *
- * Failure modes: an append or sync error means nothing was indexed: the
- * segments are cut back to where the call started (new files removed) and a
- * segment whose sync failed is no longer appended to. An index write error
- * leaves it unknown whether RocksDB kept the batch, so nothing is cut (the
- * data is synced and the index may point at it): the open segment is closed
- * for appends and the next open sorts it out.
+ * Puts are pipelined in two stages: the append stage (append_mu: filter
+ * against the index, append) and the sync stage (sync_mu: fdatasync, index
+ * batch, publish). A put takes sync_mu before it lets append_mu go, so the
+ * next put appends while this one syncs and syncs run in append order; a
+ * segment's write descriptor stays open while a put in flight has appended
+ * to it (segment.pins). A put that would write a key the syncing put writes
+ * waits for that put's outcome first, so a key is never indexed twice.
+ *
+ * Failure modes: an append or sync error means nothing of that call was
+ * indexed: the segments are cut back to where the call started (new files
+ * removed) and a segment whose sync failed is no longer appended to. When a
+ * put's sync fails, the next put may already have appended behind it in the
+ * same segment; the cut is then left to the next writer that holds both
+ * locks (store->failed): that put cuts its own appends and the failed ones
+ * back and appends again, to a new segment, before its own sync, so only the
+ * failed put's records fail. An index write error leaves it unknown whether
+ * RocksDB kept the batch, so nothing is cut (the data is synced and the index
+ * may point at it): the store refuses writes (store->broken) and the next
+ * open sorts it out.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -35,8 +48,9 @@
 
 /* A segment written by the current writer call. */
 struct touched {
-    struct segment *seg;  /* the segment */
+    struct segment *seg;  /* the segment (pinned while the call is in flight), NULL once removed */
     uint64_t start;       /* its wpos when the call began */
+    uint64_t end;         /* its wpos after the call's last record */
     uint64_t add_bytes;   /* record bytes appended by the call */
     uint64_t add_records; /* records appended by the call */
     bool created;         /* the call created its file */
@@ -54,6 +68,12 @@ struct appender {
     bool created;                 /* a segment file was created */
     bool sync_failed;             /* an fdatasync failed: stop appending to those segments */
 };
+
+void shard_store_set_fdatasync(struct shard_store *s, store_fdatasync_fn fn, void *arg)
+{
+    s->fdatasync_fn = fn;
+    s->fdatasync_arg = arg;
+}
 
 static int pwritev_all(int fd, struct iovec *iov, int n, uint64_t off)
 {
@@ -91,6 +111,7 @@ static int appender_flush(struct appender *a, struct err *e)
     return rc != 0 ? err_set(e, rc, "segment %" PRIu64 ": write", seg->number) : 0;
 }
 
+/* Note that the call writes seg, pinning its write descriptor until appender_release. */
 static int appender_touch(struct appender *a, struct segment *seg, bool created)
 {
     if (a->nt == a->cap) {
@@ -102,7 +123,11 @@ static int appender_touch(struct appender *a, struct segment *seg, bool created)
         a->t = t;
         a->cap = cap;
     }
-    a->t[a->nt++] = (struct touched){.seg = seg, .start = seg->wpos, .created = created};
+    pthread_rwlock_wrlock(&a->s->seg_lock);
+    seg->pins++;
+    pthread_rwlock_unlock(&a->s->seg_lock);
+    a->t[a->nt++] =
+        (struct touched){.seg = seg, .start = seg->wpos, .end = seg->wpos, .created = created};
     return 0;
 }
 
@@ -135,6 +160,11 @@ static int appender_roll(struct appender *a, struct err *e)
     rc = store_segment_insert(s, seg);
     if (rc == 0) {
         s->open = seg;
+        /* A segment a call in flight appended to keeps its descriptor until that call's sync. */
+        if (old != NULL && old->pins == 0 && old->wfd >= 0) {
+            close(old->wfd);
+            old->wfd = -1;
+        }
     }
     pthread_rwlock_unlock(&s->seg_lock);
     if (rc != 0) {
@@ -144,21 +174,12 @@ static int appender_roll(struct appender *a, struct err *e)
         hbc_free(seg);
         return err_set(e, rc, "segment table");
     }
-    /* A segment written by this call keeps its descriptor until the call's fdatasync. */
-    bool old_touched = false;
-    for (size_t i = 0; old != NULL && i + 1 < a->nt; i++) {
-        old_touched |= a->t[i].seg == old;
-    }
-    if (old != NULL && !old_touched && old->wfd >= 0) {
-        close(old->wfd);
-        old->wfd = -1;
-    }
     return 0;
 }
 
 /*
  * Queue one record (hdr, then len bytes of data; both must stay valid until
- * appender_finish or appender_flush) and say where it goes.
+ * appender_flush) and say where it goes.
  */
 static int appender_add(struct appender *a, const uint8_t *hdr, const void *data, uint32_t len,
                         uint64_t *segment, uint64_t *offset, struct err *e)
@@ -195,23 +216,26 @@ static int appender_add(struct appender *a, const uint8_t *hdr, const void *data
     *segment = o->number;
     *offset = o->wpos;
     o->wpos += rec;
+    a->t[a->nt - 1].end = o->wpos;
     a->t[a->nt - 1].add_bytes += rec;
     a->t[a->nt - 1].add_records++;
     return 0;
 }
 
-/* Issue what is gathered, fdatasync every segment touched, fsync the directory if needed. */
-static int appender_finish(struct appender *a, struct err *e)
+/* fdatasync every segment the call wrote, and fsync the directory if it created a file. */
+static int appender_sync(struct appender *a, struct err *e)
 {
     struct shard_store *s = a->s;
-    int rc = appender_flush(a, e);
+    int rc = 0;
     for (size_t i = 0; rc == 0 && i < a->nt; i++) {
         struct segment *seg = a->t[i].seg;
         if (a->t[i].add_records == 0) {
             continue;
         }
         atomic_fetch_add_explicit(&s->fdatasyncs, 1, memory_order_relaxed);
-        if (fdatasync(seg->wfd) != 0) {
+        int r = s->fdatasync_fn != NULL ? s->fdatasync_fn(seg->wfd, s->fdatasync_arg)
+                                        : fdatasync(seg->wfd);
+        if (r != 0) {
             a->sync_failed = true;
             rc = err_set(e, -errno, "segment %" PRIu64 ": fdatasync", seg->number);
         }
@@ -223,25 +247,54 @@ static int appender_finish(struct appender *a, struct err *e)
             rc = err_set(e, -errno, "segments directory: fsync");
         }
     }
+    /* The synced pages are clean: drop them (see shard_store_put_batch); advice, never fatal. */
+    for (size_t i = 0; rc == 0 && !s->opts.cache_written && i < a->nt; i++) {
+        const struct touched *t = &a->t[i];
+        if (t->end > t->start) {
+            (void)posix_fadvise(t->seg->wfd, (off_t)t->start, (off_t)(t->end - t->start),
+                                POSIX_FADV_DONTNEED);
+        }
+    }
     return rc;
 }
 
-/* Close the write descriptors of touched segments that are no longer open for appends. */
+/* Issue what is gathered and sync it (a writer call that holds both locks). */
+static int appender_finish(struct appender *a, struct err *e)
+{
+    int rc = appender_flush(a, e);
+    return rc != 0 ? rc : appender_sync(a, e);
+}
+
+/*
+ * Unpin the touched segments, closing the write descriptors of those no
+ * longer open for appends that no other call in flight appended to.
+ */
 static void appender_release(struct appender *a)
 {
+    struct shard_store *s = a->s;
+    pthread_rwlock_wrlock(&s->seg_lock);
     for (size_t i = 0; i < a->nt; i++) {
         struct segment *seg = a->t[i].seg;
-        if (seg != a->s->open && seg->wfd >= 0) {
+        if (seg == NULL) {
+            continue;
+        }
+        seg->pins--;
+        if (seg->pins == 0 && seg != s->open && seg->wfd >= 0) {
             close(seg->wfd);
             seg->wfd = -1;
         }
     }
+    pthread_rwlock_unlock(&s->seg_lock);
     hbc_free(a->t);
     a->t = NULL;
     a->nt = a->cap = 0;
 }
 
-/* Nothing was indexed: cut the touched segments back and drop the files this call created. */
+/*
+ * Nothing of the call was indexed: cut the touched segments back (with
+ * anything appended behind the call) and drop the files it created. The
+ * caller holds append_mu, and sync_mu too if a later call may have appended.
+ */
 static void appender_abort(struct appender *a)
 {
     struct shard_store *s = a->s;
@@ -269,25 +322,18 @@ static void appender_abort(struct appender *a)
         }
     }
     pthread_rwlock_unlock(&s->seg_lock);
-    size_t kept = 0;
-    for (size_t i = 0; i < a->nt; i++) {
-        if (a->t[i].seg != NULL) {
-            a->t[kept++] = a->t[i];
-        }
-    }
-    a->nt = kept;
     appender_release(a);
 }
 
-/* The index write failed and may or may not have happened: keep everything, append elsewhere. */
+/* The index write failed and may or may not have happened: keep everything (writes are refused). */
 static void appender_uncertain(struct appender *a)
 {
     struct shard_store *s = a->s;
     pthread_rwlock_wrlock(&s->seg_lock);
     for (size_t i = 0; i < a->nt; i++) {
-        a->t[i].seg->disk_size = a->t[i].seg->wpos;
+        struct segment *seg = a->t[i].seg;
+        seg->disk_size = seg->disk_size > a->t[i].end ? seg->disk_size : a->t[i].end;
     }
-    s->open = NULL;
     pthread_rwlock_unlock(&s->seg_lock);
     appender_release(a);
 }
@@ -297,8 +343,7 @@ static void appender_batch_meta(struct appender *a, rocksdb_writebatch_t *wb)
 {
     for (size_t i = 0; i < a->nt; i++) {
         const struct touched *t = &a->t[i];
-        store_batch_segmeta(a->s, wb, t->seg->number, t->seg->wpos,
-                            t->seg->live_bytes + t->add_bytes,
+        store_batch_segmeta(a->s, wb, t->seg->number, t->end, t->seg->live_bytes + t->add_bytes,
                             t->seg->live_records + t->add_records);
     }
 }
@@ -308,8 +353,8 @@ static void appender_commit_locked(struct appender *a)
 {
     for (size_t i = 0; i < a->nt; i++) {
         struct touched *t = &a->t[i];
-        t->seg->hwm = t->seg->wpos;
-        t->seg->disk_size = t->seg->wpos;
+        t->seg->hwm = t->end;
+        t->seg->disk_size = t->seg->disk_size > t->end ? t->seg->disk_size : t->end;
         t->seg->live_bytes += t->add_bytes;
         t->seg->live_records += t->add_records;
         a->s->shard_count += t->add_records;
@@ -324,6 +369,40 @@ static uint64_t appender_records(const struct appender *a)
         n += a->t[i].add_records;
     }
     return n;
+}
+
+/* Cut back the appends of a put whose sync failed (see the file comment). Caller holds both locks.
+ */
+static void pipeline_cut_failed(struct shard_store *s)
+{
+    struct appender *f = s->failed;
+    if (f != NULL) {
+        s->failed = NULL;
+        appender_abort(f);
+        hbc_free(f);
+    }
+}
+
+void store_pipeline_free(struct shard_store *s)
+{
+    if (s->failed != NULL) {
+        hbc_free(s->failed->t);
+        hbc_free(s->failed);
+        s->failed = NULL;
+    }
+}
+
+void store_writer_lock(struct shard_store *s)
+{
+    pthread_mutex_lock(&s->append_mu);
+    pthread_mutex_lock(&s->sync_mu);
+    pipeline_cut_failed(s);
+}
+
+void store_writer_unlock(struct shard_store *s)
+{
+    pthread_mutex_unlock(&s->sync_mu);
+    pthread_mutex_unlock(&s->append_mu);
 }
 
 /* Writer calls are refused after an index write failed (see store_write_sync). */
@@ -449,78 +528,124 @@ static void put_fail_results(const struct put_work *w, size_t n, int *results, i
     }
 }
 
-int shard_store_put_batch(struct shard_store *s, const struct shard_put *recs, size_t n,
-                          int *results, struct err *e)
+/* Order of encoded keys, for bsearch. */
+static int cmp_key(const void *a, const void *b)
 {
-    if (n > SHARD_STORE_MAX_BATCH || (n > 0 && (recs == NULL || results == NULL))) {
-        return err_set(e, HBC_EINVAL, "put batch of %zu records", n);
+    return memcmp(a, b, SHARD_STORE_KEY_LEN);
+}
+
+/* The keys of the records w still writes, sorted, into *keys (free with hbc_free; NULL if none). */
+static int put_keys(const struct put_work *w, size_t n, uint8_t (**keys)[SHARD_STORE_KEY_LEN],
+                    size_t *nk, struct err *e)
+{
+    *keys = NULL;
+    *nk = 0;
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        m += w[i].write;
     }
-    if (n == 0) {
+    if (m == 0) {
         return 0;
     }
-    struct put_work *w = hbc_calloc(n, sizeof *w);
-    if (w == NULL) {
-        for (size_t i = 0; i < n; i++) {
-            results[i] = HBC_ENOMEM;
-        }
+    uint8_t(*k)[SHARD_STORE_KEY_LEN] = hbc_calloc(m, sizeof *k);
+    if (k == NULL) {
         return err_set(e, HBC_ENOMEM, "put batch of %zu records", n);
     }
-    /* Hash outside the writer lock. */
-    int rc = 0;
-    size_t to_write = 0;
-    for (size_t i = 0; i < n; i++) {
-        results[i] = 0;
-        if (recs[i].len > s->opts.max_shard_size || (recs[i].len > 0 && recs[i].data == NULL)) {
-            results[i] = recs[i].len > s->opts.max_shard_size ? HBC_ETOOBIG : HBC_EINVAL;
-            continue;
+    for (size_t i = 0, j = 0; i < n; i++) {
+        if (w[i].write) {
+            memcpy(k[j++], w[i].key, SHARD_STORE_KEY_LEN);
         }
-        store_key_encode(&recs[i].key, w[i].key);
-        rc = store_sha256(s, recs[i].len > 0 ? recs[i].data : "", recs[i].len, w[i].sha, e);
-        if (rc != 0) {
-            break;
-        }
-        store_record_header(w[i].key, (uint32_t)recs[i].len, w[i].sha, w[i].hdr);
-        w[i].write = true;
-        to_write++;
     }
-    if (rc != 0) {
-        put_fail_results(w, n, results, rc);
-        hbc_free(w);
-        return err_wrap(e, "put batch");
-    }
-    if (to_write == 0) {
-        hbc_free(w);
-        return 0;
-    }
+    qsort(k, m, sizeof *k, cmp_key);
+    *keys = k;
+    *nk = m;
+    return 0;
+}
 
-    pthread_mutex_lock(&s->write_mu);
-    struct appender a = {.s = s};
-    rocksdb_writebatch_t *wb = NULL;
-    rc = check_writable(s, e);
-    if (rc == 0) {
-        rc = put_filter(s, w, n, results, e);
+/* Whether the put in the sync stage writes any of keys (sorted). */
+static bool put_overlaps_syncing(struct shard_store *s, const uint8_t (*keys)[SHARD_STORE_KEY_LEN],
+                                 size_t nk)
+{
+    bool hit = false;
+    pthread_mutex_lock(&s->pending_mu);
+    for (size_t i = 0; !hit && i < nk && s->nsyncing > 0; i++) {
+        hit = bsearch(keys[i], s->syncing_keys, s->nsyncing, SHARD_STORE_KEY_LEN, cmp_key) != NULL;
     }
-    if (rc != 0) {
-        goto fail;
-    }
+    pthread_mutex_unlock(&s->pending_mu);
+    return hit;
+}
+
+static void set_syncing(struct shard_store *s, const uint8_t (*keys)[SHARD_STORE_KEY_LEN],
+                        size_t nk)
+{
+    pthread_mutex_lock(&s->pending_mu);
+    s->syncing_keys = keys;
+    s->nsyncing = nk;
+    pthread_mutex_unlock(&s->pending_mu);
+}
+
+/* Append every record w still writes. Caller holds append_mu. */
+static int put_append(struct appender *a, struct put_work *w, const struct shard_put *recs,
+                      size_t n, struct err *e)
+{
+    int rc = 0;
     for (size_t i = 0; rc == 0 && i < n; i++) {
         if (w[i].write) {
-            rc = appender_add(&a, w[i].hdr, recs[i].data, (uint32_t)recs[i].len, &w[i].segment,
+            rc = appender_add(a, w[i].hdr, recs[i].data, (uint32_t)recs[i].len, &w[i].segment,
                               &w[i].offset, e);
         }
     }
-    if (rc == 0 && a.nt == 0) {
-        goto done; /* everything was already stored */
+    return rc != 0 ? rc : appender_flush(a, e);
+}
+
+/*
+ * The append stage of a put (append_mu held): keep only records to write,
+ * waiting for the syncing put when it writes one of the same keys, then
+ * append them. On 0, *keys holds the sorted keys written (NULL: nothing to
+ * write) and a the appends; on error nothing is appended.
+ */
+static int put_append_stage(struct shard_store *s, struct appender *a, struct put_work *w,
+                            const struct shard_put *recs, size_t n, int *results,
+                            uint8_t (**keys)[SHARD_STORE_KEY_LEN], size_t *nk, struct err *e)
+{
+    int rc = check_writable(s, e);
+    if (rc == 0) {
+        rc = put_keys(w, n, keys, nk, e);
+    }
+    /* Before the index is read: a key the syncing put writes is indexed before it leaves. */
+    if (rc == 0 && put_overlaps_syncing(s, *keys, *nk)) {
+        pthread_mutex_lock(&s->sync_mu);
+        pthread_mutex_unlock(&s->sync_mu);
+    }
+    hbc_free(*keys);
+    *keys = NULL;
+    if (rc == 0) {
+        rc = put_filter(s, w, n, results, e);
     }
     if (rc == 0) {
-        rc = appender_finish(&a, e);
+        rc = put_keys(w, n, keys, nk, e);
+    }
+    if (rc == 0 && *nk > 0) {
+        rc = put_append(a, w, recs, n, e);
+        if (rc != 0) {
+            appender_abort(a);
+        }
     }
     if (rc != 0) {
-        appender_abort(&a);
-        goto fail;
+        hbc_free(*keys);
+        *keys = NULL;
     }
+    return rc;
+}
 
-    wb = rocksdb_writebatch_create();
+/* Index the put's records in one synced batch. Caller holds sync_mu. */
+static int put_index(struct shard_store *s, struct appender *a, const struct put_work *w,
+                     const struct shard_put *recs, size_t n, struct err *e)
+{
+    rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+    if (wb == NULL) {
+        return err_set(e, HBC_ENOMEM, "index batch");
+    }
     uint64_t now = store_now_ms();
     for (size_t i = 0; i < n; i++) {
         if (!w[i].write) {
@@ -543,41 +668,136 @@ int shard_store_put_batch(struct shard_store *s, const struct shard_put *recs, s
         rocksdb_writebatch_put_cf(wb, s->cf[CF_BY_SEGMENT], (const char *)bk, sizeof bk,
                                   (const char *)bv, sizeof bv);
     }
-    appender_batch_meta(&a, wb);
-    uint64_t add_records = appender_records(&a);
+    appender_batch_meta(a, wb);
+    uint64_t add_records = appender_records(a);
     uint64_t add_bytes = 0;
-    for (size_t i = 0; i < a.nt; i++) {
-        add_bytes += a.t[i].add_bytes;
+    for (size_t i = 0; i < a->nt; i++) {
+        add_bytes += a->t[i].add_bytes;
     }
     store_batch_totals(s, wb, s->shard_count + add_records, s->used_bytes + add_bytes);
-    rc = store_write_sync(s, wb, e);
+    int rc = store_write_sync(s, wb, e);
+    rocksdb_writebatch_destroy(wb);
+    return rc;
+}
+
+int shard_store_put_batch(struct shard_store *s, const struct shard_put *recs, size_t n,
+                          int *results, struct err *e)
+{
+    if (n > SHARD_STORE_MAX_BATCH || (n > 0 && (recs == NULL || results == NULL))) {
+        return err_set(e, HBC_EINVAL, "put batch of %zu records", n);
+    }
+    if (n == 0) {
+        return 0;
+    }
+    struct put_work *w = hbc_calloc(n, sizeof *w);
+    struct appender *a = hbc_calloc(1, sizeof *a);
+    if (w == NULL || a == NULL) {
+        hbc_free(w);
+        hbc_free(a);
+        for (size_t i = 0; i < n; i++) {
+            results[i] = HBC_ENOMEM;
+        }
+        return err_set(e, HBC_ENOMEM, "put batch of %zu records", n);
+    }
+    a->s = s;
+    /* Hash outside the writer locks. */
+    int rc = 0;
+    size_t to_write = 0;
+    for (size_t i = 0; i < n; i++) {
+        results[i] = 0;
+        if (recs[i].len > s->opts.max_shard_size || (recs[i].len > 0 && recs[i].data == NULL)) {
+            results[i] = recs[i].len > s->opts.max_shard_size ? HBC_ETOOBIG : HBC_EINVAL;
+            continue;
+        }
+        store_key_encode(&recs[i].key, w[i].key);
+        if (recs[i].sha256 != NULL) {
+            memcpy(w[i].sha, recs[i].sha256, SHARD_STORE_SHA256_LEN);
+        } else {
+            rc = store_sha256(s, recs[i].len > 0 ? recs[i].data : "", recs[i].len, w[i].sha, e);
+            if (rc != 0) {
+                break;
+            }
+        }
+        store_record_header(w[i].key, (uint32_t)recs[i].len, w[i].sha, w[i].hdr);
+        w[i].write = true;
+        to_write++;
+    }
+    if (rc != 0 || to_write == 0) {
+        goto out;
+    }
+
+    /* Append stage. */
+    uint8_t(*keys)[SHARD_STORE_KEY_LEN] = NULL;
+    size_t nk = 0;
+    pthread_mutex_lock(&s->append_mu);
+    rc = put_append_stage(s, a, w, recs, n, results, &keys, &nk, e);
+    if (rc != 0 || nk == 0) {
+        pthread_mutex_unlock(&s->append_mu);
+        goto out;
+    }
+    /* Into the sync stage, in append order; the next put may append once this one is in. */
+    if (pthread_mutex_trylock(&s->sync_mu) != 0) {
+        atomic_fetch_add_explicit(&s->pipelined_puts, 1, memory_order_relaxed);
+        pthread_mutex_lock(&s->sync_mu);
+    }
+    if (s->failed != NULL) {
+        /* The put before this one failed its sync after this one appended behind it. */
+        appender_abort(a);
+        pipeline_cut_failed(s);
+        atomic_fetch_add_explicit(&s->reappended_puts, 1, memory_order_relaxed);
+        *a = (struct appender){.s = s};
+        rc = put_append(a, w, recs, n, e);
+        if (rc != 0) {
+            appender_abort(a);
+            pthread_mutex_unlock(&s->sync_mu);
+            pthread_mutex_unlock(&s->append_mu);
+            hbc_free(keys);
+            goto out;
+        }
+    }
+    set_syncing(s, (const uint8_t(*)[SHARD_STORE_KEY_LEN])keys, nk);
+    pthread_mutex_unlock(&s->append_mu);
+
+    /* Sync stage. */
+    rc = check_writable(s, e); /* the put before this one may have failed its index write */
+    if (rc == 0) {
+        rc = appender_sync(a, e);
+        if (rc != 0) {
+            /* A put may be appending behind this one: the next writer holding both locks cuts. */
+            s->failed = a;
+            a = NULL;
+        }
+    }
+    if (rc == 0) {
+        rc = put_index(s, a, w, recs, n, e);
+        if (rc != 0) {
+            appender_uncertain(a);
+        }
+    }
+    if (rc == 0) {
+        pthread_rwlock_wrlock(&s->seg_lock);
+        appender_commit_locked(a);
+        pthread_rwlock_unlock(&s->seg_lock);
+        atomic_fetch_add_explicit(&s->put_batches, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&s->records_written, appender_records(a), memory_order_relaxed);
+        appender_release(a);
+    } else if (a != NULL && a->t != NULL) {
+        /* Refused before its sync (an earlier index write failed): an unindexed tail. */
+        appender_release(a);
+    }
+    set_syncing(s, NULL, 0);
+    pthread_mutex_unlock(&s->sync_mu);
+    hbc_free(keys);
+
+out:
+    hbc_free(a);
     if (rc != 0) {
-        appender_uncertain(&a);
-        goto fail;
+        put_fail_results(w, n, results, rc);
+        hbc_free(w);
+        return err_wrap(e, "put batch");
     }
-    pthread_rwlock_wrlock(&s->seg_lock);
-    appender_commit_locked(&a);
-    pthread_rwlock_unlock(&s->seg_lock);
-    atomic_fetch_add_explicit(&s->put_batches, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&s->records_written, add_records, memory_order_relaxed);
-done:
-    appender_release(&a);
-    if (wb != NULL) {
-        rocksdb_writebatch_destroy(wb);
-    }
-    pthread_mutex_unlock(&s->write_mu);
     hbc_free(w);
     return 0;
-
-fail:
-    appender_release(&a);
-    if (wb != NULL) {
-        rocksdb_writebatch_destroy(wb);
-    }
-    pthread_mutex_unlock(&s->write_mu);
-    put_fail_results(w, n, results, rc);
-    hbc_free(w);
-    return err_wrap(e, "put batch");
 }
 
 /* ---- delete ------------------------------------------------------------- */
@@ -656,7 +876,7 @@ int shard_store_delete(struct shard_store *s, const struct shard_key *keys, size
         bool same = i > 0 && memcmp(k[order[i]], k[order[i - 1]], SHARD_STORE_KEY_LEN) == 0;
         first[order[i]] = same ? first[order[i - 1]] : order[i];
     }
-    pthread_mutex_lock(&s->write_mu);
+    store_writer_lock(s);
     rc = check_writable(s, e);
     for (size_t i = 0; rc == 0 && i < n; i++) {
         if (first[i] != i) {
@@ -705,7 +925,7 @@ int shard_store_delete(struct shard_store *s, const struct shard_key *keys, size
         s->used_bytes -= del_bytes;
         pthread_rwlock_unlock(&s->seg_lock);
     }
-    pthread_mutex_unlock(&s->write_mu);
+    store_writer_unlock(s);
 out:
     if (wb != NULL) {
         rocksdb_writebatch_destroy(wb);
@@ -944,7 +1164,7 @@ int shard_store_compact(struct shard_store *s, uint64_t segment, struct shard_co
         return err_set(e, HBC_ENOMEM, "compact segment %" PRIu64, segment);
     }
     int rc = 0;
-    pthread_mutex_lock(&s->write_mu);
+    store_writer_lock(s);
     rc = check_writable(s, e);
     c.src = rc == 0 ? store_segment_find(s, segment) : NULL;
     if (rc != 0) {
@@ -976,7 +1196,7 @@ int shard_store_compact(struct shard_store *s, uint64_t segment, struct shard_co
                 segment, c.res->copied_records, c.res->corrupt_records, c.res->freed_bytes);
     }
 out:
-    pthread_mutex_unlock(&s->write_mu);
+    store_writer_unlock(s);
     hbc_free(c.buf);
     hbc_free(c.moves);
     return rc != 0 ? err_wrap(e, "compact segment %" PRIu64, segment) : 0;

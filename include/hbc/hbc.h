@@ -91,7 +91,7 @@ struct hbc_backup_options {
                                    latest snapshot holding every path */
     int force_read;             /* nonzero: no parent, read every file */
     int one_file_system;        /* nonzero: stay on each path's file system */
-    unsigned threads;           /* worker threads (0: two per core) */
+    unsigned threads;           /* worker threads (0: the default, see docs/cli.md) */
     hbc_progress_cb progress;   /* may be NULL */
     hbc_entry_error_cb skipped; /* may be NULL */
     void *arg;                  /* for the callbacks */
@@ -127,12 +127,15 @@ int hbc_backup(hbc_client *c, const struct hbc_backup_options *o, struct hbc_bac
 
 /* One snapshot of the vault. */
 struct hbc_snapshot {
-    char id[HBC_ID_HEX];   /* its id in hex */
-    uint64_t time_ms;      /* when it was taken (the client's clock), ms since the epoch */
-    uint64_t committed_ms; /* when the cluster committed it */
-    uint64_t files;        /* regular files */
-    uint64_t bytes;        /* their bytes */
-    uint64_t chunks;       /* unique chunks */
+    char id[HBC_ID_HEX];      /* its id in hex */
+    uint64_t time_ms;         /* when it was taken (the client's clock), ms since the epoch */
+    uint64_t committed_ms;    /* when the cluster committed it */
+    uint64_t files;           /* regular files */
+    uint64_t bytes;           /* their bytes */
+    uint64_t chunks;          /* unique chunks */
+    uint64_t retain_until_ms; /* end of its retention lock (compliance clock), ms since the epoch */
+    int governance;           /* 1: governance lock (two officers may lift it), 0: compliance */
+    int legal_hold;           /* 1: under legal hold */
 };
 
 /*

@@ -284,7 +284,7 @@ def _unregister(obj):
 def stop_all(scope="function"):
     """Stop every process registered in scope (shard loads first, then nodes)."""
     objs = list(_live.get(scope, ()))
-    for o in sorted(objs, key=lambda o: isinstance(o, Node)):
+    for o in sorted(objs, key=lambda o: isinstance(o, (Node, LocalCluster))):
         try:
             if isinstance(o, Shardload):
                 if o.proc is not None and o.proc.poll() is None:
@@ -297,7 +297,8 @@ def stop_all(scope="function"):
             pass
     # Shard data runs to gigabytes: remove it; configs and logs stay for a post-mortem.
     for n in _created.pop(scope, []):
-        shutil.rmtree(n.data_dir, ignore_errors=True)
+        for d in n.data_dirs() if isinstance(n, LocalCluster) else [n.data_dir]:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------
@@ -628,3 +629,193 @@ class NetnsLab:
             subprocess.run(["ip", "netns", "del", ns], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, timeout=30)
         self.spaces = []
+
+
+# ---------------------------------------------------------------------------
+# A whole local cluster started by scripts/cluster (the launcher the demo and the
+# benchmarks use): certificates, configs, client config, detached hbcd processes.
+# ---------------------------------------------------------------------------
+
+CLUSTER_SCRIPT = os.path.join(SOURCE_DIR, "scripts", "cluster")
+
+
+class ClusterNode:
+    """One node of a LocalCluster, by name: its facts from DIR/cluster.json and
+    stop/kill9/start through scripts/cluster. Reads the state file on every access,
+    so a pid is always the current one."""
+
+    def __init__(self, cluster, name):
+        self.cluster = cluster
+        self.name = name
+
+    def _info(self):
+        return self.cluster.node_info(self.name)
+
+    addr = property(lambda self: self._info()["addr"])
+    port = property(lambda self: self._info()["data_port"])
+    raft_addr = property(lambda self: self._info()["raft_addr"])
+    site = property(lambda self: self._info()["site"])
+    media = property(lambda self: self._info()["media"])
+    worm = property(lambda self: self._info()["worm"])
+    pid = property(lambda self: self._info()["pid"])
+    config = property(lambda self: self._info()["config"])
+    data_dir = property(lambda self: self._info()["data_dir"])
+    log_path = property(lambda self: self._info()["log"])
+
+    def kill9(self):
+        self.cluster.stop_node(self.name, kill=True)
+
+    def stop(self, timeout=60):
+        self.cluster.stop_node(self.name, timeout=timeout)
+
+    def start(self, wait=True):
+        self.cluster.start_node(self.name, wait=wait)
+        return self
+
+    def log_text(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def events(self, event=None):
+        """The log's lines as dicts of their key=value fields, optionally only one event."""
+        out = []
+        for line in self.log_text().splitlines():
+            fields = parse_log_line(line)
+            if fields and (event is None or fields.get("event") == event):
+                out.append(fields)
+        return out
+
+
+class LocalCluster:
+    """A cluster run by scripts/cluster in ROOT/NAME. up() starts it and waits until it
+    is healthy; it is registered at once, so stop_all(scope) runs `scripts/cluster down`
+    even when up() or the test fails. env is the environment that points `hbc` at it
+    (HBC_CONFIG, no other HBC_* connection variables); tls and addrs suit hbc_json()."""
+
+    def __init__(self, root, name="cluster", scope="function"):
+        self.dir = os.path.join(str(root), name)
+        self.scope = scope
+        self.state = None
+        _created.setdefault(scope, []).append(self)
+
+    def run(self, *args, check=True, timeout=600):
+        """scripts/cluster ARGS: (exit code, stdout, stderr); check raises on a nonzero exit."""
+        p = subprocess.run([CLUSTER_SCRIPT, *[str(a) for a in args]], capture_output=True, timeout=timeout,
+                           env=dict(os.environ, HBC_BUILD_DIR=BUILD_DIR))
+        out, err = p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+        if check and p.returncode != 0:
+            raise AssertionError(f"scripts/cluster {' '.join(map(str, args))} exited {p.returncode}\n"
+                                 f"stdout: {out}\nstderr: {err}")
+        return p.returncode, out, err
+
+    def up(self, sites=3, nodes_per_site=2, worm_sites=None, worm_site=(), media=None, regions=None,
+           raft=None, extra=None, args=(), timeout=180, json_out=True):
+        """Start the cluster (scripts/cluster up): sites x nodes_per_site nodes; raft: more
+        [raft] keys (e.g. RAFT_FAST); extra: {section: {key: value}} for every node.
+        json_out=False: plain output, kept in self.up_stdout (the `export HBC_CONFIG=` line)."""
+        cmd = ["up", self.dir, *(["--json"] if json_out else []), "--build", BUILD_DIR, "--sites", sites,
+               "--nodes-per-site",
+               nodes_per_site, "--timeout", timeout, "--log-level", os.environ.get("HBC_LOG", "info")]
+        if worm_sites is not None:
+            cmd += ["--worm-sites", worm_sites]
+        for w in worm_site:
+            cmd += ["--worm-site", w]
+        if media:
+            cmd += ["--media", media]
+        if regions:
+            cmd += ["--regions", regions]
+        sections = {"raft": dict(raft or {})}
+        for sec, kv in (extra or {}).items():
+            sections.setdefault(sec, {}).update(kv)
+        for sec, kv in sections.items():
+            for k, v in kv.items():
+                cmd += ["--set", f"{sec}.{k}={v}"]
+        _register(self)
+        _, out, _ = self.run(*cmd, *args, timeout=timeout + 120)
+        self.up_stdout = out
+        self.state = json.loads(out) if json_out else self.reload()
+        return self
+
+    def reload(self):
+        with open(os.path.join(self.dir, "cluster.json")) as f:
+            self.state = json.load(f)
+        return self.state
+
+    def down(self, timeout=30):
+        """scripts/cluster down: every node stopped (SIGTERM, then SIGKILL)."""
+        if os.path.exists(os.path.join(self.dir, "cluster.json")):
+            self.run("down", self.dir, "--timeout", timeout, timeout=timeout + 60)
+        _unregister(self)
+
+    def stop(self, timeout=30):
+        """For stop_all(): the same as down()."""
+        self.down(timeout=timeout)
+
+    def status(self):
+        """scripts/cluster status --json: (exit code 0 when healthy, document)."""
+        rc, out, _ = self.run("status", self.dir, "--json", check=False, timeout=120)
+        return rc, (json.loads(out) if out.strip().startswith("{") else None)
+
+    def add(self, site, count=1, worm=False, media=None, timeout=180):
+        """Start and join count more nodes in site; returns their ClusterNodes."""
+        before = {n["name"] for n in self.reload()["nodes"]}
+        cmd = ["add", self.dir, "--site", site, "--count", count, "--timeout", timeout]
+        if worm:
+            cmd.append("--worm")
+        if media:
+            cmd += ["--media", media]
+        self.run(*cmd, timeout=timeout + 120)
+        return [ClusterNode(self, n["name"]) for n in self.reload()["nodes"] if n["name"] not in before]
+
+    def stop_node(self, name, kill=False, timeout=60):
+        self.run("stop-node", self.dir, name, "--timeout", timeout, *(["--kill"] if kill else []),
+                 timeout=timeout + 60)
+
+    def start_node(self, name, wait=True, timeout=180):
+        self.run("start-node", self.dir, name, "--timeout", timeout, *([] if wait else ["--no-wait"]),
+                 timeout=timeout + 120)
+
+    def node_info(self, name):
+        for n in self.reload()["nodes"]:
+            if n["name"] == name:
+                return n
+        raise KeyError(name)
+
+    @property
+    def nodes(self):
+        return [ClusterNode(self, n["name"]) for n in self.reload()["nodes"]]
+
+    def node(self, name):
+        self.node_info(name)
+        return ClusterNode(self, name)
+
+    @property
+    def pids(self):
+        """{node name: pid or None (stopped)}."""
+        return {n["name"]: n["pid"] for n in self.reload()["nodes"]}
+
+    @property
+    def addrs(self):
+        return [n["addr"] for n in self.reload()["nodes"]]
+
+    @property
+    def client_conf(self):
+        return os.path.join(self.dir, "client.conf")
+
+    @property
+    def tls(self):
+        c = self.reload()["client"]
+        return {"ca": c["ca"], "cert": c["cert"], "key": c["key"]}
+
+    @property
+    def env(self):
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("HBC_CLUSTER", "HBC_CA", "HBC_CERT", "HBC_KEY", "HBC_KEYFILE", "HBC_VAULT")}
+        env["HBC_CONFIG"] = self.client_conf
+        return env
+
+    def data_dirs(self):
+        try:
+            return [n["data_dir"] for n in self.reload()["nodes"]]
+        except (OSError, ValueError):
+            return []

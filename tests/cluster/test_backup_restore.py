@@ -1,4 +1,4 @@
-"""hbc backup and hbc restore end to end on a real 4-node cluster in 3 sites.
+"""hbc backup and hbc restore end to end on a real 4-node cluster in 3 sites (scripts/cluster).
 
 One module-scoped cluster (Raft over mutual TLS, a vault of 2 copies of
 Reed-Solomon 2+1) serves every test in order: a full backup of a generated
@@ -13,7 +13,6 @@ import random
 import shutil
 import stat
 import subprocess
-import time
 
 import pytest
 
@@ -27,14 +26,18 @@ FIGURES = {}
 class Hbc:
     """The hbc command with the cluster's settings in its environment."""
 
-    def __init__(self, root, ca, nodes):
-        tls = ca.client("alice", "admin", "--role", "backup", "--role", "restore")
-        self.env = dict(os.environ,
-                        HBC_CLUSTER=",".join(n.addr for n in nodes),
-                        HBC_CA=tls["ca"], HBC_CERT=tls["cert"], HBC_KEY=tls["key"],
-                        HBC_KEYFILE=os.path.join(str(root), "alice.key"),
+    def __init__(self, root, ca, nodes=None):
+        """Hbc(root, local_cluster): through its client config; Hbc(root, ca, nodes): a client
+        certificate 'alice' from ca and the nodes' addresses (test_backup_edges.py)."""
+        if nodes is None:
+            env = ca.env
+        else:
+            tls = ca.client("alice", "admin", "--role", "backup", "--role", "restore")
+            env = dict(os.environ, HBC_CLUSTER=",".join(n.addr for n in nodes),
+                       HBC_CA=tls["ca"], HBC_CERT=tls["cert"], HBC_KEY=tls["key"])
+            env.pop("HBC_CONFIG", None)
+        self.env = dict(env, HBC_KEYFILE=os.path.join(str(root), "alice.key"),
                         HBC_PASSPHRASE=PASS, HBC_VAULT="records", HBC_TIMEOUT="20")
-        self.env.pop("HBC_CONFIG", None)
 
     def run(self, *args, check=True, timeout=600):
         p = subprocess.run([hbctest.binary("hbc"), *args], env=self.env, capture_output=True,
@@ -54,37 +57,18 @@ class Hbc:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    """scripts/cluster: n1 site-1 ssd, n2 site-2 hdd, n3 site-3 hdd worm, then n4 added to site-1."""
     root = tmp_path_factory.mktemp("backup")
-    ca = hbctest.CA(root)
-    nodes = []
-    sites = ["site-a", "site-b", "site-c", "site-a"]
-    media = ["ssd", "hdd", "ssd", "hdd"]
+    cl = hbctest.LocalCluster(root, scope="module")
     try:
-        for i, site in enumerate(sites):
-            raft = {"listen": f"127.0.0.1:{hbctest.free_port()}"}
-            if i == 0:
-                raft["bootstrap"] = "true"
-            else:
-                raft["join"] = nodes[0].addr
-            n = hbctest.Node(root, ca, f"n{i + 1}", site=site, media=media[i], worm=(i == 2),
-                             extra={"raft": raft}, scope="module")
-            n.start()
-            nodes.append(n)
-        hbc = Hbc(root, ca, nodes)
-        deadline = time.monotonic() + 60
-        while True:
-            rc, out, _ = hbc.run("--json", "cluster", "status", check=False)
-            try:
-                st = json.loads(out)
-                if st["members"] == len(nodes) and not st["unreachable"] and st["leader_raft_id"]:
-                    break
-            except (ValueError, KeyError):
-                pass
-            assert time.monotonic() < deadline, f"cluster not formed: {out}"
-            time.sleep(0.3)
+        cl.up(sites=3, nodes_per_site=1)
+        cl.add("site-1")
+        hbc = Hbc(root, cl)
+        rc, st = cl.status()
+        assert rc == 0 and st["members"] == 4, st
         hbc.run("key", "init", "--keyfile", hbc.env["HBC_KEYFILE"])
         hbc.run("vault", "create", "records", "--copies", "2", "--k", "2", "--m", "1")
-        yield {"root": root, "nodes": nodes, "hbc": hbc}
+        yield {"root": root, "nodes": cl.nodes, "hbc": hbc, "cluster": cl}
     finally:
         hbctest.stop_all("module")
         if FIGURES:

@@ -281,6 +281,15 @@ static void test_incremental_reads_only_changes(void **state)
     assert_true(b2.new_chunks <= 1);
     assert_int_equal(b2.chunks, b1.chunks);
 
+    /* --force-read reads everything again but stores nothing new: the same small files in the
+     * same order make the same packs. */
+    struct hbc_backup_summary b4;
+    assert_int_equal(backup(f, NULL, true, &b4), 0);
+    assert_string_equal(b4.parent, "");
+    assert_int_equal(b4.bytes_read, b4.bytes);
+    assert_true(b4.new_chunks <= 1); /* the root tree, as above */
+    assert_int_equal(b4.chunks, b1.chunks);
+
     /* One small file changed: only it is read. */
     write_text(sp(f, "patients/0001/note-07.txt"), "changed note 7, longer than before\n");
     struct hbc_backup_summary b3;
@@ -288,15 +297,9 @@ static void test_incremental_reads_only_changes(void **state)
     assert_int_equal(b3.bytes_read, strlen("changed note 7, longer than before\n"));
     assert_int_equal(b3.files_read, 1);
     assert_true(b3.new_chunks >= 1);
+    assert_int_equal(b3.files_reused, b1.files - 1);
     uint64_t puts3 = repo_fake_stats().put_bytes - puts1;
     assert_true(puts3 < b1.bytes / 10);
-
-    /* --force-read reads everything again but stores nothing new. */
-    struct hbc_backup_summary b4;
-    assert_int_equal(backup(f, NULL, true, &b4), 0);
-    assert_string_equal(b4.parent, "");
-    assert_int_equal(b4.bytes_read, b4.bytes);
-    assert_true(b4.new_chunks <= 1); /* the root tree, as above */
 
     /* The incremental snapshot restores the changed content. */
     struct hbc_restore_summary r;
@@ -330,22 +333,95 @@ static void test_lost_and_corrupt_chunks_are_errors(void **state)
     make_tree(f);
     struct hbc_backup_summary b;
     assert_int_equal(backup(f, NULL, false, &b), 0);
-    /* The hl7 record is a chunk of its own: make reading it fail. */
-    size_t len = strlen("MSH|^~\\&|HIS|RAD|20240117||ADT^A01|");
-    repo_fake_fail_gets_of_len(len);
+    /* The 42 small files (40 notes, the hl7 record, "odd name"; not the empty one) share one
+     * pack, the 14 MiB scan is chunks of its own: make reading the pack fail. */
+    size_t pack_len = b.bytes - (14u << 20);
+    repo_fake_fail_gets_of_len(pack_len);
     struct hbc_restore_summary r;
     assert_int_equal(restore(f, b.snapshot, NULL, true, NULL, &r), HBC_EPARTIAL);
-    assert_int_equal(r.errors, 1);
-    assert_int_equal(repo_fake_stats().last_test_errors, 1);
-    /* Data that comes back altered is caught by the file's SHA-256 and never renamed into place. */
+    assert_int_equal(r.errors, 42);
+    assert_int_equal(r.files, b.files - 42);
+    assert_int_equal(repo_fake_stats().last_test_errors, 42);
+    /* A pack that comes back altered (one byte) fails the one file whose SHA-256 covers that
+     * byte, and that file is never renamed into place; its neighbours in the pack are fine. */
     repo_fake_fail_gets_of_len(0);
-    repo_fake_corrupt_len(len);
+    repo_fake_corrupt_len(pack_len);
     assert_int_equal(restore(f, b.snapshot, f->dst, false, NULL, &r), HBC_EPARTIAL);
-    assert_int_equal(r.errors, 2); /* the file, then its hard link that has nothing to name */
+    assert_int_equal(r.errors, 1);
+    assert_int_equal(r.files, b.files - 1);
     char p[PATH_MAX * 2];
     snprintf(p, sizeof p, "%s%s/patients/0001/record.hl7", f->dst, f->src);
     struct stat sb;
-    assert_int_equal(lstat(p, &sb), -1);
+    assert_int_equal(lstat(p, &sb), 0);
+}
+
+/* Many small files in many directories: few packs, an exact round trip, a restore test. */
+static void test_small_files_share_packs(void **state)
+{
+    struct fixture *f = *state;
+    assert_int_equal(mkdir(f->src, 0755), 0);
+    uint8_t *buf = malloc(300u << 10);
+    assert_non_null(buf);
+    unsigned nfiles = 0;
+    uint64_t total = 0;
+    for (unsigned d = 0; d < 40; d++) {
+        char dir[64];
+        snprintf(dir, sizeof dir, "p%03u", d);
+        assert_int_equal(mkdir(sp(f, dir), 0750), 0);
+        for (unsigned i = 0; i < 60; i++) {
+            char name[96];
+            snprintf(name, sizeof name, "%s/visit-%02u.hl7", dir, i);
+            /* Mostly 1-15 kB records; now and then one just below and one above 256 KiB. */
+            size_t len = 1000 + (size_t)((d * 7919 + i * 104729) % 14000);
+            if (i == 17) {
+                len = (256u << 10) - 1;
+            } else if (i == 31 && d % 4 == 0) {
+                len = (256u << 10) + 5;
+            }
+            fill_random(buf, len, d * 1000 + i);
+            write_bytes(sp(f, name), buf, len);
+            nfiles++;
+            total += len;
+        }
+    }
+    free(buf);
+    struct hbc_backup_summary b;
+    assert_int_equal(backup(f, NULL, false, &b), 0);
+    assert_int_equal(b.files, nfiles);
+    assert_int_equal(b.bytes, total);
+    /* About 30 MB of files in 2,400 files: packs of up to 4 MiB, 10 large files of 1 chunk, 42
+     * trees: far fewer objects than files. */
+    struct repo_fake_stats st = repo_fake_stats();
+    assert_true(st.objects < 100);
+    assert_true(b.new_chunks < 100);
+
+    struct hbc_restore_summary r;
+    assert_int_equal(restore(f, b.snapshot, f->dst, true, NULL, &r), 0);
+    assert_int_equal(r.files, nfiles);
+    assert_int_equal(r.verified, nfiles);
+    assert_int_equal(r.bytes, total);
+    assert_restored(f);
+    /* A restore test reads each pack once, not once per file. */
+    uint64_t gets0 = repo_fake_stats().gets;
+    assert_int_equal(restore(f, b.snapshot, NULL, true, NULL, &r), 0);
+    assert_int_equal(r.files, nfiles);
+    assert_true(repo_fake_stats().gets - gets0 < 150);
+
+    /* Change one small file: the next backup packs it alone and reuses the others' slices. */
+    write_text(sp(f, "p007/visit-03.hl7"), "changed");
+    struct hbc_backup_summary b2;
+    assert_int_equal(backup(f, NULL, false, &b2), 0);
+    assert_int_equal(b2.files_read, 1);
+    assert_int_equal(b2.bytes_read, 7);
+    char dst2[128];
+    snprintf(dst2, sizeof dst2, "%s/dst2", f->base);
+    assert_int_equal(restore(f, b2.snapshot, dst2, true, NULL, &r), 0);
+    assert_int_equal(r.files, nfiles);
+    char p[PATH_MAX * 2];
+    snprintf(p, sizeof p, "%s%s/p007/visit-03.hl7", dst2, f->src);
+    struct stat sb;
+    assert_int_equal(stat(p, &sb), 0);
+    assert_int_equal(sb.st_size, 7);
 }
 
 static void test_failed_put_commits_nothing(void **state)
@@ -579,6 +655,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_incremental_reads_only_changes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_restore_test_records_result, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lost_and_corrupt_chunks_are_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_small_files_share_packs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_put_commits_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_path_is_partial, setup, teardown),
         cmocka_unit_test_setup_teardown(test_include_and_ls, setup, teardown),

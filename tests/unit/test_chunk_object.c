@@ -203,19 +203,79 @@ static void test_compressible_tail_only_stays_uncompressed_or_smaller(void **sta
     free(p);
 }
 
-static void test_nonce_is_fresh_per_seal(void **state)
+/* Nonce bytes of a sealed object (after prefix, header and CRC). */
+static const uint8_t *nonce_of(const uint8_t *obj)
+{
+    size_t hl = ((size_t)obj[5] << 8) | obj[6];
+    return obj + 11 + hl;
+}
+
+/*
+ * Two clients sealing the same new chunk at once must produce the same
+ * object, or a stripe could hold shards of two encryptions; other chunks,
+ * vaults or keys must get other nonces. Both payload kinds: stored as is and
+ * zstd-packed.
+ */
+static void test_seal_is_deterministic(void **state)
 {
     struct fixture *f = *state;
-    uint8_t *p = random_data(1000);
-    uint8_t id[32];
+    uint8_t *random = random_data(1000);
+    uint8_t *text = malloc(200000);
+    assert_non_null(text);
+    for (size_t i = 0; i < 200000; i++) {
+        text[i] = (uint8_t)("MSH|^~\\&|LAB|HOSP|PID|1||12345^^^MRN||DOE^JANE\r"[i % 45]);
+    }
+    const uint8_t *plains[2] = {random, text};
+    size_t lens[2] = {1000, 200000};
+    for (int k = 0; k < 2; k++) {
+        uint8_t id[32];
+        size_t l1, l2;
+        uint8_t *a = seal(f, plains[k], lens[k], id, &l1);
+        uint8_t *b = seal(f, plains[k], lens[k], id, &l2);
+        assert_int_equal(l1, l2);
+        assert_memory_equal(a, b, l1);
+        struct chunk_object_info info;
+        assert_int_equal(chunk_object_peek(a, l1, &info, NULL), 0);
+        assert_int_equal(info.compression,
+                         k == 0 ? CHUNK_COMPRESSION_NONE : CHUNK_COMPRESSION_ZSTD);
+
+        /* Another vault: another nonce, and the object still opens only there. */
+        uint8_t other_vault[CHUNK_OBJECT_VAULT_ID_LEN];
+        memcpy(other_vault, f->vault_id, sizeof other_vault);
+        other_vault[0] ^= 1;
+        size_t cap = chunk_object_max_sealed(lens[k]), l3;
+        uint8_t *c = malloc(cap);
+        assert_non_null(c);
+        assert_int_equal(chunk_object_seal(f->ctx, &f->key, other_vault, id, plains[k], lens[k], c,
+                                           cap, &l3, NULL),
+                         0);
+        assert_memory_not_equal(nonce_of(a), nonce_of(c), 12);
+
+        /* Another key (generation 2 of another data key): another nonce. */
+        uint8_t dk[CRYPTO_KEY_LEN];
+        assert_int_equal(crypto_random(dk, sizeof dk, NULL), 0);
+        struct chunk_key k2;
+        assert_int_equal(chunk_key_init(&k2, dk, 2, NULL), 0);
+        assert_int_equal(
+            chunk_object_seal(f->ctx, &k2, f->vault_id, id, plains[k], lens[k], c, cap, &l3, NULL),
+            0);
+        assert_memory_not_equal(nonce_of(a), nonce_of(c), 12);
+        chunk_key_clear(&k2);
+        free(c);
+        free(a);
+        free(b);
+    }
+    /* Another chunk: another nonce. */
+    uint8_t id1[32], id2[32];
     size_t l1, l2;
-    uint8_t *a = seal(f, p, 1000, id, &l1);
-    uint8_t *b = seal(f, p, 1000, id, &l2);
-    assert_int_equal(l1, l2);
-    assert_memory_not_equal(a + l1 - 1000 - 28, b + l2 - 1000 - 28, 1000 + 28);
+    uint8_t *a = seal(f, random, 1000, id1, &l1);
+    random[0] ^= 1;
+    uint8_t *b = seal(f, random, 1000, id2, &l2);
+    assert_memory_not_equal(nonce_of(a), nonce_of(b), 12);
     free(a);
     free(b);
-    free(p);
+    free(text);
+    free(random);
 }
 
 /* ---- Keys, ids and vaults ------------------------------------------------- */
@@ -766,7 +826,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_round_trip_sizes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_compressible_tail_only_stays_uncompressed_or_smaller,
                                         setup, teardown),
-        cmocka_unit_test_setup_teardown(test_nonce_is_fresh_per_seal, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_seal_is_deterministic, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrong_key_and_generation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrong_vault_or_chunk_id, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_unauthenticated_plaintext_left, setup, teardown),

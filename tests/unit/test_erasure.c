@@ -518,6 +518,23 @@ static void test_shard_roundtrip(void **state)
         assert_memory_equal(md, b.blob[i] + b.length[i] - 32, 32);
         /* Verdict only. */
         assert_int_equal(erasure_shard_decode(b.blob[i], b.length[i], NULL, NULL, NULL), 0);
+        /* With the whole blob's SHA-256, as a store records it. */
+        uint8_t whole[32];
+        uint8_t want[32];
+        struct erasure_shard_info info2;
+        assert_int_equal(
+            erasure_shard_decode_sha256(b.blob[i], b.length[i], &info2, NULL, whole, &e), 0);
+        assert_memory_equal(info2.vault_id, info.vault_id, sizeof info.vault_id);
+        assert_memory_equal(info2.chunk_id, info.chunk_id, sizeof info.chunk_id);
+        assert_int_equal(info2.k, info.k);
+        assert_int_equal(info2.m, info.m);
+        assert_int_equal(info2.index, info.index);
+        assert_int_equal(info2.object_length, info.object_length);
+        assert_int_equal(info2.shard_length, info.shard_length);
+        assert_int_equal(EVP_Digest(b.blob[i], b.length[i], want, NULL, EVP_sha256(), NULL), 1);
+        assert_memory_equal(whole, want, 32);
+        assert_int_equal(erasure_shard_decode_sha256(b.blob[i], b.length[i], NULL, NULL, NULL, &e),
+                         HBC_EINVAL);
     }
     /* Any order, every blob, and exactly k of them. */
     const uint8_t *order[ERASURE_MAX_SHARDS];
@@ -554,6 +571,9 @@ static void flip_and_check(struct blobs *b, unsigned i, size_t bit, const uint8_
     if (!is_damage_code(rc) || e.msg[0] == '\0') {
         fail_msg("shard %u bit %zu flipped: rc %d (%s)", i, bit, rc, e.msg);
     }
+    uint8_t whole[32];
+    assert_int_equal(erasure_shard_decode_sha256(b->blob[i], b->length[i], NULL, NULL, whole, NULL),
+                     rc);
     expect_rebuild((const uint8_t *const *)b->blob, b->length, b->n, vault_a, chunk_a, object,
                    length);
     b->blob[i][bit / 8] ^= (uint8_t)(1u << (bit % 8));

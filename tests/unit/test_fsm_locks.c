@@ -224,6 +224,26 @@ static int tick_as(struct cl *c, const char *who, uint64_t wall, uint64_t elapse
     return tick_at(c, who, wall, elapsed, fsm_compliance_clock_ms(leader_fsm(c)));
 }
 
+/* A tick carrying the voters' clocks (what node/clock_sync.c gathers) and the voter count. */
+static int tick_voters(struct cl *c, uint64_t wall, const uint64_t *clocks, size_t n,
+                       uint32_t voters, uint64_t elapsed)
+{
+    Hbc__ClockTick t = HBC__CLOCK_TICK__INIT;
+    t.wall_ms = wall;
+    t.elapsed_ms = elapsed;
+    t.anchor_clock_ms = fsm_compliance_clock_ms(leader_fsm(c));
+    t.voter_clock_ms = (uint64_t *)clocks;
+    t.n_voter_clock_ms = n;
+    t.has_voters = true;
+    t.voters = voters;
+    t.has_max_skew_ms = true;
+    t.max_skew_ms = FSM_MAX_SKEW_MS;
+    Hbc__Command cmd = HBC__COMMAND__INIT;
+    cmd.cmd_case = HBC__COMMAND__CMD_CLOCK_TICK;
+    cmd.clock_tick = &t;
+    return run(c, &cmd, SELF);
+}
+
 /* Let `ms` pass: the leader's wall clock moves and a tick reports it honestly. */
 static void pass_time(struct cl *c, uint64_t ms)
 {
@@ -865,6 +885,64 @@ static void test_restore_keeps_locks(void **state)
     cl_stop(c);
 }
 
+/*
+ * The voters' cross-check: a leader far from the median of the voters'
+ * clocks is refused, even on the first tick; without a majority of reports
+ * nothing moves; a confirmed tick may catch up after downtime, where the
+ * anchor bound alone refuses. Time-dependent commands fail closed when the
+ * proposing leader's clock is far from the committed clock.
+ */
+static void test_clock_voters(void **state)
+{
+    (void)state;
+    struct cl *c = cl_start();
+    setup_roles(c);
+    assert_int_equal(vault_create(c, 1, 0, HBC__LOCK_MODE__LOCK_GOVERNANCE), 0);
+    assert_int_equal(snapshot_commit(c, 1, 1), 0);
+    uint64_t year = 365 * FSM_DAY_MS;
+    uint64_t now = c->now;
+    /* A leader a year ahead, on the very first tick: refused by the median of three. */
+    uint64_t v1[] = {now + year, now, now + 200};
+    assert_int_equal(tick_voters(c, now + year, v1, 3, 3, 0), HBC_ECLOCK);
+    assert_int_equal(fsm_compliance_clock_ms(leader_fsm(c)), 0);
+    /* One report of three voters: no majority, nothing moves. */
+    uint64_t v2[] = {now};
+    assert_int_equal(tick_voters(c, now, v2, 1, 3, 0), HBC_ECLOCK);
+    assert_int_equal(fsm_compliance_clock_ms(leader_fsm(c)), 0);
+    /* Bad counts and bounds are invalid, not clock refusals. */
+    assert_int_equal(tick_voters(c, now, v1, 3, 2, 0), HBC_EINVAL);
+    assert_int_equal(tick_voters(c, now, v1, 0, 0, 0), HBC_EINVAL);
+    /* Two of three agree with the leader (the skewed one is outvoted): accepted. */
+    uint64_t v3[] = {now, now + year, now - 300};
+    assert_int_equal(tick_voters(c, now, v3, 3, 3, 0), 0);
+    assert_int_equal(fsm_compliance_clock_ms(leader_fsm(c)), now);
+    /* A leader whose commands carry a time a year ahead: time-dependent commands fail closed. */
+    c->now = now + year;
+    assert_int_equal(forget(c, ADMIN, 1), HBC_ECLOCK);
+    assert_int_equal(bypass(c, SO1, 1, HBC__BYPASS_ACTION__BYPASS_FORGET, 0, NULL), HBC_ECLOCK);
+    c->now = now;
+    assert_int_equal(forget(c, ADMIN, 1), HBC_ELOCKED);
+    /* The cluster was down an hour: the anchor bound alone refuses the jump... */
+    c->now = now + 3600000;
+    assert_int_equal(forget(c, ADMIN, 1), HBC_ECLOCK); /* the clock is stale meanwhile */
+    assert_int_equal(tick_as(c, SELF, c->now, 1000), HBC_ECLOCK);
+    assert_int_equal(fsm_compliance_clock_ms(leader_fsm(c)), now);
+    /* ... a majority of voters confirming it lets the clock catch up. */
+    uint64_t v4[] = {c->now, c->now + 40};
+    assert_int_equal(tick_voters(c, c->now, v4, 2, 3, 1000), 0);
+    assert_int_equal(fsm_compliance_clock_ms(leader_fsm(c)), c->now);
+    assert_int_equal(forget(c, ADMIN, 1), HBC_ELOCKED);
+    /* Still never backwards beyond max_skew, confirmed or not. */
+    uint64_t v5[] = {c->now - 3600000, c->now - 3600000};
+    assert_int_equal(tick_voters(c, c->now - 3600000, v5, 2, 3, 1000), HBC_ECLOCK);
+    /* Every server holds the same clock. */
+    assert_true(raft_fixture_step_until(&c->f, all_caught_up, NULL, 60000));
+    for (unsigned i = 0; i < N_SERVERS; i++) {
+        assert_int_equal(fsm_compliance_clock_ms(c->fsm[i]), c->now);
+    }
+    cl_stop(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -877,6 +955,7 @@ int main(void)
         cmocka_unit_test(test_dedup_trap),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_restore_keeps_locks),
+        cmocka_unit_test(test_clock_voters),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -13,7 +13,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/magic.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/statfs.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -25,6 +28,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "node/shard_store.h"
+#include "node/shard_store_internal.h"
 
 #define KiB 1024u
 #define MiB (1024u * 1024u)
@@ -464,48 +468,84 @@ static struct rec crash_rec(int round, uint32_t batch, uint32_t j)
     return (struct rec){.key = make_key(4, n, j), .len = 1 + splitmix(&x) % (256 * KiB), .seed = n};
 }
 
+/* One writer of a crash child: batches first, first + step, ... */
+struct crash_writer {
+    pthread_t th;          /* the thread */
+    struct shard_store *s; /* the store */
+    int round;             /* the test round (part of every key) */
+    uint32_t first;        /* its first batch */
+    uint32_t step;         /* writers in all */
+    int fd;                /* where acknowledged batch numbers go */
+    int rc;                /* 0 or the child's exit status for a failure */
+};
+
+static void *crash_writer_main(void *arg)
+{
+    struct crash_writer *w = arg;
+    struct shard_put p[CRASH_BATCH];
+    uint8_t *bufs[CRASH_BATCH];
+    int res[CRASH_BATCH];
+    struct err e = {0};
+    for (uint32_t b = w->first; b < CRASH_MAX_BATCHES && w->rc == 0; b += w->step) {
+        for (uint32_t j = 0; j < CRASH_BATCH; j++) {
+            struct rec r = crash_rec(w->round, b, j);
+            bufs[j] = malloc(r.len);
+            if (bufs[j] == NULL) {
+                w->rc = 4;
+                return NULL;
+            }
+            fill(bufs[j], r.len, r.seed);
+            p[j] = (struct shard_put){.key = r.key, .data = bufs[j], .len = r.len};
+        }
+        if (shard_store_put_batch(w->s, p, CRASH_BATCH, res, &e) != 0) {
+            fprintf(stderr, "crash child: %s\n", e.msg);
+            w->rc = 5;
+        }
+        for (uint32_t j = 0; j < CRASH_BATCH; j++) {
+            free(bufs[j]);
+        }
+        /* A pipe write of 4 bytes is atomic: writers do not interleave within one. */
+        if (w->rc == 0 && write(w->fd, &b, sizeof b) != (ssize_t)sizeof b) {
+            w->rc = 6;
+        }
+    }
+    return NULL;
+}
+
 /*
  * The child (this program run again with --crash-child, so that it starts
- * without the parent's RocksDB threads): put batches until killed, writing
- * each acknowledged batch's number to fd.
+ * without the parent's RocksDB threads): writers threads put batches until
+ * killed, writing each acknowledged batch's number to fd.
  */
-static int crash_child(const char *dir, int round, int fd)
+static int crash_child(const char *dir, int round, int fd, int writers)
 {
     char path[256];
     snprintf(path, sizeof path, "%s/store", dir);
     struct shard_store_options o = {.segment_size = 2 * MiB};
     struct shard_store *s = NULL;
     struct err e = {0};
+    if (writers < 1 || writers > 4) {
+        return 2;
+    }
     if (shard_store_open(path, &o, &s, &e) != 0) {
         fprintf(stderr, "crash child: %s\n", e.msg);
         return 3;
     }
-    struct shard_put p[CRASH_BATCH];
-    uint8_t *bufs[CRASH_BATCH];
-    int res[CRASH_BATCH];
-    for (uint32_t b = 0; b < CRASH_MAX_BATCHES; b++) {
-        for (uint32_t j = 0; j < CRASH_BATCH; j++) {
-            struct rec r = crash_rec(round, b, j);
-            bufs[j] = malloc(r.len);
-            if (bufs[j] == NULL) {
-                return 4;
-            }
-            fill(bufs[j], r.len, r.seed);
-            p[j] = (struct shard_put){.key = r.key, .data = bufs[j], .len = r.len};
-        }
-        if (shard_store_put_batch(s, p, CRASH_BATCH, res, &e) != 0) {
-            fprintf(stderr, "crash child: %s\n", e.msg);
-            return 5;
-        }
-        for (uint32_t j = 0; j < CRASH_BATCH; j++) {
-            free(bufs[j]);
-        }
-        if (write(fd, &b, sizeof b) != (ssize_t)sizeof b) {
-            return 6;
+    struct crash_writer w[4];
+    for (int k = 0; k < writers; k++) {
+        w[k] = (struct crash_writer){
+            .s = s, .round = round, .first = (uint32_t)k, .step = (uint32_t)writers, .fd = fd};
+        if (pthread_create(&w[k].th, NULL, crash_writer_main, &w[k]) != 0) {
+            return 7;
         }
     }
+    int rc = 0;
+    for (int k = 0; k < writers; k++) {
+        pthread_join(w[k].th, NULL);
+        rc = rc != 0 ? rc : w[k].rc;
+    }
     shard_store_close(s, NULL);
-    return 0;
+    return rc;
 }
 
 /* Read one acknowledged batch number; 0 on end of file or after timeout_ms. */
@@ -587,6 +627,94 @@ static void test_crash_loses_nothing_acknowledged(void **state)
                     hbc_free(got);
                     here++;
                 }
+            }
+            assert_true(here == 0 || here == CRASH_BATCH); /* one batch is one index write */
+            present_total += here;
+        }
+        struct shard_store_stats st;
+        shard_store_stats(s, &st);
+        assert_int_equal(st.shard_count, present_total);
+        assert_int_equal(st.corrupt_reads, 0);
+        close_store(s);
+    }
+}
+
+/*
+ * The same with two writers, so that puts are pipelined (one appends while
+ * the other syncs) when the kill lands: every acknowledged batch is there and
+ * intact, any other batch is all there or not at all, nothing torn is served.
+ */
+static void test_crash_with_pipelined_puts_loses_nothing_acknowledged(void **state)
+{
+    char *dir = *state;
+    uint64_t x = 4242;
+    uint64_t present_total = 0;
+    enum { ROUNDS = 3, WRITERS = 2 };
+    for (int round = 0; round < ROUNDS; round++) {
+        int fds[2];
+        assert_int_equal(pipe2(fds, O_CLOEXEC), 0);
+        char round_arg[16];
+        char fd_arg[16];
+        char writers_arg[16];
+        snprintf(round_arg, sizeof round_arg, "%d", 100 + round);
+        snprintf(fd_arg, sizeof fd_arg, "%d", fds[1]);
+        snprintf(writers_arg, sizeof writers_arg, "%d", WRITERS);
+        char *argv[] = {
+            "test_shard_store", "--crash-child", dir, round_arg, fd_arg, writers_arg, NULL};
+        fflush(NULL);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            fcntl(fds[1], F_SETFD, 0);
+            execv("/proc/self/exe", argv);
+            _exit(127);
+        }
+        close(fds[1]);
+        bool acked[CRASH_MAX_BATCHES] = {false};
+        uint32_t nacked = 0;
+        uint32_t want = 2 + (uint32_t)(splitmix(&x) % 8);
+        uint32_t b;
+        while (nacked < want && read_ack(fds[0], &b, 60000)) {
+            assert_true(b < CRASH_MAX_BATCHES);
+            nacked += !acked[b];
+            acked[b] = true;
+        }
+        struct timespec ts = {0, (long)(splitmix(&x) % 20000) * 1000};
+        nanosleep(&ts, NULL);
+        kill(pid, SIGKILL);
+        int status = 0;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) == 0));
+        while (read_ack(fds[0], &b, 1000)) {
+            assert_true(b < CRASH_MAX_BATCHES);
+            nacked += !acked[b];
+            acked[b] = true;
+        }
+        close(fds[0]);
+        assert_true(nacked > 0);
+
+        struct shard_store *s =
+            open_store(dir, &(struct shard_store_options){.segment_size = 2 * MiB});
+        for (uint32_t bb = 0; bb < CRASH_MAX_BATCHES; bb++) {
+            uint32_t here = 0;
+            for (uint32_t j = 0; j < CRASH_BATCH; j++) {
+                struct rec r = crash_rec(100 + round, bb, j);
+                uint8_t *got = NULL;
+                size_t len = 0;
+                struct err e = {0};
+                int rc = shard_store_get_alloc(s, &r.key, &got, &len, &e);
+                assert_true(rc == 0 || rc == HBC_ENOTFOUND);
+                if (rc == 0) {
+                    uint8_t *want_data = rec_data(&r);
+                    assert_int_equal(len, r.len);
+                    assert_memory_equal(got, want_data, len);
+                    free(want_data);
+                    hbc_free(got);
+                    here++;
+                }
+            }
+            if (acked[bb]) {
+                assert_int_equal(here, CRASH_BATCH);
             }
             assert_true(here == 0 || here == CRASH_BATCH); /* one batch is one index write */
             present_total += here;
@@ -1037,6 +1165,366 @@ static void test_reads_run_during_puts_and_compaction(void **state)
     close_store(s);
 }
 
+/* ---- the put pipeline ---------------------------------------------------- */
+
+/*
+ * A test's fdatasync: once armed, the first call waits until the test
+ * releases it and then succeeds or fails with EIO; every call is counted.
+ */
+struct sync_gate {
+    pthread_mutex_t mu;  /* guards the fields below */
+    pthread_cond_t cond; /* signalled on every change */
+    bool armed;          /* the next call is held */
+    bool holding;        /* a call is held now */
+    bool released;       /* the held call may go on */
+    bool fail;           /* the held call fails with EIO */
+    int calls;           /* calls so far */
+};
+
+static int gate_fdatasync(int fd, void *arg)
+{
+    struct sync_gate *g = arg;
+    pthread_mutex_lock(&g->mu);
+    g->calls++;
+    bool held = g->armed;
+    g->armed = false;
+    if (held) {
+        g->holding = true;
+        pthread_cond_broadcast(&g->cond);
+        while (!g->released) {
+            pthread_cond_wait(&g->cond, &g->mu);
+        }
+        g->holding = false;
+    }
+    bool fail = held && g->fail;
+    pthread_mutex_unlock(&g->mu);
+    if (fail) {
+        errno = EIO;
+        return -1;
+    }
+    return fdatasync(fd);
+}
+
+static void gate_init(struct sync_gate *g, bool fail)
+{
+    memset(g, 0, sizeof *g);
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_cond_init(&g->cond, NULL);
+    g->armed = true;
+    g->fail = fail;
+}
+
+/* Wait (at most a minute) until a put is held in its fdatasync. */
+static void gate_wait_holding(struct sync_gate *g)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 60;
+    pthread_mutex_lock(&g->mu);
+    int rc = 0;
+    while (!g->holding && rc == 0) {
+        rc = pthread_cond_timedwait(&g->cond, &g->mu, &until);
+    }
+    bool holding = g->holding;
+    pthread_mutex_unlock(&g->mu);
+    assert_true(holding);
+}
+
+static void gate_release(struct sync_gate *g)
+{
+    pthread_mutex_lock(&g->mu);
+    g->released = true;
+    pthread_cond_broadcast(&g->cond);
+    pthread_mutex_unlock(&g->mu);
+}
+
+static void gate_destroy(struct sync_gate *g)
+{
+    pthread_mutex_destroy(&g->mu);
+    pthread_cond_destroy(&g->cond);
+}
+
+/* One put_batch on its own thread. */
+struct put_thread {
+    pthread_t th;           /* the thread */
+    struct shard_store *s;  /* the store */
+    const struct rec *recs; /* what it puts */
+    size_t n;               /* entries in recs */
+    int rc;                 /* what put_batch returned */
+    int res[8];             /* per-record results */
+    atomic_bool done;       /* put_batch has returned */
+    char msg[512];          /* its error message */
+};
+
+static void *put_thread_main(void *p)
+{
+    struct put_thread *t = p;
+    struct shard_put puts[8];
+    for (size_t i = 0; i < t->n; i++) {
+        puts[i] = (struct shard_put){
+            .key = t->recs[i].key, .data = rec_data(&t->recs[i]), .len = t->recs[i].len};
+    }
+    struct err e = {0};
+    t->rc = shard_store_put_batch(t->s, puts, t->n, t->res, &e);
+    snprintf(t->msg, sizeof t->msg, "%s", e.msg);
+    for (size_t i = 0; i < t->n; i++) {
+        free((void *)puts[i].data);
+    }
+    atomic_store(&t->done, true);
+    return NULL;
+}
+
+static void put_thread_start(struct put_thread *t, struct shard_store *s, const struct rec *recs,
+                             size_t n)
+{
+    assert_true(n <= 8);
+    memset(t, 0, sizeof *t);
+    t->s = s;
+    t->recs = recs;
+    t->n = n;
+    atomic_init(&t->done, false);
+    assert_int_equal(pthread_create(&t->th, NULL, put_thread_main, t), 0);
+}
+
+/* Wait (at most a minute) until a put has appended and waits for the sync stage. */
+static void wait_pipelined(struct shard_store *s, uint64_t want)
+{
+    struct shard_store_stats st;
+    for (int i = 0; i < 60000; i++) {
+        shard_store_stats(s, &st);
+        if (st.pipelined_puts >= want) {
+            return;
+        }
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    fail_msg("no put reached the sync stage behind another");
+}
+
+static bool is_stored(struct shard_store *s, const struct rec *r)
+{
+    struct shard_info info;
+    struct err e = {0};
+    int rc = shard_store_lookup(s, &r->key, &info, &e);
+    assert_true(rc == 0 || rc == HBC_ENOTFOUND);
+    return rc == 0;
+}
+
+static void test_put_behind_a_sync_is_acknowledged_after_its_own(void **state)
+{
+    const char *dir = *state;
+    struct shard_store *s = open_store(dir, NULL);
+    struct rec a[2] = {{make_key(20, 1, 0), 40 * KiB, 2001}, {make_key(20, 2, 0), 3 * KiB, 2002}};
+    struct rec b[2] = {{make_key(21, 1, 0), 50 * KiB, 2101}, {make_key(21, 2, 1), 7, 2102}};
+    struct sync_gate g;
+    gate_init(&g, false);
+    shard_store_set_fdatasync(s, gate_fdatasync, &g);
+    struct put_thread ta, tb;
+    put_thread_start(&ta, s, a, 2);
+    gate_wait_holding(&g);
+    /* a is in its sync: b appends behind it, then must wait. */
+    put_thread_start(&tb, s, b, 2);
+    wait_pipelined(s, 1);
+    assert_false(atomic_load(&tb.done));
+    assert_false(atomic_load(&ta.done));
+    for (int i = 0; i < 2; i++) {
+        assert_false(is_stored(s, &a[i]));
+        assert_false(is_stored(s, &b[i]));
+    }
+    gate_release(&g);
+    assert_int_equal(pthread_join(ta.th, NULL), 0);
+    assert_int_equal(pthread_join(tb.th, NULL), 0);
+    assert_int_equal(ta.rc, 0);
+    assert_int_equal(tb.rc, 0);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(ta.res[i], 0);
+        assert_int_equal(tb.res[i], 0);
+        check_rec(s, &a[i]);
+        check_rec(s, &b[i]);
+    }
+    /* Each put synced its own records: two fdatasyncs, two index batches. */
+    struct shard_store_stats st;
+    shard_store_stats(s, &st);
+    assert_int_equal(g.calls, 2);
+    assert_int_equal(st.put_batches, 2);
+    assert_int_equal(st.shard_count, 4);
+    assert_int_equal(st.reappended_puts, 0);
+    shard_store_set_fdatasync(s, NULL, NULL);
+    close_store(s);
+    gate_destroy(&g);
+    s = open_store(dir, NULL);
+    for (int i = 0; i < 2; i++) {
+        check_rec(s, &a[i]);
+        check_rec(s, &b[i]);
+    }
+    shard_store_stats(s, &st);
+    assert_int_equal(st.recovered_cut_bytes, 0);
+    close_store(s);
+}
+
+static void test_failed_sync_fails_only_its_own_puts(void **state)
+{
+    const char *dir = *state;
+    struct shard_store *s = open_store(dir, NULL);
+    struct rec first = {make_key(22, 0, 0), 20 * KiB, 2200};
+    put_recs(s, &first, 1);
+    uint64_t seg_before = open_segment(s);
+    struct rec a[2] = {{make_key(22, 1, 0), 40 * KiB, 2201}, {make_key(22, 2, 0), 1, 2202}};
+    struct rec b[2] = {{make_key(23, 1, 0), 30 * KiB, 2301}, {make_key(23, 2, 0), 5 * KiB, 2302}};
+    struct sync_gate g;
+    gate_init(&g, true);
+    shard_store_set_fdatasync(s, gate_fdatasync, &g);
+    struct put_thread ta, tb;
+    put_thread_start(&ta, s, a, 2);
+    gate_wait_holding(&g);
+    /* b appends behind a in the same segment; then a's sync fails. */
+    put_thread_start(&tb, s, b, 2);
+    wait_pipelined(s, 1);
+    gate_release(&g);
+    assert_int_equal(pthread_join(ta.th, NULL), 0);
+    assert_int_equal(pthread_join(tb.th, NULL), 0);
+    assert_int_equal(ta.rc, -EIO);
+    assert_non_null(strstr(ta.msg, "fdatasync"));
+    assert_int_equal(tb.rc, 0);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(ta.res[i], -EIO);
+        assert_int_equal(tb.res[i], 0);
+        check_gone(s, &a[i]);
+        check_rec(s, &b[i]);
+    }
+    check_rec(s, &first);
+    /* b was appended again, to a new segment: the failed one takes no more appends. */
+    struct shard_store_stats st;
+    shard_store_stats(s, &st);
+    assert_int_equal(st.reappended_puts, 1);
+    assert_int_equal(st.shard_count, 3);
+    struct shard_info info;
+    struct err e = {0};
+    assert_ok(shard_store_lookup(s, &b[0].key, &info, &e), &e);
+    assert_true(info.segment > seg_before);
+    assert_true(open_segment(s) != seg_before);
+    /* The failed put's bytes were cut off its segment. */
+    char path[512];
+    segment_path(dir, seg_before, path, sizeof path);
+    assert_int_equal(file_size(path), (uint64_t)SHARD_STORE_RECORD_HEADER_LEN + first.len);
+    /* Later puts go through, and everything is as acknowledged after a reopen. */
+    struct rec c = {make_key(24, 1, 0), 9 * KiB, 2401};
+    put_recs(s, &c, 1);
+    shard_store_set_fdatasync(s, NULL, NULL);
+    close_store(s);
+    gate_destroy(&g);
+    s = open_store(dir, NULL);
+    check_rec(s, &first);
+    check_rec(s, &c);
+    for (int i = 0; i < 2; i++) {
+        check_gone(s, &a[i]);
+        check_rec(s, &b[i]);
+    }
+    shard_store_stats(s, &st);
+    assert_int_equal(st.shard_count, 4);
+    assert_int_equal(st.recovered_cut_bytes, 0);
+    close_store(s);
+}
+
+/* A put of a key the syncing put writes waits for its outcome instead of writing it twice. */
+static void test_same_key_behind_a_sync_waits_for_it(void **state)
+{
+    const char *dir = *state;
+    struct shard_store *s = open_store(dir, NULL);
+    for (int failing = 0; failing < 2; failing++) {
+        struct rec a = {make_key(25, (uint64_t)failing, 0), 12 * KiB, 2500u + (uint64_t)failing};
+        struct sync_gate g;
+        gate_init(&g, failing != 0);
+        shard_store_set_fdatasync(s, gate_fdatasync, &g);
+        struct put_thread ta, tb;
+        put_thread_start(&ta, s, &a, 1);
+        gate_wait_holding(&g);
+        put_thread_start(&tb, s, &a, 1);
+        /* Give b a moment to reach the wait (the outcome is the same if it has not). */
+        struct timespec ts = {0, 20000000};
+        nanosleep(&ts, NULL);
+        assert_false(atomic_load(&tb.done));
+        gate_release(&g);
+        assert_int_equal(pthread_join(ta.th, NULL), 0);
+        assert_int_equal(pthread_join(tb.th, NULL), 0);
+        assert_int_equal(tb.rc, 0);
+        if (failing) {
+            assert_int_equal(ta.rc, -EIO);
+            assert_int_equal(tb.res[0], 0); /* b stored it itself */
+        } else {
+            assert_int_equal(ta.rc, 0);
+            assert_int_equal(tb.res[0], SHARD_STORE_ALREADY);
+        }
+        check_rec(s, &a);
+        shard_store_set_fdatasync(s, NULL, NULL);
+        gate_destroy(&g);
+    }
+    struct shard_store_stats st;
+    shard_store_stats(s, &st);
+    assert_int_equal(st.shard_count, 2);
+    close_store(s);
+    s = open_store(dir, NULL);
+    shard_store_stats(s, &st);
+    assert_int_equal(st.shard_count, 2);
+    close_store(s);
+}
+
+/* Pages of bytes [from, to) of path (to: its size) in the page cache. */
+static size_t resident_pages(const char *path, size_t from, size_t len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    assert_true(fd >= 0);
+    void *m = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+    assert_true(m != MAP_FAILED);
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t np = (len + page - 1) / page;
+    unsigned char *vec = malloc(np);
+    assert_non_null(vec);
+    assert_int_equal(mincore(m, len, vec), 0);
+    size_t n = 0;
+    for (size_t i = from / page; i < np; i++) {
+        n += vec[i] & 1;
+    }
+    free(vec);
+    munmap(m, len);
+    close(fd);
+    return n;
+}
+
+/* Synced records leave the page cache unless cache_written asks to keep them. */
+static void test_synced_records_leave_the_page_cache(void **state)
+{
+    const char *dir = *state;
+    struct statfs fs;
+    assert_int_equal(statfs(dir, &fs), 0);
+    if (fs.f_type == TMPFS_MAGIC) {
+        skip(); /* tmpfs pages are the file itself: nothing to drop */
+    }
+    for (int keep = 0; keep < 2; keep++) {
+        struct shard_store_options o = {.cache_written = keep != 0};
+        struct shard_store *s = open_store(dir, &o);
+        struct rec r = {make_key(26, (uint64_t)keep, 0), 1 * MiB, 2600u + (uint64_t)keep};
+        put_recs(s, &r, 1);
+        struct shard_info info;
+        struct err e = {0};
+        assert_ok(shard_store_lookup(s, &r.key, &info, &e), &e);
+        char path[512];
+        segment_path(dir, info.segment, path, sizeof path);
+        /* Only this record's pages: the one before was read back. */
+        size_t len = (size_t)file_size(path);
+        size_t page = (size_t)sysconf(_SC_PAGESIZE);
+        size_t pages = (len + page - 1) / page - (size_t)info.offset / page;
+        size_t resident = resident_pages(path, (size_t)info.offset, len);
+        if (keep) {
+            assert_int_equal(resident, pages);
+        } else {
+            assert_true(resident <= 1); /* at most the page the next record continues */
+        }
+        check_rec(s, &r); /* and it reads back from the disk */
+        close_store(s);
+    }
+}
+
 /* ---- allocation failures ------------------------------------------------- */
 
 static void test_allocation_failures_are_reported(void **state)
@@ -1079,8 +1567,8 @@ static void test_allocation_failures_are_reported(void **state)
 int main(int argc, char **argv)
 {
     log_init_from_env();
-    if (argc == 5 && strcmp(argv[1], "--crash-child") == 0) {
-        return crash_child(argv[2], atoi(argv[3]), atoi(argv[4]));
+    if ((argc == 5 || argc == 6) && strcmp(argv[1], "--crash-child") == 0) {
+        return crash_child(argv[2], atoi(argv[3]), atoi(argv[4]), argc == 6 ? atoi(argv[5]) : 1);
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_round_trip_across_segments_and_reopen, setup_tmpdir,
@@ -1091,6 +1579,8 @@ int main(int argc, char **argv)
                                         teardown_tmpdir),
         cmocka_unit_test_setup_teardown(test_crash_loses_nothing_acknowledged, setup_tmpdir,
                                         teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_crash_with_pipelined_puts_loses_nothing_acknowledged,
+                                        setup_tmpdir, teardown_tmpdir),
         cmocka_unit_test_setup_teardown(test_corrupt_record_is_never_served, setup_tmpdir,
                                         teardown_tmpdir),
         cmocka_unit_test_setup_teardown(test_delete_and_compact_reclaim_space, setup_tmpdir,
@@ -1103,6 +1593,14 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_reads_run_during_puts_and_compaction, setup_tmpdir,
                                         teardown_tmpdir),
         cmocka_unit_test_setup_teardown(test_allocation_failures_are_reported, setup_tmpdir,
+                                        teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_put_behind_a_sync_is_acknowledged_after_its_own,
+                                        setup_tmpdir, teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_failed_sync_fails_only_its_own_puts, setup_tmpdir,
+                                        teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_same_key_behind_a_sync_waits_for_it, setup_tmpdir,
+                                        teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_synced_records_leave_the_page_cache, setup_tmpdir,
                                         teardown_tmpdir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

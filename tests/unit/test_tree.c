@@ -208,6 +208,8 @@ static void assert_entry_equal(const struct tree_entry *a, const struct tree_ent
     for (size_t i = 0; i < a->nchunks; i++) {
         assert_memory_equal(a->chunks[i].id, b->chunks[i].id, TREE_ID_LEN);
         assert_int_equal(a->chunks[i].len, b->chunks[i].len);
+        assert_int_equal(a->chunks[i].packed, b->chunks[i].packed);
+        assert_int_equal(a->chunks[i].off, b->chunks[i].off);
     }
     assert_int_equal(a->nlists, b->nlists);
     for (size_t i = 0; i < a->nlists; i++) {
@@ -393,6 +395,7 @@ static void big_entry(struct tree_entry *en, struct tree_chunk *c, char *name, s
                       unsigned i, unsigned salt)
 {
     snprintf(name, cap, "record-%08u-%s.hl7", i, salt != 0 && i >= salt ? "x" : "");
+    *c = (struct tree_chunk){0};
     fill(c->id, TREE_ID_LEN, (uint8_t)i);
     memcpy(c->id, &i, sizeof i);
     c->len = 1000 + i % 5000;
@@ -512,7 +515,7 @@ static void test_long_chunk_lists_go_out_of_line(void **state)
 {
     struct fixture *f = *state;
     size_t n = 2 * TREE_LIST_CHUNKS + 5;
-    struct tree_chunk *c = malloc(n * sizeof *c);
+    struct tree_chunk *c = calloc(n, sizeof *c);
     assert_non_null(c);
     uint64_t size = 0;
     for (size_t i = 0; i < n; i++) {
@@ -839,6 +842,66 @@ static void test_hostile_fields_refused(void **state)
 }
 
 /* Every single-bit flip of a valid tree decodes or fails cleanly (ASan watches). */
+/* Packed small files: slices of one pack round-trip; a slice outside its pack is refused. */
+static void test_packed_slices(void **state)
+{
+    struct fixture *f = *state;
+    enum { N = 300 };
+    struct tree_entry en[N];
+    struct tree_chunk c[N];
+    char names[N][32];
+    uint8_t pack_id[TREE_ID_LEN];
+    fill(pack_id, TREE_ID_LEN, 77);
+    uint32_t off = 0;
+    for (unsigned i = 0; i < N; i++) {
+        big_entry(&en[i], &c[i], names[i], sizeof names[i], i, 0);
+        memcpy(c[i].id, pack_id, TREE_ID_LEN); /* every file a slice of the same pack */
+        c[i].packed = true;
+        c[i].off = off;
+        off += c[i].len;
+    }
+    const struct blob *head = build(f, en, N);
+    struct tree *t;
+    struct err e = {0};
+    assert_int_equal(tree_decode(head->data, head->len, TREE_HEAD, &t, &e), 0);
+    assert_int_equal(t->count, N);
+    for (unsigned i = 0; i < N; i++) {
+        assert_entry_equal(&t->entries[i], &en[i]);
+        assert_int_equal(tree_slice_check(&t->entries[i].chunks[0], off, &e), 0);
+    }
+    /* The pack turns out shorter than the last slice needs: refused, saying why. */
+    const struct tree_chunk *last = &t->entries[N - 1].chunks[0];
+    assert_int_equal(tree_slice_check(last, off - 1, &e), HBC_EFORMAT);
+    assert_non_null(strstr(e.msg, "outside its pack"));
+    /* A whole chunk must be exactly its length. */
+    struct tree_chunk whole = {.len = 10};
+    assert_int_equal(tree_slice_check(&whole, 10, NULL), 0);
+    assert_int_equal(tree_slice_check(&whole, 11, NULL), HBC_EFORMAT);
+    tree_free(t);
+
+    /* Offsets that pass the largest chunk: refused by the builder and the decoder. */
+    struct tree_builder *b;
+    assert_int_equal(tree_builder_new(&b, f->ids, emit, &f->store, NULL), 0);
+    c[0].off = (uint32_t)CHUNK_OBJECT_MAX_PLAINTEXT - c[0].len + 1;
+    assert_int_equal(tree_builder_add(b, &en[0], &e), HBC_EINVAL);
+    assert_non_null(strstr(e.msg, "packed slice"));
+    c[0].packed = false;
+    c[0].off = 5; /* an offset in a chunk that is not a pack */
+    assert_int_equal(tree_builder_add(b, &en[0], NULL), HBC_EINVAL);
+    tree_builder_free(b);
+
+    struct crafted cr;
+    crafted_init(&cr);
+    cr.ref.has_pack_offset = 1;
+    cr.ref.pack_offset = 12345;
+    assert_int_equal(crafted_decode(&cr, TREE_HEAD, NULL), 0);
+    cr.ref.pack_offset = (uint32_t)CHUNK_OBJECT_MAX_PLAINTEXT - 9; /* 10 bytes: one too many */
+    assert_int_equal(crafted_decode(&cr, TREE_HEAD, &e), HBC_EFORMAT);
+    assert_non_null(strstr(e.msg, "packed slice"));
+    cr.ref.pack_offset = UINT32_MAX;
+    assert_int_equal(crafted_decode(&cr, TREE_HEAD, NULL), HBC_EFORMAT);
+}
+
 static void test_bit_flips_never_crash(void **state)
 {
     struct fixture *f = *state;
@@ -975,6 +1038,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_long_chunk_lists_go_out_of_line, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hostile_names_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hostile_fields_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_packed_slices, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bit_flips_never_crash, setup, teardown),
         cmocka_unit_test_setup_teardown(test_allocation_failures, setup, teardown),
         cmocka_unit_test_setup_teardown(test_entry_from_stat_and_incremental_check, setup,
