@@ -709,7 +709,8 @@ static void set_liveness(struct rt_conn *c)
     uv_tcp_t *tcp = tls_conn_tcp(c->tls);
     uv_os_fd_t fd;
     unsigned timeout = RT_TCP_USER_TIMEOUT_MS;
-    if (uv_tcp_keepalive(tcp, 1, RT_TCP_KEEPALIVE_S) != 0 || uv_fileno((uv_handle_t *)tcp, &fd) != 0 ||
+    if (uv_tcp_keepalive(tcp, 1, RT_TCP_KEEPALIVE_S) != 0 ||
+        uv_fileno((uv_handle_t *)tcp, &fd) != 0 ||
         setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &timeout, sizeof timeout) != 0) {
         hbc_log(LOG_WARN, "event=raft_socket_option peer=%s reason=\"%s\"", c->peer_addr,
                 strerror(errno));
