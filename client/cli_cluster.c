@@ -76,6 +76,51 @@ static int ask_status(struct cli *c, const char *addr, Hbc__Frame **out, struct 
     return rv;
 }
 
+/*
+ * The placement epoch and how far the move to it has come (groups of every
+ * grouped vault settled in it), and the nodes being drained; JSON null when
+ * the cluster does not answer the request.
+ */
+static json_t *placement_json(struct cli *c, const Hbc__ClusterStatusReply *view)
+{
+    Hbc__Frame req = HBC__FRAME__INIT;
+    Hbc__PlacementMapRequest q = HBC__PLACEMENT_MAP_REQUEST__INIT;
+    req.request_id = 1;
+    req.body_case = HBC__FRAME__BODY_PLACEMENT_MAP;
+    req.placement_map = &q;
+    Hbc__Frame *r = NULL;
+    struct err e;
+    if (cli_request(c, &req, false, &r, &e) != 0) {
+        return json_null();
+    }
+    if (r->body_case != HBC__FRAME__BODY_PLACEMENT_MAP_REPLY) {
+        frame_free(r);
+        return json_null();
+    }
+    const Hbc__PlacementMapReply *p = r->placement_map_reply;
+    json_t *o = json_object();
+    json_object_set_new(o, "epoch", json_integer((json_int_t)p->current));
+    json_object_set_new(o, "groups_total", json_integer((json_int_t)p->groups_total));
+    json_object_set_new(o, "groups_confirmed", json_integer((json_int_t)p->groups_confirmed));
+    json_object_set_new(o, "settled", json_boolean(p->groups_confirmed == p->groups_total));
+    json_t *draining = json_array();
+    for (size_t i = 0; i < view->n_nodes; i++) {
+        if (view->nodes[i]->state == HBC__NODE_STATE__NODE_DRAINING) {
+            json_array_append_new(draining, json_string(view->nodes[i]->node_id));
+        }
+    }
+    json_object_set_new(o, "draining", draining);
+    json_t *down = json_array();
+    for (size_t i = 0; i < view->n_nodes; i++) {
+        if (view->nodes[i]->state == HBC__NODE_STATE__NODE_DOWN) {
+            json_array_append_new(down, json_string(view->nodes[i]->node_id));
+        }
+    }
+    json_object_set_new(o, "down", down);
+    frame_free(r);
+    return o;
+}
+
 static int cluster_status(struct cli *c)
 {
     if (cli_tls(c) == NULL) {
@@ -141,8 +186,10 @@ static int cluster_status(struct cli *c)
         frame_free(r);
     }
     int rv = json_array_size(unreachable) > 0 ? CLI_PARTIAL : CLI_OK;
+    json_t *placement = placement_json(c, view);
     if (c->json) {
         json_t *o = json_object();
+        json_object_set_new(o, "placement", placement);
         json_object_set_new(o, "leader_raft_id",
                             leader != 0 ? json_integer((json_int_t)leader) : json_null());
         json_object_set_new(o, "members", json_integer((json_int_t)view->n_members));
@@ -180,6 +227,24 @@ static int cluster_status(struct cli *c)
         if (leader == 0) {
             printf("no leader\n");
         }
+        if (json_is_object(placement)) {
+            printf("placement epoch %lld: %lld of %lld groups moved to it",
+                   (long long)json_integer_value(json_object_get(placement, "epoch")),
+                   (long long)json_integer_value(json_object_get(placement, "groups_confirmed")),
+                   (long long)json_integer_value(json_object_get(placement, "groups_total")));
+            size_t k2;
+            json_t *d;
+            json_array_foreach(json_object_get(placement, "draining"), k2, d)
+            {
+                printf("%s %s draining", k2 == 0 ? ";" : ",", json_string_value(d));
+            }
+            json_array_foreach(json_object_get(placement, "down"), k2, d)
+            {
+                printf("; %s down", json_string_value(d));
+            }
+            printf("\n");
+        }
+        json_decref(placement);
         json_decref(nodes);
         json_decref(unreachable);
     }
@@ -187,11 +252,72 @@ static int cluster_status(struct cli *c)
     return leader == 0 ? CLI_UNAVAILABLE : rv;
 }
 
-static int cluster_remove(struct cli *c, const char *node)
+/* Print a drain or remove outcome; returns the exit status. */
+static int print_outcome(struct cli *c, const char *what, const char *node, Hbc__Frame *r)
+{
+    int code = r->body_case == HBC__FRAME__BODY_PROPOSE_REPLY ? r->propose_reply->code : HBC_EPROTO;
+    const char *msg = r->body_case == HBC__FRAME__BODY_PROPOSE_REPLY ? r->propose_reply->message
+                                                                     : "unexpected reply";
+    if (c->json) {
+        json_t *o = json_object();
+        json_object_set_new(o, "node", json_string(node));
+        json_object_set_new(o, what, json_boolean(code == 0));
+        json_object_set_new(o, "code", json_string(hbc_errname(code)));
+        json_object_set_new(o, "message", json_string(msg));
+        cli_print_json(o);
+    } else if (code == 0) {
+        printf("%s %s\n", strcmp(what, "draining") == 0 ? "draining" : "removed", node);
+    } else {
+        cli_error("%s %s: %s (%s)", strcmp(what, "draining") == 0 ? "drain" : "remove", node, msg,
+                  hbc_errname(code));
+    }
+    return code == 0 ? CLI_OK : CLI_FAILED;
+}
+
+/*
+ * hbc cluster drain NODE: mark the node DRAINING. The state machine makes a
+ * new placement epoch without it; the other nodes' movers copy or rebuild its
+ * shards; `hbc cluster status` shows the groups moved; then remove it.
+ */
+static int cluster_drain(struct cli *c, const char *node)
+{
+    Hbc__Frame req = HBC__FRAME__INIT;
+    Hbc__ProposeRequest pr = HBC__PROPOSE_REQUEST__INIT;
+    Hbc__Command cmd = HBC__COMMAND__INIT;
+    Hbc__NodeUpdate nu = HBC__NODE_UPDATE__INIT;
+    nu.node_id = (char *)node;
+    nu.has_state = true;
+    nu.state = HBC__NODE_STATE__NODE_DRAINING;
+    cmd.cmd_case = HBC__COMMAND__CMD_NODE_UPDATE;
+    cmd.node_update = &nu;
+    pr.command = &cmd;
+    req.request_id = 1;
+    req.body_case = HBC__FRAME__BODY_PROPOSE;
+    req.propose = &pr;
+    Hbc__Frame *r = NULL;
+    struct err e;
+    if (cli_request(c, &req, true, &r, &e) != 0) {
+        cli_error("drain %s: %s", node, e.msg);
+        return e.code == HBC_ECONFIG ? CLI_USAGE : CLI_UNAVAILABLE;
+    }
+    int rv = print_outcome(c, "draining", node, r);
+    frame_free(r);
+    return rv;
+}
+
+static int cluster_remove(struct cli *c, const char *node, bool force)
 {
     Hbc__Frame req = HBC__FRAME__INIT;
     Hbc__RemoveRequest rr = HBC__REMOVE_REQUEST__INIT;
     rr.node_id = (char *)node;
+    if (force) {
+        rr.has_force = true;
+        rr.force = true;
+        fprintf(stderr,
+                "hbc: warning: --force removes %s even if it still holds shards that "
+                "the placement needs; copies may drop below their policy\n",
+                node);
+    }
     req.request_id = 1;
     req.body_case = HBC__FRAME__BODY_REMOVE;
     req.remove = &rr;
@@ -201,23 +327,9 @@ static int cluster_remove(struct cli *c, const char *node)
         cli_error("remove %s: %s", node, e.msg);
         return e.code == HBC_ECONFIG ? CLI_USAGE : CLI_UNAVAILABLE;
     }
-    int code = r->body_case == HBC__FRAME__BODY_PROPOSE_REPLY ? r->propose_reply->code : HBC_EPROTO;
-    const char *msg = r->body_case == HBC__FRAME__BODY_PROPOSE_REPLY ? r->propose_reply->message
-                                                                     : "unexpected reply";
-    if (c->json) {
-        json_t *o = json_object();
-        json_object_set_new(o, "node", json_string(node));
-        json_object_set_new(o, "removed", json_boolean(code == 0));
-        json_object_set_new(o, "code", json_string(hbc_errname(code)));
-        json_object_set_new(o, "message", json_string(msg));
-        cli_print_json(o);
-    } else if (code == 0) {
-        printf("removed %s\n", node);
-    } else {
-        cli_error("remove %s: %s (%s)", node, msg, hbc_errname(code));
-    }
+    int rv = print_outcome(c, "removed", node, r);
     frame_free(r);
-    return code == 0 ? CLI_OK : CLI_FAILED;
+    return rv;
 }
 
 int cli_cluster(struct cli *c, int argc, char **argv)
@@ -225,9 +337,24 @@ int cli_cluster(struct cli *c, int argc, char **argv)
     if (argc >= 1 && strcmp(argv[0], "status") == 0) {
         return cluster_status(c);
     }
-    if (argc == 2 && strcmp(argv[0], "remove") == 0) {
-        return cluster_remove(c, argv[1]);
+    if (argc == 2 && strcmp(argv[0], "drain") == 0) {
+        return cluster_drain(c, argv[1]);
     }
-    cli_error("usage: hbc cluster status | hbc cluster remove NODE");
+    if ((argc == 2 || argc == 3) && strcmp(argv[0], "remove") == 0) {
+        bool force = false;
+        const char *node = NULL;
+        for (int i = 1; i < argc; i++) {
+            if (strcmp(argv[i], "--force") == 0) {
+                force = true;
+            } else {
+                node = argv[i];
+            }
+        }
+        if (node != NULL) {
+            return cluster_remove(c, node, force);
+        }
+    }
+    cli_error("usage: hbc cluster status | hbc cluster drain NODE | hbc cluster remove NODE "
+              "[--force]");
     return CLI_USAGE;
 }

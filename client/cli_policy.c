@@ -54,7 +54,9 @@ int cli_topology_get(struct cli *c, struct cli_topology *t, struct err *e)
         if (strcmp(x->node_id, s->node_id) == 0) {
             t->first_site = x->site;
         }
-        if (x->state == HBC__NODE_STATE__NODE_JOINING) {
+        /* The current placement epoch's topology: draining nodes are leaving it. */
+        if (x->state == HBC__NODE_STATE__NODE_JOINING ||
+            x->state == HBC__NODE_STATE__NODE_DRAINING) {
             continue; /* placement leaves joining nodes out */
         }
         t->nodes[t->n++] = (struct policy_node){.node_id = x->node_id,

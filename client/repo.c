@@ -248,7 +248,9 @@ static int load_nodes(struct repo *r, struct err *e)
         }
         const Hbc__ClusterStatusReply *s = q.reply->cluster_status_reply;
         size_t n = 0;
-        r->nodes = hbc_calloc(s->n_nodes > 0 ? s->n_nodes : 1, sizeof *r->nodes);
+        /* Room for nodes that join while the vault is open (repo_map_refresh appends). */
+        r->nodes_cap = s->n_nodes + 256;
+        r->nodes = hbc_calloc(r->nodes_cap, sizeof *r->nodes);
         if (r->nodes == NULL) {
             frame_free(q.reply);
             return err_set(e, HBC_ENOMEM, "node list");
@@ -403,6 +405,13 @@ static int open_vault(struct repo *r, const char *name, struct err *e)
         goto out;
     }
     memcpy(r->vault_id, v->vault_id.data, REPO_ID_LEN);
+    rv = pmap_vault_from_info(v, &r->pv, e);
+    if (rv == 0 && r->pv.groups > 0) {
+        rv = repo_map_load(r, e);
+    }
+    if (rv != 0) {
+        goto out;
+    }
     r->copies = v->copies;
     r->k = v->k;
     r->m = v->m;
@@ -525,6 +534,12 @@ void repo_close(struct repo *r)
         hbc_free(r->nodes[i].region);
         hbc_free(r->nodes[i].media);
     }
+    repo_map_free(r->map);
+    while (r->retired != NULL) {
+        struct repo_map *next = r->retired->next;
+        repo_map_free(r->retired);
+        r->retired = next;
+    }
     hbc_free(r->nodes);
     hbc_free(r->pnodes);
     hbc_free(r->polnodes);
@@ -561,9 +576,40 @@ static bool vault_is_ours(struct repo *r, const char *name, const uint8_t id[REP
     return ours;
 }
 
+int repo_place_current(struct repo *r, const uint8_t id[REPO_CHUNK_ID], unsigned copies,
+                       unsigned width, unsigned *out, uint64_t *epoch, struct err *e)
+{
+    const struct repo_map *m = repo_map_current(r);
+    *epoch = 0;
+    if (m == NULL) {
+        return repo_place(r, id, copies, width, out, e);
+    }
+    /* Writers use the current epoch only, and every shard needs a node. */
+    uint32_t g = pmap_group_of(id, r->pv.groups);
+    const struct repo_epoch *re = &m->epochs[0];
+    unsigned all[PLACEMENT_MAX_COPIES * PLACEMENT_MAX_WIDTH];
+    int rv = pmap_group_nodes(&r->pv, &re->ep, g, width, all, NULL, e);
+    for (unsigned i = 0; i < copies * width && rv == 0; i++) {
+        out[i] = all[i] == PMAP_NONE ? PMAP_NONE : re->to_node[all[i]];
+        if (out[i] == PMAP_NONE) {
+            unsigned c = i / width;
+            return err_setraw(e, HBC_ETOOFEW,
+                              "placement epoch %llu cannot place copy %u (%s): no eligible node up",
+                              (unsigned long long)m->current, c,
+                              r->has_policy ? r->policy.copies[c].site : "any");
+        }
+    }
+    *epoch = m->current;
+    return rv;
+}
+
 int repo_place(const struct repo *r, const uint8_t id[REPO_CHUNK_ID], unsigned copies,
                unsigned width, unsigned *out, struct err *e)
 {
+    if (r->pv.groups > 0) {
+        uint64_t epoch = 0;
+        return repo_place_current((struct repo *)r, id, copies, width, out, &epoch, e);
+    }
     if (!r->has_policy) {
         return placement_chunk_nodes(r->vault_id, id, copies, width, r->pnodes, r->nnodes, out, e);
     }
@@ -639,6 +685,9 @@ int repo_vault_create(struct repo *r, const char *name, unsigned copies, unsigne
         vc.has_retention_days = true;
         vc.retention_days = 0;
     }
+    /* Every new vault is placed by groups and epochs (client/placement_map.h). */
+    vc.has_placement_groups = true;
+    vc.placement_groups = PMAP_DEFAULT_GROUPS;
     vc.has_wrapped_data_key = true;
     vc.wrapped_data_key = (ProtobufCBinaryData){KEYS_WRAPPED_LEN, wrapped_data};
     vc.has_wrapped_chunk_id_key = true;

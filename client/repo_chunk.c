@@ -165,8 +165,8 @@ static void fetch_shards(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const 
     size_t used = 0;
     /* Group the wanted slots by node, keys of one node contiguous. */
     for (unsigned s = 0; s < width; s++) {
-        if (!(mask & ((uint32_t)1 << s))) {
-            continue;
+        if (!(mask & ((uint32_t)1 << s)) || slots[s] == PMAP_NONE) {
+            continue; /* PMAP_NONE: an older epoch's node that has left the cluster */
         }
         size_t t = 0;
         while (t < ntargets && tnode[t] != slots[s]) {
@@ -330,6 +330,31 @@ static int leave_one_out(struct repo *r, struct repo_worker *w, const uint8_t id
     return rv;
 }
 
+/* Read one copy whose nodes are slots[]: data shards first, then parity, then leave-one-out. */
+static int read_copy(struct repo *r, struct repo_worker *w, const uint8_t id[REPO_CHUNK_ID],
+                     const unsigned *slots, struct fetch *f, uint8_t **plain, size_t *len,
+                     struct repo_read_stats *st, struct err *ce)
+{
+    const unsigned width = r->k + r->m;
+    const uint32_t data_mask = ((uint32_t)1 << r->k) - 1;
+    const uint32_t all_mask = ((uint32_t)1 << width) - 1;
+    /* Data shards first: a healthy read needs nothing else and no decoding. */
+    fetch_shards(r, id, slots, data_mask, f, st);
+    int rv = rebuild_open(r, w, id, f, plain, len, ce);
+    bool have_parity = false;
+    if (rv == HBC_ETOOFEW && width > r->k) {
+        drop_bad(r, id, f, st);
+        fetch_shards(r, id, slots, all_mask & ~data_mask, f, st);
+        have_parity = true;
+        err_clear(ce);
+        rv = rebuild_open(r, w, id, f, plain, len, ce);
+    }
+    if (rv != 0 && rv != HBC_ETOOFEW && rv != HBC_ENOMEM && width > r->k) {
+        rv = leave_one_out(r, w, id, slots, f, have_parity, plain, len, st, ce);
+    }
+    return rv;
+}
+
 int repo_get_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], int copy, uint8_t **plain,
                    size_t *len, struct repo_read_stats *stats, struct err *e)
 {
@@ -360,27 +385,30 @@ int repo_get_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], int copy, ui
     short_hex(id, idhex);
     char why[400] = "";
     size_t why_len = 0;
-    const uint32_t data_mask = ((uint32_t)1 << r->k) - 1;
-    const uint32_t all_mask = ((uint32_t)1 << width) - 1;
     rv = HBC_ETOOFEW;
+    unsigned older[MAX_SLOTS];
     for (unsigned c = copy >= 0 ? (unsigned)copy : 0; c < copies; c++) {
         const unsigned *slots = place + c * width;
         struct fetch f = {0};
         struct err ce;
         err_clear(&ce);
-        /* Data shards first: a healthy read needs nothing else and no decoding. */
-        fetch_shards(r, id, slots, data_mask, &f, &st);
-        rv = rebuild_open(r, w, id, &f, plain, len, &ce);
-        bool have_parity = false;
-        if (rv == HBC_ETOOFEW && width > r->k) {
-            drop_bad(r, id, &f, &st);
-            fetch_shards(r, id, slots, all_mask & ~data_mask, &f, &st);
-            have_parity = true;
+        /*
+         * Epoch fallback: while the chunk's group has not settled in the
+         * current epoch, its shards may still sit where an older epoch put
+         * them; try those epochs, newest first, before the next copy.
+         */
+        for (size_t nth = 1;; nth++) {
+            rv = read_copy(r, w, id, slots, &f, plain, len, &st, &ce);
+            if (rv == 0 || rv == HBC_ENOMEM ||
+                repo_place_epoch(r, id, nth, copies, width, older, NULL) != 0) {
+                break;
+            }
+            hbc_log(LOG_DEBUG, "event=chunk_read_epoch_fallback chunk=%s copy=%u nth=%zu", idhex, c,
+                    nth);
+            fetch_free(&f);
+            f = (struct fetch){0};
             err_clear(&ce);
-            rv = rebuild_open(r, w, id, &f, plain, len, &ce);
-        }
-        if (rv != 0 && rv != HBC_ETOOFEW && rv != HBC_ENOMEM && width > r->k) {
-            rv = leave_one_out(r, w, id, slots, &f, have_parity, plain, len, &st, &ce);
+            slots = older + c * width;
         }
         fetch_free(&f);
         if (rv == 0 || rv == HBC_ENOMEM) {
@@ -455,7 +483,7 @@ static void busy_leave(struct repo *r, const uint8_t id[REPO_CHUNK_ID])
  * the shards it needs durable.
  */
 static int put_object(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const unsigned *place,
-                      const uint8_t *obj, size_t olen, struct err *e)
+                      uint64_t epoch, const uint8_t *obj, size_t olen, struct err *e)
 {
     const unsigned width = r->k + r->m;
     const unsigned copies = r->copies;
@@ -511,12 +539,20 @@ static int put_object(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const uns
                                     .node_id = r->nodes[tnode[t]].node_id,
                                     .kind = REPO_REQ_PUT,
                                     .shards = &flat[first],
-                                    .nshards = used - first};
+                                    .nshards = used - first,
+                                    .epoch = epoch};
     }
     flow_acquire(r, bytes);
     repo_net_run(r->net, reqs, ntargets);
     flow_release(r, bytes);
 
+    for (size_t t = 0; t < ntargets; t++) {
+        if (reqs[t].status == HBC_ESTALEEPOCH) {
+            /* The placement moved on while we wrote: the caller reloads the map and retries. */
+            rv = err_setraw(e, HBC_ESTALEEPOCH, "put chunk %s: %s", idhex, reqs[t].msg);
+            goto out;
+        }
+    }
     bool ok[MAX_SLOTS];
     size_t failed = 0;
     const struct repo_req *first_failure = NULL;
@@ -593,7 +629,7 @@ static int presence(struct repo *r, const uint8_t id[REPO_CHUNK_ID], bool *enoug
  * stored where missing.
  */
 static int complete_existing(struct repo *r, struct repo_worker *w, const uint8_t id[REPO_CHUNK_ID],
-                             const unsigned *place, struct err *e)
+                             const unsigned *place, uint64_t epoch, struct err *e)
 {
     const unsigned width = r->k + r->m;
     const uint32_t all_mask = ((uint32_t)1 << width) - 1;
@@ -624,7 +660,7 @@ static int complete_existing(struct repo *r, struct repo_worker *w, const uint8_
         hbc_free(plain);
     }
     if (rv == 0) {
-        rv = put_object(r, id, place, obj, olen, e);
+        rv = put_object(r, id, place, epoch, obj, olen, e);
     }
     hbc_free(obj);
     for (unsigned c = 0; c < r->copies; c++) {
@@ -633,8 +669,9 @@ static int complete_existing(struct repo *r, struct repo_worker *w, const uint8_
     return rv;
 }
 
-int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *plain, size_t len,
-                   struct err *e)
+/* One attempt of repo_put_chunk() with the current placement map. */
+static int put_chunk_once(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *plain,
+                          size_t len, struct err *e)
 {
     int rv = need_vault(r, "put chunk", e);
     if (rv != 0) {
@@ -645,7 +682,8 @@ int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *
                        (size_t)CHUNK_OBJECT_MAX_PLAINTEXT);
     }
     unsigned place[MAX_SLOTS];
-    rv = repo_place(r, id, r->copies, r->k + r->m, place, e);
+    uint64_t epoch = 0;
+    rv = repo_place_current(r, id, r->copies, r->k + r->m, place, &epoch, e);
     if (rv != 0) {
         return err_wrap(e, "put chunk");
     }
@@ -666,7 +704,7 @@ int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *
     }
     if (any) {
         err_clear(&pe);
-        rv = complete_existing(r, w, id, place, &pe);
+        rv = complete_existing(r, w, id, place, epoch, &pe);
         if (rv == 0) {
             hbc_log(LOG_INFO, "event=chunk_completed chunk=%s", idhex);
             goto out;
@@ -690,10 +728,26 @@ int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *
         err_wrap(e, "put chunk: seal");
         goto out;
     }
-    rv = put_object(r, id, place, w->buf, olen, e);
+    rv = put_object(r, id, place, epoch, w->buf, olen, e);
 out:
     busy_leave(r, id);
     worker_give(r, w);
+    return rv;
+}
+
+int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *plain, size_t len,
+                   struct err *e)
+{
+    int rv = put_chunk_once(r, id, plain, len, e);
+    /* A node in a later placement epoch refused the put: reload the map, place again. */
+    for (int attempt = 0; rv == HBC_ESTALEEPOCH && attempt < 5; attempt++) {
+        struct err re;
+        int rr = repo_map_refresh(r, &re);
+        if (rr != 0) {
+            return err_setraw(e, rr, "put chunk: reload the placement map: %s", re.msg);
+        }
+        rv = put_chunk_once(r, id, plain, len, e);
+    }
     return rv;
 }
 
@@ -744,19 +798,30 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
     if (n > UINT32_MAX) {
         return err_setraw(e, HBC_EINVAL, "have: %zu ids at once", n);
     }
+    /* Every index placement can return: the node list may grow under us (repo_map_refresh). */
+    const size_t nn = r->nodes_cap > r->nnodes ? r->nodes_cap : r->nnodes;
     const unsigned width = r->k + r->m;
     const size_t nslots = (size_t)r->copies * width;
-    struct have_node *hn = hbc_calloc(r->nnodes, sizeof *hn);
+    struct have_node *hn = hbc_calloc(nn, sizeof *hn);
     uint8_t(*buf)[REPO_CHUNK_ID] = NULL;
     struct repo_req *reqs = NULL;
     size_t nreqs = 0;
     if (hn == NULL) {
         return err_set(e, HBC_ENOMEM, "have");
     }
-    /* Pass 1: every node holding a shard of an id is asked about it. */
-    unsigned place[MAX_SLOTS];
+    /*
+     * Pass 1: every node holding a shard of an id is asked about it. The
+     * placements are kept for pass 2: a map reload in between must not
+     * change which answers an id reads.
+     */
+    unsigned *places = hbc_calloc(n * nslots, sizeof *places);
+    if (places == NULL) {
+        hbc_free(hn);
+        return err_set(e, HBC_ENOMEM, "have");
+    }
     unsigned nodes[MAX_SLOTS];
     for (size_t i = 0; i < n; i++) {
+        unsigned *place = places + i * nslots;
         rv = repo_place(r, ids[i], r->copies, width, place, e);
         if (rv != 0) {
             goto out;
@@ -779,7 +844,7 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
     }
     /* Requests of at most NODE_CLIENT_MAX_BATCH ids, each with its own copy of the ids. */
     size_t total = 0;
-    for (size_t j = 0; j < r->nnodes; j++) {
+    for (size_t j = 0; j < nn; j++) {
         total += hn[j].n;
         nreqs += (hn[j].n + NODE_CLIENT_MAX_BATCH - 1) / NODE_CLIENT_MAX_BATCH;
         if (hn[j].n > 0) {
@@ -797,7 +862,7 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
         goto out;
     }
     size_t q = 0, pos = 0;
-    for (size_t j = 0; j < r->nnodes; j++) {
+    for (size_t j = 0; j < nn; j++) {
         for (size_t off = 0; off < hn[j].n; off += NODE_CLIENT_MAX_BATCH) {
             size_t cnt =
                 hn[j].n - off < NODE_CLIENT_MAX_BATCH ? hn[j].n - off : NODE_CLIENT_MAX_BATCH;
@@ -817,7 +882,7 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
     size_t answered = 0;
     const struct repo_req *first_failure = NULL;
     q = 0;
-    for (size_t j = 0; j < r->nnodes; j++) {
+    for (size_t j = 0; j < nn; j++) {
         for (size_t off = 0; off < hn[j].n; off += NODE_CLIENT_MAX_BATCH, q++) {
             if (reqs[q].status != 0) {
                 first_failure = first_failure != NULL ? first_failure : &reqs[q];
@@ -842,10 +907,7 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
      * half-way is sent again instead of being taken for stored.
      */
     for (size_t i = 0; i < n; i++) {
-        rv = repo_place(r, ids[i], r->copies, width, place, e);
-        if (rv != 0) {
-            goto out;
-        }
+        const unsigned *place = places + i * nslots;
         size_t nd = distinct_nodes(place, nslots, nodes);
         bool yes[MAX_SLOTS];
         for (size_t d = 0; d < nd; d++) {
@@ -876,11 +938,12 @@ out:
     }
     hbc_free(reqs);
     hbc_free(buf);
-    for (size_t j = 0; j < r->nnodes; j++) {
+    for (size_t j = 0; j < nn; j++) {
         hbc_free(hn[j].idx);
         hbc_free(hn[j].answer);
     }
     hbc_free(hn);
+    hbc_free(places);
     return rv;
 }
 

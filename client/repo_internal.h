@@ -9,6 +9,7 @@
 #include <uv.h>
 
 #include "client/placement.h"
+#include "client/placement_map.h"
 #include "client/policy.h"
 #include "client/repo.h"
 #include "common/chunk_object.h"
@@ -38,6 +39,7 @@ struct repo_req {
     enum repo_req_kind kind;                /* which request */
     const struct node_client_shard *shards; /* PUT: the shards */
     size_t nshards;                         /* PUT: how many */
+    uint64_t epoch;                         /* PUT: the writer's placement epoch (0: none sent) */
     const struct node_client_key *keys;     /* GET: the keys */
     size_t nkeys;                           /* GET: how many */
     const uint8_t *vault_id;                /* HAVE: the vault */
@@ -107,6 +109,22 @@ struct repo_worker {
     struct repo_worker *next; /* in the pool */
 };
 
+/* One placement epoch as the client uses it (repo_map.c). */
+struct repo_epoch {
+    struct pmap_epoch ep; /* its topology (borrowing the map's reply) */
+    unsigned *to_node;    /* epoch node i -> index into repo.nodes, or PMAP_NONE (removed) */
+};
+
+/* The placement map of the open vault: epochs and unsettled groups (repo_map.c). */
+struct repo_map {
+    struct repo_map *next;     /* in repo.retired */
+    Hbc__Frame *reply;         /* the PlacementMapReply frame the records live in (owned) */
+    uint64_t current;          /* the current epoch */
+    struct repo_epoch *epochs; /* current first, then older ones (descending) */
+    size_t nepochs;            /* how many */
+    uint64_t *settled;         /* per group: latest settled epoch (== current when settled) */
+};
+
 struct repo {
     struct tls_ctx *tls;           /* owned */
     struct repo_net *net;          /* owned */
@@ -130,8 +148,12 @@ struct repo {
     bool has_policy;                     /* the vault has a policy: place by it */
     struct policy policy;                /* its policy (every copy k+m, checked at open) */
     char home_site[POLICY_SITE_MAX + 1]; /* the site its policy calls home */
-    struct chunk_key ckey;               /* its data key, derived (wiped on close) */
-    struct crypto_hmac *hmac;            /* keyed with its chunk-id key; duplicated per worker */
+    struct pmap_vault pv;                /* its placement (pv.groups 0: per-chunk placement) */
+    struct repo_map *map;     /* pv.groups > 0: its placement map (owned; guarded by mu) */
+    struct repo_map *retired; /* older maps, kept until close (readers may hold them) */
+    size_t nodes_cap;         /* entries allocated in nodes (appended to on reload) */
+    struct chunk_key ckey;    /* its data key, derived (wiped on close) */
+    struct crypto_hmac *hmac; /* keyed with its chunk-id key; duplicated per worker */
 
     uv_mutex_t mu;                              /* guards the fields below */
     uv_cond_t flow_cv;                          /* signalled when inflight drops */
@@ -159,6 +181,42 @@ int repo_control(struct repo *r, Hbc__Frame *req, Hbc__Frame__BodyCase expect, H
  */
 int repo_place(const struct repo *r, const uint8_t id[REPO_CHUNK_ID], unsigned copies,
                unsigned width, unsigned *out, struct err *e);
+
+/*
+ * Load the placement map of the open vault (r->pv.groups > 0) into r->map.
+ * Returns 0, HBC_EPROTO, HBC_ENOMEM or a control-request failure (repo_map.c).
+ */
+int repo_map_load(struct repo *r, struct err *e);
+
+/* Free a map. NULL is a no-op. */
+void repo_map_free(struct repo_map *m);
+
+/* The current map (NULL for a vault without groups), read under r->mu. */
+const struct repo_map *repo_map_current(struct repo *r);
+
+/*
+ * A node answered a put with HBC_ESTALEEPOCH: read the node list again
+ * (appending nodes that joined) and the placement map. Any thread; several
+ * at once reload once each. Returns 0 or as repo_map_load().
+ */
+int repo_map_refresh(struct repo *r, struct err *e);
+
+/*
+ * The nodes of copies 0..copies-1 of chunk id in the nth epoch a reader may
+ * try (0: the current epoch; then older epochs while the chunk's group is
+ * not settled): out[c * width + s], PMAP_NONE for a node no longer known.
+ * Returns 0, HBC_ENOTFOUND when there is no nth epoch, or as repo_place().
+ */
+int repo_place_epoch(const struct repo *r, const uint8_t id[REPO_CHUNK_ID], size_t nth,
+                     unsigned copies, unsigned width, unsigned *out, struct err *e);
+
+/*
+ * repo_place() that also says which placement epoch the answer is for
+ * (*epoch, 0 for a vault without groups): puts carry it, so a node that has
+ * moved on refuses them (HBC_ESTALEEPOCH).
+ */
+int repo_place_current(struct repo *r, const uint8_t id[REPO_CHUNK_ID], unsigned copies,
+                       unsigned width, unsigned *out, uint64_t *epoch, struct err *e);
 
 /* Free every pooled worker (repo_chunk.c). */
 void repo_workers_free(struct repo *r);

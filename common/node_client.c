@@ -95,6 +95,8 @@ int node_client_error_code(Hbc__ErrorCode code)
         return HBC_EUNAVAILABLE;
     case HBC__ERROR_CODE__ERROR_BAD_REQUEST:
         return HBC_EINVAL;
+    case HBC__ERROR_CODE__ERROR_STALE_EPOCH:
+        return HBC_ESTALEEPOCH;
     default:
         return HBC_EINTERNAL;
     }

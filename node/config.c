@@ -86,6 +86,12 @@ static const struct key_spec keys[] = {
      "seconds a chunk stays after it was stored even when nothing references it"},
     {"gc", "interval", KEY_U32, OFF(gc_interval), "21600", 0, 31536000,
      "seconds between garbage collection cycles run by the leader (0: only on demand)"},
+    {"placement", "move_rate", KEY_SIZE, OFF(move_rate), "64M", 64 * KiB, 1ULL << 40,
+     "bytes per second the mover copies or rebuilds at most (docs/placement.md)"},
+    {"placement", "move_interval", KEY_U32, OFF(move_interval), "2000", 50, 600000,
+     "ms between the mover's passes over the unsettled placement groups"},
+    {"placement", "down_after", KEY_U32, OFF(down_after), "600", 5, 604800,
+     "seconds without contact before the leader marks a node DOWN (a new epoch)"},
 };
 
 #define NKEYS (sizeof keys / sizeof keys[0])

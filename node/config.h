@@ -42,6 +42,9 @@ struct node_config {
     uint32_t max_skew;           /* [clock] max_skew: s the leader may differ from voters' median */
     uint32_t gc_grace;           /* [gc] grace: seconds an unreferenced chunk is kept at least */
     uint32_t gc_interval;        /* [gc] interval: seconds between GC cycles (0: on demand only) */
+    uint64_t move_rate;          /* [placement] move_rate: mover bytes per second at most */
+    uint32_t move_interval;      /* [placement] move_interval: ms between mover passes */
+    uint32_t down_after;         /* [placement] down_after: s without contact before DOWN */
 };
 
 /*

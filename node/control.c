@@ -15,6 +15,7 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
+#include "node/fsm_placement.h"
 
 /* A request waiting for Raft. */
 struct pending {
@@ -36,6 +37,7 @@ bool control_is_request(const Hbc__Frame *f)
     case HBC__FRAME__BODY_LIST_VAULTS:
     case HBC__FRAME__BODY_LIST_RESTORE_TESTS:
     case HBC__FRAME__BODY_LIST_APPROVALS:
+    case HBC__FRAME__BODY_PLACEMENT_MAP:
         return true;
     default:
         return false;
@@ -226,6 +228,21 @@ static void answer_read(struct raft_node *rn, const Hbc__Frame *f, control_reply
         if (rv == 0 && c.rv == 0) {
             reply(ctx, &out);
         }
+    } else if (f->body_case == HBC__FRAME__BODY_PLACEMENT_MAP) {
+        Hbc__PlacementMapRequest *q = f->placement_map;
+        if (q->has_vault_id && q->vault_id.len != FSM_ID_LEN) {
+            reply_error(f->request_id, HBC_EINVAL, "placement map: a vault id has 16 bytes", reply,
+                        ctx);
+            return;
+        }
+        Hbc__PlacementMapReply r;
+        rv = fsm_placement_map(fsm, q->has_vault_id ? q->vault_id.data : NULL, &r, &e);
+        if (rv == 0) {
+            out.body_case = HBC__FRAME__BODY_PLACEMENT_MAP_REPLY;
+            out.placement_map_reply = &r;
+            reply(ctx, &out);
+            fsm_placement_map_free(&r);
+        }
     } else if (f->body_case == HBC__FRAME__BODY_LIST_RESTORE_TESTS) {
         Hbc__ListRestoreTestsRequest *q = f->list_restore_tests;
         if (q->has_vault_id && q->vault_id.len != FSM_ID_LEN) {
@@ -303,6 +320,8 @@ static void handle_read(struct raft_node *rn, const Hbc__Frame *f, control_reply
         current = f->list_restore_tests->has_current && f->list_restore_tests->current;
     } else if (f->body_case == HBC__FRAME__BODY_LIST_APPROVALS) {
         current = f->list_approvals->has_current && f->list_approvals->current;
+    } else if (f->body_case == HBC__FRAME__BODY_PLACEMENT_MAP) {
+        current = f->placement_map->has_current && f->placement_map->current;
     } else {
         current = f->list_vaults->has_current && f->list_vaults->current;
     }
@@ -356,6 +375,7 @@ void control_handle(struct raft_node *rn, const Hbc__Frame *f, const struct cont
     case HBC__FRAME__BODY_LIST_VAULTS:
     case HBC__FRAME__BODY_LIST_RESTORE_TESTS:
     case HBC__FRAME__BODY_LIST_APPROVALS:
+    case HBC__FRAME__BODY_PLACEMENT_MAP:
         handle_read(rn, f, reply, ctx);
         return;
     case HBC__FRAME__BODY_PROPOSE: {
@@ -373,6 +393,13 @@ void control_handle(struct raft_node *rn, const Hbc__Frame *f, const struct cont
                               ctx);
                 return;
             }
+        }
+        if (cmd->cmd_case == HBC__COMMAND__CMD_PLACEMENT_GROUP_DONE &&
+            (!peer->is_node || strcmp(peer->cn, cmd->placement_group_done->node_id) != 0)) {
+            reply_propose(rn, f->request_id, HBC_EDENIED, 0,
+                          "placement group done comes only from that node's own certificate", reply,
+                          ctx);
+            return;
         }
         if (cmd->cmd_case == HBC__COMMAND__CMD_CLOCK_TICK) {
             /* The state machine refuses them too (proposer is not the leader itself). */
@@ -422,6 +449,18 @@ void control_handle(struct raft_node *rn, const Hbc__Frame *f, const struct cont
             reply_propose(rn, f->request_id, HBC_EDENIED, 0,
                           "removing a node needs an admin certificate", reply, ctx);
             return;
+        }
+        if (!(f->remove->has_force && f->remove->force)) {
+            rv = fsm_placement_removable(raft_node_fsm(rn), f->remove->node_id, &e);
+            if (rv == HBC_ENOTDRAINED) {
+                hbc_log(LOG_WARN, "event=remove_refused node=%s reason=\"%s\"", f->remove->node_id,
+                        e.msg);
+                reply_propose(rn, f->request_id, rv, 0, e.msg, reply, ctx);
+                return;
+            }
+        } else {
+            hbc_log(LOG_WARN, "event=remove_forced node=%s subject=\"%s\"", f->remove->node_id,
+                    peer->subject);
         }
         struct pending *p = pending_new(rn, f, reply, ctx);
         if (p == NULL) {

@@ -1,6 +1,8 @@
 /* The replicated state machine's commands: validate each, then add its records to one batch. */
 #include "common/log.h"
 #include "node/fsm_internal.h"
+#include "node/fsm_placement.h"
+#include "node/fsm_placement_internal.h"
 
 #include <string.h>
 
@@ -159,7 +161,11 @@ static int apply_node_join(struct apply_ctx *c, const Hbc__NodeJoin *j, int *cod
     n.state = j->state;
     n.joined_ms = c->time_ms;
     n.updated_ms = c->time_ms;
-    return fsm_put_record(c, META_CF_NODES, j->node_id, klen, &n.base, e);
+    rc = fsm_put_record(c, META_CF_NODES, j->node_id, klen, &n.base, e);
+    if (rc == 0) {
+        rc = fsm_placement_node_changed(c, j->node_id, &n, "join", e);
+    }
+    return rc;
 }
 
 static int apply_node_update(struct apply_ctx *c, const Hbc__NodeUpdate *u, int *code,
@@ -204,6 +210,11 @@ static int apply_node_update(struct apply_ctx *c, const Hbc__NodeUpdate *u, int 
     }
     m.updated_ms = c->time_ms;
     rc = fsm_put_record(c, META_CF_NODES, u->node_id, klen, &m.base, e);
+    if (rc == 0) {
+        rc = fsm_placement_node_changed(
+            c, u->node_id, &m,
+            u->has_state && u->state == HBC__NODE_STATE__NODE_DRAINING ? "drain" : "update", e);
+    }
     fsm_record_free(n);
     return rc;
 }
@@ -225,7 +236,7 @@ static int apply_node_remove(struct apply_ctx *c, const Hbc__NodeRemove *r, int 
         return 0;
     }
     meta_batch_delete(c->b, META_CF_NODES, r->node_id, klen);
-    return 0;
+    return fsm_placement_node_changed(c, r->node_id, NULL, "remove", e);
 }
 
 /* ---- vaults ---- */
@@ -296,6 +307,11 @@ static int apply_vault_create(struct apply_ctx *c, const Hbc__VaultCreate *v, in
     if (why == NULL && v->home_site != NULL && !fsm_text_ok(v->home_site, FSM_NAME_MAX)) {
         why = "home site not 1..64 printable bytes";
     }
+    if (why == NULL && v->has_placement_groups &&
+        (v->placement_groups == 0 || v->placement_groups > 65536 ||
+         (v->placement_groups & (v->placement_groups - 1)) != 0)) {
+        why = "placement groups not a power of two 1..65536";
+    }
     if (why != NULL) {
         hbc_log(LOG_WARN, "event=vault_create_refused index=%llu reason=\"%s\"",
                 (unsigned long long)c->index, why);
@@ -342,6 +358,12 @@ static int apply_vault_create(struct apply_ctx *c, const Hbc__VaultCreate *v, in
     info.lock_mode = v->lock_mode;
     info.policy = v->policy;
     info.home_site = v->home_site;
+    if (v->has_placement_groups) {
+        info.has_placement_groups = true;
+        info.placement_groups = v->placement_groups;
+        info.has_created_epoch = true;
+        info.created_epoch = fsm_placement_current(c->f);
+    }
     if (keys) {
         info.has_wrapped_data_key = true;
         info.wrapped_data_key = v->wrapped_data_key;
@@ -527,6 +549,8 @@ static int dispatch(struct apply_ctx *c, const Hbc__Command *cmd, int *code, str
         return apply_restore_test(c, cmd->restore_test_record, code, e);
     case HBC__COMMAND__CMD_GC_SWEEP:
         return fsm_apply_gc_sweep(c, cmd->gc_sweep, code, e);
+    case HBC__COMMAND__CMD_PLACEMENT_GROUP_DONE:
+        return fsm_apply_group_done(c, cmd->placement_group_done, code, e);
     default:
         /* No command, or one a newer version added: refused the same way everywhere. */
         *code = HBC_EPROTO;

@@ -50,6 +50,10 @@
 #include "node/control.h"
 #include "node/fsm.h"
 #include "node/gc.h"
+#include "node/fsm_placement.h"
+#include "node/mover.h"
+#include "node/raft_node.h"
+#include "node/shard_store_list.h"
 #include "hbc.pb-c.h"
 
 /* Requests a connection may have in flight before reading pauses. */
@@ -73,32 +77,40 @@
  * queued, so that what it appends is worth its own sync.
  */
 #define COMMIT_PIPELINE 2
+/* Distinct placement epochs of puts in flight tracked (list_epoch()). */
+#define SERVER_PEND_EPOCHS 8
 #define COMMIT_SECOND_SHARE 4
 
 struct conn;
 
-enum req_kind { REQ_PUT, REQ_GET, REQ_HAVE, REQ_GC_LIST };
+enum req_kind { REQ_PUT, REQ_GET, REQ_HAVE, REQ_LIST, REQ_GC_LIST };
 
 /* One request being worked on: owns its frame until answered. */
 struct req {
-    enum req_kind kind;          /* what was asked */
-    struct conn *conn;           /* who asked (holds a reference) */
-    Hbc__Frame *frame;           /* the request, owned */
-    size_t bytes;                /* bytes charged to the connection for it */
-    int status;                  /* 0, or why it failed (for an error frame) */
-    char msg[256];               /* the failure's explanation */
-    struct req *next;            /* commit queue / commit batch link */
-    uv_work_t work;              /* for gets and haves */
-    Hbc__Frame *reply;           /* get/have: the reply built on the worker */
-    uint8_t **datas;             /* get: shard data per key (owned) */
-    size_t *lens;                /* get: their lengths */
-    int *results;                /* get: per-key results */
-    protobuf_c_boolean *present; /* have: per-id answer */
-    uint8_t *shas;               /* put: the shards' SHA-256s, 32 bytes each (owned) */
-    uint8_t (*gc_ids)[32];       /* gc list: chunk ids found */
-    uint64_t *gc_times;          /* gc list: their stored-at times */
-    size_t gc_n;                 /* gc list: how many */
-    bool gc_more;                /* gc list: more follow */
+    enum req_kind kind;            /* what was asked */
+    struct conn *conn;             /* who asked (holds a reference) */
+    Hbc__Frame *frame;             /* the request, owned */
+    size_t bytes;                  /* bytes charged to the connection for it */
+    int status;                    /* 0, or why it failed (for an error frame) */
+    char msg[256];                 /* the failure's explanation */
+    struct req *next;              /* commit queue / commit batch link */
+    uv_work_t work;                /* for gets and haves */
+    Hbc__Frame *reply;             /* get/have: the reply built on the worker */
+    uint8_t **datas;               /* get: shard data per key (owned) */
+    size_t *lens;                  /* get: their lengths */
+    int *results;                  /* get: per-key results */
+    protobuf_c_boolean *present;   /* have: per-id answer */
+    uint8_t *shas;                 /* put: the shards' SHA-256s, 32 bytes each (owned) */
+    struct shard_list_entry *list; /* placement list: the chunks found (owned) */
+    size_t nlist;                  /* placement list: how many */
+    bool list_more;                /* placement list: more follow */
+    uint64_t epoch_at;             /* put: the node's epoch when it was accepted; list: the epoch
+                                      the listing vouches for (list_epoch()) */
+    bool epoch_counted;            /* put: counted in the server's pending epochs */
+    uint8_t (*gc_ids)[32];         /* gc list: chunk ids found */
+    uint64_t *gc_times;            /* gc list: their stored-at times */
+    size_t gc_n;                   /* gc list: how many */
+    bool gc_more;                  /* gc list: more follow */
 };
 
 /* One group commit on the thread pool. */
@@ -126,32 +138,76 @@ struct conn {
 };
 
 struct server {
-    uv_loop_t *loop;                     /* the node's loop */
-    const struct node_config *cfg;       /* borrowed */
-    struct tls_ctx *tls;                 /* borrowed */
-    struct shard_store *store;           /* borrowed */
-    struct raft_node *raft;              /* the metadata plane (borrowed), or NULL */
-    uv_tcp_t listener;                   /* the listening socket */
-    uv_timer_t sweep;                    /* idle sweep */
-    struct conn *conns;                  /* open connections */
-    struct req *queue_head, *queue_tail; /* puts waiting for the next commit */
-    size_t queue_shards;                 /* shards in the queue */
-    size_t queue_bytes;                  /* bytes of the requests in the queue */
-    unsigned committing;                 /* group commits running (at most COMMIT_PIPELINE) */
-    pthread_mutex_t space_mu;            /* guards space_reserved (commit workers) */
-    uint64_t space_reserved;             /* bytes of commits past the space check, not stored */
-    unsigned works;                      /* get, have and put-check works running */
-    unsigned handles_open;               /* listener + sweep handles not yet closed */
-    bool stopping;                       /* server_stop() was called */
-    bool stopped_conns;                  /* connections were told to close */
-    void (*done)(void *);                /* server_stop()'s callback */
-    void *done_arg;                      /* its argument */
-    struct server_stats stats;           /* counters */
-    struct gc_node *gc;                  /* deletions for accepted GC sweeps */
+    uv_loop_t *loop;                         /* the node's loop */
+    const struct node_config *cfg;           /* borrowed */
+    struct tls_ctx *tls;                     /* borrowed */
+    struct shard_store *store;               /* borrowed */
+    struct raft_node *raft;                  /* the metadata plane (borrowed), or NULL */
+    struct mover *mover;                     /* moves shards between placement epochs, or NULL */
+    uint64_t pend_epoch[SERVER_PEND_EPOCHS]; /* epochs of puts in flight, oldest first */
+    uint64_t pend_count[SERVER_PEND_EPOCHS]; /* how many puts of each */
+    size_t npend;                            /* entries in use */
+    uv_tcp_t listener;                       /* the listening socket */
+    uv_timer_t sweep;                        /* idle sweep */
+    struct conn *conns;                      /* open connections */
+    struct req *queue_head, *queue_tail;     /* puts waiting for the next commit */
+    size_t queue_shards;                     /* shards in the queue */
+    size_t queue_bytes;                      /* bytes of the requests in the queue */
+    unsigned committing;                     /* group commits running (at most COMMIT_PIPELINE) */
+    pthread_mutex_t space_mu;                /* guards space_reserved (commit workers) */
+    uint64_t space_reserved;                 /* bytes of commits past the space check, not stored */
+    unsigned works;                          /* get, have and put-check works running */
+    unsigned handles_open;                   /* listener + sweep handles not yet closed */
+    bool stopping;                           /* server_stop() was called */
+    bool stopped_conns;                      /* connections were told to close */
+    void (*done)(void *);                    /* server_stop()'s callback */
+    void *done_arg;                          /* its argument */
+    struct server_stats stats;               /* counters */
+    struct gc_node *gc;                      /* deletions for accepted GC sweeps */
     struct gc_leader *gcl; /* GC cycles when leader (NULL without Raft or once stopped) */
     bool gcl_stopping;     /* gc_leader_stop() was called and has not finished */
     bool gc_stopping;      /* gc_node_stop() was called and has not finished */
 };
+
+/*
+ * Puts in flight by the placement epoch the node was in when it accepted
+ * them (epochs only grow, so the table is in epoch order). A full table
+ * counts a newer epoch under its last, older entry: listings then vouch for
+ * less, never more.
+ */
+static void pending_add(struct server *s, uint64_t epoch)
+{
+    if (s->npend > 0 && (s->pend_epoch[s->npend - 1] >= epoch || s->npend == SERVER_PEND_EPOCHS)) {
+        s->pend_count[s->npend - 1]++;
+        return;
+    }
+    s->pend_epoch[s->npend] = epoch;
+    s->pend_count[s->npend] = 1;
+    s->npend++;
+}
+
+static void pending_del(struct server *s, uint64_t epoch)
+{
+    size_t i = s->npend;
+    while (i > 0 && s->pend_epoch[i - 1] > epoch) {
+        i--;
+    }
+    if (i == 0) {
+        i = 1; /* cannot happen: counted under the oldest entry */
+    }
+    if (s->npend > 0 && s->pend_count[i - 1] > 0) {
+        s->pend_count[i - 1]--;
+    }
+    size_t drop = 0;
+    while (drop < s->npend && s->pend_count[drop] == 0) {
+        drop++;
+    }
+    if (drop > 0) {
+        memmove(s->pend_epoch, s->pend_epoch + drop, (s->npend - drop) * sizeof *s->pend_epoch);
+        memmove(s->pend_count, s->pend_count + drop, (s->npend - drop) * sizeof *s->pend_count);
+        s->npend -= drop;
+    }
+}
 
 static void conn_read_check(struct conn *c);
 static void server_maybe_commit(struct server *s);
@@ -215,12 +271,18 @@ static void req_free(struct req *r)
     hbc_free(r->lens);
     hbc_free(r->results);
     hbc_free(r->present);
+    hbc_free(r->list);
+    r->list = NULL;
     hbc_free(r->shas);
     r->shas = NULL;
     hbc_free(r->gc_ids);
     hbc_free(r->gc_times);
     r->gc_ids = NULL;
     r->gc_times = NULL;
+    if (r->epoch_counted) {
+        pending_del(r->conn->srv, r->epoch_at);
+        r->epoch_counted = false;
+    }
     r->datas = NULL;
     r->lens = NULL;
     r->results = NULL;
@@ -296,6 +358,8 @@ static Hbc__ErrorCode error_code_for(int code)
     case HBC_EFORMAT:
     case HBC_EPROTO:
         return HBC__ERROR_CODE__ERROR_BAD_REQUEST;
+    case HBC_ESTALEEPOCH:
+        return HBC__ERROR_CODE__ERROR_STALE_EPOCH;
     default:
         return HBC__ERROR_CODE__ERROR_INTERNAL;
     }
@@ -758,6 +822,87 @@ static void have_after_cb(uv_work_t *w, int status)
     server_maybe_finish(s);
 }
 
+/*
+ * The epoch a listing started now vouches for: the current one, or lower
+ * while a put accepted in an older epoch is still queued or committing (its
+ * shards may land after the index scan). The mover waits for an epoch at
+ * least its own, so it never settles a group on a listing that misses them.
+ */
+static uint64_t list_epoch(const struct server *s)
+{
+    uint64_t epoch = s->raft != NULL ? fsm_placement_current(raft_node_fsm(s->raft)) : 0;
+    if (s->npend > 0 && s->pend_epoch[0] < epoch) {
+        epoch = s->pend_epoch[0];
+    }
+    return epoch;
+}
+
+/* PlacementList on the thread pool: one page of the vault's chunks (node/shard_store_list.h). */
+static void list_work_cb(uv_work_t *w)
+{
+    struct req *r = w->data;
+    struct server *s = r->conn->srv;
+    const Hbc__PlacementListRequest *q = r->frame->placement_list;
+    size_t limit = q->has_limit && q->limit > 0 && q->limit < SHARD_STORE_LIST_MAX
+                       ? q->limit
+                       : SHARD_STORE_LIST_MAX;
+    r->list = hbc_calloc(limit, sizeof *r->list);
+    if (r->list == NULL) {
+        r->status = HBC_ENOMEM;
+        snprintf(r->msg, sizeof r->msg, "placement list: out of memory");
+        return;
+    }
+    struct err e;
+    int rv = shard_store_list_group(s->store, q->vault_id.data, q->has_after ? q->after.data : NULL,
+                                    q->has_groups ? q->groups : 0, q->has_group ? q->group : 0,
+                                    limit, r->list, &r->nlist, &r->list_more, &e);
+    if (rv != 0) {
+        r->status = rv;
+        snprintf(r->msg, sizeof r->msg, "placement list: %.220s", e.msg);
+    }
+}
+
+static void list_after_cb(uv_work_t *w, int status)
+{
+    struct req *r = w->data;
+    struct server *s = r->conn->srv;
+    (void)status;
+    s->works--;
+    if (r->status != 0) {
+        req_fail(r, r->status, r->msg);
+        server_maybe_finish(s);
+        return;
+    }
+    Hbc__Frame f = HBC__FRAME__INIT;
+    Hbc__PlacementListReply rep = HBC__PLACEMENT_LIST_REPLY__INIT;
+    f.request_id = r->frame->request_id;
+    f.body_case = HBC__FRAME__BODY_PLACEMENT_LIST_REPLY;
+    f.placement_list_reply = &rep;
+    ProtobufCBinaryData *ids = hbc_calloc(r->nlist + 1, sizeof *ids);
+    uint32_t *masks = hbc_calloc(r->nlist + 1, sizeof *masks);
+    if (ids == NULL || masks == NULL) {
+        hbc_free(ids);
+        hbc_free(masks);
+        req_fail(r, HBC_ENOMEM, "placement list: out of memory");
+        server_maybe_finish(s);
+        return;
+    }
+    for (size_t i = 0; i < r->nlist; i++) {
+        ids[i] = (ProtobufCBinaryData){SHARD_STORE_CHUNK_ID_LEN, r->list[i].chunk_id};
+        masks[i] = r->list[i].mask;
+    }
+    rep.chunk_ids = ids;
+    rep.n_chunk_ids = r->nlist;
+    rep.index_masks = masks;
+    rep.n_index_masks = r->nlist;
+    rep.more = r->list_more;
+    rep.epoch = r->epoch_at;
+    req_finish(r, &f);
+    hbc_free(ids);
+    hbc_free(masks);
+    server_maybe_finish(s);
+}
+
 /* ---------------------------------------------------------------------- */
 /* Garbage collection: chunk listings                                      */
 
@@ -969,7 +1114,19 @@ static int frame_cb(Hbc__Frame *frame, void *arg)
             req_fail(r, HBC_EUNAVAILABLE, "node is shutting down");
             break;
         }
+        /* The placement fence: a writer with an older epoch's map must reload it. */
+        uint64_t epoch = s->raft != NULL ? fsm_placement_current(raft_node_fsm(s->raft)) : 0;
+        if (frame->put_shards->has_epoch && frame->put_shards->epoch < epoch) {
+            snprintf(r->msg, sizeof r->msg,
+                     "put shards: placement epoch %llu is stale (current %llu)",
+                     (unsigned long long)frame->put_shards->epoch, (unsigned long long)epoch);
+            req_fail(r, HBC_ESTALEEPOCH, r->msg);
+            break;
+        }
         r->kind = REQ_PUT;
+        r->epoch_at = epoch;
+        r->epoch_counted = true;
+        pending_add(s, epoch);
         r->work.data = r;
         rv = uv_queue_work(s->loop, &r->work, put_check_work_cb, put_check_after_cb);
         if (rv != 0) {
@@ -1005,6 +1162,26 @@ static int frame_cb(Hbc__Frame *frame, void *arg)
     case HBC__FRAME__BODY_STATUS:
         answer_status(r);
         break;
+    case HBC__FRAME__BODY_PLACEMENT_LIST: {
+        const Hbc__PlacementListRequest *q = frame->placement_list;
+        if (!tls_conn_peer_has_ou(c->tls, "node")) {
+            req_fail(r, HBC_EDENIED, "placement list: only nodes may list chunks");
+            break;
+        }
+        if (q->vault_id.len != 16 || (q->has_after && q->after.len != 32)) {
+            req_fail(r, HBC_EINVAL, "placement list: bad vault id or after");
+            break;
+        }
+        r->kind = REQ_LIST;
+        r->epoch_at = list_epoch(s);
+        r->work.data = r;
+        if (uv_queue_work(s->loop, &r->work, list_work_cb, list_after_cb) != 0) {
+            req_fail(r, HBC_EUNAVAILABLE, "cannot queue work");
+        } else {
+            s->works++;
+        }
+        break;
+    }
     case HBC__FRAME__BODY_CLOCK_REQUEST:
         /* The voters' clock exchange (node/clock_sync.h): node certificates only. */
         if (!tls_conn_peer_has_ou(c->tls, "node")) {
@@ -1160,6 +1337,7 @@ static void sweep_cb(uv_timer_t *t)
 {
     struct server *s = t->data;
     uint64_t now = uv_now(s->loop);
+    mover_set_leader(s->mover, s->raft != NULL && raft_node_is_leader(s->raft));
     uint64_t limit = (uint64_t)s->cfg->idle_timeout * 1000;
     for (struct conn *c = s->conns; c != NULL; c = c->next) {
         if (c->tls != NULL && c->handshaken && c->inflight == 0 && now - c->last_active > limit) {
@@ -1300,6 +1478,8 @@ void server_stop(struct server *s, void (*done)(void *arg), void *arg)
     s->stopping = true;
     s->done = done;
     s->done_arg = arg;
+    mover_stop(s->mover);
+    s->mover = NULL;
     hbc_log(LOG_INFO, "event=server_stopping queued_shards=%zu commits_running=%u", s->queue_shards,
             s->committing);
     uv_close((uv_handle_t *)&s->listener, handle_closed_cb);
@@ -1328,6 +1508,25 @@ void server_set_raft(struct server *s, struct raft_node *rn)
         }
     }
     s->raft = rn;
+    if (rn == NULL) {
+        mover_stop(s->mover);
+        s->mover = NULL;
+        return;
+    }
+    if (s->mover == NULL && !s->stopping) {
+        struct mover_opts mo = {.node_id = s->cfg->node_id,
+                                .fsm = raft_node_fsm(rn),
+                                .store = s->store,
+                                .tls = s->tls,
+                                .rate = s->cfg->move_rate,
+                                .interval_ms =
+                                    s->cfg->move_interval > 0 ? s->cfg->move_interval : 2000,
+                                .down_after_s = s->cfg->down_after};
+        struct err e;
+        if (mover_start(&mo, &s->mover, &e) != 0) {
+            hbc_log(LOG_ERROR, "event=mover_start_failed reason=\"%s\"", e.msg);
+        }
+    }
 }
 
 void server_get_stats(const struct server *s, struct server_stats *out)

@@ -43,6 +43,8 @@ extern "C" {
     X(CLOCK, -4029, "compliance clock unknown or skewed: time-dependent command refused")          \
     X(GCFENCE, -4035, "a garbage collection ran during this backup; commit refused")               \
     X(GCSTALE, -4036, "garbage collection refused: a snapshot was committed after the mark")       \
+    X(STALEEPOCH, -4040, "placement epoch is stale: reload the placement map")                     \
+    X(NOTDRAINED, -4041, "node still holds shards the placement needs")                            \
     X(INTERNAL, -4099, "internal error")
 
 enum hbc_error {

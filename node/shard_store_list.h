@@ -1,0 +1,32 @@
+/* List the chunks of one vault a shard store holds, with the shard indexes of each (the mover). */
+#ifndef HBC_NODE_SHARD_STORE_LIST_H
+#define HBC_NODE_SHARD_STORE_LIST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+#include "node/shard_store.h"
+
+#define SHARD_STORE_LIST_MAX 4096u /* chunks per page at most */
+
+/* One listed chunk. */
+struct shard_list_entry {
+    uint8_t chunk_id[SHARD_STORE_CHUNK_ID_LEN]; /* the chunk */
+    uint32_t mask;                              /* bit s: shard s is held (indexes below 32) */
+};
+
+/*
+ * The chunks of vault_id, in chunk id order, strictly after `after` (32
+ * bytes, or NULL: from the first), at most limit (1..SHARD_STORE_LIST_MAX)
+ * of them, into out (limit entries, caller's); *n gets how many and *more
+ * whether more follow. With groups > 0 only chunks whose placement group
+ * (client/placement_map.h) is `group` are listed. Any thread. Returns 0,
+ * HBC_EINVAL, HBC_ESTORE.
+ */
+int shard_store_list_group(struct shard_store *s, const uint8_t vault_id[SHARD_STORE_VAULT_ID_LEN],
+                           const uint8_t *after, uint32_t groups, uint32_t group, size_t limit,
+                           struct shard_list_entry *out, size_t *n, bool *more, struct err *e);
+
+#endif /* HBC_NODE_SHARD_STORE_LIST_H */
