@@ -270,6 +270,78 @@ static void fetch(struct mover *m, const struct pmap_vault *v, const uint8_t chu
     }
 }
 
+/* Whether blob is a whole-object copy (k=1, m=0) of (vault, chunk): how reference lists are kept.
+ */
+static bool blob_plain(const uint8_t *blob, size_t len, const struct pmap_vault *v,
+                       const uint8_t chunk[32])
+{
+    struct erasure_shard_info info;
+    return erasure_shard_decode(blob, len, &info, NULL, NULL) == 0 && info.index == 0 &&
+           info.k == 1 && info.m == 0 && memcmp(info.vault_id, v->vault_id, 16) == 0 &&
+           memcmp(info.chunk_id, chunk, 32) == 0;
+}
+
+/*
+ * Objects the placement map does not place: reference lists (GC) are stored
+ * whole (k=1, m=0, shard 0) on every node rather than striped by the vault's
+ * scheme. When every source lists only shard 0 of chunk and that shard is
+ * such a copy, make sure this node holds one too (a node that joined later
+ * gets the reference lists it lacks) and report true: nothing to stripe.
+ */
+static bool plain_object(struct mover *m, const struct pmap_vault *v, const uint8_t chunk[32],
+                         uint32_t have, const struct entry *rows, size_t nrows,
+                         const struct peer *const *srcs)
+{
+    if (v->k + v->m == 1) {
+        return false; /* the vault's own scheme is whole copies: placed as usual */
+    }
+    for (size_t r = 0; r < nrows; r++) {
+        if (rows[r].mask != 1) {
+            return false;
+        }
+    }
+    struct shard_key key;
+    memcpy(key.vault_id, v->vault_id, 16);
+    memcpy(key.chunk_id, chunk, 32);
+    key.index = 0;
+    if (have == 1) {
+        uint8_t *blob = NULL;
+        size_t len = 0;
+        bool plain = shard_store_get_alloc(m->o.store, &key, &blob, &len, NULL) == 0 &&
+                     blob_plain(blob, len, v, chunk);
+        hbc_free(blob);
+        return plain;
+    }
+    for (size_t r = 0; r < nrows; r++) {
+        struct node_client_key k0 = {.vault_id = v->vault_id, .chunk_id = chunk, .index = 0};
+        const struct peer *p = srcs[rows[r].src];
+        struct repo_req q = {
+            .addr = p->addr, .node_id = p->id, .kind = REPO_REQ_GET, .keys = &k0, .nkeys = 1};
+        repo_net_run(m->net, &q, 1);
+        if (q.status != 0) {
+            continue;
+        }
+        const Hbc__GetShardsReply *g = q.reply->get_shards_reply;
+        bool plain = g->n_shards == 1 && g->shards[0]->index == 0 &&
+                     blob_plain(g->shards[0]->data.data, g->shards[0]->data.len, v, chunk);
+        if (plain) {
+            struct shard_put rec = {
+                .key = key, .data = g->shards[0]->data.data, .len = g->shards[0]->data.len};
+            int result = 0;
+            if (shard_store_put_batch(m->o.store, &rec, 1, &result, NULL) == 0 &&
+                (result == 0 || result == SHARD_STORE_ALREADY)) {
+                m->moved_bytes += rec.len;
+                m->moved_shards++;
+            }
+        }
+        frame_free(q.reply);
+        if (plain) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /*
  * Make shards `need` of chunk present locally: fetch each from a source that
  * lists it, else rebuild from any k shards. rows[0..nrows) are the chunk's
@@ -280,6 +352,9 @@ static int complete_chunk(struct mover *m, const struct pmap_vault *v, const uin
                           const struct peer *const *srcs)
 {
     const unsigned width = v->k + v->m;
+    if (plain_object(m, v, chunk, have, rows, nrows, srcs)) {
+        return 0;
+    }
     struct stripe st = {0};
     int rv = 0;
     uint8_t *built[PLACEMENT_MAX_WIDTH] = {0};

@@ -174,13 +174,23 @@ int main(int argc, char **argv)
         }
     }
     qsort(held, nheld, sizeof *held, held_cmp);
-    size_t chunks = 0, expected = 0, missing = 0;
+    size_t chunks = 0, expected = 0, missing = 0, plain = 0;
     json_t *examples = json_array();
     const unsigned width = v.k + v.m;
     for (size_t i = 0; i < nheld;) {
         size_t j = i;
         while (j < nheld && memcmp(held[j].chunk, held[i].chunk, 32) == 0) {
             j++;
+        }
+        /* Reference lists (GC) are whole copies at shard 0 on every node, not striped. */
+        bool only0 = width > 1;
+        for (size_t h = i; h < j && only0; h++) {
+            only0 = held[h].mask == 1;
+        }
+        if (only0) {
+            plain++;
+            i = j;
+            continue;
         }
         chunks++;
         unsigned place[PLACEMENT_MAX_COPIES * PLACEMENT_MAX_WIDTH];
@@ -212,8 +222,8 @@ int main(int argc, char **argv)
         }
         i = j;
     }
-    json_t *o = json_pack("{s:I, s:I, s:I, s:I, s:I, s:o}", "epoch",
-                          (json_int_t)mp->placement_map_reply->current, "unsettled_groups",
+    json_t *o = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:o}", "plain_objects", (json_int_t)plain,
+                          "epoch", (json_int_t)mp->placement_map_reply->current, "unsettled_groups",
                           (json_int_t)mp->placement_map_reply->n_fallback, "chunks",
                           (json_int_t)chunks, "shards_expected", (json_int_t)expected,
                           "shards_missing", (json_int_t)missing, "examples", examples);
