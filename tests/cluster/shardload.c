@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -1148,6 +1149,15 @@ static void print_summary(const struct counters *t, double secs)
 
 int main(int argc, char **argv)
 {
+    /*
+     * The load generator allocates and frees multi-MiB frames at a high rate;
+     * above glibc's mmap threshold each is a fresh, zero-filled mmap. Keeping
+     * them in the heap makes the generator cheaper, so that on a 2-core
+     * machine it takes less CPU from the node it measures (shard_bench, 1 MiB
+     * shards, 8 connections: puts about 250-265 -> 270-295 MB/s).
+     */
+    mallopt(M_MMAP_THRESHOLD, 64 << 20);
+    mallopt(M_TRIM_THRESHOLD, 256 << 20);
     if (parse_args(argc, argv) != 0) {
         return 2;
     }
