@@ -40,6 +40,7 @@ static json_t *status_json(const Hbc__ClusterStatusReply *s, const Hbc__ClusterS
         json_object_set_new(o, "media", json_string(info->media));
         json_object_set_new(o, "worm", json_boolean(info->worm));
         json_object_set_new(o, "address", json_string(info->data_address));
+        json_object_set_new(o, "raft_address", json_string(info->raft_address));
     }
     json_object_set_new(o, "term", json_integer((json_int_t)s->term));
     json_object_set_new(o, "commit_index", json_integer((json_int_t)s->commit_index));

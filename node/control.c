@@ -16,6 +16,7 @@
 #include "common/alloc.h"
 #include "common/log.h"
 #include "node/fsm_placement.h"
+#include "node/member_check.h"
 
 /* A request waiting for Raft. */
 struct pending {
@@ -437,7 +438,11 @@ void control_handle(struct raft_node *rn, const Hbc__Frame *f, const struct cont
             reply_propose(rn, f->request_id, HBC_ENOMEM, 0, "out of memory", reply, ctx);
             return;
         }
-        rv = raft_node_join(rn, nj, peer->subject, pending_done_cb, p, &e);
+        if (f->join->has_member_check && f->join->member_check) {
+            rv = member_check_answer(rn, nj, peer->subject, pending_done_cb, p, &e);
+        } else {
+            rv = raft_node_join(rn, nj, peer->subject, pending_done_cb, p, &e);
+        }
         if (rv != 0) {
             hbc_free(p);
             reply_propose(rn, f->request_id, rv, 0, e.msg, reply, ctx);

@@ -35,6 +35,7 @@ struct node {
     uv_signal_t sigint;        /* graceful stop (terminal) */
     uv_signal_t sighup;        /* reload certificates */
     bool stopping;             /* a stop was asked for */
+    struct err fail;           /* why the node stops by itself (code 0: it does not) */
 };
 
 static void usage(FILE *f)
@@ -119,6 +120,74 @@ static void stop_signal_cb(uv_signal_t *h, int signum)
     } else {
         server_stop(n->server, server_done_cb, n);
     }
+}
+
+/* Stop as a signal would, then exit with fail's code (main() logs it). */
+static void node_fail(struct node *n, int code, const char *msg)
+{
+    err_setraw(&n->fail, code, "%s", msg);
+    stop_signal_cb(&n->sigterm, 0);
+}
+
+static void removed_msg(const struct node *n, char *out, size_t len)
+{
+    snprintf(out, len,
+             "node %s was removed from the cluster (hbc cluster remove); to add it again, stop it, "
+             "wipe its data directory %s and start it with raft.join = a member's data address "
+             "(or hbcd --join ADDR)",
+             n->cfg.node_id, n->cfg.data_dir);
+}
+
+static void member_checked_cb(void *arg, int status)
+{
+    struct node *n = arg;
+    join_cancel(n->join);
+    n->join = NULL;
+    if (status == HBC_EREMOVED && !n->stopping) {
+        char msg[400];
+        removed_msg(n, msg, sizeof msg);
+        hbc_log(LOG_ERROR, "event=node_removed node=%s reason=\"%s\"", n->cfg.node_id, msg);
+        node_fail(n, HBC_EREMOVED, msg);
+    }
+}
+
+/* Data addresses of the members other than this node, as the state machine records them. */
+struct via_list {
+    const char *self;               /* this node's id */
+    char addrs[JOIN_MAX_VIA][64];   /* found */
+    const char *ptrs[JOIN_MAX_VIA]; /* pointers into addrs */
+    size_t n;                       /* how many */
+};
+
+static int via_cb(const Hbc__NodeInfo *ni, void *arg)
+{
+    struct via_list *v = arg;
+    if (strcmp(ni->node_id, v->self) != 0 && v->n < JOIN_MAX_VIA) {
+        snprintf(v->addrs[v->n], sizeof v->addrs[0], "%s", ni->data_address);
+        v->ptrs[v->n] = v->addrs[v->n];
+        v->n++;
+    }
+    return 0;
+}
+
+/*
+ * A member that restarts checks in with the leader through the other members:
+ * its record follows new addresses, and a removal it did not see is found.
+ */
+static int member_check_start(struct node *n, struct err *e)
+{
+    struct via_list v = {.self = n->cfg.node_id};
+    if (n->cfg.raft_join != NULL) {
+        snprintf(v.addrs[0], sizeof v.addrs[0], "%s", n->cfg.raft_join);
+        v.ptrs[0] = v.addrs[0];
+        v.n = 1;
+    }
+    fsm_list_nodes(n->fsm, via_cb, &v, NULL);
+    if (v.n == 0) {
+        return 0; /* a cluster of one: nobody to ask, nothing to check */
+    }
+    return join_member_check(&n->loop, n->tls, &n->cfg, v.ptrs, v.n, member_checked_cb, n, &n->join,
+                             e);
 }
 
 static void hup_signal_cb(uv_signal_t *h, int signum)
@@ -219,6 +288,11 @@ static int node_run(struct node *n, struct err *e)
         if (rv != 0) {
             goto close_fsm;
         }
+    } else if (n->raft != NULL && raft_node_is_member(n->raft) && !raft_node_removed(n->raft)) {
+        rv = member_check_start(n, e);
+        if (rv != 0) {
+            goto close_fsm;
+        }
     }
     uv_signal_init(&n->loop, &n->sigterm);
     uv_signal_init(&n->loop, &n->sigint);
@@ -227,6 +301,13 @@ static int node_run(struct node *n, struct err *e)
     uv_signal_start(&n->sigterm, stop_signal_cb, SIGTERM);
     uv_signal_start(&n->sigint, stop_signal_cb, SIGINT);
     uv_signal_start(&n->sighup, hup_signal_cb, SIGHUP);
+    if (n->raft != NULL && raft_node_removed(n->raft)) {
+        /* Its own Raft configuration no longer lists it: it saw its removal. */
+        char msg[400];
+        removed_msg(n, msg, sizeof msg);
+        hbc_log(LOG_ERROR, "event=node_removed node=%s reason=\"%s\"", n->cfg.node_id, msg);
+        node_fail(n, HBC_EREMOVED, msg);
+    }
 
     struct shard_store_stats st;
     shard_store_stats(n->store, &st);
@@ -239,6 +320,10 @@ static int node_run(struct node *n, struct err *e)
             (unsigned long long)st.recovered_cut_bytes);
 
     uv_run(&n->loop, UV_RUN_DEFAULT);
+    if (n->fail.code != 0) {
+        *e = n->fail;
+        rv = n->fail.code;
+    }
 
 close_fsm:
     /* On a start failure Raft may hold the loop's handles: they close with the loop. */

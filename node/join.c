@@ -10,6 +10,10 @@
  * adding a node expects it to get in once the cluster can take it); a
  * refusal such as HBC_EDENIED (logged as an error and retried more slowly:
  * the operator must fix the certificate or the configuration).
+ *
+ * A member check (join_member_check) is the same exchange with
+ * JoinRequest.member_check set, through a list of members tried in turn; the
+ * leader's HBC_EREMOVED ends it (node/member_check.c).
  */
 #include "node/join.h"
 
@@ -29,6 +33,10 @@ struct join {
     struct tls_ctx *tls;           /* the node's TLS context */
     const struct node_config *cfg; /* borrowed */
     char addr[64];                 /* where to ask next */
+    bool member_check;             /* a restarting member checking in, not a new node */
+    char via[JOIN_MAX_VIA][64];    /* member check: the members to ask, in turn */
+    size_t n_via;                  /* how many */
+    size_t next_via;               /* the one after addr */
     struct tls_conn *conn;         /* the connection, or NULL */
     struct frame_reader reader;    /* replies */
     uv_timer_t timer;              /* retry timer */
@@ -42,6 +50,7 @@ struct join {
 };
 
 static void join_try(struct join *j);
+static void join_next_via(struct join *j);
 
 static void retry_cb(uv_timer_t *t)
 {
@@ -65,6 +74,16 @@ static int reply_cb(Hbc__Frame *f, void *arg)
         msg = f->propose_reply->message;
     } else if (f->body_case == HBC__FRAME__BODY_ERROR) {
         msg = f->error->message;
+    }
+    if (j->member_check && (code == 0 || code == HBC_EREMOVED)) {
+        hbc_log(code == 0 ? LOG_INFO : LOG_ERROR, "event=member_checked via=%s code=%s msg=\"%s\"",
+                j->addr, hbc_errname(code), msg);
+        j->done = true;
+        frame_free(f);
+        if (j->done_cb != NULL) {
+            j->done_cb(j->arg, code);
+        }
+        return 1;
     }
     if (code == 0) {
         hbc_log(LOG_INFO, "event=joined via=%s msg=\"%s\"", j->addr, msg);
@@ -110,6 +129,10 @@ static void on_handshake(struct tls_conn *c, int status)
     nj.worm = cfg->worm;
     nj.capacity_bytes = cfg->capacity;
     jr.node = &nj;
+    if (j->member_check) {
+        jr.has_member_check = true;
+        jr.member_check = true;
+    }
     f.request_id = ++j->attempts;
     f.body_case = HBC__FRAME__BODY_JOIN;
     f.join = &jr;
@@ -139,6 +162,7 @@ static void on_close(struct tls_conn *c, int status, const char *reason)
     frame_reader_release(&j->reader);
     if (status != 0 && !j->done) {
         hbc_log(LOG_WARN, "event=join_connect_failed via=%s reason=\"%s\"", j->addr, reason);
+        join_next_via(j);
     }
     if (j->canceled) {
         if (j->timer_closed) {
@@ -151,6 +175,15 @@ static void on_close(struct tls_conn *c, int status, const char *reason)
 
 static const struct tls_conn_cbs join_cbs = {on_handshake, on_read, on_close};
 
+/* A member check whose member failed to answer asks the next one. */
+static void join_next_via(struct join *j)
+{
+    if (j->n_via > 0) {
+        snprintf(j->addr, sizeof j->addr, "%s", j->via[j->next_via]);
+        j->next_via = (j->next_via + 1) % j->n_via;
+    }
+}
+
 static void join_try(struct join *j)
 {
     if (j->canceled || j->done || j->conn != NULL) {
@@ -162,6 +195,7 @@ static void join_try(struct join *j)
     if (tls_connect(j->loop, j->tls, j->addr, &join_cbs, j, &j->conn, &e) != 0) {
         hbc_log(LOG_WARN, "event=join_connect_failed via=%s reason=\"%s\"", j->addr, e.msg);
         j->conn = NULL;
+        join_next_via(j);
         join_schedule(j, JOIN_RETRY_MS);
     }
 }
@@ -182,6 +216,37 @@ int join_start(uv_loop_t *loop, struct tls_ctx *tls, const struct node_config *c
     uv_timer_init(loop, &j->timer);
     j->timer.data = j;
     hbc_log(LOG_INFO, "event=join_start via=%s", j->addr);
+    join_try(j);
+    *out = j;
+    return 0;
+}
+
+int join_member_check(uv_loop_t *loop, struct tls_ctx *tls, const struct node_config *cfg,
+                      const char *const *via, size_t n, void (*done)(void *, int), void *arg,
+                      struct join **out, struct err *e)
+{
+    if (n == 0) {
+        return err_setraw(e, HBC_EINVAL, "member check: no member to ask");
+    }
+    struct join *j = hbc_calloc(1, sizeof *j);
+    if (j == NULL) {
+        return err_setraw(e, HBC_ENOMEM, "member check: out of memory");
+    }
+    j->loop = loop;
+    j->tls = tls;
+    j->cfg = cfg;
+    j->done_cb = done;
+    j->arg = arg;
+    j->member_check = true;
+    for (size_t i = 0; i < n && i < JOIN_MAX_VIA; i++) {
+        snprintf(j->via[i], sizeof j->via[i], "%s", via[i]);
+        j->n_via++;
+    }
+    snprintf(j->addr, sizeof j->addr, "%s", j->via[0]);
+    j->next_via = 1 % j->n_via;
+    uv_timer_init(loop, &j->timer);
+    j->timer.data = j;
+    hbc_log(LOG_INFO, "event=member_check_start via=%s members=%zu", j->addr, j->n_via);
     join_try(j);
     *out = j;
     return 0;

@@ -37,6 +37,7 @@
 #include "common/alloc.h"
 #include "common/log.h"
 #include "node/clock_sync.h"
+#include "node/member_check.h"
 #include "node/raft_id.h"
 #include "node/raft_transport.h"
 
@@ -112,6 +113,7 @@ struct raft_node {
     unsigned handles_open;                 /* our timers not yet closed */
     bool raft_closed;                      /* raft_close finished */
     char leader_addr[64];                  /* cache for raft_node_leader_data_address */
+    bool self_update_inflight;             /* a NodeUpdate of our own addresses is pending */
 };
 
 static void member_next(struct raft_node *rn);
@@ -161,6 +163,29 @@ bool raft_node_is_leader(const struct raft_node *rn)
 bool raft_node_is_member(const struct raft_node *rn)
 {
     return rn->raft.configuration.n > 0;
+}
+
+bool raft_node_in_config(const struct raft_node *rn, raft_id id)
+{
+    for (unsigned i = 0; i < rn->raft.configuration.n; i++) {
+        if (rn->raft.configuration.servers[i].id == id) {
+            return true;
+        }
+    }
+    return false;
+}
+
+bool raft_node_removed(const struct raft_node *rn)
+{
+    if (rn->raft.configuration.n == 0) {
+        return false;
+    }
+    for (unsigned i = 0; i < rn->raft.configuration.n; i++) {
+        if (rn->raft.configuration.servers[i].id == rn->id) {
+            return false;
+        }
+    }
+    return true;
 }
 
 struct fsm *raft_node_fsm(struct raft_node *rn)
@@ -606,6 +631,16 @@ static void self_record_cb(void *arg, int code, uint64_t index, const char *msg)
     }
 }
 
+static void self_update_cb(void *arg, int code, uint64_t index, const char *msg)
+{
+    struct raft_node *rn = arg;
+    (void)index;
+    rn->self_update_inflight = false;
+    hbc_log(code == 0 ? LOG_INFO : LOG_WARN,
+            "event=node_readdressed node=%s data_address=%s raft_address=%s code=%s msg=\"%s\"",
+            rn->cfg->node_id, rn->cfg->listen, rn->cfg->raft_listen, hbc_errname(code), msg);
+}
+
 /*
  * The bootstrap node has no one to join through: once it leads, it records
  * itself in the state machine. Any leader also does this for itself if its
@@ -618,13 +653,22 @@ static void self_timer_cb(uv_timer_t *t)
     if (rn->stopping || rn->raft.state != RAFT_LEADER) {
         return;
     }
+    const struct node_config *c = rn->cfg;
     Hbc__NodeInfo *info = NULL;
     if (fsm_get_node(rn->fsm, rn->cfg->node_id, &info, NULL) == 0) {
+        /* A leader restarted at new addresses updates its own record (others check in). */
+        bool moved = member_check_moved(info, c->listen, c->raft_listen);
         fsm_record_free(info);
+        if (moved && !rn->self_update_inflight) {
+            struct err e;
+            if (member_check_propose_update(rn, c->node_id, c->listen, c->raft_listen, "hbcd",
+                                            self_update_cb, rn, &e) == 0) {
+                rn->self_update_inflight = true;
+            }
+        }
         member_promote_maybe(rn);
         return;
     }
-    const struct node_config *c = rn->cfg;
     Hbc__Command cmd = HBC__COMMAND__INIT;
     Hbc__NodeJoin nj = HBC__NODE_JOIN__INIT;
     nj.node_id = c->node_id;
@@ -973,6 +1017,8 @@ int raft_node_status(struct raft_node *rn, Hbc__ClusterStatusReply *r, struct er
         for (size_t j = 0; j < nc.n; j++) {
             if (nc.nodes[j]->raft_id == s->id) {
                 mem[i].info = nc.nodes[j];
+                /* Where the transport dials it (member_check.c): the record, not the admission. */
+                mem[i].raft_address = nc.nodes[j]->raft_address;
             }
         }
         members[i] = &mem[i];
@@ -1037,6 +1083,7 @@ int raft_node_start(uv_loop_t *loop, const struct node_config *cfg, struct tls_c
         return err_setraw(e, HBC_EIO, "raft io %s: %s", rn->dir, raft_strerror(rv));
     }
     raft_uv_set_segment_size(&rn->io, (size_t)cfg->raft_segment_size);
+    raft_transport_set_resolver(&rn->transport, member_check_resolve, fsm);
     rv = raft_init(&rn->raft, &rn->io, fsm_raft_fsm(fsm), rn->id, cfg->raft_listen);
     if (rv != 0) {
         raft_uv_close(&rn->io);

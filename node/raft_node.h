@@ -75,6 +75,15 @@ int raft_node_remove(struct raft_node *rn, const char *node_id, const char *prop
 /* True once this node holds a Raft configuration (bootstrapped or admitted). */
 bool raft_node_is_member(const struct raft_node *rn);
 
+/*
+ * True when this node holds a Raft configuration that does not list it: it
+ * was removed from the cluster (and learned it before it stopped).
+ */
+bool raft_node_removed(const struct raft_node *rn);
+
+/* True if Raft id `id` is in the Raft configuration this node holds. */
+bool raft_node_in_config(const struct raft_node *rn, raft_id id);
+
 /* True if this node is the leader now. */
 bool raft_node_is_leader(const struct raft_node *rn);
 

@@ -88,6 +88,8 @@ struct rt {
     unsigned pending_inbound;            /* inbound connections in handshake or preamble */
     unsigned preamble_timeout_ms;        /* for the preamble exchange */
     struct raft_transport_stats stats;   /* counters */
+    int (*resolve)(void *, raft_id, char *, size_t); /* where to dial an id, or NULL */
+    void *resolve_arg;                               /* its argument */
 };
 
 /* One Raft connection: TLS on one side, a socketpair towards libraft on the other. */
@@ -908,6 +910,14 @@ static int rt_connect(struct raft_uv_transport *t, struct raft_uv_connect *req, 
         return RAFT_NOMEM;
     }
     c->peer_id = id;
+    char resolved[64];
+    if (rt->resolve != NULL && rt->resolve(rt->resolve_arg, id, resolved, sizeof resolved) == 1 &&
+        strcmp(resolved, address) != 0) {
+        /* The peer moved since libraft first dialled it: the state machine knows where. */
+        hbc_log(LOG_DEBUG, "event=raft_peer_readdressed id=%llu from=%s to=%s",
+                (unsigned long long)id, address, resolved);
+        address = resolved;
+    }
     snprintf(c->peer_addr, sizeof c->peer_addr, "%s", address);
     struct err e;
     int rc = tls_connect(rt->loop, rt->tls, address, &rt_tls_cbs, c, &c->tls, &e);
@@ -990,6 +1000,15 @@ void raft_transport_set_preamble_timeout(struct raft_uv_transport *t, unsigned m
 {
     struct rt *rt = t->impl;
     rt->preamble_timeout_ms = ms != 0 ? ms : RAFT_TRANSPORT_PREAMBLE_TIMEOUT_MS;
+}
+
+void raft_transport_set_resolver(struct raft_uv_transport *t,
+                                 int (*resolve)(void *arg, raft_id id, char *out, size_t len),
+                                 void *arg)
+{
+    struct rt *rt = t->impl;
+    rt->resolve = resolve;
+    rt->resolve_arg = arg;
 }
 
 void raft_transport_get_stats(const struct raft_uv_transport *t, struct raft_transport_stats *out)

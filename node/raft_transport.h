@@ -124,6 +124,19 @@ int raft_transport_set_bind_address(struct raft_uv_transport *t, const char *bin
  */
 void raft_transport_set_preamble_timeout(struct raft_uv_transport *t, unsigned ms);
 
+/*
+ * Where to dial a peer: resolve(arg, id, out, len) writes the address to dial
+ * for Raft id `id` into out (len bytes, NUL-terminated) and returns 1, or
+ * returns 0 to dial the address libraft gave. libraft 0.15 keeps one client
+ * per peer id with the address it first saw and never changes it (uv_send.c,
+ * "TODO: handle a change in the address"), so a peer that restarted at a new
+ * address is reachable only through this. NULL resolve: libraft's address.
+ * Loop thread; resolve runs on it too, at every connection attempt.
+ */
+void raft_transport_set_resolver(struct raft_uv_transport *t,
+                                 int (*resolve)(void *arg, raft_id id, char *out, size_t len),
+                                 void *arg);
+
 /* Copy t's counters into *out. Loop thread. */
 void raft_transport_get_stats(const struct raft_uv_transport *t, struct raft_transport_stats *out);
 
