@@ -840,9 +840,21 @@ int repo_snapshot_list(struct repo *r, Hbc__SnapshotInfo ***out, size_t *n, stru
 
 int repo_restore_test_record(struct repo *r, const Hbc__RestoreTestRecord *t, struct err *e)
 {
+    /* One id for every try of this record: the state machine applies a retry as a no-op. */
+    Hbc__RestoreTestRecord rec = *t;
+    uint8_t record_id[REPO_ID_LEN];
+    if (!rec.has_record_id) {
+        int rv = crypto_random(record_id, sizeof record_id, e);
+        if (rv != 0) {
+            return err_wrap(e, "record restore test");
+        }
+        rec.has_record_id = true;
+        rec.record_id.data = record_id;
+        rec.record_id.len = sizeof record_id;
+    }
     Hbc__Command cmd = HBC__COMMAND__INIT;
     cmd.cmd_case = HBC__COMMAND__CMD_RESTORE_TEST_RECORD;
-    cmd.restore_test_record = (Hbc__RestoreTestRecord *)t;
+    cmd.restore_test_record = &rec;
     int code = 0;
     char msg[256];
     int rv = propose(r, &cmd, &code, msg, sizeof msg, NULL, e);

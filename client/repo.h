@@ -135,7 +135,12 @@ int repo_snapshot_commit(struct repo *r, const Hbc__SnapshotCommit *s, uint64_t 
  */
 int repo_snapshot_list(struct repo *r, Hbc__SnapshotInfo ***out, size_t *n, struct err *e);
 
-/* Record a restore test's result through Raft. */
+/*
+ * Record a restore test's result through Raft (t borrowed). Without
+ * t->record_id a random one is drawn here, once: the retries after a lost
+ * reply carry it, and the state machine applies a record whose id it holds
+ * already as a no-op that succeeds.
+ */
 int repo_restore_test_record(struct repo *r, const Hbc__RestoreTestRecord *t, struct err *e);
 
 /* Copies of the open vault (for --copy N). */

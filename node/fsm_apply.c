@@ -480,9 +480,46 @@ static int apply_snapshot_commit(struct apply_ctx *c, const Hbc__SnapshotCommit 
     return 0;
 }
 
+struct restore_test_find {
+    const uint8_t *record_id; /* the id looked for (FSM_ID_LEN bytes) */
+    struct err *e;            /* where a local failure goes */
+};
+
+static int restore_test_visit(const void *key, size_t klen, const void *val, size_t vlen, void *arg)
+{
+    (void)key;
+    (void)klen;
+    struct restore_test_find *s = arg;
+    Hbc__RestoreTestInfo *t = NULL;
+    int rc = fsm_record_unpack(&hbc__restore_test_info__descriptor, val, vlen, (void **)&t, s->e);
+    if (rc != 0) {
+        return rc;
+    }
+    bool same = t->has_record_id && t->record_id.len == FSM_ID_LEN &&
+                memcmp(t->record_id.data, s->record_id, FSM_ID_LEN) == 0;
+    fsm_record_free(t);
+    return same ? 1 : 0;
+}
+
 static int apply_restore_test(struct apply_ctx *c, const Hbc__RestoreTestRecord *t, int *code,
                               struct err *e)
 {
+    if (t->has_record_id) {
+        /* Idempotency: a retried record (same client id) is a no-op that succeeds again. */
+        if (t->record_id.len != FSM_ID_LEN || t->snapshot_id.len != FSM_ID_LEN) {
+            *code = HBC_EINVAL;
+            return 0;
+        }
+        struct restore_test_find s = {.record_id = t->record_id.data, .e = e};
+        int rc = meta_store_scan(c->f->store, NULL, META_CF_RESTORE_TESTS, t->snapshot_id.data,
+                                 FSM_ID_LEN, restore_test_visit, &s, e);
+        if (rc < 0) {
+            return rc;
+        }
+        if (rc == 1) {
+            return 0;
+        }
+    }
     if (t->snapshot_id.len != FSM_ID_LEN ||
         (t->copy != NULL && t->copy[0] != '\0' && !fsm_text_ok(t->copy, FSM_NAME_MAX)) ||
         (t->result != HBC__RESTORE_TEST_RESULT__RESTORE_TEST_PASSED &&
@@ -515,6 +552,8 @@ static int apply_restore_test(struct apply_ctx *c, const Hbc__RestoreTestRecord 
     info.recorded_ms = c->time_ms;
     info.index = c->index;
     info.recorded_by = (char *)c->proposer;
+    info.has_record_id = t->has_record_id;
+    info.record_id = t->record_id;
     uint8_t key[FSM_ID_LEN + 8];
     memcpy(key, t->snapshot_id.data, FSM_ID_LEN);
     fsm_put_be64(key + FSM_ID_LEN, c->index);

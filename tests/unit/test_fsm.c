@@ -225,6 +225,32 @@ static struct raft_buffer cmd_restore_test(uint64_t t, unsigned snap, bool passe
     return encode(&c, t);
 }
 
+/* A restore test record carrying the client's record id (id_byte repeated), or a bad-length id. */
+static struct raft_buffer cmd_restore_test_id(uint64_t t, unsigned snap, uint8_t id_byte,
+                                              size_t id_len, uint64_t errors)
+{
+    uint8_t sid[16];
+    uint8_t rid[32];
+    make_id(sid, sizeof sid, 'S', snap);
+    memset(rid, id_byte, sizeof rid);
+    Hbc__RestoreTestRecord r = HBC__RESTORE_TEST_RECORD__INIT;
+    r.snapshot_id.data = sid;
+    r.snapshot_id.len = sizeof sid;
+    r.chunks = 5;
+    r.bytes = 5000;
+    r.errors = errors;
+    r.duration_ms = 10;
+    r.result = errors == 0 ? HBC__RESTORE_TEST_RESULT__RESTORE_TEST_PASSED
+                           : HBC__RESTORE_TEST_RESULT__RESTORE_TEST_FAILED;
+    r.has_record_id = true;
+    r.record_id.data = rid;
+    r.record_id.len = id_len;
+    Hbc__Command c = HBC__COMMAND__INIT;
+    c.cmd_case = HBC__COMMAND__CMD_RESTORE_TEST_RECORD;
+    c.restore_test_record = &r;
+    return encode(&c, t);
+}
+
 /* Apply b (freed here) at index without Raft; return the command's code. */
 static int apply(struct fsm *f, uint64_t index, struct raft_buffer b)
 {
@@ -334,6 +360,73 @@ static int one_teardown(void **state)
 }
 
 /* Every command kind: the outcome a user sees, and what the queries then show. */
+struct test_seen {
+    size_t n;        /* restore tests seen */
+    size_t with_id;  /* of which carry a record id */
+    uint64_t errors; /* errors of the last one with id byte 0xA1 */
+    uint64_t index;  /* its Raft index */
+};
+
+static int seen_test_cb(const Hbc__RestoreTestInfo *t, void *arg)
+{
+    struct test_seen *s = arg;
+    s->n++;
+    if (t->has_record_id) {
+        s->with_id++;
+        if (t->record_id.len == 16 && t->record_id.data[0] == 0xA1) {
+            s->errors = t->errors;
+            s->index = t->index;
+        }
+    }
+    return 0;
+}
+
+/*
+ * A restore test record retried after a lost reply (same record id) is stored
+ * once: the second apply is a no-op that succeeds, even if its fields differ;
+ * records without an id (older clients) are still stored and listed as before.
+ */
+static void test_restore_test_idempotent(void **state)
+{
+    struct fsm *f = ((struct one *)*state)->f;
+    uint64_t i = 0;
+    assert_int_equal(apply(f, ++i, cmd_vault_create(1000, 1, NULL)), 0);
+    assert_int_equal(apply(f, ++i, cmd_snapshot_commit(1001, 1, 1, 0)), 0);
+    assert_int_equal(apply(f, ++i, cmd_snapshot_commit(1002, 1, 2, 0)), 0);
+    uint8_t sid[16];
+    make_id(sid, sizeof sid, 'S', 1);
+
+    uint64_t first = ++i;
+    assert_int_equal(apply(f, first, cmd_restore_test_id(2000, 1, 0xA1, 16, 0)), 0);
+    /* The retry: same id, applied later (and with other numbers): nothing changes. */
+    assert_int_equal(apply(f, ++i, cmd_restore_test_id(2001, 1, 0xA1, 16, 9)), 0);
+    struct test_seen s = {0};
+    assert_int_equal(fsm_list_restore_tests(f, sid, seen_test_cb, &s, NULL), 0);
+    assert_int_equal(s.n, 1);
+    assert_int_equal(s.errors, 0);
+    assert_int_equal(s.index, first);
+
+    /* Another id, and the same id on another snapshot, are new records. */
+    assert_int_equal(apply(f, ++i, cmd_restore_test_id(2002, 1, 0xB2, 16, 0)), 0);
+    assert_int_equal(apply(f, ++i, cmd_restore_test_id(2003, 2, 0xA1, 16, 0)), 0);
+    /* Old clients send no id: every record is stored. */
+    assert_int_equal(apply(f, ++i, cmd_restore_test(2004, 1, true)), 0);
+    assert_int_equal(apply(f, ++i, cmd_restore_test(2005, 1, true)), 0);
+    /* An id that is not 16 bytes is refused. */
+    assert_int_equal(apply(f, ++i, cmd_restore_test_id(2006, 1, 0xC3, 15, 0)), HBC_EINVAL);
+    assert_int_equal(apply(f, ++i, cmd_restore_test_id(2007, 1, 0xC3, 17, 0)), HBC_EINVAL);
+    memset(&s, 0, sizeof s);
+    assert_int_equal(fsm_list_restore_tests(f, sid, seen_test_cb, &s, NULL), 0);
+    assert_int_equal(s.n, 4);
+    assert_int_equal(s.with_id, 2);
+    assert_int_equal(count_tests(f, NULL), 5);
+    /* A retry still finds its record among the others. */
+    assert_int_equal(apply(f, ++i, cmd_restore_test_id(2008, 1, 0xB2, 16, 0)), 0);
+    assert_int_equal(count_tests(f, NULL), 5);
+    /* A retry of a record for a snapshot that does not exist is still refused. */
+    assert_int_equal(apply(f, ++i, cmd_restore_test_id(2009, 99, 0xA1, 16, 0)), HBC_ENOTFOUND);
+}
+
 static void test_commands(void **state)
 {
     struct fsm *f = ((struct one *)*state)->f;
@@ -1339,6 +1432,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_commands, one_setup, one_teardown),
+        cmocka_unit_test_setup_teardown(test_restore_test_idempotent, one_setup, one_teardown),
         cmocka_unit_test_setup_teardown(test_leader_time, one_setup, one_teardown),
         cmocka_unit_test_setup_teardown(test_replay_after_reopen, one_setup, one_teardown),
         cmocka_unit_test(test_digest_determinism),
