@@ -274,78 +274,6 @@ static const char lock_usage[] =
     "(UTC), +30d or +12h (from this machine's clock) or @MS (ms since the epoch).\n"
     "Requests print their request number: approve with `hbc approvals approve N`.\n";
 
-static int lock_cmd(struct cli *c, int argc, char **argv)
-{
-    if (argc < 1 || wants_help(argc, argv)) {
-        fputs(lock_usage, argc < 1 ? stderr : stdout);
-        return argc < 1 ? CLI_USAGE : CLI_OK;
-    }
-    c->json = c->json || json_flag(argc, argv);
-    const char *sub = argv[0];
-    bool extend = strcmp(sub, "extend") == 0;
-    bool shorten = strcmp(sub, "shorten") == 0;
-    bool early = strcmp(sub, "forget-early") == 0;
-    struct snap_args a;
-    if ((!extend && !shorten && !early) ||
-        snap_args(argc - 1, argv + 1, extend || shorten, false, &a) != 0) {
-        fputs(lock_usage, stderr);
-        return CLI_USAGE;
-    }
-    uint64_t until = 0;
-    if (a.until != NULL && parse_date(a.until, &until) != 0) {
-        cli_error("--until: '%s' is not a date (2027-01-31, 2027-01-31T12:00:00Z, +30d, @MS)",
-                  a.until);
-        return CLI_USAGE;
-    }
-    uint8_t id[16];
-    int rv = snapshot_resolve(c, a.snap, id);
-    if (rv != CLI_OK) {
-        return rv;
-    }
-    char idhex[33];
-    hex(id, 16, idhex);
-    char when[32];
-    time_text(until, when, sizeof when);
-    Hbc__Command cmd = HBC__COMMAND__INIT;
-    json_t *extra = json_pack("{s:s}", "snapshot", idhex);
-    if (until != 0) {
-        json_object_set_new(extra, "retain_until", json_string(when));
-        json_object_set_new(extra, "retain_until_ms", json_integer((json_int_t)until));
-    }
-    uint64_t index = 0;
-    if (extend) {
-        Hbc__LockExtend l = HBC__LOCK_EXTEND__INIT;
-        l.snapshot_id.data = id;
-        l.snapshot_id.len = 16;
-        l.retain_until_ms = until;
-        cmd.cmd_case = HBC__COMMAND__CMD_LOCK_EXTEND;
-        cmd.lock_extend = &l;
-        rv = propose(c, "lock extend", &cmd, extra, &index);
-        if (rv == CLI_OK && !c->json) {
-            printf("snapshot %s retained until %s\n", idhex, when);
-        }
-        return rv;
-    }
-    Hbc__GovernanceBypassRequest g = HBC__GOVERNANCE_BYPASS_REQUEST__INIT;
-    g.snapshot_id.data = id;
-    g.snapshot_id.len = 16;
-    g.action = shorten ? HBC__BYPASS_ACTION__BYPASS_SHORTEN : HBC__BYPASS_ACTION__BYPASS_FORGET;
-    if (shorten) {
-        g.has_retain_until_ms = true;
-        g.retain_until_ms = until;
-    }
-    cmd.cmd_case = HBC__COMMAND__CMD_GOVERNANCE_BYPASS;
-    cmd.governance_bypass = &g;
-    rv = propose(c, shorten ? "lock shorten" : "lock forget-early", &cmd, extra, &index);
-    if (rv == CLI_OK && !c->json) {
-        printf("request %llu: %s snapshot %s%s%s; a different security officer must run "
-               "`hbc approvals approve %llu`\n",
-               (unsigned long long)index, shorten ? "shorten the lock of" : "forget", idhex,
-               shorten ? " to " : "", shorten ? when : "", (unsigned long long)index);
-    }
-    return rv;
-}
-
 /* ---- hbc hold ---- */
 
 static const char hold_usage[] =
@@ -355,18 +283,138 @@ static const char hold_usage[] =
     "                                   different officer must approve the request\n"
     "SNAP: an id prefix (4+ hex digits) or latest.\n";
 
-static int hold_cmd(struct cli *c, int argc, char **argv)
+/* One subcommand of hbc lock or hbc hold: a Raft command about one snapshot. */
+struct snap_action {
+    const char *group;              /* "lock" or "hold" */
+    const char *sub;                /* its subcommand */
+    const char *name;               /* "lock extend": messages and the JSON "command" */
+    bool until;                     /* takes (and needs) --until DATE */
+    bool cref;                      /* takes --case REF */
+    Hbc__Command__CmdCase cmd_case; /* the command proposed */
+    Hbc__BypassAction bypass;       /* with CMD_GOVERNANCE_BYPASS: which bypass */
+};
+
+static const struct snap_action snap_actions[] = {
+    {"lock", "extend", "lock extend", true, false, HBC__COMMAND__CMD_LOCK_EXTEND, 0},
+    {"lock", "shorten", "lock shorten", true, false, HBC__COMMAND__CMD_GOVERNANCE_BYPASS,
+     HBC__BYPASS_ACTION__BYPASS_SHORTEN},
+    {"lock", "forget-early", "lock forget-early", false, false, HBC__COMMAND__CMD_GOVERNANCE_BYPASS,
+     HBC__BYPASS_ACTION__BYPASS_FORGET},
+    {"hold", "set", "hold set", false, true, HBC__COMMAND__CMD_LEGAL_HOLD_SET, 0},
+    {"hold", "release", "hold release", false, false, HBC__COMMAND__CMD_LEGAL_HOLD_RELEASE, 0},
+};
+
+/* The command bodies a snap_action may propose (one at a time). */
+union snap_body {
+    Hbc__LockExtend extend;               /* lock extend */
+    Hbc__GovernanceBypassRequest bypass;  /* lock shorten, lock forget-early */
+    Hbc__LegalHoldSet hold;               /* hold set */
+    Hbc__LegalHoldReleaseRequest release; /* hold release */
+};
+
+/* Point cmd at body, filled for act on snapshot id (borrowed; both must outlive cmd). */
+static void snap_command(const struct snap_action *act, uint8_t id[16], uint64_t until,
+                         const char *cref, union snap_body *body, Hbc__Command *cmd)
 {
-    if (argc < 1 || wants_help(argc, argv)) {
-        fputs(hold_usage, argc < 1 ? stderr : stdout);
-        return argc < 1 ? CLI_USAGE : CLI_OK;
+    ProtobufCBinaryData sid = {.data = id, .len = 16};
+    cmd->cmd_case = act->cmd_case;
+    switch (act->cmd_case) {
+    case HBC__COMMAND__CMD_LOCK_EXTEND:
+        body->extend = (Hbc__LockExtend)HBC__LOCK_EXTEND__INIT;
+        body->extend.snapshot_id = sid;
+        body->extend.retain_until_ms = until;
+        cmd->lock_extend = &body->extend;
+        break;
+    case HBC__COMMAND__CMD_GOVERNANCE_BYPASS:
+        body->bypass = (Hbc__GovernanceBypassRequest)HBC__GOVERNANCE_BYPASS_REQUEST__INIT;
+        body->bypass.snapshot_id = sid;
+        body->bypass.action = act->bypass;
+        if (act->bypass == HBC__BYPASS_ACTION__BYPASS_SHORTEN) {
+            body->bypass.has_retain_until_ms = true;
+            body->bypass.retain_until_ms = until;
+        }
+        cmd->governance_bypass = &body->bypass;
+        break;
+    case HBC__COMMAND__CMD_LEGAL_HOLD_SET:
+        body->hold = (Hbc__LegalHoldSet)HBC__LEGAL_HOLD_SET__INIT;
+        body->hold.snapshot_id = sid;
+        body->hold.case_ref = (char *)cref;
+        cmd->legal_hold_set = &body->hold;
+        break;
+    default: /* the table holds no other command */
+        body->release = (Hbc__LegalHoldReleaseRequest)HBC__LEGAL_HOLD_RELEASE_REQUEST__INIT;
+        body->release.snapshot_id = sid;
+        cmd->legal_hold_release = &body->release;
+        break;
+    }
+}
+
+/* The line for people once act was done: index is the request number of an approval. */
+static void snap_print(const struct snap_action *act, const char *idhex, const char *when,
+                       uint64_t index)
+{
+    unsigned long long n = (unsigned long long)index;
+    switch (act->cmd_case) {
+    case HBC__COMMAND__CMD_LOCK_EXTEND:
+        printf("snapshot %s retained until %s\n", idhex, when);
+        break;
+    case HBC__COMMAND__CMD_GOVERNANCE_BYPASS: {
+        bool shorten = act->bypass == HBC__BYPASS_ACTION__BYPASS_SHORTEN;
+        printf("request %llu: %s snapshot %s%s%s; a different security officer must run "
+               "`hbc approvals approve %llu`\n",
+               n, shorten ? "shorten the lock of" : "forget", idhex, shorten ? " to " : "",
+               shorten ? when : "", n);
+        break;
+    }
+    case HBC__COMMAND__CMD_LEGAL_HOLD_SET:
+        printf("snapshot %s is under legal hold\n", idhex);
+        break;
+    default:
+        printf("request %llu: release the legal hold on %s; a different security officer must "
+               "run `hbc approvals approve %llu`\n",
+               n, idhex, n);
+        break;
+    }
+}
+
+/*
+ * With no arguments print usage to stderr (*rv CLI_USAGE), with --help to
+ * stdout (*rv CLI_OK); returns whether it did either.
+ */
+static bool usage_or_help(int argc, char **argv, const char *usage, int *rv)
+{
+    if (argc >= 1 && !wants_help(argc, argv)) {
+        return false;
+    }
+    fputs(usage, argc < 1 ? stderr : stdout);
+    *rv = argc < 1 ? CLI_USAGE : CLI_OK;
+    return true;
+}
+
+/* hbc lock|hold SUB SNAP [--until DATE] [--case REF]: the subcommands of snap_actions[]. */
+static int snap_cmd(struct cli *c, const char *group, const char *usage, int argc, char **argv)
+{
+    int rv;
+    if (usage_or_help(argc, argv, usage, &rv)) {
+        return rv;
     }
     c->json = c->json || json_flag(argc, argv);
-    bool set = strcmp(argv[0], "set") == 0;
-    bool release = strcmp(argv[0], "release") == 0;
+    const struct snap_action *act = NULL;
+    for (size_t i = 0; i < sizeof snap_actions / sizeof snap_actions[0]; i++) {
+        if (strcmp(snap_actions[i].group, group) == 0 &&
+            strcmp(snap_actions[i].sub, argv[0]) == 0) {
+            act = &snap_actions[i];
+        }
+    }
     struct snap_args a;
-    if ((!set && !release) || snap_args(argc - 1, argv + 1, false, set, &a) != 0) {
-        fputs(hold_usage, stderr);
+    if (act == NULL || snap_args(argc - 1, argv + 1, act->until, act->cref, &a) != 0) {
+        fputs(usage, stderr);
+        return CLI_USAGE;
+    }
+    uint64_t until = 0;
+    if (a.until != NULL && parse_date(a.until, &until) != 0) {
+        cli_error("--until: '%s' is not a date (2027-01-31, 2027-01-31T12:00:00Z, +30d, @MS)",
+                  a.until);
         return CLI_USAGE;
     }
     if (a.cref != NULL && (strlen(a.cref) == 0 || strlen(a.cref) > 128)) {
@@ -374,38 +422,26 @@ static int hold_cmd(struct cli *c, int argc, char **argv)
         return CLI_USAGE;
     }
     uint8_t id[16];
-    int rv = snapshot_resolve(c, a.snap, id);
+    rv = snapshot_resolve(c, a.snap, id);
     if (rv != CLI_OK) {
         return rv;
     }
     char idhex[33];
     hex(id, 16, idhex);
-    Hbc__Command cmd = HBC__COMMAND__INIT;
+    char when[32];
+    time_text(until, when, sizeof when);
     json_t *extra = json_pack("{s:s}", "snapshot", idhex);
-    uint64_t index = 0;
-    if (set) {
-        Hbc__LegalHoldSet h = HBC__LEGAL_HOLD_SET__INIT;
-        h.snapshot_id.data = id;
-        h.snapshot_id.len = 16;
-        h.case_ref = (char *)a.cref;
-        cmd.cmd_case = HBC__COMMAND__CMD_LEGAL_HOLD_SET;
-        cmd.legal_hold_set = &h;
-        rv = propose(c, "hold set", &cmd, extra, &index);
-        if (rv == CLI_OK && !c->json) {
-            printf("snapshot %s is under legal hold\n", idhex);
-        }
-        return rv;
+    if (until != 0) {
+        json_object_set_new(extra, "retain_until", json_string(when));
+        json_object_set_new(extra, "retain_until_ms", json_integer((json_int_t)until));
     }
-    Hbc__LegalHoldReleaseRequest h = HBC__LEGAL_HOLD_RELEASE_REQUEST__INIT;
-    h.snapshot_id.data = id;
-    h.snapshot_id.len = 16;
-    cmd.cmd_case = HBC__COMMAND__CMD_LEGAL_HOLD_RELEASE;
-    cmd.legal_hold_release = &h;
-    rv = propose(c, "hold release", &cmd, extra, &index);
+    union snap_body body;
+    Hbc__Command cmd = HBC__COMMAND__INIT;
+    snap_command(act, id, until, a.cref, &body, &cmd);
+    uint64_t index = 0;
+    rv = propose(c, act->name, &cmd, extra, &index);
     if (rv == CLI_OK && !c->json) {
-        printf("request %llu: release the legal hold on %s; a different security officer must "
-               "run `hbc approvals approve %llu`\n",
-               (unsigned long long)index, idhex, (unsigned long long)index);
+        snap_print(act, idhex, when, index);
     }
     return rv;
 }
@@ -510,9 +546,9 @@ static int approvals_list(struct cli *c, bool all)
 
 static int approvals_cmd(struct cli *c, int argc, char **argv)
 {
-    if (argc < 1 || wants_help(argc, argv)) {
-        fputs(approvals_usage, argc < 1 ? stderr : stdout);
-        return argc < 1 ? CLI_USAGE : CLI_OK;
+    int help_rv;
+    if (usage_or_help(argc, argv, approvals_usage, &help_rv)) {
+        return help_rv;
     }
     c->json = c->json || json_flag(argc, argv);
     if (strcmp(argv[0], "list") == 0) {
@@ -574,9 +610,9 @@ static const char role_usage[] =
 
 static int role_cmd(struct cli *c, int argc, char **argv)
 {
-    if (argc < 1 || wants_help(argc, argv)) {
-        fputs(role_usage, argc < 1 ? stderr : stdout);
-        return argc < 1 ? CLI_USAGE : CLI_OK;
+    int help_rv;
+    if (usage_or_help(argc, argv, role_usage, &help_rv)) {
+        return help_rv;
     }
     c->json = c->json || json_flag(argc, argv);
     bool assign = strcmp(argv[0], "assign") == 0;
@@ -626,10 +662,10 @@ static int role_cmd(struct cli *c, int argc, char **argv)
 int cli_locks(struct cli *c, const char *cmd, int argc, char **argv)
 {
     if (strcmp(cmd, "lock") == 0) {
-        return lock_cmd(c, argc, argv);
+        return snap_cmd(c, "lock", lock_usage, argc, argv);
     }
     if (strcmp(cmd, "hold") == 0) {
-        return hold_cmd(c, argc, argv);
+        return snap_cmd(c, "hold", hold_usage, argc, argv);
     }
     if (strcmp(cmd, "approvals") == 0) {
         return approvals_cmd(c, argc, argv);
