@@ -803,6 +803,62 @@ static void test_connect_to_dead_address_fails(void **state)
     finish_loop(&loop);
 }
 
+/* The resolver of test_resolver_redirects_a_moved_peer: where node1 is now. */
+struct moved {
+    raft_id id;    /* the peer that moved */
+    char addr[32]; /* its address now */
+    int asked;     /* times the transport asked */
+};
+
+static int moved_resolve(void *arg, raft_id id, char *out, size_t len)
+{
+    struct moved *m = arg;
+    m->asked++;
+    if (id != m->id) {
+        return 0;
+    }
+    snprintf(out, len, "%s", m->addr);
+    return 1;
+}
+
+/*
+ * libraft dials a peer at the address it first knew (a dead one, after the
+ * peer restarted elsewhere): with a resolver the transport dials where the
+ * resolver says; ids the resolver does not know keep libraft's address.
+ */
+static void test_resolver_redirects_a_moved_peer(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct fake a, b;
+    fake_up(&a, &loop, "node1", raft_id_from_name("node1"));
+    fake_up(&b, &loop, "node2", raft_id_from_name("node2"));
+    char dead[32];
+    snprintf(dead, sizeof dead, "127.0.0.1:%d", free_port());
+    struct moved m = {.id = a.id};
+    snprintf(m.addr, sizeof m.addr, "%s", a.addr);
+    raft_transport_set_resolver(&b.t, moved_resolve, &m);
+
+    struct dial d;
+    dial(&b, &d, a.id, dead);
+    RUN_UNTIL(&loop, d.done && a.n_accepted == 1);
+    assert_int_equal(d.status, 0);
+    assert_int_equal(a.accepted_id[0], b.id);
+    assert_int_equal(m.asked, 1);
+    uv_close((uv_handle_t *)d.stream, free_raft_handle);
+
+    /* An id the resolver does not know: libraft's (dead) address is dialled. */
+    struct dial d2;
+    dial(&b, &d2, raft_id_from_name("node3"), dead);
+    RUN_UNTIL(&loop, d2.done);
+    assert_int_equal(d2.status, RAFT_NOCONNECTION);
+    assert_int_equal(m.asked, 2);
+    fake_down(&a, &loop);
+    fake_down(&b, &loop);
+    finish_loop(&loop);
+}
+
 /* A TCP listener that accepts and then says nothing. */
 struct mute {
     uv_tcp_t listener; /* 127.0.0.1:port */
@@ -1337,6 +1393,7 @@ int main(void)
         cmocka_unit_test(test_listener_refuses_malformed_preambles),
         cmocka_unit_test(test_plaintext_client_is_refused),
         cmocka_unit_test(test_connect_to_dead_address_fails),
+        cmocka_unit_test(test_resolver_redirects_a_moved_peer),
         cmocka_unit_test(test_close_cancels_pending_connects),
         cmocka_unit_test(test_preamble_must_come_in_time),
         cmocka_unit_test(test_pending_inbound_connections_are_bounded),
