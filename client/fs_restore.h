@@ -32,7 +32,8 @@
  * crafted, is written outside the target, and nothing outside is touched.
  *
  * Files are written to a temporary name in their directory (".hbc-" and 16
- * hex digits, O_CREAT | O_EXCL, mode 0600), then sized, optionally fsynced,
+ * random hex digits, O_CREAT | O_EXCL, mode 0600), then sized (unless the
+ * writes ended exactly at the size: no trailing hole), optionally fsynced,
  * given their owner, mode and times, and renamed over the final name: a
  * reader never sees a half-written file, and an existing entry of that name
  * (a file or symlink, never a directory) is replaced. A crash may leave
