@@ -120,6 +120,15 @@ void fs_restore_close(struct fs_restore *r)
     }
 }
 
+int fs_restore_sync(struct fs_restore *r, struct err *e)
+{
+    if (r->fsync && fsync(r->fd) != 0) {
+        int code = -errno;
+        return err_set(e, code, "restore target: fsync");
+    }
+    return 0;
+}
+
 bool fs_restore_uses_openat2(const struct fs_restore *r)
 {
     return atomic_load(&((struct fs_restore *)r)->openat2);
@@ -363,11 +372,13 @@ static int meta_apply(struct fs_restore *r, int fd, const char *name, const stru
 }
 
 /*
- * Rename tmp to leaf in dirfd, then fsync the directory if asked. alias: tmp is a new name of
- * an existing inode (a hard link), which leaf may already name.
+ * Rename tmp to leaf in dirfd. alias: tmp is a new name of an existing inode (a hard link),
+ * which leaf may already name. With the fsync option the directory is not flushed here, once
+ * per entry, but once in all: fs_restore_dir_meta() (each directory, after its contents) and
+ * fs_restore_sync() (the target itself).
  */
-static int put_in_place(struct fs_restore *r, struct place *p, const char *tmp, bool alias,
-                        const char *path, struct err *e)
+static int put_in_place(struct place *p, const char *tmp, bool alias, const char *path,
+                        struct err *e)
 {
     if (renameat(p->dirfd, tmp, p->dirfd, p->leaf) != 0) {
         int code = -errno;
@@ -380,10 +391,6 @@ static int put_in_place(struct fs_restore *r, struct place *p, const char *tmp, 
      */
     if (alias) {
         (void)unlinkat(p->dirfd, tmp, 0);
-    }
-    if (r->fsync && fsync(p->dirfd) != 0) {
-        int code = -errno;
-        return err_set(e, code, "restore '%s': fsync directory", path);
     }
     return 0;
 }
@@ -602,7 +609,7 @@ int fs_file_commit(struct fs_file *f, const struct tree_entry *meta, struct err 
         goto fail;
     }
     f->fd = -1;
-    rc = put_in_place(r, &f->at, f->tmp, false, f->path, e);
+    rc = put_in_place(&f->at, f->tmp, false, f->path, e);
     if (rc != 0) {
         (void)unlinkat(f->at.dirfd, f->tmp, 0);
     }
@@ -641,7 +648,7 @@ int fs_restore_symlink(struct fs_restore *r, const char *path, const struct tree
     }
     rc = meta_apply(r, p.dirfd, tmp, meta, false, path, e);
     if (rc == 0) {
-        rc = put_in_place(r, &p, tmp, false, path, e);
+        rc = put_in_place(&p, tmp, false, path, e);
     }
     if (rc != 0) {
         (void)unlinkat(p.dirfd, tmp, 0);
@@ -681,7 +688,7 @@ int fs_restore_hardlink(struct fs_restore *r, const char *path, const char *firs
         err_set(e, rc, "restore '%s': link to '%s'", path, first);
         goto done;
     }
-    rc = put_in_place(r, &p, tmp, true, path, e);
+    rc = put_in_place(&p, tmp, true, path, e);
     if (rc != 0) {
         (void)unlinkat(p.dirfd, tmp, 0);
     }
@@ -736,7 +743,7 @@ int fs_restore_special(struct fs_restore *r, const char *path, const struct tree
     }
     rc = meta_apply(r, p.dirfd, tmp, meta, true, path, e);
     if (rc == 0) {
-        rc = put_in_place(r, &p, tmp, false, path, e);
+        rc = put_in_place(&p, tmp, false, path, e);
     }
     if (rc != 0) {
         (void)unlinkat(p.dirfd, tmp, 0);

@@ -55,9 +55,20 @@
  * fs_file belongs to one thread at a time.
  */
 
+/*
+ * Durability (the fsync option): each file's data is flushed before it gets
+ * its final name, so a final name never holds unflushed content; the
+ * directories are flushed once each, after their contents, by
+ * fs_restore_dir_meta(), and the target by fs_restore_sync() (not once per
+ * entry). When both have returned 0 every restored entry is on stable
+ * storage; a crash before then may lose entries renamed since the last
+ * flush of their directory, never leave one half-written. Without it
+ * (the default, as restic and borg do) the page cache decides.
+ */
+
 /* Options. A plain struct: fill with fs_restore_options_default() and adjust. */
 struct fs_restore_options {
-    bool fsync;      /* fsync each file before its rename and its directory after */
+    bool fsync;      /* fsync each file before its rename, directories once (see above) */
     bool sparse;     /* skip writing aligned all-zero 4 KiB blocks, leaving holes */
     bool no_openat2; /* never use openat2 (tests the fallback) */
 };
@@ -78,6 +89,13 @@ int fs_restore_open(struct fs_restore **out, const char *target, const struct fs
 
 /* Close r. NULL is a no-op. Every fs_file of r must be committed or aborted first. */
 void fs_restore_close(struct fs_restore *r);
+
+/*
+ * With the fsync option, flush the target directory itself (its own entries);
+ * call once everything is restored and every directory's metadata set.
+ * Without it, does nothing. Returns 0 or -errno.
+ */
+int fs_restore_sync(struct fs_restore *r, struct err *e);
 
 /* Whether r resolves parents with openat2 (false: component by component). */
 bool fs_restore_uses_openat2(const struct fs_restore *r);
