@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 #include <unistd.h>
 
 #include <linux/openat2.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 
 #include "common/alloc.h"
@@ -20,13 +22,17 @@
 #define HASH_BUF ((size_t)1 << 20) /* bytes read per step when hashing a file */
 #define TMP_PREFIX ".hbc-"         /* temporary names: prefix and 16 hex digits */
 #define TMP_TRIES 16               /* fresh random names tried before giving up */
+#define RND_POOL 4096              /* random bytes fetched at once for temporary names */
 
 struct fs_restore {
-    int fd;              /* the target directory */
-    bool root;           /* running as root: chown failures are errors */
-    bool fsync;          /* options */
-    bool sparse;         /* options */
-    atomic_bool openat2; /* openat2 works here (cleared if it turns out not to) */
+    int fd;                 /* the target directory */
+    bool root;              /* running as root: chown failures are errors */
+    bool fsync;             /* options */
+    bool sparse;            /* options */
+    atomic_bool openat2;    /* openat2 works here (cleared if it turns out not to) */
+    pthread_mutex_t rnd_mu; /* guards the pool below */
+    uint8_t rnd[RND_POOL];  /* random bytes for temporary names */
+    size_t rnd_used;        /* bytes of rnd already taken (RND_POOL: refill) */
 };
 
 /* An entry's parent directory, reached safely, and its last component. */
@@ -40,6 +46,7 @@ struct fs_file {
     struct fs_restore *r;             /* the target */
     struct place at;                  /* parent and final name */
     int fd;                           /* the temporary file, open for writing */
+    uint64_t end;                     /* end of the bytes written so far (highest offset) */
     char tmp[sizeof TMP_PREFIX + 16]; /* its name */
     char *path;                       /* the entry's path, for messages (owned copy) */
 };
@@ -85,6 +92,8 @@ int fs_restore_open(struct fs_restore **out, const char *target, const struct fs
         return err_set(e, HBC_ENOMEM, "restore target");
     }
     r->fd = fd;
+    pthread_mutex_init(&r->rnd_mu, NULL);
+    r->rnd_used = RND_POOL;
     r->root = geteuid() == 0;
     r->fsync = o->fsync;
     r->sparse = o->sparse;
@@ -105,8 +114,19 @@ void fs_restore_close(struct fs_restore *r)
 {
     if (r != NULL) {
         close(r->fd);
+        pthread_mutex_destroy(&r->rnd_mu);
+        OPENSSL_cleanse(r->rnd, sizeof r->rnd);
         hbc_free(r);
     }
+}
+
+int fs_restore_sync(struct fs_restore *r, struct err *e)
+{
+    if (r->fsync && fsync(r->fd) != 0) {
+        int code = -errno;
+        return err_set(e, code, "restore target: fsync");
+    }
+    return 0;
 }
 
 bool fs_restore_uses_openat2(const struct fs_restore *r)
@@ -281,13 +301,25 @@ static void place_done(struct place *p)
     p->buf = NULL;
 }
 
-/* A fresh temporary name in tmp (at least sizeof TMP_PREFIX + 16 bytes). */
-static int tmp_name(char *tmp, size_t cap)
+/*
+ * A fresh temporary name in tmp (at least sizeof TMP_PREFIX + 16 bytes): 64 random bits, taken
+ * from a pool refilled by one getrandom() per 512 names rather than one call per file.
+ */
+static int tmp_name(struct fs_restore *r, char *tmp, size_t cap)
 {
     uint8_t rnd[8];
-    if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {
-        return -errno;
+    pthread_mutex_lock(&r->rnd_mu);
+    if (r->rnd_used + sizeof rnd > RND_POOL) {
+        if (getrandom(r->rnd, sizeof r->rnd, 0) != (ssize_t)sizeof r->rnd) {
+            int code = -errno;
+            pthread_mutex_unlock(&r->rnd_mu);
+            return code != 0 ? code : -EIO;
+        }
+        r->rnd_used = 0;
     }
+    memcpy(rnd, r->rnd + r->rnd_used, sizeof rnd);
+    r->rnd_used += sizeof rnd;
+    pthread_mutex_unlock(&r->rnd_mu);
     snprintf(tmp, cap, TMP_PREFIX "%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2],
              rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
     return 0;
@@ -339,19 +371,26 @@ static int meta_apply(struct fs_restore *r, int fd, const char *name, const stru
     return 0;
 }
 
-/* Rename tmp to leaf in dirfd, then fsync the directory if asked. */
-static int put_in_place(struct fs_restore *r, struct place *p, const char *tmp, const char *path,
+/*
+ * Rename tmp to leaf in dirfd. alias: tmp is a new name of an existing inode (a hard link),
+ * which leaf may already name. With the fsync option the directory is not flushed here, once
+ * per entry, but once in all: fs_restore_dir_meta() (each directory, after its contents) and
+ * fs_restore_sync() (the target itself).
+ */
+static int put_in_place(struct place *p, const char *tmp, bool alias, const char *path,
                         struct err *e)
 {
     if (renameat(p->dirfd, tmp, p->dirfd, p->leaf) != 0) {
         int code = -errno;
         return err_set(e, code, "restore '%s': rename into place", path);
     }
-    /* rename() of two names of one inode does nothing: make sure tmp is gone. */
-    (void)unlinkat(p->dirfd, tmp, 0);
-    if (r->fsync && fsync(p->dirfd) != 0) {
-        int code = -errno;
-        return err_set(e, code, "restore '%s': fsync directory", path);
+    /*
+     * rename() of two names of one inode does nothing: make sure tmp is gone. Only a hard
+     * link can be such a pair; a file, symlink or node we just made under a fresh name
+     * (O_EXCL) is an inode of its own.
+     */
+    if (alias) {
+        (void)unlinkat(p->dirfd, tmp, 0);
     }
     return 0;
 }
@@ -438,7 +477,7 @@ int fs_restore_file_begin(struct fs_restore *r, const char *path, struct fs_file
         goto fail;
     }
     for (int i = 0; i < TMP_TRIES && f->fd < 0; i++) {
-        rc = tmp_name(f->tmp, sizeof f->tmp);
+        rc = tmp_name(r, f->tmp, sizeof f->tmp);
         if (rc != 0) {
             err_set(e, rc, "restore '%s': random name", path);
             goto fail;
@@ -465,6 +504,9 @@ fail:
 
 static int pwrite_all(int fd, const uint8_t *p, size_t len, uint64_t off)
 {
+    if (len == 0) {
+        return 0;
+    }
     while (len > 0) {
         ssize_t n = pwrite(fd, p, len, (off_t)off);
         if (n < 0) {
@@ -480,6 +522,16 @@ static int pwrite_all(int fd, const uint8_t *p, size_t len, uint64_t off)
     return 0;
 }
 
+/* pwrite_all() into f, noting where the written bytes end (skipped zeros are holes). */
+static int write_at(struct fs_file *f, const uint8_t *p, size_t len, uint64_t off)
+{
+    int rc = pwrite_all(f->fd, p, len, off);
+    if (rc == 0 && len > 0 && off + len > f->end) {
+        f->end = off + len;
+    }
+    return rc;
+}
+
 static bool all_zero(const uint8_t *p, size_t n)
 {
     return n == 0 || (p[0] == 0 && memcmp(p, p + 1, n - 1) == 0);
@@ -492,7 +544,7 @@ int fs_file_write(struct fs_file *f, uint64_t off, const void *buf, size_t len, 
         return err_set(e, HBC_EINVAL, "restore '%s': write beyond the largest offset", f->path);
     }
     if (!f->r->sparse) {
-        int rc = pwrite_all(f->fd, p, len, off);
+        int rc = write_at(f, p, len, off);
         return rc != 0 ? err_set(e, rc, "restore '%s': write", f->path) : 0;
     }
     /* Write runs of blocks, skipping whole aligned blocks of zeros (holes read as zeros). */
@@ -505,7 +557,7 @@ int fs_file_write(struct fs_file *f, uint64_t off, const void *buf, size_t len, 
             n = len - i;
         }
         if (n == SPARSE_BLOCK && all_zero(p + i, n)) {
-            int rc = pwrite_all(f->fd, p + run, i - run, off + run);
+            int rc = write_at(f, p + run, i - run, off + run);
             if (rc != 0) {
                 return err_set(e, rc, "restore '%s': write", f->path);
             }
@@ -513,7 +565,7 @@ int fs_file_write(struct fs_file *f, uint64_t off, const void *buf, size_t len, 
         }
         i += n;
     }
-    int rc = pwrite_all(f->fd, p + run, len - run, off + run);
+    int rc = write_at(f, p + run, len - run, off + run);
     return rc != 0 ? err_set(e, rc, "restore '%s': write", f->path) : 0;
 }
 
@@ -535,7 +587,9 @@ int fs_file_commit(struct fs_file *f, const struct tree_entry *meta, struct err 
 {
     struct fs_restore *r = f->r;
     int rc = 0;
-    if (meta->size > (uint64_t)INT64_MAX || ftruncate(f->fd, (off_t)meta->size) != 0) {
+    /* Sized already when the writes reached exactly its end (no trailing hole). */
+    if (meta->size > (uint64_t)INT64_MAX ||
+        (f->end != meta->size && ftruncate(f->fd, (off_t)meta->size) != 0)) {
         rc = err_set(e, meta->size > (uint64_t)INT64_MAX ? HBC_EINVAL : -errno,
                      "restore '%s': set size", f->path);
         goto fail;
@@ -555,7 +609,7 @@ int fs_file_commit(struct fs_file *f, const struct tree_entry *meta, struct err 
         goto fail;
     }
     f->fd = -1;
-    rc = put_in_place(r, &f->at, f->tmp, f->path, e);
+    rc = put_in_place(&f->at, f->tmp, false, f->path, e);
     if (rc != 0) {
         (void)unlinkat(f->at.dirfd, f->tmp, 0);
     }
@@ -578,7 +632,7 @@ int fs_restore_symlink(struct fs_restore *r, const char *path, const struct tree
     }
     char tmp[sizeof TMP_PREFIX + 16];
     for (int i = 0; i < TMP_TRIES; i++) {
-        rc = tmp_name(tmp, sizeof tmp);
+        rc = tmp_name(r, tmp, sizeof tmp);
         if (rc != 0) {
             err_set(e, rc, "restore '%s': random name", path);
             goto done;
@@ -594,7 +648,7 @@ int fs_restore_symlink(struct fs_restore *r, const char *path, const struct tree
     }
     rc = meta_apply(r, p.dirfd, tmp, meta, false, path, e);
     if (rc == 0) {
-        rc = put_in_place(r, &p, tmp, path, e);
+        rc = put_in_place(&p, tmp, false, path, e);
     }
     if (rc != 0) {
         (void)unlinkat(p.dirfd, tmp, 0);
@@ -620,7 +674,7 @@ int fs_restore_hardlink(struct fs_restore *r, const char *path, const char *firs
     }
     char tmp[sizeof TMP_PREFIX + 16];
     for (int i = 0; i < TMP_TRIES; i++) {
-        rc = tmp_name(tmp, sizeof tmp);
+        rc = tmp_name(r, tmp, sizeof tmp);
         if (rc != 0) {
             err_set(e, rc, "restore '%s': random name", path);
             goto done;
@@ -634,7 +688,7 @@ int fs_restore_hardlink(struct fs_restore *r, const char *path, const char *firs
         err_set(e, rc, "restore '%s': link to '%s'", path, first);
         goto done;
     }
-    rc = put_in_place(r, &p, tmp, path, e);
+    rc = put_in_place(&p, tmp, true, path, e);
     if (rc != 0) {
         (void)unlinkat(p.dirfd, tmp, 0);
     }
@@ -673,7 +727,7 @@ int fs_restore_special(struct fs_restore *r, const char *path, const struct tree
     }
     char tmp[sizeof TMP_PREFIX + 16];
     for (int i = 0; i < TMP_TRIES; i++) {
-        rc = tmp_name(tmp, sizeof tmp);
+        rc = tmp_name(r, tmp, sizeof tmp);
         if (rc != 0) {
             err_set(e, rc, "restore '%s': random name", path);
             goto done;
@@ -689,7 +743,7 @@ int fs_restore_special(struct fs_restore *r, const char *path, const struct tree
     }
     rc = meta_apply(r, p.dirfd, tmp, meta, true, path, e);
     if (rc == 0) {
-        rc = put_in_place(r, &p, tmp, path, e);
+        rc = put_in_place(&p, tmp, false, path, e);
     }
     if (rc != 0) {
         (void)unlinkat(p.dirfd, tmp, 0);

@@ -32,7 +32,8 @@
  * crafted, is written outside the target, and nothing outside is touched.
  *
  * Files are written to a temporary name in their directory (".hbc-" and 16
- * hex digits, O_CREAT | O_EXCL, mode 0600), then sized, optionally fsynced,
+ * random hex digits, O_CREAT | O_EXCL, mode 0600), then sized (unless the
+ * writes ended exactly at the size: no trailing hole), optionally fsynced,
  * given their owner, mode and times, and renamed over the final name: a
  * reader never sees a half-written file, and an existing entry of that name
  * (a file or symlink, never a directory) is replaced. A crash may leave
@@ -54,9 +55,20 @@
  * fs_file belongs to one thread at a time.
  */
 
+/*
+ * Durability (the fsync option): each file's data is flushed before it gets
+ * its final name, so a final name never holds unflushed content; the
+ * directories are flushed once each, after their contents, by
+ * fs_restore_dir_meta(), and the target by fs_restore_sync() (not once per
+ * entry). When both have returned 0 every restored entry is on stable
+ * storage; a crash before then may lose entries renamed since the last
+ * flush of their directory, never leave one half-written. Without it
+ * (the default, as restic and borg do) the page cache decides.
+ */
+
 /* Options. A plain struct: fill with fs_restore_options_default() and adjust. */
 struct fs_restore_options {
-    bool fsync;      /* fsync each file before its rename and its directory after */
+    bool fsync;      /* fsync each file before its rename, directories once (see above) */
     bool sparse;     /* skip writing aligned all-zero 4 KiB blocks, leaving holes */
     bool no_openat2; /* never use openat2 (tests the fallback) */
 };
@@ -77,6 +89,13 @@ int fs_restore_open(struct fs_restore **out, const char *target, const struct fs
 
 /* Close r. NULL is a no-op. Every fs_file of r must be committed or aborted first. */
 void fs_restore_close(struct fs_restore *r);
+
+/*
+ * With the fsync option, flush the target directory itself (its own entries);
+ * call once everything is restored and every directory's metadata set.
+ * Without it, does nothing. Returns 0 or -errno.
+ */
+int fs_restore_sync(struct fs_restore *r, struct err *e);
 
 /* Whether r resolves parents with openat2 (false: component by component). */
 bool fs_restore_uses_openat2(const struct fs_restore *r);

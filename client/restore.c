@@ -1061,6 +1061,13 @@ int restore_run(struct repo *r, const struct restore_options *o, struct restore_
         hbc_free(d->path);
         hbc_free(d->link);
     }
+    if (rs->fsr != NULL) {
+        struct err se = {0};
+        int srv = fs_restore_sync(rs->fsr, &se);
+        if (srv != 0) {
+            report(rs, "/", srv, se.msg);
+        }
+    }
     res->seconds = now_s() - rs->t0;
     if (rv == 0) {
         progress(rs, true);

@@ -497,8 +497,12 @@ static int sha256_and_whole(const uint8_t *data, size_t n, size_t extra, uint8_t
     return ok ? 0 : err_openssl(e, HBC_ECRYPTO, "SHA-256");
 }
 
+/*
+ * Every check of an encoded shard; the SHA-256 only when check_sum (then also the whole blob's
+ * into whole, if not NULL).
+ */
 static int shard_decode(const uint8_t *blob, size_t blob_length, struct erasure_shard_info *info,
-                        const uint8_t **payload, uint8_t *whole, struct err *e)
+                        const uint8_t **payload, bool check_sum, uint8_t *whole, struct err *e)
 {
     if (blob == NULL && blob_length > 0) {
         return err_set(e, HBC_EINVAL, "shard: no data");
@@ -569,15 +573,17 @@ static int shard_decode(const uint8_t *blob, size_t blob_length, struct erasure_
         return err_set(e, HBC_EFORMAT, "shard %u: %zu bytes, %zu more than its header says",
                        got.index, blob_length, blob_length - want);
     }
-    uint8_t md[ERASURE_SHARD_TRAILER];
-    rc = whole != NULL ? sha256_and_whole(blob, body, ERASURE_SHARD_TRAILER, md, whole, e)
-                       : sha256(blob, body, md, e);
-    if (rc != 0) {
-        err_wrap(e, "shard %u", got.index);
-        return rc;
-    }
-    if (CRYPTO_memcmp(md, blob + body, sizeof md) != 0) {
-        return err_set(e, HBC_ECORRUPT, "shard %u: SHA-256 mismatch", got.index);
+    if (check_sum) {
+        uint8_t md[ERASURE_SHARD_TRAILER];
+        rc = whole != NULL ? sha256_and_whole(blob, body, ERASURE_SHARD_TRAILER, md, whole, e)
+                           : sha256(blob, body, md, e);
+        if (rc != 0) {
+            err_wrap(e, "shard %u", got.index);
+            return rc;
+        }
+        if (CRYPTO_memcmp(md, blob + body, sizeof md) != 0) {
+            return err_set(e, HBC_ECORRUPT, "shard %u: SHA-256 mismatch", got.index);
+        }
     }
     if (info != NULL) {
         *info = got;
@@ -591,7 +597,13 @@ static int shard_decode(const uint8_t *blob, size_t blob_length, struct erasure_
 int erasure_shard_decode(const uint8_t *blob, size_t blob_length, struct erasure_shard_info *info,
                          const uint8_t **payload, struct err *e)
 {
-    return shard_decode(blob, blob_length, info, payload, NULL, e);
+    return shard_decode(blob, blob_length, info, payload, true, NULL, e);
+}
+
+int erasure_shard_parse(const uint8_t *blob, size_t blob_length, struct erasure_shard_info *info,
+                        const uint8_t **payload, struct err *e)
+{
+    return shard_decode(blob, blob_length, info, payload, false, NULL, e);
 }
 
 int erasure_shard_decode_sha256(const uint8_t *blob, size_t blob_length,
@@ -601,7 +613,7 @@ int erasure_shard_decode_sha256(const uint8_t *blob, size_t blob_length,
     if (blob_sha256 == NULL) {
         return err_set(e, HBC_EINVAL, "shard: no room for the SHA-256");
     }
-    return shard_decode(blob, blob_length, info, payload, blob_sha256, e);
+    return shard_decode(blob, blob_length, info, payload, true, blob_sha256, e);
 }
 
 int erasure_shards_encode(const uint8_t *vault_id, const uint8_t *chunk_id, unsigned k, unsigned m,
@@ -668,14 +680,16 @@ static void note(char *buf, size_t size, const char *fmt, ...)
     va_end(ap);
 }
 
-int erasure_shards_rebuild(const uint8_t *const *blobs, const size_t *lengths, size_t count,
-                           const uint8_t *vault_id, const uint8_t *chunk_id, uint8_t **object,
-                           size_t *object_length, struct err *e)
+/*
+ * What both rebuilds share: accept the blobs (with or without their SHA-256), then either
+ * allocate the object (object != NULL) or place it in the caller's buffer *buf of *cap bytes,
+ * growing it, or point *view into the one blob that holds it all (k = 1).
+ */
+static int shards_rebuild(const uint8_t *const *blobs, const size_t *lengths, size_t count,
+                          const uint8_t *vault_id, const uint8_t *chunk_id, bool check_sum,
+                          uint8_t **object, uint8_t **buf, size_t *cap, const uint8_t **view,
+                          size_t *object_length, struct err *e)
 {
-    if (object == NULL || object_length == NULL ||
-        (count > 0 && (blobs == NULL || lengths == NULL))) {
-        return err_set(e, HBC_EINVAL, "rebuild: missing shards or output");
-    }
     if (count > 2 * ERASURE_MAX_SHARDS) {
         return err_set(e, HBC_EINVAL, "rebuild: %zu shards given, at most %d", count,
                        2 * ERASURE_MAX_SHARDS);
@@ -697,7 +711,7 @@ int erasure_shards_rebuild(const uint8_t *const *blobs, const size_t *lengths, s
         struct erasure_shard_info info;
         const uint8_t *payload;
         struct err why;
-        int rc = erasure_shard_decode(blobs[n], lengths[n], &info, &payload, &why);
+        int rc = shard_decode(blobs[n], lengths[n], &info, &payload, check_sum, NULL, &why);
         if (rc == HBC_ENOMEM) {
             return err_setraw(e, rc, "rebuild: %s", why.msg);
         }
@@ -753,17 +767,66 @@ int erasure_shards_rebuild(const uint8_t *const *blobs, const size_t *lengths, s
         return rc;
     }
     size_t len = (size_t)ref.object_length;
-    uint8_t *buf = hbc_malloc(len);
-    if (buf == NULL) {
+    if (view != NULL && ref.k == 1 && payloads[0] != NULL) {
+        *view = payloads[0]; /* the one data shard is the object: nothing to copy */
+        *object_length = len;
+        return 0;
+    }
+    uint8_t *out;
+    if (object != NULL) {
+        out = hbc_malloc(len);
+    } else {
+        if (*cap < len) {
+            hbc_free(*buf);
+            *cap = 0;
+            *buf = hbc_malloc(len);
+            if (*buf != NULL) {
+                *cap = len;
+            }
+        }
+        out = *buf;
+    }
+    if (out == NULL) {
         return err_set(e, HBC_ENOMEM, "rebuild: %zu-byte object", len);
     }
-    rc = erasure_decode(scheme, len, payloads, buf, e);
+    rc = erasure_decode(scheme, len, payloads, out, e);
     if (rc != 0) {
-        hbc_free(buf);
+        if (object != NULL) {
+            hbc_free(out);
+        }
         err_wrap(e, "rebuild");
         return rc;
     }
-    *object = buf;
+    if (object != NULL) {
+        *object = out;
+    } else {
+        *view = out;
+    }
     *object_length = len;
     return 0;
+}
+
+int erasure_shards_rebuild(const uint8_t *const *blobs, const size_t *lengths, size_t count,
+                           const uint8_t *vault_id, const uint8_t *chunk_id, uint8_t **object,
+                           size_t *object_length, struct err *e)
+{
+    if (object == NULL || object_length == NULL ||
+        (count > 0 && (blobs == NULL || lengths == NULL))) {
+        return err_set(e, HBC_EINVAL, "rebuild: missing shards or output");
+    }
+    return shards_rebuild(blobs, lengths, count, vault_id, chunk_id, true, object, NULL, NULL, NULL,
+                          object_length, e);
+}
+
+int erasure_shards_rebuild_unverified(const uint8_t *const *blobs, const size_t *lengths,
+                                      size_t count, const uint8_t *vault_id,
+                                      const uint8_t *chunk_id, uint8_t **buf, size_t *cap,
+                                      const uint8_t **object, size_t *object_length, struct err *e)
+{
+    if (buf == NULL || cap == NULL || object == NULL || object_length == NULL ||
+        (count > 0 && (blobs == NULL || lengths == NULL))) {
+        return err_set(e, HBC_EINVAL, "rebuild: missing shards or output");
+    }
+    return shards_rebuild(blobs, lengths, count, vault_id, chunk_id, false, NULL, buf, cap, object,
+                          object_length, e);
 }

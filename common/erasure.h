@@ -211,6 +211,17 @@ int erasure_shard_decode(const uint8_t *blob, size_t blob_length, struct erasure
                          const uint8_t **payload, struct err *e);
 
 /*
+ * erasure_shard_decode() without the SHA-256: every other check (prefix,
+ * magic, version, header, lengths) is made, so the payload pointer and the
+ * info are safe to use, but a changed byte in the payload (or the trailer)
+ * goes unnoticed. For readers that authenticate what they rebuild from the
+ * payloads themselves (a chunk object's AES-GCM tag) and fall back to
+ * erasure_shard_decode() when that fails. Same returns, never HBC_ECORRUPT.
+ */
+int erasure_shard_parse(const uint8_t *blob, size_t blob_length, struct erasure_shard_info *info,
+                        const uint8_t **payload, struct err *e);
+
+/*
  * erasure_shard_decode(), and also the SHA-256 of the whole blob (trailer
  * included) into blob_sha256 (caller's), computed in the same pass over the
  * bytes as the trailer check: what a store that keeps the blob records.
@@ -258,5 +269,25 @@ int erasure_shards_encode(const uint8_t *vault_id, const uint8_t *chunk_id, unsi
 int erasure_shards_rebuild(const uint8_t *const *blobs, const size_t *lengths, size_t count,
                            const uint8_t *vault_id, const uint8_t *chunk_id, uint8_t **object,
                            size_t *object_length, struct err *e);
+
+/*
+ * erasure_shards_rebuild() for the healthy read path: the blobs are checked
+ * with erasure_shard_parse(), i.e. without their SHA-256 (one pass over the
+ * bytes less), so a shard with a changed payload byte is used as it is and
+ * the object comes out wrong. Use it only where the object is authenticated
+ * next (chunk_object_open: the AES-GCM tag covers every byte of it); when
+ * that fails, rebuild again with erasure_shards_rebuild(), whose SHA-256
+ * checks find the bad shards. Same arguments and returns as
+ * erasure_shards_rebuild() except the output: *object points at the object
+ * (*object_length bytes), either inside *buf (the caller's buffer of *cap
+ * bytes, reallocated when too small: the caller frees *buf with hbc_free()
+ * once done with it, and may keep it for the next call) or, for k = 1,
+ * straight at the payload inside the blob (nothing is copied). *object is
+ * valid until the blobs are freed or *buf is reused.
+ */
+int erasure_shards_rebuild_unverified(const uint8_t *const *blobs, const size_t *lengths,
+                                      size_t count, const uint8_t *vault_id,
+                                      const uint8_t *chunk_id, uint8_t **buf, size_t *cap,
+                                      const uint8_t **object, size_t *object_length, struct err *e);
 
 #endif /* HBC_COMMON_ERASURE_H */

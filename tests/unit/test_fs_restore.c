@@ -296,7 +296,58 @@ static void test_sparse_files(void **state)
     assert_int_equal(crypto_sha256(data + 8192, 8192, m.sha256, NULL), 0);
     assert_int_equal(fs_file_commit(ff, &m, &e), 0);
     assert_int_equal(fs_restore_verify(f->r, "zeros", &m, &e), 0);
+
+    /* Written back to front, the last part a hole: the size still comes out right. */
+    char *want = calloc(1, 16384);
+    assert_non_null(want);
+    memcpy(want, data + 4096, 8192);
+    assert_int_equal(fs_restore_file_begin(f->r, "backwards", &ff, &e), 0);
+    assert_int_equal(fs_file_write(ff, 8192, data + 8192, 8192, &e), 0);
+    assert_int_equal(fs_file_write(ff, 0, data + 4096, 8192, &e), 0);
+    m.size = 16384;
+    assert_int_equal(crypto_sha256(want, 16384, m.sha256, NULL), 0);
+    assert_int_equal(fs_file_commit(ff, &m, &e), 0);
+    assert_int_equal(fs_restore_verify(f->r, "backwards", &m, &e), 0);
+    free(want);
     free(data);
+}
+
+/* With the fsync option: files, a hard link over an existing name, directory metadata, sync. */
+static void test_fsync_option(void **state)
+{
+    struct fixture *f = *state;
+    fs_restore_close(f->r);
+    struct fs_restore_options o;
+    fs_restore_options_default(&o);
+    o.fsync = true;
+    struct err e = {0};
+    assert_int_equal(fs_restore_open(&f->r, f->target, &o, &e), 0);
+    struct tree_entry m = meta(TREE_FILE, 0640, 1700000000LL * 1000000000LL);
+    assert_int_equal(fs_restore_mkdir(f->r, "d", &e), 0);
+    assert_int_equal(restore_file(f, "d/a", "alpha", &m, &e), 0);
+    assert_int_equal(restore_file(f, "top", "top", &m, &e), 0);
+    assert_int_equal(fs_restore_hardlink(f->r, "d/b", "d/a", &e), 0);
+    /* Again over the same names: the link's temporary name must not stay behind. */
+    assert_int_equal(fs_restore_hardlink(f->r, "d/b", "d/a", &e), 0);
+    struct tree_entry dm = meta(TREE_DIR, 0750, 1600000000LL * 1000000000LL);
+    assert_int_equal(fs_restore_dir_meta(f->r, "d", &dm, &e), 0);
+    assert_int_equal(fs_restore_sync(f->r, &e), 0);
+    char p[256];
+    char buf[64];
+    tpath(p, sizeof p, f, "d/b");
+    read_file(p, buf, sizeof buf);
+    assert_string_equal(buf, "alpha");
+    char d[256];
+    tpath(d, sizeof d, f, "d");
+    DIR *dir = opendir(d);
+    assert_non_null(dir);
+    size_t entries = 0;
+    for (struct dirent *de; (de = readdir(dir)) != NULL;) {
+        assert_null(strstr(de->d_name, ".hbc-"));
+        entries += de->d_name[0] != '.' ? 1 : 0;
+    }
+    closedir(dir);
+    assert_int_equal(entries, 2);
 }
 
 static void test_directories_get_metadata_after_contents(void **state)
@@ -703,6 +754,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_file_with_metadata, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sparse_files, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fsync_option, setup, teardown),
         cmocka_unit_test_setup_teardown(test_directories_get_metadata_after_contents, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_symlinks_hard_links_and_special_files, setup,
