@@ -55,6 +55,17 @@ void frame_free(Hbc__Frame *f);
 typedef int (*frame_reader_cb)(Hbc__Frame *frame, void *arg);
 
 /*
+ * Called instead of frame_reader_cb for a frame decoded without copying its
+ * bytes (common/frame_view.h: a put_shards frame gathered in the reader's
+ * buffer): frame's bytes fields point into body, the frame's whole body.
+ * Ownership of both passes to the callback, which releases them with
+ * frame_view_release(frame, body) (now or later, from any thread), the
+ * frame first or together, never body alone while the frame is in use.
+ * Return values as for frame_reader_cb.
+ */
+typedef int (*frame_reader_view_cb)(Hbc__Frame *frame, uint8_t *body, void *arg);
+
+/*
  * An incremental reader: feed it the byte stream in pieces of any size (as
  * TLS delivers them) and it calls back with each complete frame. A frame's
  * body is gathered in one buffer sized from its length prefix (no
@@ -71,6 +82,7 @@ typedef int (*frame_reader_cb)(Hbc__Frame *frame, void *arg);
 struct frame_reader {
     size_t max_len;            /* largest body accepted, at most UINT32_MAX */
     frame_reader_cb cb;        /* receives each frame */
+    frame_reader_view_cb view_cb; /* receives put frames decoded in place, or NULL */
     void *arg;                 /* passed to cb */
     uint8_t prefix[4];         /* length prefix gathered so far */
     size_t prefix_have;        /* bytes of prefix[] filled */
@@ -92,6 +104,15 @@ struct frame_reader {
  * Allocates nothing.
  */
 void frame_reader_init(struct frame_reader *r, size_t max_len, frame_reader_cb cb, void *arg);
+
+/*
+ * Deliver put_shards frames whose body was gathered in the reader's buffer
+ * to view_cb, without copying the shards out of that buffer: the buffer
+ * goes with the frame (the next frame gets a new one). Frames the fast
+ * parser declines, and every other frame, still go to cb, unpacked by
+ * protobuf-c. NULL turns it off (the default).
+ */
+void frame_reader_set_view_cb(struct frame_reader *r, frame_reader_view_cb view_cb);
 
 /*
  * Feed len bytes of data (borrowed; not kept after the call). Calls cb for

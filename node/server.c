@@ -45,6 +45,7 @@
 #include "common/alloc.h"
 #include "common/erasure.h"
 #include "common/frame.h"
+#include "common/frame_view.h"
 #include "common/log.h"
 #include "node/clock_sync.h"
 #include "node/control.h"
@@ -90,6 +91,8 @@ struct req {
     enum req_kind kind;            /* what was asked */
     struct conn *conn;             /* who asked (holds a reference) */
     Hbc__Frame *frame;             /* the request, owned */
+    uint8_t *body;                 /* put decoded in place: the frame's body, which frame's shard
+                                      bytes point into (owned; freed after frame), else NULL */
     size_t bytes;                  /* bytes charged to the connection for it */
     int status;                    /* 0, or why it failed (for an error frame) */
     char msg[256];                 /* the failure's explanation */
@@ -265,7 +268,12 @@ static void reply_written_cb(struct tls_conn *t, int status, void *arg)
 
 static void req_free(struct req *r)
 {
-    frame_free(r->frame);
+    if (r->body != NULL) {
+        frame_view_release(r->frame, r->body);
+        r->body = NULL;
+    } else {
+        frame_free(r->frame);
+    }
     r->frame = NULL;
     hbc_free(r->datas);
     hbc_free(r->lens);
@@ -1084,17 +1092,27 @@ static void control_reply_cb(void *ctx, const Hbc__Frame *reply)
     req_finish(ctx, reply);
 }
 
-static int frame_cb(Hbc__Frame *frame, void *arg)
+/*
+ * Take a request frame (owned) from c. body is NULL when protobuf-c unpacked
+ * the frame, or the body its bytes point into (a put decoded in place,
+ * owned too): the request keeps it until answered, so the shards go from
+ * the frame buffer to the segment file without another copy.
+ */
+static int conn_take_frame(struct conn *c, Hbc__Frame *frame, uint8_t *body)
 {
-    struct conn *c = arg;
     struct server *s = c->srv;
     struct req *r = hbc_calloc(1, sizeof *r);
     if (r == NULL) {
-        frame_free(frame);
+        if (body != NULL) {
+            frame_view_release(frame, body);
+        } else {
+            frame_free(frame);
+        }
         return HBC_ENOMEM;
     }
     r->conn = c;
     r->frame = frame;
+    r->body = body;
     r->bytes = hbc__frame__get_packed_size(frame);
     c->refs++;
     c->inflight++;
@@ -1222,6 +1240,16 @@ static int frame_cb(Hbc__Frame *frame, void *arg)
     return rv;
 }
 
+static int frame_cb(Hbc__Frame *frame, void *arg)
+{
+    return conn_take_frame(arg, frame, NULL);
+}
+
+static int frame_view_cb(Hbc__Frame *frame, uint8_t *body, void *arg)
+{
+    return conn_take_frame(arg, frame, body);
+}
+
 static void on_read(struct tls_conn *t, const uint8_t *data, size_t n)
 {
     struct conn *c = tls_conn_data(t);
@@ -1306,6 +1334,7 @@ static void on_connection(uv_stream_t *listener, int status)
     c->srv = s;
     c->refs = 1;
     frame_reader_init(&c->reader, s->cfg->max_frame, frame_cb, c);
+    frame_reader_set_view_cb(&c->reader, frame_view_cb);
     struct err e;
     int rv = tls_accept(listener, s->tls, &conn_cbs, c, &c->tls, &e);
     if (rv != 0) {
