@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "common/err.h"
+#include "common/frame_pool.h"
 #include "hbc.pb-c.h"
 
 /* Bytes of the length prefix in front of every frame. */
@@ -59,8 +60,8 @@ typedef int (*frame_reader_cb)(Hbc__Frame *frame, void *arg);
  * bytes (common/frame_view.h: a put_shards frame gathered in the reader's
  * buffer): frame's bytes fields point into body, the frame's whole body.
  * Ownership of both passes to the callback, which releases them with
- * frame_view_release(frame, body) (now or later, from any thread), the
- * frame first or together, never body alone while the frame is in use.
+ * frame_view_release(frame, body, pool) (now or later, on the reader's
+ * thread when there is a pool), pool being the one the reader was given.
  * Return values as for frame_reader_cb.
  */
 typedef int (*frame_reader_view_cb)(Hbc__Frame *frame, uint8_t *body, void *arg);
@@ -83,6 +84,7 @@ struct frame_reader {
     size_t max_len;            /* largest body accepted, at most UINT32_MAX */
     frame_reader_cb cb;        /* receives each frame */
     frame_reader_view_cb view_cb; /* receives put frames decoded in place, or NULL */
+    struct frame_pool *pool;      /* where view bodies come from (borrowed), or NULL: the heap */
     void *arg;                 /* passed to cb */
     uint8_t prefix[4];         /* length prefix gathered so far */
     size_t prefix_have;        /* bytes of prefix[] filled */
@@ -110,9 +112,13 @@ void frame_reader_init(struct frame_reader *r, size_t max_len, frame_reader_cb c
  * to view_cb, without copying the shards out of that buffer: the buffer
  * goes with the frame (the next frame gets a new one). Frames the fast
  * parser declines, and every other frame, still go to cb, unpacked by
- * protobuf-c. NULL turns it off (the default).
+ * protobuf-c. NULL turns it off (the default). Call it before the first
+ * feed. Body buffers are taken from pool (borrowed; it must outlive the
+ * reader and every body handed over; NULL: the heap) and given back to it
+ * when the reader is done with them.
  */
-void frame_reader_set_view_cb(struct frame_reader *r, frame_reader_view_cb view_cb);
+void frame_reader_set_view_cb(struct frame_reader *r, frame_reader_view_cb view_cb,
+                              struct frame_pool *pool);
 
 /*
  * Feed len bytes of data (borrowed; not kept after the call). Calls cb for

@@ -325,8 +325,8 @@ void frame_view_free_frame(Hbc__Frame *f)
     view_free_message(f != NULL ? &f->base : NULL);
 }
 
-void frame_view_release(Hbc__Frame *frame, uint8_t *body)
+void frame_view_release(Hbc__Frame *frame, uint8_t *body, struct frame_pool *pool)
 {
     frame_view_free_frame(frame);
-    hbc_free(body);
+    frame_pool_put(pool, body);
 }

@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "common/err.h"
+#include "common/frame_pool.h"
 #include "hbc.pb-c.h"
 
 /*
@@ -49,7 +50,10 @@ int frame_view_parse(const uint8_t *body, size_t len, Hbc__Frame **out, struct e
  */
 void frame_view_free_frame(Hbc__Frame *f);
 
-/* Release a frame and the body it points into, as a frame_reader_view_cb receives them. */
-void frame_view_release(Hbc__Frame *frame, uint8_t *body);
+/*
+ * Release a frame and the body it points into, as a frame_reader_view_cb
+ * receives them; pool is the reader's (frame_reader_set_view_cb()), or NULL.
+ */
+void frame_view_release(Hbc__Frame *frame, uint8_t *body, struct frame_pool *pool);
 
 #endif /* HBC_COMMON_FRAME_VIEW_H */

@@ -2,7 +2,10 @@
  * The data-plane server of hbcd: accepts mutual-TLS connections, reads
  * length-prefixed frames and answers put, get, have and status requests.
  *
- * Happy path of a put: a PutShards frame arrives on a connection; on the
+ * Happy path of a put: a PutShards frame arrives on a connection and is
+ * decoded in place (common/frame_view.h): the request owns the frame's body
+ * buffer, and the shards' bytes are referenced there, never copied, until
+ * the segment append has written them and the put is answered. On the
  * thread pool, every shard's format and SHA-256 trailer is checked and the
  * SHA-256 the store records is computed (put_check_work_cb: many requests at
  * once, beside the commit running); the checked request then joins the
@@ -130,6 +133,7 @@ struct conn {
     struct server *srv;         /* owner */
     struct tls_conn *tls;       /* the connection; NULL once closed */
     struct frame_reader reader; /* incoming frames */
+    struct frame_pool *pool;    /* the server's body buffers (a reference, for reader and bodies) */
     struct conn *prev, *next;   /* the server's list */
     unsigned refs;              /* 1 while open + 1 per request in flight */
     unsigned inflight;          /* requests not yet answered */
@@ -167,6 +171,7 @@ struct server {
     void *done_arg;                          /* its argument */
     struct server_stats stats;               /* counters */
     struct gc_node *gc;                      /* deletions for accepted GC sweeps */
+    struct frame_pool *pool; /* put frame bodies, reused (a reference; connections hold more) */
     struct gc_leader *gcl; /* GC cycles when leader (NULL without Raft or once stopped) */
     bool gcl_stopping;     /* gc_leader_stop() was called and has not finished */
     bool gc_stopping;      /* gc_node_stop() was called and has not finished */
@@ -225,6 +230,7 @@ static void conn_unref(struct conn *c)
         return;
     }
     frame_reader_release(&c->reader);
+    frame_pool_unref(c->pool);
     hbc_free(c);
 }
 
@@ -269,7 +275,7 @@ static void reply_written_cb(struct tls_conn *t, int status, void *arg)
 static void req_free(struct req *r)
 {
     if (r->body != NULL) {
-        frame_view_release(r->frame, r->body);
+        frame_view_release(r->frame, r->body, r->conn->pool);
         r->body = NULL;
     } else {
         frame_free(r->frame);
@@ -1104,7 +1110,7 @@ static int conn_take_frame(struct conn *c, Hbc__Frame *frame, uint8_t *body)
     struct req *r = hbc_calloc(1, sizeof *r);
     if (r == NULL) {
         if (body != NULL) {
-            frame_view_release(frame, body);
+            frame_view_release(frame, body, c->pool);
         } else {
             frame_free(frame);
         }
@@ -1334,11 +1340,14 @@ static void on_connection(uv_stream_t *listener, int status)
     c->srv = s;
     c->refs = 1;
     frame_reader_init(&c->reader, s->cfg->max_frame, frame_cb, c);
-    frame_reader_set_view_cb(&c->reader, frame_view_cb);
+    c->pool = s->pool;
+    frame_pool_ref(c->pool);
+    frame_reader_set_view_cb(&c->reader, frame_view_cb, c->pool);
     struct err e;
     int rv = tls_accept(listener, s->tls, &conn_cbs, c, &c->tls, &e);
     if (rv != 0) {
         hbc_log(LOG_WARN, "event=accept_failed reason=\"%s\"", e.msg);
+        frame_pool_unref(c->pool);
         hbc_free(c);
         return;
     }
@@ -1389,8 +1398,15 @@ int server_start(uv_loop_t *loop, const struct node_config *cfg, struct tls_ctx 
     s->cfg = cfg;
     s->tls = tls;
     s->store = store;
+    /* One commit's worth of frame buffers kept for reuse (see common/frame_pool.h). */
+    s->pool = frame_pool_new(cfg->commit_max_bytes);
+    if (s->pool == NULL) {
+        hbc_free(s);
+        return err_set(e, HBC_ENOMEM, "start server");
+    }
     int grv = gc_node_new(loop, store, &s->gc, e);
     if (grv != 0) {
+        frame_pool_unref(s->pool);
         hbc_free(s);
         return grv;
     }
@@ -1400,6 +1416,7 @@ int server_start(uv_loop_t *loop, const struct node_config *cfg, struct tls_ctx 
     if (sscanf(cfg->listen, "%63[0-9.]:%u", host, &port) != 2 ||
         uv_ip4_addr(host, (int)port, &addr) != 0) {
         gc_node_free(s->gc);
+        frame_pool_unref(s->pool);
         hbc_free(s);
         return err_setraw(e, HBC_ECONFIG, "data.listen: '%s' is not an IPv4 address and port",
                           cfg->listen);
@@ -1415,6 +1432,7 @@ int server_start(uv_loop_t *loop, const struct node_config *cfg, struct tls_ctx 
         uv_close((uv_handle_t *)&s->listener, NULL);
         uv_run(loop, UV_RUN_NOWAIT);
         gc_node_free(s->gc);
+        frame_pool_unref(s->pool);
         hbc_free(s);
         return err_setraw(e, rv, "listen on %s: %s", cfg->listen, uv_strerror(rv));
     }
@@ -1471,6 +1489,7 @@ static void server_maybe_finish(struct server *s)
             (unsigned long long)s->stats.puts_acked, (unsigned long long)s->stats.commits);
     pthread_mutex_destroy(&s->space_mu);
     gc_node_free(s->gc);
+    frame_pool_unref(s->pool);
     hbc_free(s);
     done(arg);
 }

@@ -27,7 +27,7 @@ static int view_cb(Hbc__Frame *f, uint8_t *body, void *arg)
 {
     ((struct counts *)arg)->views++;
     FUZZ_CHECK(f->body_case == HBC__FRAME__BODY_PUT_SHARDS);
-    frame_view_release(f, body);
+    frame_view_release(f, body, NULL);
     return 0;
 }
 
@@ -71,7 +71,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         struct frame_reader r;
         frame_reader_init(&r, 0, plain_cb, &c[w]);
         if (w == 1) {
-            frame_reader_set_view_cb(&r, view_cb);
+            frame_reader_set_view_cb(&r, view_cb, NULL);
         }
         rc[w] = 0;
         size_t piece = 1 + size % 61;

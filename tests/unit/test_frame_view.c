@@ -10,6 +10,7 @@
 
 #include "common/alloc.h"
 #include "common/frame.h"
+#include "common/frame_pool.h"
 #include "common/frame_view.h"
 #include "pb_compare.h"
 
@@ -569,7 +570,18 @@ static int got_view_cb(Hbc__Frame *f, uint8_t *body, void *arg)
             g->data_in_body = false;
         }
     }
-    frame_view_release(f, body);
+    frame_view_release(f, body, NULL);
+    return 0;
+}
+
+static struct frame_pool *view_pool; /* the pool of the reader pool_view_cb serves */
+
+static int pool_view_cb(Hbc__Frame *f, uint8_t *body, void *arg)
+{
+    struct got *g = arg;
+    g->views++;
+    got_add(g, f);
+    frame_view_release(f, body, view_pool);
     return 0;
 }
 
@@ -601,7 +613,7 @@ static void test_reader_hands_puts_over_in_place(void **state)
     struct got a = {.data_in_body = true};
     struct frame_reader r;
     frame_reader_init(&r, 0, got_frame_cb, &a);
-    frame_reader_set_view_cb(&r, got_view_cb);
+    frame_reader_set_view_cb(&r, got_view_cb, NULL);
     for (size_t off = 0; off < len; off += 7) {
         assert_int_equal(frame_reader_feed(&r, stream + off, len - off < 7 ? len - off : 7, NULL),
                          0);
@@ -616,7 +628,7 @@ static void test_reader_hands_puts_over_in_place(void **state)
     /* Fed whole: decoded where it lies, by protobuf-c (the input is only borrowed). */
     struct got b = {.data_in_body = true};
     frame_reader_init(&r, 0, got_frame_cb, &b);
-    frame_reader_set_view_cb(&r, got_view_cb);
+    frame_reader_set_view_cb(&r, got_view_cb, NULL);
     assert_int_equal(frame_reader_feed(&r, stream, len, NULL), 0);
     frame_reader_release(&r);
     assert_int_equal(b.views, 0);
@@ -653,7 +665,7 @@ static void test_reader_same_verdict(void **state)
             struct frame_reader r;
             frame_reader_init(&r, 0, got_frame_cb, &got[w]);
             if (w == 1) {
-                frame_reader_set_view_cb(&r, got_view_cb);
+                frame_reader_set_view_cb(&r, got_view_cb, NULL);
             }
             rc[w] = 0;
             for (size_t off = 0; off < 4 + n && rc[w] == 0; off += 13) {
@@ -679,6 +691,74 @@ static void test_reader_same_verdict(void **state)
     assert_true(both_ok > 50 && both_refused > 20);
 }
 
+static void test_pool_reuses_buffers_within_its_bound(void **state)
+{
+    (void)state;
+    struct frame_pool *p = frame_pool_new(3u << 20);
+    assert_non_null(p);
+    size_t cap;
+    uint8_t *a = frame_pool_get(p, 1000000, &cap);
+    assert_non_null(a);
+    assert_true(cap >= 1000000);
+    memset(a, 1, cap); /* all of cap is usable */
+    frame_pool_put(p, a);
+    size_t cap2;
+    uint8_t *b = frame_pool_get(p, 999000, &cap2);
+    assert_ptr_equal(a, b); /* reused, not allocated again */
+    assert_int_equal(cap2, cap);
+    /* A buffer more than twice the size asked is not handed out for it. */
+    frame_pool_put(p, b);
+    uint8_t *c = frame_pool_get(p, 100000, &cap2);
+    assert_ptr_not_equal(c, a);
+    /* Beyond max_bytes idle, buffers given back are freed (ASan sees no leak either way). */
+    uint8_t *d = frame_pool_get(p, 2u << 20, &cap2);
+    uint8_t *e = frame_pool_get(p, 2u << 20, &cap2);
+    frame_pool_put(p, c);
+    frame_pool_put(p, d);
+    frame_pool_put(p, e);
+    /* A reference keeps it alive after its creator lets go. */
+    frame_pool_ref(p);
+    frame_pool_unref(p);
+    uint8_t *f = frame_pool_get(p, 10, &cap2);
+    assert_non_null(f);
+    frame_pool_put(p, f);
+    frame_pool_unref(p);
+    /* Without a pool: the heap. */
+    uint8_t *g = frame_pool_get(NULL, 10, &cap2);
+    assert_int_equal(cap2, 10);
+    frame_pool_put(NULL, g);
+}
+
+/* The reader with a pool: bodies come from it and go back to it. */
+static void test_reader_with_pool(void **state)
+{
+    (void)state;
+    struct frame_pool *pool = frame_pool_new(64u << 20);
+    struct frame_reader r;
+    for (int i = 0; i < 10; i++) {
+        struct frame_gen g;
+        frame_gen(&g, false);
+        uint8_t *enc;
+        size_t n;
+        assert_int_equal(frame_encode(&g.frame, &enc, &n, NULL), 0);
+        struct got b = {.data_in_body = true};
+        frame_reader_init(&r, 0, got_frame_cb, &b);
+        view_pool = pool;
+        frame_reader_set_view_cb(&r, pool_view_cb, pool);
+        for (size_t off = 0; off < n; off += 3) {
+            assert_int_equal(frame_reader_feed(&r, enc + off, n - off < 3 ? n - off : 3, NULL),
+                             0);
+        }
+        frame_reader_release(&r);
+        assert_int_equal(b.views, 1);
+        assert_memory_equal(b.enc, enc, n);
+        free(b.enc);
+        hbc_free(enc);
+        frame_gen_free(&g);
+    }
+    frame_pool_unref(pool);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -689,6 +769,8 @@ int main(void)
         cmocka_unit_test(test_out_of_memory),
         cmocka_unit_test(test_reader_hands_puts_over_in_place),
         cmocka_unit_test(test_reader_same_verdict),
+        cmocka_unit_test(test_pool_reuses_buffers_within_its_bound),
+        cmocka_unit_test(test_reader_with_pool),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
