@@ -175,14 +175,12 @@ void frame_reader_set_view_cb(struct frame_reader *r, frame_reader_view_cb view_
     r->pool = view_cb != NULL ? pool : NULL;
 }
 
-
 /*
  * Try to hand the body gathered in r->buf to the view callback, the buffer
  * with it. Returns 0 with *taken set when it did (or the callback's error),
  * 0 with *taken false when the fast parser declined, or HBC_ENOMEM.
  */
-static int frame_reader_deliver_view(struct frame_reader *r, size_t len, bool *taken,
-                                     struct err *e)
+static int frame_reader_deliver_view(struct frame_reader *r, size_t len, bool *taken, struct err *e)
 {
     *taken = false;
     Hbc__Frame *f;

@@ -81,20 +81,20 @@ typedef int (*frame_reader_view_cb)(Hbc__Frame *frame, uint8_t *body, void *arg)
  * Embed it in the connection's state; one thread at a time.
  */
 struct frame_reader {
-    size_t max_len;            /* largest body accepted, at most UINT32_MAX */
-    frame_reader_cb cb;        /* receives each frame */
+    size_t max_len;               /* largest body accepted, at most UINT32_MAX */
+    frame_reader_cb cb;           /* receives each frame */
     frame_reader_view_cb view_cb; /* receives put frames decoded in place, or NULL */
     struct frame_pool *pool;      /* where view bodies come from (borrowed), or NULL: the heap */
-    void *arg;                 /* passed to cb */
-    uint8_t prefix[4];         /* length prefix gathered so far */
-    size_t prefix_have;        /* bytes of prefix[] filled */
-    uint8_t *buf;              /* body being gathered (or kept for reuse), or NULL */
-    size_t cap;                /* allocated bytes at buf */
-    size_t need;               /* body length of the frame in progress; 0 between frames */
-    size_t have;               /* body bytes of that frame in buf */
-    int poison;                /* the error that stopped the reader, or 0 */
-    unsigned long long frames; /* frames delivered so far */
-    unsigned long long bytes;  /* stream bytes consumed so far (for error messages) */
+    void *arg;                    /* passed to cb */
+    uint8_t prefix[4];            /* length prefix gathered so far */
+    size_t prefix_have;           /* bytes of prefix[] filled */
+    uint8_t *buf;                 /* body being gathered (or kept for reuse), or NULL */
+    size_t cap;                   /* allocated bytes at buf */
+    size_t need;                  /* body length of the frame in progress; 0 between frames */
+    size_t have;                  /* body bytes of that frame in buf */
+    int poison;                   /* the error that stopped the reader, or 0 */
+    unsigned long long frames;    /* frames delivered so far */
+    unsigned long long bytes;     /* stream bytes consumed so far (for error messages) */
 };
 
 /* A body buffer up to this size is kept for the next frame; a larger one is freed. */

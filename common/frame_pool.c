@@ -16,10 +16,10 @@ struct pool_hdr {
 };
 
 struct frame_pool {
-    size_t max_bytes;                  /* idle bytes kept at most */
-    size_t idle_bytes;                 /* idle bytes kept now */
-    unsigned refs;                     /* references */
-    size_t nidle;                      /* entries in idle */
+    size_t max_bytes;                     /* idle bytes kept at most */
+    size_t idle_bytes;                    /* idle bytes kept now */
+    unsigned refs;                        /* references */
+    size_t nidle;                         /* entries in idle */
     struct pool_hdr *idle[POOL_MAX_IDLE]; /* idle buffers */
 };
 

@@ -133,8 +133,9 @@ static int view_scalar(const ProtobufCFieldDescriptor *f, unsigned wire, struct 
         in->p += 8;
         return VIEW_OK;
     case PROTOBUF_C_TYPE_BYTES: {
-        if (wire != PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED || view_varint(in, 5, &v, &nb) != VIEW_OK ||
-            v > INT_MAX || v > (uint64_t)(in->end - in->p)) {
+        if (wire != PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED ||
+            view_varint(in, 5, &v, &nb) != VIEW_OK || v > INT_MAX ||
+            v > (uint64_t)(in->end - in->p)) {
             return VIEW_DECLINE;
         }
         ProtobufCBinaryData *bd = member;

@@ -172,9 +172,9 @@ struct server {
     struct server_stats stats;               /* counters */
     struct gc_node *gc;                      /* deletions for accepted GC sweeps */
     struct frame_pool *pool; /* put frame bodies, reused (a reference; connections hold more) */
-    struct gc_leader *gcl; /* GC cycles when leader (NULL without Raft or once stopped) */
-    bool gcl_stopping;     /* gc_leader_stop() was called and has not finished */
-    bool gc_stopping;      /* gc_node_stop() was called and has not finished */
+    struct gc_leader *gcl;   /* GC cycles when leader (NULL without Raft or once stopped) */
+    bool gcl_stopping;       /* gc_leader_stop() was called and has not finished */
+    bool gc_stopping;        /* gc_node_stop() was called and has not finished */
 };
 
 /*
@@ -1398,8 +1398,12 @@ int server_start(uv_loop_t *loop, const struct node_config *cfg, struct tls_ctx 
     s->cfg = cfg;
     s->tls = tls;
     s->store = store;
-    /* One commit's worth of frame buffers kept for reuse (see common/frame_pool.h). */
-    s->pool = frame_pool_new(cfg->commit_max_bytes);
+    /*
+     * Frame buffers kept for reuse (common/frame_pool.h): as many as the
+     * commits in flight give back at once. With one commit's worth, a third
+     * of the put bytes still went into freshly faulted pages.
+     */
+    s->pool = frame_pool_new((size_t)cfg->commit_max_bytes * COMMIT_PIPELINE);
     if (s->pool == NULL) {
         hbc_free(s);
         return err_set(e, HBC_ENOMEM, "start server");

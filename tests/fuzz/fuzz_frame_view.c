@@ -76,8 +76,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         rc[w] = 0;
         size_t piece = 1 + size % 61;
         for (size_t off = 0; off < size + 4 && rc[w] == 0; off += piece) {
-            rc[w] = frame_reader_feed(&r, stream + off, size + 4 - off < piece ? size + 4 - off : piece,
-                                      NULL);
+            rc[w] = frame_reader_feed(&r, stream + off,
+                                      size + 4 - off < piece ? size + 4 - off : piece, NULL);
         }
         frame_reader_release(&r);
     }

@@ -34,7 +34,8 @@ static inline size_t pb_compare_scalar_size(ProtobufCType t)
     }
 }
 
-static inline bool pb_compare_value(const ProtobufCFieldDescriptor *f, const void *a, const void *b);
+static inline bool pb_compare_value(const ProtobufCFieldDescriptor *f, const void *a,
+                                    const void *b);
 
 /* Same descriptor and, field by field, the same presence and values (recursively). */
 static inline bool pb_compare(const ProtobufCMessage *a, const ProtobufCMessage *b)

@@ -425,9 +425,8 @@ static void test_edge_cases(void **state)
     n = one_blob_frame(b, (const uint8_t[]){0x80, 0x80, 0x80, 0x80, 0x10}, 5);
     expect(b, n, true, false);
     /* an index varint of 11 bytes: protobuf-c refuses */
-    n = one_blob_frame(b, (const uint8_t[]){0x81, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
-                                            0x80, 0x00},
-                       11);
+    n = one_blob_frame(
+        b, (const uint8_t[]){0x81, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00}, 11);
     expect(b, n, false, false);
     /* index missing: a required field */
     n = one_blob_frame(b, NULL, 0);
@@ -746,8 +745,7 @@ static void test_reader_with_pool(void **state)
         view_pool = pool;
         frame_reader_set_view_cb(&r, pool_view_cb, pool);
         for (size_t off = 0; off < n; off += 3) {
-            assert_int_equal(frame_reader_feed(&r, enc + off, n - off < 3 ? n - off : 3, NULL),
-                             0);
+            assert_int_equal(frame_reader_feed(&r, enc + off, n - off < 3 ? n - off : 3, NULL), 0);
         }
         frame_reader_release(&r);
         assert_int_equal(b.views, 1);
