@@ -38,7 +38,9 @@
 /*
  * Decode body[0..len) (borrowed; it must outlive *out) as an hbc.Frame with
  * a put_shards body. Returns 0 with *out set: a frame whose bytes fields
- * point into body, released with frame_view_free_frame(); 0 with *out NULL:
+ * point into body (the owner of a writable body may write through them, as
+ * into protobuf-c's copies), released with frame_view_free_frame(); 0 with
+ * *out NULL:
  * declined, unpack it with protobuf-c instead; or HBC_ENOMEM. Any thread.
  */
 int frame_view_parse(const uint8_t *body, size_t len, Hbc__Frame **out, struct err *e);
