@@ -170,11 +170,11 @@ struct server {
     void (*done)(void *);                    /* server_stop()'s callback */
     void *done_arg;                          /* its argument */
     struct server_stats stats;               /* counters */
+    struct frame_pool *pool;                 /* put frame bodies for reuse (connections share it) */
     struct gc_node *gc;                      /* deletions for accepted GC sweeps */
-    struct frame_pool *pool; /* put frame bodies, reused (a reference; connections hold more) */
-    struct gc_leader *gcl;   /* GC cycles when leader (NULL without Raft or once stopped) */
-    bool gcl_stopping;       /* gc_leader_stop() was called and has not finished */
-    bool gc_stopping;        /* gc_node_stop() was called and has not finished */
+    struct gc_leader *gcl; /* GC cycles when leader (NULL without Raft or once stopped) */
+    bool gcl_stopping;     /* gc_leader_stop() was called and has not finished */
+    bool gc_stopping;      /* gc_node_stop() was called and has not finished */
 };
 
 /*
