@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/frame_view.h"
 
 /* protobuf-c allocations go through hbc_malloc, and a failure is told apart from bad input. */
 struct frame_alloc_state {
@@ -120,12 +121,18 @@ void frame_reader_init(struct frame_reader *r, size_t max_len, frame_reader_cb c
     r->arg = arg;
 }
 
+/* Free r's body buffer, back to the pool it came from. */
+static void frame_reader_drop_buf(struct frame_reader *r)
+{
+    frame_pool_put(r->pool, r->buf);
+    r->buf = NULL;
+    r->cap = 0;
+}
+
 void frame_reader_release(struct frame_reader *r)
 {
     if (r != NULL) {
-        hbc_free(r->buf);
-        r->buf = NULL;
-        r->cap = 0;
+        frame_reader_drop_buf(r);
         r->need = 0;
         r->have = 0;
         r->prefix_have = 0;
@@ -161,10 +168,55 @@ static int frame_reader_start(struct frame_reader *r, uint32_t n, struct err *e)
     return 0;
 }
 
+void frame_reader_set_view_cb(struct frame_reader *r, frame_reader_view_cb view_cb,
+                              struct frame_pool *pool)
+{
+    r->view_cb = view_cb;
+    r->pool = view_cb != NULL ? pool : NULL;
+}
+
+/*
+ * Try to hand the body gathered in r->buf to the view callback, the buffer
+ * with it. Returns 0 with *taken set when it did (or the callback's error),
+ * 0 with *taken false when the fast parser declined, or HBC_ENOMEM.
+ */
+static int frame_reader_deliver_view(struct frame_reader *r, size_t len, bool *taken, struct err *e)
+{
+    *taken = false;
+    Hbc__Frame *f;
+    int rc = frame_view_parse(r->buf, len, &f, e);
+    if (rc != 0) {
+        return frame_reader_fail(r, rc);
+    }
+    if (f == NULL) {
+        return 0;
+    }
+    uint8_t *body = r->buf;
+    r->buf = NULL;
+    r->cap = 0;
+    r->frames++;
+    r->need = 0;
+    r->have = 0;
+    *taken = true;
+    rc = r->view_cb(f, body, r->arg);
+    if (rc != 0) {
+        err_set(e, rc, "frame %llu: handler", r->frames);
+        return frame_reader_fail(r, rc);
+    }
+    return 0;
+}
+
 /* Unpack a complete body and hand it to the callback. */
 static int frame_reader_deliver(struct frame_reader *r, const uint8_t *body, size_t len,
                                 struct err *e)
 {
+    if (r->view_cb != NULL && body == r->buf) {
+        bool taken;
+        int rc = frame_reader_deliver_view(r, len, &taken, e);
+        if (rc != 0 || taken) {
+            return rc;
+        }
+    }
     struct frame_alloc_state st = {.failed = false};
     ProtobufCAllocator a = {frame_pb_alloc, frame_pb_free, &st};
     Hbc__Frame *f = hbc__frame__unpack(&a, len, body);
@@ -243,14 +295,13 @@ int frame_reader_feed(struct frame_reader *r, const void *data, size_t len, stru
         }
         if (r->have == 0 && r->cap < r->need) {
             /* Sized once from the prefix; nothing to keep, so no realloc copy. */
-            hbc_free(r->buf);
-            r->cap = 0;
-            r->buf = hbc_malloc(r->need);
+            frame_reader_drop_buf(r);
+            r->buf = frame_pool_get(r->pool, r->need, &r->cap);
             if (r->buf == NULL) {
+                r->cap = 0;
                 err_set(e, HBC_ENOMEM, "frame %llu: %zu-byte body", r->frames + 1, r->need);
                 return frame_reader_fail(r, HBC_ENOMEM);
             }
-            r->cap = r->need;
         }
         size_t take = r->need - r->have;
         take = take < len ? take : len;
@@ -262,9 +313,7 @@ int frame_reader_feed(struct frame_reader *r, const void *data, size_t len, stru
         if (r->have == r->need) {
             rc = frame_reader_deliver(r, r->buf, r->need, e);
             if (r->cap > FRAME_KEEP_BUFFER) {
-                hbc_free(r->buf);
-                r->buf = NULL;
-                r->cap = 0;
+                frame_reader_drop_buf(r);
             }
             if (rc != 0) {
                 return rc;

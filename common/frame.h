@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "common/err.h"
+#include "common/frame_pool.h"
 #include "hbc.pb-c.h"
 
 /* Bytes of the length prefix in front of every frame. */
@@ -55,6 +56,17 @@ void frame_free(Hbc__Frame *f);
 typedef int (*frame_reader_cb)(Hbc__Frame *frame, void *arg);
 
 /*
+ * Called instead of frame_reader_cb for a frame decoded without copying its
+ * bytes (common/frame_view.h: a put_shards frame gathered in the reader's
+ * buffer): frame's bytes fields point into body, the frame's whole body.
+ * Ownership of both passes to the callback, which releases them with
+ * frame_view_release(frame, body, pool) (now or later, on the reader's
+ * thread when there is a pool), pool being the one the reader was given.
+ * Return values as for frame_reader_cb.
+ */
+typedef int (*frame_reader_view_cb)(Hbc__Frame *frame, uint8_t *body, void *arg);
+
+/*
  * An incremental reader: feed it the byte stream in pieces of any size (as
  * TLS delivers them) and it calls back with each complete frame. A frame's
  * body is gathered in one buffer sized from its length prefix (no
@@ -69,18 +81,20 @@ typedef int (*frame_reader_cb)(Hbc__Frame *frame, void *arg);
  * Embed it in the connection's state; one thread at a time.
  */
 struct frame_reader {
-    size_t max_len;            /* largest body accepted, at most UINT32_MAX */
-    frame_reader_cb cb;        /* receives each frame */
-    void *arg;                 /* passed to cb */
-    uint8_t prefix[4];         /* length prefix gathered so far */
-    size_t prefix_have;        /* bytes of prefix[] filled */
-    uint8_t *buf;              /* body being gathered (or kept for reuse), or NULL */
-    size_t cap;                /* allocated bytes at buf */
-    size_t need;               /* body length of the frame in progress; 0 between frames */
-    size_t have;               /* body bytes of that frame in buf */
-    int poison;                /* the error that stopped the reader, or 0 */
-    unsigned long long frames; /* frames delivered so far */
-    unsigned long long bytes;  /* stream bytes consumed so far (for error messages) */
+    size_t max_len;               /* largest body accepted, at most UINT32_MAX */
+    frame_reader_cb cb;           /* receives each frame */
+    frame_reader_view_cb view_cb; /* receives put frames decoded in place, or NULL */
+    struct frame_pool *pool;      /* where view bodies come from (borrowed), or NULL: the heap */
+    void *arg;                    /* passed to cb */
+    uint8_t prefix[4];            /* length prefix gathered so far */
+    size_t prefix_have;           /* bytes of prefix[] filled */
+    uint8_t *buf;                 /* body being gathered (or kept for reuse), or NULL */
+    size_t cap;                   /* allocated bytes at buf */
+    size_t need;                  /* body length of the frame in progress; 0 between frames */
+    size_t have;                  /* body bytes of that frame in buf */
+    int poison;                   /* the error that stopped the reader, or 0 */
+    unsigned long long frames;    /* frames delivered so far */
+    unsigned long long bytes;     /* stream bytes consumed so far (for error messages) */
 };
 
 /* A body buffer up to this size is kept for the next frame; a larger one is freed. */
@@ -92,6 +106,19 @@ struct frame_reader {
  * Allocates nothing.
  */
 void frame_reader_init(struct frame_reader *r, size_t max_len, frame_reader_cb cb, void *arg);
+
+/*
+ * Deliver put_shards frames whose body was gathered in the reader's buffer
+ * to view_cb, without copying the shards out of that buffer: the buffer
+ * goes with the frame (the next frame gets a new one). Frames the fast
+ * parser declines, and every other frame, still go to cb, unpacked by
+ * protobuf-c. NULL turns it off (the default). Call it before the first
+ * feed. Body buffers are taken from pool (borrowed; it must outlive the
+ * reader and every body handed over; NULL: the heap) and given back to it
+ * when the reader is done with them.
+ */
+void frame_reader_set_view_cb(struct frame_reader *r, frame_reader_view_cb view_cb,
+                              struct frame_pool *pool);
 
 /*
  * Feed len bytes of data (borrowed; not kept after the call). Calls cb for

@@ -117,6 +117,7 @@ static void frame_append(const Hbc__Frame *f, uint8_t *buf, size_t cap, size_t *
 static void frame_seeds(void)
 {
     make_dir("frame_reader");
+    make_dir("frame_view");
     uint8_t vault[16] = {1}, chunk[32] = {2}, shard[64] = {3};
     uint8_t *ids[2] = {chunk, chunk};
 
@@ -176,6 +177,8 @@ static void frame_seeds(void)
         char name[32];
         snprintf(name, sizeof name, "frame-%d", i);
         write_seed("frame_reader", name, one, len);
+        /* The bodies alone (no cut byte, no prefix) for the zero-copy decoder. */
+        write_seed("frame_view", name, one + 1 + FRAME_PREFIX_LEN, len - 1 - FRAME_PREFIX_LEN);
     }
     write_seed("frame_reader", "stream", all, all_len);
 }
