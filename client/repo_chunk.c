@@ -493,7 +493,8 @@ static int put_object(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const uns
     size_t ntargets = 0;
     char idhex[9];
     short_hex(id, idhex);
-    int rv = erasure_shards_encode(r->vault_id, id, r->k, r->m, obj, olen, blobs, lens, e);
+    /* The nodes fill in each shard's trailing SHA-256 (ShardBlob.sha256_unset). */
+    int rv = erasure_shards_encode_unhashed(r->vault_id, id, r->k, r->m, obj, olen, blobs, lens, e);
     if (rv != 0) {
         err_wrap(e, "put chunk: erasure code");
         goto out;
@@ -531,7 +532,8 @@ static int put_object(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const uns
                                                           .chunk_id = id,
                                                           .index = s,
                                                           .data = blobs[s],
-                                                          .len = lens[s]};
+                                                          .len = lens[s],
+                                                          .sha256_unset = true};
                 bytes += lens[s];
             }
         }

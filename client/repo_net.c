@@ -126,6 +126,8 @@ static int put_with_epoch(struct node_client *nc, struct repo_req *r, struct err
             blobs[i].chunk_id = (ProtobufCBinaryData){32, (uint8_t *)sh->chunk_id};
             blobs[i].index = sh->index;
             blobs[i].data = (ProtobufCBinaryData){sh->len, (uint8_t *)sh->data};
+            blobs[i].has_sha256_unset = sh->sha256_unset;
+            blobs[i].sha256_unset = sh->sha256_unset;
             bp[i] = &blobs[i];
         }
         Hbc__Frame f = HBC__FRAME__INIT;

@@ -77,6 +77,15 @@
  * (HBC_ECORRUPT). The SHA-256 covers every byte before it, so a changed bit
  * anywhere is caught by one of these checks. It detects damage, not forgery:
  * the chunk object's AES-GCM tag authenticates the rebuilt object.
+ *
+ * Trailer filled in by the receiver. A writer may send a shard whose
+ * trailer is 32 zero bytes (erasure_shards_encode_unhashed) and flag it so
+ * (ShardBlob.sha256_unset); the node that stores it runs every check above
+ * except the SHA-256 comparison, and writes the SHA-256 into the trailer
+ * instead (erasure_shard_fill_sha256), in the same pass as the hash of the
+ * whole blob it records. The stored shard is byte for byte what
+ * erasure_shard_encode() makes; only who computes the trailer differs (the
+ * bytes in transit are protected by TLS, and the object by its GCM tag).
  */
 
 #define ERASURE_MAX_K 16                                   /* most data shards in a scheme */
@@ -222,6 +231,19 @@ int erasure_shard_decode_sha256(const uint8_t *blob, size_t blob_length,
                                 uint8_t blob_sha256[ERASURE_SHARD_TRAILER], struct err *e);
 
 /*
+ * erasure_shard_decode_sha256() for a shard whose trailer the sender left
+ * as zero bytes: every check but the SHA-256 comparison, then the SHA-256
+ * of bytes [0, 7+H+L) is written into the trailer (blob is modified in
+ * place and is afterwards exactly what erasure_shard_encode() makes), and
+ * blob_sha256 receives the SHA-256 of the whole filled-in blob.
+ * Returns as erasure_shard_decode_sha256(), except that a trailer that is
+ * not all zero is HBC_EFORMAT (blob unchanged), never HBC_ECORRUPT.
+ */
+int erasure_shard_fill_sha256(uint8_t *blob, size_t blob_length, struct erasure_shard_info *info,
+                              const uint8_t **payload, uint8_t blob_sha256[ERASURE_SHARD_TRAILER],
+                              struct err *e);
+
+/*
  * Encode object (borrowed) with RS(k,m) and frame all k+m shards:
  * blobs[i] (a new buffer, caller frees each with hbc_free()) holds shard i
  * and lengths[i] its length; both arrays have room for k+m entries.
@@ -234,6 +256,16 @@ int erasure_shard_decode_sha256(const uint8_t *blob, size_t blob_length,
 int erasure_shards_encode(const uint8_t *vault_id, const uint8_t *chunk_id, unsigned k, unsigned m,
                           const uint8_t *object, size_t object_length, uint8_t **blobs,
                           size_t *lengths, struct err *e);
+
+/*
+ * erasure_shards_encode(), but every shard's trailer is left as 32 zero
+ * bytes for the receiving node to fill in (erasure_shard_fill_sha256): one
+ * SHA-256 pass over (k+m)/k of the object less for the writer. Such blobs
+ * fail erasure_shard_decode() until they are filled in. Same returns.
+ */
+int erasure_shards_encode_unhashed(const uint8_t *vault_id, const uint8_t *chunk_id, unsigned k,
+                                   unsigned m, const uint8_t *object, size_t object_length,
+                                   uint8_t **blobs, size_t *lengths, struct err *e);
 
 /*
  * Rebuild an object from up to count encoded shards of one stripe, in any

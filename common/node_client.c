@@ -570,6 +570,8 @@ int node_client_put_shards(struct node_client *nc, const struct node_client_shar
         blobs[i].index = s->index;
         blobs[i].data.data = (uint8_t *)s->data;
         blobs[i].data.len = s->len;
+        blobs[i].has_sha256_unset = s->sha256_unset;
+        blobs[i].sha256_unset = s->sha256_unset;
         bp[i] = &blobs[i];
     }
     Hbc__Frame f = HBC__FRAME__INIT;
