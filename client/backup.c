@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -28,6 +29,8 @@
 #include "common/chunker.h"
 #include "common/crypto.h"
 
+#define BACKUP_MMAP_THRESHOLD ((size_t)32 << 20) /* glibc's largest; above any chunk buffer */
+#define BACKUP_TRIM_THRESHOLD ((size_t)128 << 20) /* free heap kept before trimming */
 #define READ_BUF (2 * BACKUP_READ_BLOCK) /* holds an unfinished chunk (< 4 MiB) and a block */
 #define PARENT_CANDIDATES 16             /* snapshots tried when looking for a parent */
 
@@ -1351,6 +1354,15 @@ int backup_run(struct repo *r, const struct backup_options *o, struct backup_res
                struct err *e)
 {
     memset(res, 0, sizeof *res);
+    /*
+     * Chunks, sealed objects, shards and frames are multi-MiB buffers made
+     * and freed all the time. glibc's defaults give such buffers fresh
+     * mmaps (or trim them back to the kernel) and every reuse page-faults
+     * again; keep them in the heap instead (measured: a third of the
+     * minor faults of a 3-2-1-1-0 backup, docs/performance.md).
+     */
+    mallopt(M_MMAP_THRESHOLD, (int)BACKUP_MMAP_THRESHOLD);
+    mallopt(M_TRIM_THRESHOLD, (int)BACKUP_TRIM_THRESHOLD);
     if (o->threads > BACKUP_MAX_THREADS) {
         return err_setraw(e, HBC_EINVAL, "at most %u threads", BACKUP_MAX_THREADS);
     }

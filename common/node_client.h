@@ -122,7 +122,7 @@ struct node_client_shard {
     uint32_t index;          /* shard index within the stripe */
     const uint8_t *data;     /* the encoded shard */
     size_t len;              /* its length */
-    bool sha256_unset; /* its trailer is zero: the node fills it in (ShardBlob.sha256_unset) */
+    bool sha256_unset;       /* trailer left zero for the node to fill in */
 };
 
 /* One shard to get, borrowed for the call. */
