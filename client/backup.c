@@ -29,7 +29,7 @@
 #include "common/chunker.h"
 #include "common/crypto.h"
 
-#define BACKUP_MMAP_THRESHOLD ((size_t)32 << 20) /* glibc's largest; above any chunk buffer */
+#define BACKUP_MMAP_THRESHOLD ((size_t)32 << 20)  /* glibc's largest; above any chunk buffer */
 #define BACKUP_TRIM_THRESHOLD ((size_t)128 << 20) /* free heap kept before trimming */
 #define READ_BUF (2 * BACKUP_READ_BLOCK) /* holds an unfinished chunk (< 4 MiB) and a block */
 #define PARENT_CANDIDATES 16             /* snapshots tried when looking for a parent */
