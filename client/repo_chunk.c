@@ -487,14 +487,31 @@ static int put_object(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const uns
 {
     const unsigned width = r->k + r->m;
     const unsigned copies = r->copies;
-    uint8_t *blobs[ERASURE_MAX_SHARDS] = {0};
-    size_t lens[ERASURE_MAX_SHARDS] = {0};
+    struct erasure_stripe st = {0};
+    uint8_t heads[ERASURE_MAX_SHARDS][ERASURE_SHARD_HEAD_MAX];
+    size_t head_lens[ERASURE_MAX_SHARDS] = {0};
     struct repo_req *reqs = NULL;
     size_t ntargets = 0;
     char idhex[9];
     short_hex(id, idhex);
-    /* The nodes fill in each shard's trailing SHA-256 (ShardBlob.sha256_unset). */
-    int rv = erasure_shards_encode_unhashed(r->vault_id, id, r->k, r->m, obj, olen, blobs, lens, e);
+    /*
+     * Each shard goes out as its head, its payload (a slice of obj, or a
+     * parity shard in st) and a zero trailer that the node fills in
+     * (ShardBlob.sha256_unset): no shard is copied or hashed here.
+     */
+    const struct erasure_scheme *scheme = NULL;
+    int rv = erasure_scheme_get(r->k, r->m, &scheme, e);
+    if (rv == 0) {
+        rv = erasure_encode(scheme, obj, olen, &st, e);
+    }
+    struct erasure_shard_info info = {
+        .k = r->k, .m = r->m, .object_length = olen, .shard_length = st.shard_length};
+    memcpy(info.vault_id, r->vault_id, sizeof info.vault_id);
+    memcpy(info.chunk_id, id, sizeof info.chunk_id);
+    for (unsigned s = 0; s < width && rv == 0; s++) {
+        info.index = s;
+        rv = erasure_shard_head(&info, heads[s], &head_lens[s], e);
+    }
     if (rv != 0) {
         err_wrap(e, "put chunk: erasure code");
         goto out;
@@ -531,10 +548,12 @@ static int put_object(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const uns
                 flat[used++] = (struct node_client_shard){.vault_id = r->vault_id,
                                                           .chunk_id = id,
                                                           .index = s,
-                                                          .data = blobs[s],
-                                                          .len = lens[s],
-                                                          .sha256_unset = true};
-                bytes += lens[s];
+                                                          .data = st.shards[s],
+                                                          .len = st.shard_length,
+                                                          .sha256_unset = true,
+                                                          .head = heads[s],
+                                                          .head_len = head_lens[s]};
+                bytes += head_lens[s] + st.shard_length + ERASURE_SHARD_TRAILER;
             }
         }
         reqs[t] = (struct repo_req){.addr = r->nodes[tnode[t]].addr,
@@ -607,9 +626,7 @@ out:
         frame_free(reqs[t].reply);
     }
     hbc_free(reqs);
-    for (unsigned s = 0; s < ERASURE_MAX_SHARDS; s++) {
-        hbc_free(blobs[s]);
-    }
+    erasure_stripe_release(&st);
     return rv;
 }
 

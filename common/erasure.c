@@ -430,12 +430,11 @@ static int sha256(const uint8_t *data, size_t n, uint8_t *md, struct err *e)
     return 0;
 }
 
-/* erasure_shard_encode(), with the trailer computed (hash) or left as zero bytes. */
-static int shard_encode(const struct erasure_shard_info *info, const uint8_t *payload, bool hash,
-                        uint8_t **out, size_t *out_length, struct err *e)
+int erasure_shard_head(const struct erasure_shard_info *info, uint8_t head[ERASURE_SHARD_HEAD_MAX],
+                       size_t *head_len, struct err *e)
 {
-    if (info == NULL || payload == NULL || out == NULL || out_length == NULL) {
-        return err_set(e, HBC_EINVAL, "encode shard: missing header, payload or output");
+    if (info == NULL || head == NULL || head_len == NULL) {
+        return err_set(e, HBC_EINVAL, "encode shard: missing header or output");
     }
     int rc = info_check(info, HBC_EINVAL, e);
     if (rc != 0) {
@@ -455,19 +454,36 @@ static int shard_encode(const struct erasure_shard_info *info, const uint8_t *pa
     size_t hlen = hbc__shard_header__get_packed_size(&h);
     /* Fixed-size ids and bounded integers keep the header near 100 bytes. */
     assert(hlen <= ERASURE_SHARD_MAX_HEADER);
+    memcpy(head, shard_magic, sizeof shard_magic);
+    head[4] = ERASURE_SHARD_VERSION;
+    head[5] = (uint8_t)(hlen >> 8);
+    head[6] = (uint8_t)hlen;
+    hbc__shard_header__pack(&h, head + ERASURE_SHARD_PREFIX);
+    *head_len = ERASURE_SHARD_PREFIX + hlen;
+    return 0;
+}
 
-    size_t body = ERASURE_SHARD_PREFIX + hlen + (size_t)info->shard_length;
+/* erasure_shard_encode(), with the trailer computed (hash) or left as zero bytes. */
+static int shard_encode(const struct erasure_shard_info *info, const uint8_t *payload, bool hash,
+                        uint8_t **out, size_t *out_length, struct err *e)
+{
+    if (info == NULL || payload == NULL || out == NULL || out_length == NULL) {
+        return err_set(e, HBC_EINVAL, "encode shard: missing header, payload or output");
+    }
+    uint8_t head[ERASURE_SHARD_HEAD_MAX];
+    size_t hl = 0;
+    int rc = erasure_shard_head(info, head, &hl, e);
+    if (rc != 0) {
+        return rc;
+    }
+    size_t body = hl + (size_t)info->shard_length;
     size_t total = body + ERASURE_SHARD_TRAILER;
     uint8_t *buf = hbc_malloc(total);
     if (buf == NULL) {
         return err_set(e, HBC_ENOMEM, "encode shard: %zu bytes", total);
     }
-    memcpy(buf, shard_magic, sizeof shard_magic);
-    buf[4] = ERASURE_SHARD_VERSION;
-    buf[5] = (uint8_t)(hlen >> 8);
-    buf[6] = (uint8_t)hlen;
-    hbc__shard_header__pack(&h, buf + ERASURE_SHARD_PREFIX);
-    memcpy(buf + ERASURE_SHARD_PREFIX + hlen, payload, (size_t)info->shard_length);
+    memcpy(buf, head, hl);
+    memcpy(buf + hl, payload, (size_t)info->shard_length);
     if (!hash) {
         memset(buf + body, 0, ERASURE_SHARD_TRAILER);
     }

@@ -97,8 +97,10 @@
 #define ERASURE_SHARD_PREFIX 7       /* magic, version and header length */
 #define ERASURE_SHARD_MAX_HEADER 256 /* longest ShardHeader accepted, in bytes */
 #define ERASURE_SHARD_TRAILER 32     /* the SHA-256 at the end */
-#define ERASURE_VAULT_ID_LEN 16      /* bytes of a vault id */
-#define ERASURE_CHUNK_ID_LEN 32      /* bytes of a chunk id */
+#define ERASURE_SHARD_HEAD_MAX (ERASURE_SHARD_PREFIX + ERASURE_SHARD_MAX_HEADER) /* prefix+header  \
+                                                                                  */
+#define ERASURE_VAULT_ID_LEN 16 /* bytes of a vault id */
+#define ERASURE_CHUNK_ID_LEN 32 /* bytes of a chunk id */
 
 /*
  * An RS(k,m) code with its ISA-L encode tables. Schemes are built once per
@@ -206,6 +208,17 @@ struct erasure_shard_info {
  */
 int erasure_shard_encode(const struct erasure_shard_info *info, const uint8_t *payload,
                          uint8_t **out, size_t *out_length, struct err *e);
+
+/*
+ * The first bytes of the shard that erasure_shard_encode() makes of info:
+ * its prefix and ShardHeader (7 + H bytes, into head; *head_len gets how
+ * many). The whole shard is head, then the info->shard_length payload
+ * bytes, then the trailer: a writer may send these pieces without copying
+ * the payload (with a zero trailer, for the node to fill in).
+ * Returns 0 or HBC_EINVAL (info inconsistent, or a NULL argument).
+ */
+int erasure_shard_head(const struct erasure_shard_info *info, uint8_t head[ERASURE_SHARD_HEAD_MAX],
+                       size_t *head_len, struct err *e);
 
 /*
  * Verify an encoded shard (blob, blob_length bytes, borrowed) with every

@@ -209,7 +209,7 @@ static void test_requests_are_answered_and_matched(void **state)
     struct err e;
     struct rec put = {0}, early = {0}, status = {0};
     /* Issued before the handshake completes: parked, then sent in order. */
-    struct node_client_shard sh = {vault, chunk, 5, blob, len, false};
+    struct node_client_shard sh = {vault, chunk, 5, blob, len, false, NULL, 0};
     assert_int_equal(node_client_put_shards(nc, &sh, 1, rec_cb, &put, &e), 0);
     assert_int_equal(node_client_status(nc, rec_cb, &early, &e), 0);
     assert_false(node_client_is_open(nc));
@@ -280,10 +280,10 @@ static void test_refusals_are_mapped_to_codes(void **state)
     struct err e;
     struct rec wrong_index = {0}, garbage = {0}, after = {0};
     /* The blob's header says index 1; the request says 2. */
-    struct node_client_shard sh = {vault, chunk, 2, blob, len, false};
+    struct node_client_shard sh = {vault, chunk, 2, blob, len, false, NULL, 0};
     assert_int_equal(node_client_put_shards(nc, &sh, 1, rec_cb, &wrong_index, &e), 0);
     uint8_t junk[64] = {1, 2, 3};
-    struct node_client_shard bad = {vault, chunk, 1, junk, sizeof junk, false};
+    struct node_client_shard bad = {vault, chunk, 1, junk, sizeof junk, false, NULL, 0};
     assert_int_equal(node_client_put_shards(nc, &bad, 1, rec_cb, &garbage, &e), 0);
     assert_int_equal(node_client_status(nc, rec_cb, &after, &e), 0);
     run_until(f, &after.calls, 1);
@@ -324,18 +324,18 @@ static void test_node_fills_in_an_unset_trailer(void **state)
     memset(unset + len - ERASURE_SHARD_TRAILER, 0, ERASURE_SHARD_TRAILER);
     struct err e;
     struct rec unflagged = {0}, filled = {0}, set_flagged = {0}, get = {0};
-    struct node_client_shard no_flag = {vault, chunk, 3, unset, len, false};
+    struct node_client_shard no_flag = {vault, chunk, 3, unset, len, false, NULL, 0};
     assert_int_equal(node_client_put_shards(nc, &no_flag, 1, rec_cb, &unflagged, &e), 0);
     run_until(f, &unflagged.calls, 1);
     assert_int_equal(unflagged.status, HBC_ECORRUPT);
-    struct node_client_shard sh = {vault, chunk, 3, unset, len, true};
+    struct node_client_shard sh = {vault, chunk, 3, unset, len, true, NULL, 0};
     assert_int_equal(node_client_put_shards(nc, &sh, 1, rec_cb, &filled, &e), 0);
     run_until(f, &filled.calls, 1);
     assert_int_equal(filled.status, 0);
     assert_int_equal(filled.reply->put_shards_reply->stored, 1);
     /* The trailer is filled in on the node, not in our buffer. */
     assert_int_equal(unset[len - 1] | unset[len - 2], 0);
-    struct node_client_shard wrong = {vault, chunk, 3, blob, len, true};
+    struct node_client_shard wrong = {vault, chunk, 3, blob, len, true, NULL, 0};
     assert_int_equal(node_client_put_shards(nc, &wrong, 1, rec_cb, &set_flagged, &e), 0);
     run_until(f, &set_flagged.calls, 1);
     assert_int_equal(set_flagged.status, HBC_EINVAL);
