@@ -220,6 +220,7 @@ static void *worker_main(void *arg)
     struct job *batch[BACKUP_HAVE_BATCH];
     uint8_t(*ids)[TREE_ID_LEN] = hbc_malloc(BACKUP_HAVE_BATCH * TREE_ID_LEN);
     bool present[BACKUP_HAVE_BATCH];
+    bool any[BACKUP_HAVE_BATCH];
     struct err e = {0};
     pthread_mutex_lock(&bk->mu);
     if (ids == NULL && bk->failed == 0) {
@@ -257,7 +258,7 @@ static void *worker_main(void *arg)
             for (size_t i = 0; i < n; i++) {
                 memcpy(ids[i], batch[i]->id, TREE_ID_LEN);
             }
-            rv = repo_have(bk->r, (const uint8_t(*)[TREE_ID_LEN])ids, n, present, &e);
+            rv = repo_have_any(bk->r, (const uint8_t(*)[TREE_ID_LEN])ids, n, present, any, &e);
             if (rv != 0) {
                 err_wrap(&e, "ask which chunks exist");
             }
@@ -266,7 +267,10 @@ static void *worker_main(void *arg)
                     found++;
                     continue;
                 }
-                rv = repo_put_chunk(bk->r, batch[i]->id, batch[i]->data, batch[i]->len, &e);
+                /* On no node at all (the usual case): put without asking the nodes again. */
+                rv = any[i] ? repo_put_chunk(bk->r, batch[i]->id, batch[i]->data, batch[i]->len, &e)
+                            : repo_put_chunk_new(bk->r, batch[i]->id, batch[i]->data, batch[i]->len,
+                                                 &e);
                 if (rv != 0) {
                     err_wrap(&e, "store chunk");
                 } else {

@@ -111,6 +111,23 @@ int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *
                    struct err *e);
 
 /*
+ * repo_have(), and any[i]: some node holds some shard of ids[i] (with
+ * present[i] false: a put that failed half-way, which repo_put_chunk()
+ * completes). Same returns.
+ */
+int repo_have_any(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t n, bool *present,
+                  bool *any, struct err *e);
+
+/*
+ * repo_put_chunk() for an id that repo_have_any() has just found on no node
+ * (any[i] false): puts without asking the nodes again first (one round trip
+ * less per chunk). Should that put fail (another writer came in between,
+ * a node refused), it is retried as repo_put_chunk(). Same returns.
+ */
+int repo_put_chunk_new(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *plain,
+                       size_t len, struct err *e);
+
+/*
  * Read one chunk: nearest copy first, data shards first; fall back to parity
  * and to other copies on any error or checksum mismatch; rebuild, open
  * (authenticate) and check the chunk id. On 0, *plain (hbc_free) holds *len

@@ -688,9 +688,13 @@ static int complete_existing(struct repo *r, struct repo_worker *w, const uint8_
     return rv;
 }
 
-/* One attempt of repo_put_chunk() with the current placement map. */
+/*
+ * One attempt of repo_put_chunk() with the current placement map; with
+ * absent, the caller has just seen no shard of id on any node, so the
+ * nodes are not asked again.
+ */
 static int put_chunk_once(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *plain,
-                          size_t len, struct err *e)
+                          size_t len, bool absent, struct err *e)
 {
     int rv = need_vault(r, "put chunk", e);
     if (rv != 0) {
@@ -717,7 +721,7 @@ static int put_chunk_once(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const
     bool enough = false, any = false;
     struct err pe;
     err_clear(&pe);
-    if (presence(r, id, &enough, &any, &pe) == 0 && enough) {
+    if (!absent && presence(r, id, &enough, &any, &pe) == 0 && enough) {
         rv = 0; /* stored already: a put again costs one small round trip */
         goto out;
     }
@@ -757,7 +761,7 @@ out:
 int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *plain, size_t len,
                    struct err *e)
 {
-    int rv = put_chunk_once(r, id, plain, len, e);
+    int rv = put_chunk_once(r, id, plain, len, false, e);
     /* A node in a later placement epoch refused the put: reload the map, place again. */
     for (int attempt = 0; rv == HBC_ESTALEEPOCH && attempt < 5; attempt++) {
         struct err re;
@@ -765,9 +769,22 @@ int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *
         if (rr != 0) {
             return err_setraw(e, rr, "put chunk: reload the placement map: %s", re.msg);
         }
-        rv = put_chunk_once(r, id, plain, len, e);
+        rv = put_chunk_once(r, id, plain, len, false, e);
     }
     return rv;
+}
+
+int repo_put_chunk_new(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *plain,
+                       size_t len, struct err *e)
+{
+    struct err fe;
+    err_clear(&fe);
+    int rv = put_chunk_once(r, id, plain, len, true, &fe);
+    if (rv == 0) {
+        return 0;
+    }
+    /* Refused or stale: the careful path asks the nodes, completes, re-places. */
+    return repo_put_chunk(r, id, plain, len, e);
 }
 
 /* ---- have ---- */
@@ -970,6 +987,12 @@ int repo_have(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t n, boo
               struct err *e)
 {
     return have_core(r, ids, n, present, NULL, e);
+}
+
+int repo_have_any(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t n, bool *present,
+                  bool *any, struct err *e)
+{
+    return have_core(r, ids, n, present, any, e);
 }
 
 static int presence(struct repo *r, const uint8_t id[REPO_CHUNK_ID], bool *enough, bool *any,
