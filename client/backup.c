@@ -218,9 +218,13 @@ static void *worker_main(void *arg)
 {
     struct backup *bk = arg;
     struct job *batch[BACKUP_HAVE_BATCH];
-    uint8_t(*ids)[TREE_ID_LEN] = hbc_malloc(BACKUP_HAVE_BATCH * TREE_ID_LEN);
+    uint8_t(*ids)[TREE_ID_LEN] = hbc_malloc(2 * BACKUP_HAVE_BATCH * TREE_ID_LEN);
+    uint8_t(*small_ids)[TREE_ID_LEN] = ids + BACKUP_HAVE_BATCH; /* new small chunks, together */
+    const void *small_data[BACKUP_HAVE_BATCH];
+    size_t small_lens[BACKUP_HAVE_BATCH];
     bool present[BACKUP_HAVE_BATCH];
     bool any[BACKUP_HAVE_BATCH];
+    bool batched[BACKUP_HAVE_BATCH];
     struct err e = {0};
     pthread_mutex_lock(&bk->mu);
     if (ids == NULL && bk->failed == 0) {
@@ -262,9 +266,33 @@ static void *worker_main(void *arg)
             if (rv != 0) {
                 err_wrap(&e, "ask which chunks exist");
             }
+            /* New small chunks (trees, small files): sealed and sent together. */
+            size_t nsmall = 0;
+            uint64_t small_bytes = 0;
             for (size_t i = 0; rv == 0 && i < n; i++) {
-                if (present[i]) {
-                    found++;
+                if (!present[i] && !any[i] && batch[i]->len <= REPO_PUT_BATCH_MAX) {
+                    memcpy(small_ids[nsmall], batch[i]->id, TREE_ID_LEN);
+                    small_data[nsmall] = batch[i]->data;
+                    small_lens[nsmall++] = batch[i]->len;
+                    small_bytes += batch[i]->len;
+                    batched[i] = true;
+                } else {
+                    batched[i] = false;
+                }
+            }
+            if (rv == 0 && nsmall > 0) {
+                rv = repo_put_chunks_new(bk->r, nsmall, (const uint8_t(*)[TREE_ID_LEN])small_ids,
+                                         small_data, small_lens, &e);
+                if (rv != 0) {
+                    err_wrap(&e, "store chunks");
+                } else {
+                    stored += nsmall;
+                    stored_bytes += small_bytes;
+                }
+            }
+            for (size_t i = 0; rv == 0 && i < n; i++) {
+                if (present[i] || batched[i]) {
+                    found += present[i] ? 1 : 0;
                     continue;
                 }
                 /* On no node at all (the usual case): put without asking the nodes again. */
