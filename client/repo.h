@@ -111,6 +111,39 @@ int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *
                    struct err *e);
 
 /*
+ * repo_have(), and any[i]: some node holds some shard of ids[i] (with
+ * present[i] false: a put that failed half-way, which repo_put_chunk()
+ * completes). Same returns.
+ */
+int repo_have_any(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t n, bool *present,
+                  bool *any, struct err *e);
+
+/*
+ * repo_put_chunk() for an id that repo_have_any() has just found on no node
+ * (any[i] false): puts without asking the nodes again first (one round trip
+ * less per chunk). Should that put fail (another writer came in between,
+ * a node refused), it is retried as repo_put_chunk(). Same returns.
+ */
+int repo_put_chunk_new(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *plain,
+                       size_t len, struct err *e);
+
+#define REPO_PUT_BATCH_MAX ((size_t)64 << 10) /* largest chunk of repo_put_chunks_new() */
+#define REPO_PUT_BATCH_CHUNKS 64u             /* chunks sealed and sent together */
+
+/*
+ * repo_put_chunk_new() for n small chunks (each at most REPO_PUT_BATCH_MAX
+ * bytes) that repo_have_any() has just found on no node: up to
+ * REPO_PUT_BATCH_CHUNKS at a time are sealed and coded, and all their
+ * shards go out in one request per node (one round trip for the lot instead
+ * of one per chunk). A chunk that some node did not take whole is put again
+ * alone with repo_put_chunk(). ids, plains and lens (n entries each) are
+ * borrowed. Returns 0, HBC_EINVAL (a chunk too large; nothing was put), or
+ * the first error of repo_put_chunk() (chunks before it are stored).
+ */
+int repo_put_chunks_new(struct repo *r, size_t n, const uint8_t (*ids)[REPO_CHUNK_ID],
+                        const void *const *plains, const size_t *lens, struct err *e);
+
+/*
  * Read one chunk: nearest copy first, data shards first; fall back to parity
  * and to other copies on any error or checksum mismatch; rebuild, open
  * (authenticate) and check the chunk id. On 0, *plain (hbc_free) holds *len

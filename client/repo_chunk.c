@@ -516,13 +516,31 @@ static int put_object(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const uns
 {
     const unsigned width = r->k + r->m;
     const unsigned copies = r->copies;
-    uint8_t *blobs[ERASURE_MAX_SHARDS] = {0};
-    size_t lens[ERASURE_MAX_SHARDS] = {0};
+    struct erasure_stripe st = {0};
+    uint8_t heads[ERASURE_MAX_SHARDS][ERASURE_SHARD_HEAD_MAX];
+    size_t head_lens[ERASURE_MAX_SHARDS] = {0};
     struct repo_req *reqs = NULL;
     size_t ntargets = 0;
     char idhex[9];
     short_hex(id, idhex);
-    int rv = erasure_shards_encode(r->vault_id, id, r->k, r->m, obj, olen, blobs, lens, e);
+    /*
+     * Each shard goes out as its head, its payload (a slice of obj, or a
+     * parity shard in st) and a zero trailer that the node fills in
+     * (ShardBlob.sha256_unset): no shard is copied or hashed here.
+     */
+    const struct erasure_scheme *scheme = NULL;
+    int rv = erasure_scheme_get(r->k, r->m, &scheme, e);
+    if (rv == 0) {
+        rv = erasure_encode(scheme, obj, olen, &st, e);
+    }
+    struct erasure_shard_info info = {
+        .k = r->k, .m = r->m, .object_length = olen, .shard_length = st.shard_length};
+    memcpy(info.vault_id, r->vault_id, sizeof info.vault_id);
+    memcpy(info.chunk_id, id, sizeof info.chunk_id);
+    for (unsigned s = 0; s < width && rv == 0; s++) {
+        info.index = s;
+        rv = erasure_shard_head(&info, heads[s], &head_lens[s], e);
+    }
     if (rv != 0) {
         err_wrap(e, "put chunk: erasure code");
         goto out;
@@ -559,9 +577,12 @@ static int put_object(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const uns
                 flat[used++] = (struct node_client_shard){.vault_id = r->vault_id,
                                                           .chunk_id = id,
                                                           .index = s,
-                                                          .data = blobs[s],
-                                                          .len = lens[s]};
-                bytes += lens[s];
+                                                          .data = st.shards[s],
+                                                          .len = st.shard_length,
+                                                          .sha256_unset = true,
+                                                          .head = heads[s],
+                                                          .head_len = head_lens[s]};
+                bytes += head_lens[s] + st.shard_length + ERASURE_SHARD_TRAILER;
             }
         }
         reqs[t] = (struct repo_req){.addr = r->nodes[tnode[t]].addr,
@@ -634,9 +655,7 @@ out:
         frame_free(reqs[t].reply);
     }
     hbc_free(reqs);
-    for (unsigned s = 0; s < ERASURE_MAX_SHARDS; s++) {
-        hbc_free(blobs[s]);
-    }
+    erasure_stripe_release(&st);
     return rv;
 }
 
@@ -698,9 +717,13 @@ static int complete_existing(struct repo *r, struct repo_worker *w, const uint8_
     return rv;
 }
 
-/* One attempt of repo_put_chunk() with the current placement map. */
+/*
+ * One attempt of repo_put_chunk() with the current placement map; with
+ * absent, the caller has just seen no shard of id on any node, so the
+ * nodes are not asked again.
+ */
 static int put_chunk_once(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *plain,
-                          size_t len, struct err *e)
+                          size_t len, bool absent, struct err *e)
 {
     int rv = need_vault(r, "put chunk", e);
     if (rv != 0) {
@@ -727,7 +750,7 @@ static int put_chunk_once(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const
     bool enough = false, any = false;
     struct err pe;
     err_clear(&pe);
-    if (presence(r, id, &enough, &any, &pe) == 0 && enough) {
+    if (!absent && presence(r, id, &enough, &any, &pe) == 0 && enough) {
         rv = 0; /* stored already: a put again costs one small round trip */
         goto out;
     }
@@ -767,7 +790,7 @@ out:
 int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *plain, size_t len,
                    struct err *e)
 {
-    int rv = put_chunk_once(r, id, plain, len, e);
+    int rv = put_chunk_once(r, id, plain, len, false, e);
     /* A node in a later placement epoch refused the put: reload the map, place again. */
     for (int attempt = 0; rv == HBC_ESTALEEPOCH && attempt < 5; attempt++) {
         struct err re;
@@ -775,7 +798,208 @@ int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *
         if (rr != 0) {
             return err_setraw(e, rr, "put chunk: reload the placement map: %s", re.msg);
         }
-        rv = put_chunk_once(r, id, plain, len, e);
+        rv = put_chunk_once(r, id, plain, len, false, e);
+    }
+    return rv;
+}
+
+int repo_put_chunk_new(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *plain,
+                       size_t len, struct err *e)
+{
+    struct err fe;
+    err_clear(&fe);
+    int rv = put_chunk_once(r, id, plain, len, true, &fe);
+    if (rv == 0) {
+        return 0;
+    }
+    /* Refused or stale: the careful path asks the nodes, completes, re-places. */
+    return repo_put_chunk(r, id, plain, len, e);
+}
+
+/* One chunk of repo_put_chunks_new(). */
+struct small_put {
+    unsigned place[MAX_SLOTS]; /* copies x width node indexes */
+    uint64_t epoch;            /* placement epoch */
+    uint8_t *obj;              /* sealed object (in the batch's buffer) */
+    size_t olen;               /* its length */
+    struct erasure_stripe st;  /* its shards */
+    uint8_t heads[ERASURE_MAX_SHARDS][ERASURE_SHARD_HEAD_MAX]; /* each shard's head */
+    size_t head_lens[ERASURE_MAX_SHARDS];                      /* their lengths */
+    bool sent; /* its shards went out in the batch */
+};
+
+/*
+ * The batch of repo_put_chunks_new(): seal and code each chunk, send every
+ * shard in one request per node, and set done[i] for each chunk that every
+ * node took (the others are left to the caller). Returns 0 or ENOMEM.
+ */
+static int put_batch(struct repo *r, size_t n, const uint8_t (*ids)[REPO_CHUNK_ID],
+                     const void *const *plains, const size_t *lens, bool *done, struct err *e)
+{
+    const unsigned width = r->k + r->m;
+    const unsigned copies = r->copies;
+    size_t cap = 0;
+    for (size_t i = 0; i < n; i++) {
+        done[i] = false;
+        cap += chunk_object_max_sealed(lens[i]);
+    }
+    struct small_put *sp = hbc_calloc(n, sizeof *sp);
+    uint8_t *sealed = hbc_malloc(cap);
+    struct node_client_shard *flat = hbc_calloc(n * MAX_SLOTS, sizeof *flat);
+    unsigned *fnode = hbc_calloc(n * MAX_SLOTS, sizeof *fnode);
+    /* Every index placement can return: the node list may grow under us (repo_map_refresh). */
+    const size_t nn = r->nodes_cap > r->nnodes ? r->nodes_cap : r->nnodes;
+    struct repo_req *reqs = hbc_calloc(nn > 0 ? nn : 1, sizeof *reqs);
+    struct repo_worker *w = NULL;
+    int rv = 0;
+    if (sp == NULL || sealed == NULL || flat == NULL || fnode == NULL || reqs == NULL) {
+        rv = err_set(e, HBC_ENOMEM, "put %zu chunks", n);
+        goto out;
+    }
+    rv = worker_take(r, &w, e);
+    if (rv != 0) {
+        goto out;
+    }
+    const struct erasure_scheme *scheme = NULL;
+    if (erasure_scheme_get(r->k, r->m, &scheme, NULL) != 0) {
+        goto out; /* nothing sent: every chunk goes the single way */
+    }
+    /* Seal and code; a chunk that fails here is left to the single path. */
+    size_t used = 0, nflat = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct small_put *c = &sp[i];
+        struct err ie;
+        c->obj = sealed + used;
+        if (repo_place_current(r, ids[i], copies, width, c->place, &c->epoch, &ie) != 0 ||
+            c->epoch != sp[0].epoch ||
+            chunk_object_seal(w->cc, &r->ckey, r->vault_id, ids[i], plains[i], lens[i], c->obj,
+                              cap - used, &c->olen, &ie) != 0 ||
+            erasure_encode(scheme, c->obj, c->olen, &c->st, &ie) != 0) {
+            continue;
+        }
+        used += c->olen;
+        struct erasure_shard_info info = {
+            .k = r->k, .m = r->m, .object_length = c->olen, .shard_length = c->st.shard_length};
+        memcpy(info.vault_id, r->vault_id, sizeof info.vault_id);
+        memcpy(info.chunk_id, ids[i], sizeof info.chunk_id);
+        bool ok = true;
+        for (unsigned s = 0; s < width && ok; s++) {
+            info.index = s;
+            ok = erasure_shard_head(&info, c->heads[s], &c->head_lens[s], &ie) == 0;
+        }
+        if (!ok) {
+            continue;
+        }
+        /* Each shard once to each node that some copy places it on. */
+        uint32_t seen[MAX_SLOTS] = {0};
+        unsigned nodes[MAX_SLOTS];
+        size_t nd = 0;
+        for (unsigned x = 0; x < copies * width; x++) {
+            unsigned s = x % width;
+            size_t d = 0;
+            while (d < nd && nodes[d] != c->place[x]) {
+                d++;
+            }
+            if (d == nd) {
+                nodes[nd++] = c->place[x];
+            }
+            if (seen[d] & ((uint32_t)1 << s)) {
+                continue;
+            }
+            seen[d] |= (uint32_t)1 << s;
+            fnode[nflat] = c->place[x];
+            flat[nflat++] = (struct node_client_shard){.vault_id = r->vault_id,
+                                                       .chunk_id = ids[i],
+                                                       .index = s,
+                                                       .data = c->st.shards[s],
+                                                       .len = c->st.shard_length,
+                                                       .sha256_unset = true,
+                                                       .head = c->heads[s],
+                                                       .head_len = c->head_lens[s]};
+        }
+        c->sent = true;
+    }
+    /* Group by node (stable: a node's shards keep the chunks' order). */
+    struct node_client_shard *byn = hbc_calloc(nflat > 0 ? nflat : 1, sizeof *byn);
+    if (byn == NULL) {
+        rv = err_set(e, HBC_ENOMEM, "put %zu chunks", n);
+        goto out;
+    }
+    size_t ntargets = 0, pos = 0, bytes = 0;
+    for (size_t node = 0; node < nn; node++) {
+        size_t first = pos;
+        for (size_t f = 0; f < nflat; f++) {
+            if (fnode[f] == node) {
+                byn[pos++] = flat[f];
+                bytes += flat[f].head_len + flat[f].len + ERASURE_SHARD_TRAILER;
+            }
+        }
+        if (pos > first) {
+            reqs[ntargets++] = (struct repo_req){.addr = r->nodes[node].addr,
+                                                 .node_id = r->nodes[node].node_id,
+                                                 .kind = REPO_REQ_PUT,
+                                                 .shards = &byn[first],
+                                                 .nshards = pos - first,
+                                                 .epoch = sp[0].epoch};
+        }
+    }
+    if (ntargets > 0) {
+        flow_acquire(r, bytes);
+        repo_net_run(r->net, reqs, ntargets);
+        flow_release(r, bytes);
+    }
+    /* A chunk is done when every node that got any of its shards stored them all. */
+    for (size_t i = 0; i < n; i++) {
+        done[i] = sp[i].sent;
+    }
+    for (size_t t = 0; t < ntargets; t++) {
+        bool ok = reqs[t].status == 0 &&
+                  reqs[t].reply->put_shards_reply->stored >= (uint32_t)reqs[t].nshards;
+        for (size_t x = 0; x < reqs[t].nshards && !ok; x++) {
+            for (size_t i = 0; i < n; i++) {
+                if (reqs[t].shards[x].chunk_id == ids[i]) {
+                    done[i] = false;
+                }
+            }
+        }
+        frame_free(reqs[t].reply);
+    }
+    hbc_free(byn);
+out:
+    if (w != NULL) {
+        worker_give(r, w);
+    }
+    for (size_t i = 0; sp != NULL && i < n; i++) {
+        erasure_stripe_release(&sp[i].st);
+    }
+    hbc_free(sp);
+    hbc_free(sealed);
+    hbc_free(flat);
+    hbc_free(fnode);
+    hbc_free(reqs);
+    return rv;
+}
+
+int repo_put_chunks_new(struct repo *r, size_t n, const uint8_t (*ids)[REPO_CHUNK_ID],
+                        const void *const *plains, const size_t *lens, struct err *e)
+{
+    int rv = need_vault(r, "put chunks", e);
+    for (size_t i = 0; rv == 0 && i < n; i++) {
+        if (lens[i] > REPO_PUT_BATCH_MAX) {
+            rv = err_set(e, HBC_EINVAL, "put chunks: chunk %zu of %zu bytes (at most %zu)", i,
+                         lens[i], (size_t)REPO_PUT_BATCH_MAX);
+        }
+    }
+    for (size_t at = 0; rv == 0 && at < n; at += REPO_PUT_BATCH_CHUNKS) {
+        size_t cnt = n - at < REPO_PUT_BATCH_CHUNKS ? n - at : REPO_PUT_BATCH_CHUNKS;
+        bool done[REPO_PUT_BATCH_CHUNKS];
+        rv = put_batch(r, cnt, ids + at, plains + at, lens + at, done, e);
+        for (size_t i = 0; rv == 0 && i < cnt; i++) {
+            if (!done[i]) {
+                /* Not taken whole by every node: the careful single path. */
+                rv = repo_put_chunk(r, ids[at + i], plains[at + i], lens[at + i], e);
+            }
+        }
     }
     return rv;
 }
@@ -980,6 +1204,12 @@ int repo_have(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t n, boo
               struct err *e)
 {
     return have_core(r, ids, n, present, NULL, e);
+}
+
+int repo_have_any(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t n, bool *present,
+                  bool *any, struct err *e)
+{
+    return have_core(r, ids, n, present, any, e);
 }
 
 static int presence(struct repo *r, const uint8_t id[REPO_CHUNK_ID], bool *enough, bool *any,

@@ -112,39 +112,6 @@ static void req_cb(struct node_client *nc, struct node_client_result *res, void 
     req_finish(r);
 }
 
-/* PutShards carrying the writer's placement epoch (the node's fence refuses an older one). */
-static int put_with_epoch(struct node_client *nc, struct repo_req *r, struct err *e)
-{
-    Hbc__ShardBlob *blobs = hbc_calloc(r->nshards, sizeof *blobs);
-    Hbc__ShardBlob **bp = hbc_calloc(r->nshards, sizeof *bp);
-    int rv = HBC_ENOMEM;
-    if (blobs != NULL && bp != NULL) {
-        for (size_t i = 0; i < r->nshards; i++) {
-            const struct node_client_shard *sh = &r->shards[i];
-            hbc__shard_blob__init(&blobs[i]);
-            blobs[i].vault_id = (ProtobufCBinaryData){16, (uint8_t *)sh->vault_id};
-            blobs[i].chunk_id = (ProtobufCBinaryData){32, (uint8_t *)sh->chunk_id};
-            blobs[i].index = sh->index;
-            blobs[i].data = (ProtobufCBinaryData){sh->len, (uint8_t *)sh->data};
-            bp[i] = &blobs[i];
-        }
-        Hbc__Frame f = HBC__FRAME__INIT;
-        Hbc__PutShards put = HBC__PUT_SHARDS__INIT;
-        put.n_shards = r->nshards;
-        put.shards = bp;
-        put.has_epoch = true;
-        put.epoch = r->epoch;
-        f.body_case = HBC__FRAME__BODY_PUT_SHARDS;
-        f.put_shards = &put;
-        rv = node_client_request(nc, &f, HBC__FRAME__BODY_PUT_SHARDS_REPLY, req_cb, r, e);
-    } else {
-        err_set(e, rv, "put of %zu shards", r->nshards);
-    }
-    hbc_free(blobs);
-    hbc_free(bp);
-    return rv;
-}
-
 /* Issue r on c's open client: 0, HBC_EBUSY (keep it waiting) or another failure (r finished). */
 static int conn_issue(struct repo_conn *c, struct repo_req *r)
 {
@@ -153,8 +120,8 @@ static int conn_issue(struct repo_conn *c, struct repo_req *r)
     int rv;
     switch (r->kind) {
     case REPO_REQ_PUT:
-        rv = r->epoch > 0 ? put_with_epoch(c->nc, r, &e)
-                          : node_client_put_shards(c->nc, r->shards, r->nshards, req_cb, r, &e);
+        /* Encrypted straight from the shards' bytes, with the epoch when there is one. */
+        rv = node_client_put_shards_epoch(c->nc, r->shards, r->nshards, r->epoch, req_cb, r, &e);
         break;
     case REPO_REQ_GET:
         rv = node_client_get_shards(c->nc, r->keys, r->nkeys, req_cb, r, &e);

@@ -28,6 +28,7 @@ struct chunk_ctx {
     ZSTD_DCtx *dctx;        /* decompression of ZSTD payloads */
     uint8_t *scratch;       /* compressed payload on seal, decrypted payload on open */
     size_t scratch_cap;     /* bytes at scratch */
+    size_t scratch_dirty;   /* its first bytes that may have been written (wiped on free) */
 };
 
 /* One parsed and bounds-checked object (the result of object_parse). */
@@ -147,7 +148,8 @@ void chunk_ctx_free(struct chunk_ctx *c)
     crypto_gcm_free(c->gcm);
     ZSTD_freeCCtx(c->cctx);
     ZSTD_freeDCtx(c->dctx);
-    crypto_wipe(c->scratch, c->scratch_cap);
+    /* Only what was written: wiping pages never touched would fault them in. */
+    crypto_wipe(c->scratch, c->scratch_dirty);
     hbc_free(c->scratch);
     hbc_free(c);
 }
@@ -165,10 +167,11 @@ static int scratch_reserve(struct chunk_ctx *c, size_t n, struct err *e)
     if (p == NULL) {
         return err_set(e, HBC_ENOMEM, "chunk scratch buffer of %zu bytes", n);
     }
-    crypto_wipe(c->scratch, c->scratch_cap);
+    crypto_wipe(c->scratch, c->scratch_dirty);
     hbc_free(c->scratch);
     c->scratch = p;
     c->scratch_cap = n;
+    c->scratch_dirty = 0;
     return 0;
 }
 
@@ -187,6 +190,7 @@ size_t chunk_object_max_sealed(size_t plaintext_len)
  */
 static size_t try_compress(struct chunk_ctx *c, const uint8_t *src, size_t len, size_t cap)
 {
+    c->scratch_dirty = cap > c->scratch_dirty ? cap : c->scratch_dirty;
     size_t r = ZSTD_compress2(c->cctx, c->scratch, cap, src, len);
     return ZSTD_isError(r) ? 0 : r;
 }
@@ -461,6 +465,7 @@ int chunk_object_open(struct chunk_ctx *c, const struct chunk_key *k,
             return rc;
         }
         dst = c->scratch;
+        c->scratch_dirty = packed > c->scratch_dirty ? packed : c->scratch_dirty;
     }
     rc = crypto_gcm_decrypt(c->gcm, k->gcm_key, nonce, ad, adl, ct, packed, dst, ct + packed, e);
     if (rc == HBC_EAUTH) {

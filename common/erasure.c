@@ -430,11 +430,11 @@ static int sha256(const uint8_t *data, size_t n, uint8_t *md, struct err *e)
     return 0;
 }
 
-int erasure_shard_encode(const struct erasure_shard_info *info, const uint8_t *payload,
-                         uint8_t **out, size_t *out_length, struct err *e)
+int erasure_shard_head(const struct erasure_shard_info *info, uint8_t head[ERASURE_SHARD_HEAD_MAX],
+                       size_t *head_len, struct err *e)
 {
-    if (info == NULL || payload == NULL || out == NULL || out_length == NULL) {
-        return err_set(e, HBC_EINVAL, "encode shard: missing header, payload or output");
+    if (info == NULL || head == NULL || head_len == NULL) {
+        return err_set(e, HBC_EINVAL, "encode shard: missing header or output");
     }
     int rc = info_check(info, HBC_EINVAL, e);
     if (rc != 0) {
@@ -454,20 +454,40 @@ int erasure_shard_encode(const struct erasure_shard_info *info, const uint8_t *p
     size_t hlen = hbc__shard_header__get_packed_size(&h);
     /* Fixed-size ids and bounded integers keep the header near 100 bytes. */
     assert(hlen <= ERASURE_SHARD_MAX_HEADER);
+    memcpy(head, shard_magic, sizeof shard_magic);
+    head[4] = ERASURE_SHARD_VERSION;
+    head[5] = (uint8_t)(hlen >> 8);
+    head[6] = (uint8_t)hlen;
+    hbc__shard_header__pack(&h, head + ERASURE_SHARD_PREFIX);
+    *head_len = ERASURE_SHARD_PREFIX + hlen;
+    return 0;
+}
 
-    size_t body = ERASURE_SHARD_PREFIX + hlen + (size_t)info->shard_length;
+/* erasure_shard_encode(), with the trailer computed (hash) or left as zero bytes. */
+static int shard_encode(const struct erasure_shard_info *info, const uint8_t *payload, bool hash,
+                        uint8_t **out, size_t *out_length, struct err *e)
+{
+    if (info == NULL || payload == NULL || out == NULL || out_length == NULL) {
+        return err_set(e, HBC_EINVAL, "encode shard: missing header, payload or output");
+    }
+    uint8_t head[ERASURE_SHARD_HEAD_MAX];
+    size_t hl = 0;
+    int rc = erasure_shard_head(info, head, &hl, e);
+    if (rc != 0) {
+        return rc;
+    }
+    size_t body = hl + (size_t)info->shard_length;
     size_t total = body + ERASURE_SHARD_TRAILER;
     uint8_t *buf = hbc_malloc(total);
     if (buf == NULL) {
         return err_set(e, HBC_ENOMEM, "encode shard: %zu bytes", total);
     }
-    memcpy(buf, shard_magic, sizeof shard_magic);
-    buf[4] = ERASURE_SHARD_VERSION;
-    buf[5] = (uint8_t)(hlen >> 8);
-    buf[6] = (uint8_t)hlen;
-    hbc__shard_header__pack(&h, buf + ERASURE_SHARD_PREFIX);
-    memcpy(buf + ERASURE_SHARD_PREFIX + hlen, payload, (size_t)info->shard_length);
-    rc = sha256(buf, body, buf + body, e);
+    memcpy(buf, head, hl);
+    memcpy(buf + hl, payload, (size_t)info->shard_length);
+    if (!hash) {
+        memset(buf + body, 0, ERASURE_SHARD_TRAILER);
+    }
+    rc = hash ? sha256(buf, body, buf + body, e) : 0;
     if (rc != 0) {
         hbc_free(buf);
         err_wrap(e, "encode shard");
@@ -478,9 +498,16 @@ int erasure_shard_encode(const struct erasure_shard_info *info, const uint8_t *p
     return 0;
 }
 
+int erasure_shard_encode(const struct erasure_shard_info *info, const uint8_t *payload,
+                         uint8_t **out, size_t *out_length, struct err *e)
+{
+    return shard_encode(info, payload, true, out, out_length, e);
+}
+
 /*
  * SHA-256 of data[0..n) into md and, in the same pass, of data[0..n+extra)
- * into whole.
+ * into whole. md is written before data[n..n+extra) is read, so md may
+ * be data + n: the trailer is then filled in and hashed as filled.
  */
 static int sha256_and_whole(const uint8_t *data, size_t n, size_t extra, uint8_t *md,
                             uint8_t *whole, struct err *e)
@@ -498,11 +525,13 @@ static int sha256_and_whole(const uint8_t *data, size_t n, size_t extra, uint8_t
 }
 
 /*
- * Every check of an encoded shard; the SHA-256 only when check_sum (then also the whole blob's
- * into whole, if not NULL).
+ * Every check of an encoded shard. With fill (the same bytes as blob, writable) the trailer
+ * must be zero and is filled in with the SHA-256 instead of being compared; otherwise the
+ * SHA-256 is compared only when check_sum (then also the whole blob's into whole, if not NULL).
  */
-static int shard_decode(const uint8_t *blob, size_t blob_length, struct erasure_shard_info *info,
-                        const uint8_t **payload, bool check_sum, uint8_t *whole, struct err *e)
+static int shard_decode(const uint8_t *blob, uint8_t *fill, size_t blob_length,
+                        struct erasure_shard_info *info, const uint8_t **payload, bool check_sum,
+                        uint8_t *whole, struct err *e)
 {
     if (blob == NULL && blob_length > 0) {
         return err_set(e, HBC_EINVAL, "shard: no data");
@@ -573,17 +602,24 @@ static int shard_decode(const uint8_t *blob, size_t blob_length, struct erasure_
         return err_set(e, HBC_EFORMAT, "shard %u: %zu bytes, %zu more than its header says",
                        got.index, blob_length, blob_length - want);
     }
-    if (check_sum) {
-        uint8_t md[ERASURE_SHARD_TRAILER];
+    uint8_t md[ERASURE_SHARD_TRAILER];
+    if (fill != NULL) {
+        static const uint8_t zero[ERASURE_SHARD_TRAILER];
+        if (memcmp(blob + body, zero, sizeof zero) != 0) {
+            return err_set(e, HBC_EFORMAT, "shard %u: the trailer to fill in is not zero",
+                           got.index);
+        }
+        rc = sha256_and_whole(fill, body, ERASURE_SHARD_TRAILER, fill + body, whole, e);
+    } else if (check_sum) {
         rc = whole != NULL ? sha256_and_whole(blob, body, ERASURE_SHARD_TRAILER, md, whole, e)
                            : sha256(blob, body, md, e);
-        if (rc != 0) {
-            err_wrap(e, "shard %u", got.index);
-            return rc;
-        }
-        if (CRYPTO_memcmp(md, blob + body, sizeof md) != 0) {
-            return err_set(e, HBC_ECORRUPT, "shard %u: SHA-256 mismatch", got.index);
-        }
+    }
+    if (rc != 0) {
+        err_wrap(e, "shard %u", got.index);
+        return rc;
+    }
+    if (fill == NULL && check_sum && CRYPTO_memcmp(md, blob + body, sizeof md) != 0) {
+        return err_set(e, HBC_ECORRUPT, "shard %u: SHA-256 mismatch", got.index);
     }
     if (info != NULL) {
         *info = got;
@@ -597,13 +633,13 @@ static int shard_decode(const uint8_t *blob, size_t blob_length, struct erasure_
 int erasure_shard_decode(const uint8_t *blob, size_t blob_length, struct erasure_shard_info *info,
                          const uint8_t **payload, struct err *e)
 {
-    return shard_decode(blob, blob_length, info, payload, true, NULL, e);
+    return shard_decode(blob, NULL, blob_length, info, payload, true, NULL, e);
 }
 
 int erasure_shard_parse(const uint8_t *blob, size_t blob_length, struct erasure_shard_info *info,
                         const uint8_t **payload, struct err *e)
 {
-    return shard_decode(blob, blob_length, info, payload, false, NULL, e);
+    return shard_decode(blob, NULL, blob_length, info, payload, false, NULL, e);
 }
 
 int erasure_shard_decode_sha256(const uint8_t *blob, size_t blob_length,
@@ -613,12 +649,23 @@ int erasure_shard_decode_sha256(const uint8_t *blob, size_t blob_length,
     if (blob_sha256 == NULL) {
         return err_set(e, HBC_EINVAL, "shard: no room for the SHA-256");
     }
-    return shard_decode(blob, blob_length, info, payload, true, blob_sha256, e);
+    return shard_decode(blob, NULL, blob_length, info, payload, true, blob_sha256, e);
 }
 
-int erasure_shards_encode(const uint8_t *vault_id, const uint8_t *chunk_id, unsigned k, unsigned m,
-                          const uint8_t *object, size_t object_length, uint8_t **blobs,
-                          size_t *lengths, struct err *e)
+int erasure_shard_fill_sha256(uint8_t *blob, size_t blob_length, struct erasure_shard_info *info,
+                              const uint8_t **payload, uint8_t blob_sha256[ERASURE_SHARD_TRAILER],
+                              struct err *e)
+{
+    if (blob_sha256 == NULL) {
+        return err_set(e, HBC_EINVAL, "shard: no room for the SHA-256");
+    }
+    return shard_decode(blob, blob, blob_length, info, payload, true, blob_sha256, e);
+}
+
+/* erasure_shards_encode() and erasure_shards_encode_unhashed(). */
+static int shards_encode(const uint8_t *vault_id, const uint8_t *chunk_id, unsigned k, unsigned m,
+                         const uint8_t *object, size_t object_length, bool hash, uint8_t **blobs,
+                         size_t *lengths, struct err *e)
 {
     if (vault_id == NULL || chunk_id == NULL || blobs == NULL || lengths == NULL) {
         return err_set(e, HBC_EINVAL, "encode shards: missing ids or outputs");
@@ -646,7 +693,7 @@ int erasure_shards_encode(const uint8_t *vault_id, const uint8_t *chunk_id, unsi
     info.shard_length = st.shard_length;
     for (unsigned i = 0; i < k + m; i++) {
         info.index = i;
-        rc = erasure_shard_encode(&info, st.shards[i], &blobs[i], &lengths[i], e);
+        rc = shard_encode(&info, st.shards[i], hash, &blobs[i], &lengths[i], e);
         if (rc != 0) {
             goto fail;
         }
@@ -662,6 +709,20 @@ fail:
     erasure_stripe_release(&st);
     err_wrap(e, "encode shards");
     return rc;
+}
+
+int erasure_shards_encode(const uint8_t *vault_id, const uint8_t *chunk_id, unsigned k, unsigned m,
+                          const uint8_t *object, size_t object_length, uint8_t **blobs,
+                          size_t *lengths, struct err *e)
+{
+    return shards_encode(vault_id, chunk_id, k, m, object, object_length, true, blobs, lengths, e);
+}
+
+int erasure_shards_encode_unhashed(const uint8_t *vault_id, const uint8_t *chunk_id, unsigned k,
+                                   unsigned m, const uint8_t *object, size_t object_length,
+                                   uint8_t **blobs, size_t *lengths, struct err *e)
+{
+    return shards_encode(vault_id, chunk_id, k, m, object, object_length, false, blobs, lengths, e);
 }
 
 /* Append printf-style text to a bounded message buffer, silently truncating. */

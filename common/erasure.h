@@ -77,6 +77,15 @@
  * (HBC_ECORRUPT). The SHA-256 covers every byte before it, so a changed bit
  * anywhere is caught by one of these checks. It detects damage, not forgery:
  * the chunk object's AES-GCM tag authenticates the rebuilt object.
+ *
+ * Trailer filled in by the receiver. A writer may send a shard whose
+ * trailer is 32 zero bytes (erasure_shards_encode_unhashed) and flag it so
+ * (ShardBlob.sha256_unset); the node that stores it runs every check above
+ * except the SHA-256 comparison, and writes the SHA-256 into the trailer
+ * instead (erasure_shard_fill_sha256), in the same pass as the hash of the
+ * whole blob it records. The stored shard is byte for byte what
+ * erasure_shard_encode() makes; only who computes the trailer differs (the
+ * bytes in transit are protected by TLS, and the object by its GCM tag).
  */
 
 #define ERASURE_MAX_K 16                                   /* most data shards in a scheme */
@@ -88,8 +97,10 @@
 #define ERASURE_SHARD_PREFIX 7       /* magic, version and header length */
 #define ERASURE_SHARD_MAX_HEADER 256 /* longest ShardHeader accepted, in bytes */
 #define ERASURE_SHARD_TRAILER 32     /* the SHA-256 at the end */
-#define ERASURE_VAULT_ID_LEN 16      /* bytes of a vault id */
-#define ERASURE_CHUNK_ID_LEN 32      /* bytes of a chunk id */
+#define ERASURE_SHARD_HEAD_MAX (ERASURE_SHARD_PREFIX + ERASURE_SHARD_MAX_HEADER) /* prefix+header  \
+                                                                                  */
+#define ERASURE_VAULT_ID_LEN 16 /* bytes of a vault id */
+#define ERASURE_CHUNK_ID_LEN 32 /* bytes of a chunk id */
 
 /*
  * An RS(k,m) code with its ISA-L encode tables. Schemes are built once per
@@ -199,6 +210,17 @@ int erasure_shard_encode(const struct erasure_shard_info *info, const uint8_t *p
                          uint8_t **out, size_t *out_length, struct err *e);
 
 /*
+ * The first bytes of the shard that erasure_shard_encode() makes of info:
+ * its prefix and ShardHeader (7 + H bytes, into head; *head_len gets how
+ * many). The whole shard is head, then the info->shard_length payload
+ * bytes, then the trailer: a writer may send these pieces without copying
+ * the payload (with a zero trailer, for the node to fill in).
+ * Returns 0 or HBC_EINVAL (info inconsistent, or a NULL argument).
+ */
+int erasure_shard_head(const struct erasure_shard_info *info, uint8_t head[ERASURE_SHARD_HEAD_MAX],
+                       size_t *head_len, struct err *e);
+
+/*
  * Verify an encoded shard (blob, blob_length bytes, borrowed) with every
  * check listed above. On success *info is filled and *payload points at the
  * info->shard_length payload bytes inside blob (valid as long as blob).
@@ -233,6 +255,19 @@ int erasure_shard_decode_sha256(const uint8_t *blob, size_t blob_length,
                                 uint8_t blob_sha256[ERASURE_SHARD_TRAILER], struct err *e);
 
 /*
+ * erasure_shard_decode_sha256() for a shard whose trailer the sender left
+ * as zero bytes: every check but the SHA-256 comparison, then the SHA-256
+ * of bytes [0, 7+H+L) is written into the trailer (blob is modified in
+ * place and is afterwards exactly what erasure_shard_encode() makes), and
+ * blob_sha256 receives the SHA-256 of the whole filled-in blob.
+ * Returns as erasure_shard_decode_sha256(), except that a trailer that is
+ * not all zero is HBC_EFORMAT (blob unchanged), never HBC_ECORRUPT.
+ */
+int erasure_shard_fill_sha256(uint8_t *blob, size_t blob_length, struct erasure_shard_info *info,
+                              const uint8_t **payload, uint8_t blob_sha256[ERASURE_SHARD_TRAILER],
+                              struct err *e);
+
+/*
  * Encode object (borrowed) with RS(k,m) and frame all k+m shards:
  * blobs[i] (a new buffer, caller frees each with hbc_free()) holds shard i
  * and lengths[i] its length; both arrays have room for k+m entries.
@@ -245,6 +280,16 @@ int erasure_shard_decode_sha256(const uint8_t *blob, size_t blob_length,
 int erasure_shards_encode(const uint8_t *vault_id, const uint8_t *chunk_id, unsigned k, unsigned m,
                           const uint8_t *object, size_t object_length, uint8_t **blobs,
                           size_t *lengths, struct err *e);
+
+/*
+ * erasure_shards_encode(), but every shard's trailer is left as 32 zero
+ * bytes for the receiving node to fill in (erasure_shard_fill_sha256): one
+ * SHA-256 pass over (k+m)/k of the object less for the writer. Such blobs
+ * fail erasure_shard_decode() until they are filled in. Same returns.
+ */
+int erasure_shards_encode_unhashed(const uint8_t *vault_id, const uint8_t *chunk_id, unsigned k,
+                                   unsigned m, const uint8_t *object, size_t object_length,
+                                   uint8_t **blobs, size_t *lengths, struct err *e);
 
 /*
  * Rebuild an object from up to count encoded shards of one stripe, in any

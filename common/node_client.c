@@ -26,6 +26,7 @@
 #include "common/alloc.h"
 #include "common/frame.h"
 #include "common/log.h"
+#include "common/put_frame.h"
 
 /* nc_req.count of a request whose reply is not checked for a count. */
 #define NO_COUNT SIZE_MAX
@@ -570,6 +571,8 @@ int node_client_put_shards(struct node_client *nc, const struct node_client_shar
         blobs[i].index = s->index;
         blobs[i].data.data = (uint8_t *)s->data;
         blobs[i].data.len = s->len;
+        blobs[i].has_sha256_unset = s->sha256_unset;
+        blobs[i].sha256_unset = s->sha256_unset;
         bp[i] = &blobs[i];
     }
     Hbc__Frame f = HBC__FRAME__INIT;
@@ -583,6 +586,68 @@ out:
     hbc_free(blobs);
     hbc_free(bp);
     return rv;
+}
+
+int node_client_put_shards_epoch(struct node_client *nc, const struct node_client_shard *shards,
+                                 size_t n, uint64_t epoch, node_client_cb cb, void *arg,
+                                 struct err *e)
+{
+    if (n == 0 || n > NODE_CLIENT_MAX_BATCH || shards == NULL || cb == NULL) {
+        return err_set(e, HBC_EINVAL, "node %s: put of %zu shards (1 to %u) or no callback",
+                       nc->addr, n, NODE_CLIENT_MAX_BATCH);
+    }
+    if (nc->state > NC_OPEN) {
+        return err_set(e, HBC_ECANCELED, "node %s: the connection is closing", nc->addr);
+    }
+    if (node_client_full(nc)) {
+        nc->want_drain = true;
+        return err_setraw(e, HBC_EBUSY, "node %s: %u requests and %zu bytes in flight", nc->addr,
+                          nc->inflight, nc->bytes);
+    }
+    struct put_frame pf;
+    int rv = put_frame_encode(nc->next_id, shards, n, epoch, &pf, e);
+    if (rv != 0) {
+        return err_wrap(e, "node %s", nc->addr);
+    }
+    if (pf.len - FRAME_PREFIX_LEN > nc->opts.max_frame) {
+        put_frame_free(&pf);
+        return err_set(e, HBC_ETOOBIG, "node %s: a request of %zu bytes exceeds max_frame (%zu)",
+                       nc->addr, pf.len, nc->opts.max_frame);
+    }
+    struct nc_req *r = hbc_calloc(1, sizeof *r);
+    uint8_t *pending = NULL;
+    if (r != NULL && nc->state != NC_OPEN) {
+        pending = put_frame_flatten(&pf); /* parked until the handshake completes */
+    }
+    if (r == NULL || (nc->state != NC_OPEN && pending == NULL)) {
+        hbc_free(r);
+        put_frame_free(&pf);
+        return err_set(e, HBC_ENOMEM, "node %s: request", nc->addr);
+    }
+    if (nc->state == NC_OPEN) {
+        /* Encrypted straight from the shards' bytes. */
+        rv = tls_conn_write(nc->conn, pf.bufs, pf.nbufs, NULL, NULL, e);
+        if (rv != 0) {
+            hbc_free(r);
+            put_frame_free(&pf);
+            return rv;
+        }
+    }
+    r->id = nc->next_id++;
+    r->expect = HBC__FRAME__BODY_PUT_SHARDS_REPLY;
+    r->count = NO_COUNT;
+    r->cb = cb;
+    r->arg = arg;
+    r->bytes = pf.len;
+    r->pending = pending;
+    r->issued_ms = uv_now(nc->loop);
+    put_frame_free(&pf);
+    req_link(nc, r);
+    nc->sent++;
+    if (node_client_full(nc)) {
+        nc->want_drain = true;
+    }
+    return 0;
 }
 
 int node_client_get_shards(struct node_client *nc, const struct node_client_key *keys, size_t n,

@@ -115,13 +115,22 @@ struct node_client_result {
  */
 typedef void (*node_client_cb)(struct node_client *nc, struct node_client_result *res, void *arg);
 
-/* One shard to put: its key and its encoded form (common/erasure.h), all borrowed for the call. */
+/*
+ * One shard to put: its key and its encoded form (common/erasure.h), all
+ * borrowed for the call. With head set (node_client_put_shards_epoch()
+ * only), the encoded shard is head || data || 32 zero bytes (its prefix and
+ * header, its payload, a trailer for the node to fill in), sent without
+ * being copied into one buffer first.
+ */
 struct node_client_shard {
     const uint8_t *vault_id; /* 16 bytes */
     const uint8_t *chunk_id; /* 32 bytes */
     uint32_t index;          /* shard index within the stripe */
-    const uint8_t *data;     /* the encoded shard */
+    const uint8_t *data;     /* the encoded shard, or with head its payload */
     size_t len;              /* its length */
+    bool sha256_unset;       /* trailer left zero for the node to fill in */
+    const uint8_t *head;     /* NULL, or the shard's prefix and header (see above) */
+    size_t head_len;         /* bytes at head */
 };
 
 /* One shard to get, borrowed for the call. */
@@ -164,6 +173,16 @@ int node_client_connect(uv_loop_t *loop, struct tls_ctx *tls, const char *addr,
  */
 int node_client_put_shards(struct node_client *nc, const struct node_client_shard *shards, size_t n,
                            node_client_cb cb, void *arg, struct err *e);
+
+/*
+ * node_client_put_shards(), with PutShards.epoch when epoch is not 0, and
+ * shards that may be given in pieces (head set): the frame is encrypted
+ * straight from the shards' bytes (common/put_frame.h), with no encoded
+ * copy of the request. Same returns.
+ */
+int node_client_put_shards_epoch(struct node_client *nc, const struct node_client_shard *shards,
+                                 size_t n, uint64_t epoch, node_client_cb cb, void *arg,
+                                 struct err *e);
 
 /*
  * Get n shards (1..NODE_CLIENT_MAX_BATCH keys, borrowed for the call only).

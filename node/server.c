@@ -421,7 +421,10 @@ static int check_blob(const Hbc__ShardBlob *b, uint64_t max_shard,
     struct erasure_shard_info info;
     const uint8_t *payload;
     struct err e;
-    int rv = erasure_shard_decode_sha256(b->data.data, b->data.len, &info, &payload, sha, &e);
+    /* A client may leave the trailer to the node (ShardBlob.sha256_unset): fill it in. */
+    int rv = b->has_sha256_unset && b->sha256_unset
+                 ? erasure_shard_fill_sha256(b->data.data, b->data.len, &info, &payload, sha, &e)
+                 : erasure_shard_decode_sha256(b->data.data, b->data.len, &info, &payload, sha, &e);
     if (rv != 0) {
         snprintf(msg, mlen, "shard %u: %.200s", b->index, e.msg);
         return rv;

@@ -209,7 +209,7 @@ static void test_requests_are_answered_and_matched(void **state)
     struct err e;
     struct rec put = {0}, early = {0}, status = {0};
     /* Issued before the handshake completes: parked, then sent in order. */
-    struct node_client_shard sh = {vault, chunk, 5, blob, len};
+    struct node_client_shard sh = {vault, chunk, 5, blob, len, false, NULL, 0};
     assert_int_equal(node_client_put_shards(nc, &sh, 1, rec_cb, &put, &e), 0);
     assert_int_equal(node_client_status(nc, rec_cb, &early, &e), 0);
     assert_false(node_client_is_open(nc));
@@ -280,10 +280,10 @@ static void test_refusals_are_mapped_to_codes(void **state)
     struct err e;
     struct rec wrong_index = {0}, garbage = {0}, after = {0};
     /* The blob's header says index 1; the request says 2. */
-    struct node_client_shard sh = {vault, chunk, 2, blob, len};
+    struct node_client_shard sh = {vault, chunk, 2, blob, len, false, NULL, 0};
     assert_int_equal(node_client_put_shards(nc, &sh, 1, rec_cb, &wrong_index, &e), 0);
     uint8_t junk[64] = {1, 2, 3};
-    struct node_client_shard bad = {vault, chunk, 1, junk, sizeof junk};
+    struct node_client_shard bad = {vault, chunk, 1, junk, sizeof junk, false, NULL, 0};
     assert_int_equal(node_client_put_shards(nc, &bad, 1, rec_cb, &garbage, &e), 0);
     assert_int_equal(node_client_status(nc, rec_cb, &after, &e), 0);
     run_until(f, &after.calls, 1);
@@ -300,6 +300,60 @@ static void test_refusals_are_mapped_to_codes(void **state)
     node_client_close(nc, 0, NULL);
     run_until(f, &f->cr.closes, 1);
     rec_release(&after);
+    hbc_free(blob);
+}
+
+/*
+ * A shard sent with its trailer left to the node (sha256_unset) is stored
+ * exactly as the hashed encoding; a zero trailer without the flag is
+ * corrupt, and the flag on a shard whose trailer is set is refused.
+ */
+static void test_node_fills_in_an_unset_trailer(void **state)
+{
+    struct fixture *f = *state;
+    struct node_client *nc = connect_to(f, env("HBC_NODE_ADDR"), NULL);
+    uint8_t vault[16], chunk[32];
+    crypto_random(vault, sizeof vault, NULL);
+    crypto_random(chunk, sizeof chunk, NULL);
+    uint8_t *blob;
+    size_t len;
+    make_shard(vault, chunk, 3, 70000, &blob, &len);
+    uint8_t *unset = hbc_malloc(len);
+    assert_non_null(unset);
+    memcpy(unset, blob, len);
+    memset(unset + len - ERASURE_SHARD_TRAILER, 0, ERASURE_SHARD_TRAILER);
+    struct err e;
+    struct rec unflagged = {0}, filled = {0}, set_flagged = {0}, get = {0};
+    struct node_client_shard no_flag = {vault, chunk, 3, unset, len, false, NULL, 0};
+    assert_int_equal(node_client_put_shards(nc, &no_flag, 1, rec_cb, &unflagged, &e), 0);
+    run_until(f, &unflagged.calls, 1);
+    assert_int_equal(unflagged.status, HBC_ECORRUPT);
+    struct node_client_shard sh = {vault, chunk, 3, unset, len, true, NULL, 0};
+    assert_int_equal(node_client_put_shards(nc, &sh, 1, rec_cb, &filled, &e), 0);
+    run_until(f, &filled.calls, 1);
+    assert_int_equal(filled.status, 0);
+    assert_int_equal(filled.reply->put_shards_reply->stored, 1);
+    /* The trailer is filled in on the node, not in our buffer. */
+    assert_int_equal(unset[len - 1] | unset[len - 2], 0);
+    struct node_client_shard wrong = {vault, chunk, 3, blob, len, true, NULL, 0};
+    assert_int_equal(node_client_put_shards(nc, &wrong, 1, rec_cb, &set_flagged, &e), 0);
+    run_until(f, &set_flagged.calls, 1);
+    assert_int_equal(set_flagged.status, HBC_EINVAL);
+    assert_non_null(strstr(set_flagged.msg, "trailer to fill in is not zero"));
+    struct node_client_key key = {vault, chunk, 3};
+    assert_int_equal(node_client_get_shards(nc, &key, 1, rec_cb, &get, &e), 0);
+    run_until(f, &get.calls, 1);
+    assert_int_equal(get.status, 0);
+    const Hbc__GetShardsReply *g = get.reply->get_shards_reply;
+    assert_int_equal(g->n_shards, 1);
+    assert_int_equal(g->shards[0]->data.len, len);
+    assert_memory_equal(g->shards[0]->data.data, blob, len);
+    assert_int_equal(erasure_shard_decode(g->shards[0]->data.data, len, NULL, NULL, &e), 0);
+    node_client_close(nc, 0, NULL);
+    run_until(f, &f->cr.closes, 1);
+    rec_release(&filled);
+    rec_release(&get);
+    hbc_free(unset);
     hbc_free(blob);
 }
 
@@ -426,6 +480,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_requests_are_answered_and_matched, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refusals_are_mapped_to_codes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_node_fills_in_an_unset_trailer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_cancels_each_request_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_full_client_refuses_then_drains, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrong_node_id_is_refused, setup, teardown),

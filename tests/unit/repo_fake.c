@@ -178,6 +178,32 @@ int repo_have(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t n, boo
     return 0;
 }
 
+int repo_have_any(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t n, bool *present,
+                  bool *any, struct err *e)
+{
+    int rv = repo_have(r, ids, n, present, e);
+    for (size_t i = 0; rv == 0 && i < n; i++) {
+        any[i] = present[i];
+    }
+    return rv;
+}
+
+int repo_put_chunk_new(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *plain,
+                       size_t len, struct err *e)
+{
+    return repo_put_chunk(r, id, plain, len, e);
+}
+
+int repo_put_chunks_new(struct repo *r, size_t n, const uint8_t (*ids)[REPO_CHUNK_ID],
+                        const void *const *plains, const size_t *lens, struct err *e)
+{
+    int rv = 0;
+    for (size_t i = 0; rv == 0 && i < n; i++) {
+        rv = repo_put_chunk(r, ids[i], plains[i], lens[i], e);
+    }
+    return rv;
+}
+
 int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *plain, size_t len,
                    struct err *e)
 {

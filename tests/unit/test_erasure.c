@@ -579,6 +579,71 @@ static void flip_and_check(struct blobs *b, unsigned i, size_t bit, const uint8_
     b->blob[i][bit / 8] ^= (uint8_t)(1u << (bit % 8));
 }
 
+/*
+ * Shards with the trailer left to the receiver: the same bytes but a zero
+ * trailer, refused by a reader as corrupt until filled in; filling them in
+ * makes exactly the hashed encoding and the SHA-256 a store records.
+ */
+static void test_unhashed_shards_are_filled_in(void **state)
+{
+    (void)state;
+    size_t len = 300007;
+    uint8_t *object = random_bytes(len);
+    struct blobs b;
+    blobs_make(&b, vault_a, chunk_a, 2, 1, object, len);
+    uint8_t *blobs[ERASURE_MAX_SHARDS] = {0};
+    size_t lengths[ERASURE_MAX_SHARDS] = {0};
+    struct err e;
+    err_clear(&e);
+    assert_int_equal(
+        erasure_shards_encode_unhashed(vault_a, chunk_a, 2, 1, object, len, blobs, lengths, &e), 0);
+    static const uint8_t zero[ERASURE_SHARD_TRAILER];
+    for (unsigned i = 0; i < b.n; i++) {
+        size_t body = lengths[i] - ERASURE_SHARD_TRAILER;
+        assert_int_equal(lengths[i], b.length[i]);
+        assert_memory_equal(blobs[i], b.blob[i], body);
+        assert_memory_equal(blobs[i] + body, zero, ERASURE_SHARD_TRAILER);
+        assert_int_equal(erasure_shard_decode(blobs[i], lengths[i], NULL, NULL, &e), HBC_ECORRUPT);
+
+        uint8_t want_sha[ERASURE_SHARD_TRAILER], got_sha[ERASURE_SHARD_TRAILER];
+        struct erasure_shard_info want_info, got_info;
+        const uint8_t *want_payload, *got_payload;
+        assert_int_equal(erasure_shard_decode_sha256(b.blob[i], b.length[i], &want_info,
+                                                     &want_payload, want_sha, &e),
+                         0);
+        assert_int_equal(
+            erasure_shard_fill_sha256(blobs[i], lengths[i], &got_info, &got_payload, got_sha, &e),
+            0);
+        assert_memory_equal(blobs[i], b.blob[i], lengths[i]);
+        assert_memory_equal(got_sha, want_sha, sizeof want_sha);
+        assert_int_equal(got_info.index, i);
+        assert_int_equal(got_info.object_length, len);
+        assert_int_equal(got_payload - blobs[i], want_payload - b.blob[i]);
+
+        /* Filled in already (or sent with a trailer): refused, and left as it was. */
+        err_clear(&e);
+        assert_int_equal(erasure_shard_fill_sha256(blobs[i], lengths[i], NULL, NULL, got_sha, &e),
+                         HBC_EFORMAT);
+        assert_non_null(strstr(e.msg, "trailer to fill in is not zero"));
+        assert_memory_equal(blobs[i], b.blob[i], lengths[i]);
+    }
+    /* The other checks still run before anything is written. */
+    memset(blobs[0] + lengths[0] - ERASURE_SHARD_TRAILER, 0, ERASURE_SHARD_TRAILER);
+    uint8_t sha[ERASURE_SHARD_TRAILER];
+    assert_int_equal(erasure_shard_fill_sha256(blobs[0], lengths[0] - 1, NULL, NULL, sha, &e),
+                     HBC_ETRUNCATED);
+    blobs[0][0] = 'X';
+    assert_int_equal(erasure_shard_fill_sha256(blobs[0], lengths[0], NULL, NULL, sha, &e),
+                     HBC_EFORMAT);
+    assert_int_equal(erasure_shard_fill_sha256(blobs[0], lengths[0], NULL, NULL, NULL, &e),
+                     HBC_EINVAL);
+    for (unsigned i = 0; i < b.n; i++) {
+        hbc_free(blobs[i]);
+    }
+    blobs_free(&b);
+    hbc_free(object);
+}
+
 static void test_bit_flips_are_caught(void **state)
 {
     (void)state;
@@ -1164,6 +1229,7 @@ int main(void)
         cmocka_unit_test(test_stripe_reuse),
         cmocka_unit_test(test_too_many_lost_is_toofew),
         cmocka_unit_test(test_shard_roundtrip),
+        cmocka_unit_test(test_unhashed_shards_are_filled_in),
         cmocka_unit_test(test_bit_flips_are_caught),
         cmocka_unit_test(test_malformed_shards),
         cmocka_unit_test(test_bad_arguments),
