@@ -119,7 +119,7 @@ typedef void (*node_client_cb)(struct node_client *nc, struct node_client_result
 struct node_client_shard {
     const uint8_t *vault_id; /* 16 bytes */
     const uint8_t *chunk_id; /* 32 bytes */
-    uint32_t index;          /* shard index within the stripe */
+    uint32_t index;          /* shard slot: the index, tagged with its scheme (shard_scheme.h) */
     const uint8_t *data;     /* the encoded shard */
     size_t len;              /* its length */
 };
@@ -128,7 +128,7 @@ struct node_client_shard {
 struct node_client_key {
     const uint8_t *vault_id; /* 16 bytes */
     const uint8_t *chunk_id; /* 32 bytes */
-    uint32_t index;          /* shard index within the stripe */
+    uint32_t index;          /* shard slot: the index, tagged with its scheme (shard_scheme.h) */
 };
 
 /* Counters of one client (node_client_stats()). */

@@ -11,17 +11,30 @@
 
 #define SHARD_STORE_LIST_MAX 4096u /* chunks per page at most */
 
+#define SHARD_LIST_SCHEMES 7u /* other schemes than the base one per chunk (8 copies at most) */
+
+/* The shards of a listed chunk in one scheme other than its vault's base scheme. */
+struct shard_list_scheme {
+    uint8_t k;     /* the scheme's data shards */
+    uint8_t m;     /* its parity shards */
+    uint32_t mask; /* bit s: its shard s is held */
+};
+
 /* One listed chunk. */
 struct shard_list_entry {
     uint8_t chunk_id[SHARD_STORE_CHUNK_ID_LEN]; /* the chunk */
-    uint32_t mask;                              /* bit s: shard s is held (indexes below 32) */
+    uint32_t mask;      /* bit s: shard s of the base scheme (untagged slot s) is held */
+    unsigned nschemes;  /* entries in schemes */
+    struct shard_list_scheme schemes[SHARD_LIST_SCHEMES]; /* tagged slots (common/shard_scheme.h),
+                                                            by first appearance */
 };
 
 /*
  * The chunks of vault_id, in chunk id order, strictly after `after` (32
  * bytes, or NULL: from the first), at most limit (1..SHARD_STORE_LIST_MAX)
  * of them, into out (limit entries, caller's); *n gets how many and *more
- * whether more follow. With groups > 0 only chunks whose placement group
+ * whether more follow. Shards of every scheme are listed (a chunk with more
+ * than SHARD_LIST_SCHEMES other schemes lists the first ones). With groups > 0 only chunks whose placement group
  * (client/placement_map.h) is `group` are listed. Any thread. Returns 0,
  * HBC_EINVAL, HBC_ESTORE.
  */
