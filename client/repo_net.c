@@ -29,6 +29,7 @@
 #include "common/alloc.h"
 #include "common/frame.h"
 #include "common/log.h"
+#include "common/shard_scheme.h"
 
 #define REPO_BACKOFF_MIN_MS 250u
 #define REPO_BACKOFF_MAX_MS 5000u
@@ -124,7 +125,10 @@ static int put_with_epoch(struct node_client *nc, struct repo_req *r, struct err
             hbc__shard_blob__init(&blobs[i]);
             blobs[i].vault_id = (ProtobufCBinaryData){16, (uint8_t *)sh->vault_id};
             blobs[i].chunk_id = (ProtobufCBinaryData){32, (uint8_t *)sh->chunk_id};
-            blobs[i].index = sh->index;
+            bool tagged = false;
+            shard_slot_to_wire(sh->index, &blobs[i].index, &tagged, &blobs[i].scheme_k,
+                               &blobs[i].scheme_m);
+            blobs[i].has_scheme_k = blobs[i].has_scheme_m = tagged;
             blobs[i].data = (ProtobufCBinaryData){sh->len, (uint8_t *)sh->data};
             bp[i] = &blobs[i];
         }
