@@ -830,26 +830,35 @@ int repo_put_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *
 
 /* ---- have ---- */
 
-/* The distinct nodes holding any slot of any copy (out has room for MAX_SLOTS); PMAP_NONE skipped. */
-static size_t distinct_nodes(const unsigned *place, size_t nslots, unsigned *out)
+/*
+ * The distinct (node, scheme) pairs holding some shard of some copy, as
+ * node * nsch + scheme (out has room for MAX_SLOTS); PMAP_NONE slots skipped.
+ */
+static size_t distinct_pairs(const struct repo *r, const unsigned *place, const unsigned *scheme_of,
+                             unsigned nsch, unsigned *out)
 {
+    const unsigned width = stride_of(r);
     size_t n = 0;
-    for (size_t i = 0; i < nslots; i++) {
-        if (place[i] == PMAP_NONE) {
-            continue;
-        }
-        size_t j = 0;
-        while (j < n && out[j] != place[i]) {
-            j++;
-        }
-        if (j == n) {
-            out[n++] = place[i];
+    for (unsigned c = 0; c < r->copies; c++) {
+        for (unsigned s = 0; s < copy_width(r, c); s++) {
+            unsigned node = place[c * width + s];
+            if (node == PMAP_NONE) {
+                continue;
+            }
+            unsigned pair = node * nsch + scheme_of[c];
+            size_t j = 0;
+            while (j < n && out[j] != pair) {
+                j++;
+            }
+            if (j == n) {
+                out[n++] = pair;
+            }
         }
     }
     return n;
 }
 
-/* One node's share of a have query. */
+/* One (node, scheme)'s share of a have query. */
 struct have_node {
     uint32_t *idx; /* indexes into ids, in order */
     size_t n;      /* how many */
@@ -858,7 +867,19 @@ struct have_node {
     size_t cursor; /* reading position in the second pass */
 };
 
-/* repo_have(), and any[i] (when not NULL): some node holds some shard of ids[i]. */
+/* A HaveChunks request of one (node, scheme), built here (the frame lives until the reply). */
+struct have_frame {
+    Hbc__Frame f;               /* the request */
+    Hbc__HaveChunks h;          /* its body */
+    ProtobufCBinaryData *ids;   /* the ids (pointing into the caller's buffer) */
+};
+
+/*
+ * repo_have(), and any[i] (when not NULL): some node holds some shard of
+ * ids[i]. With several schemes each node is asked per scheme it holds shards
+ * of (HaveChunks scheme fields), so that shards of one scheme never count
+ * for a copy of another.
+ */
 static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t n, bool *present,
                      bool *any, struct err *e)
 {
@@ -878,13 +899,18 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
     if (n > UINT32_MAX) {
         return err_setraw(e, HBC_EINVAL, "have: %zu ids at once", n);
     }
+    struct pmap_scheme sch[PMAP_MAX_SCHEMES];
+    unsigned scheme_of[PMAP_MAX_SCHEMES];
+    const unsigned nsch = pmap_schemes(&r->pv, sch, scheme_of);
     /* Every index placement can return: the node list may grow under us (repo_map_refresh). */
-    const size_t nn = r->nodes_cap > r->nnodes ? r->nodes_cap : r->nnodes;
+    const size_t nodes_n = r->nodes_cap > r->nnodes ? r->nodes_cap : r->nnodes;
+    const size_t nn = nodes_n * nsch;
     const unsigned width = stride_of(r);
     const size_t nslots = (size_t)r->copies * width;
     struct have_node *hn = hbc_calloc(nn, sizeof *hn);
     uint8_t(*buf)[REPO_CHUNK_ID] = NULL;
     struct repo_req *reqs = NULL;
+    struct have_frame *hf = NULL;
     size_t nreqs = 0;
     if (hn == NULL) {
         return err_set(e, HBC_ENOMEM, "have");
@@ -899,16 +925,16 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
         hbc_free(hn);
         return err_set(e, HBC_ENOMEM, "have");
     }
-    unsigned nodes[MAX_SLOTS];
+    unsigned pairs[MAX_SLOTS];
     for (size_t i = 0; i < n; i++) {
         unsigned *place = places + i * nslots;
         rv = repo_place(r, ids[i], r->copies, width, place, e);
         if (rv != 0) {
             goto out;
         }
-        size_t nd = distinct_nodes(place, nslots, nodes);
+        size_t nd = distinct_pairs(r, place, scheme_of, nsch, pairs);
         for (size_t d = 0; d < nd; d++) {
-            struct have_node *h = &hn[nodes[d]];
+            struct have_node *h = &hn[pairs[d]];
             if (h->n == h->cap) {
                 size_t cap = h->cap == 0 ? 64 : h->cap * 2;
                 uint32_t *p = hbc_realloc(h->idx, cap * sizeof *p);
@@ -937,24 +963,62 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
     }
     buf = hbc_malloc(total * sizeof *buf);
     reqs = hbc_calloc(nreqs, sizeof *reqs);
-    if (buf == NULL || reqs == NULL) {
+    hf = nsch > 1 ? hbc_calloc(nreqs, sizeof *hf) : NULL;
+    if (buf == NULL || reqs == NULL || (nsch > 1 && hf == NULL)) {
         rv = err_set(e, HBC_ENOMEM, "have");
         goto out;
     }
     size_t q = 0, pos = 0;
     for (size_t j = 0; j < nn; j++) {
+        const struct repo_node *node = &r->nodes[j / nsch];
+        const struct pmap_scheme *x = &sch[j % nsch];
         for (size_t off = 0; off < hn[j].n; off += NODE_CLIENT_MAX_BATCH) {
             size_t cnt =
                 hn[j].n - off < NODE_CLIENT_MAX_BATCH ? hn[j].n - off : NODE_CLIENT_MAX_BATCH;
-            for (size_t x = 0; x < cnt; x++) {
-                memcpy(buf[pos + x], ids[hn[j].idx[off + x]], REPO_CHUNK_ID);
+            for (size_t y = 0; y < cnt; y++) {
+                memcpy(buf[pos + y], ids[hn[j].idx[off + y]], REPO_CHUNK_ID);
             }
-            reqs[q++] = (struct repo_req){.addr = r->nodes[j].addr,
-                                          .node_id = r->nodes[j].node_id,
-                                          .kind = REPO_REQ_HAVE,
-                                          .vault_id = r->vault_id,
-                                          .ids = (const uint8_t(*)[REPO_CHUNK_ID])(buf + pos),
-                                          .nids = cnt};
+            if (nsch == 1) {
+                /* One scheme: any shard of the chunk is one of its (as before schemes). */
+                reqs[q] = (struct repo_req){.addr = node->addr,
+                                            .node_id = node->node_id,
+                                            .kind = REPO_REQ_HAVE,
+                                            .vault_id = r->vault_id,
+                                            .ids = (const uint8_t(*)[REPO_CHUNK_ID])(buf + pos),
+                                            .nids = cnt};
+            } else {
+                struct have_frame *h = &hf[q];
+                h->ids = hbc_calloc(cnt, sizeof *h->ids);
+                if (h->ids == NULL) {
+                    rv = err_set(e, HBC_ENOMEM, "have");
+                    goto out;
+                }
+                for (size_t y = 0; y < cnt; y++) {
+                    h->ids[y] = (ProtobufCBinaryData){REPO_CHUNK_ID, buf[pos + y]};
+                }
+                hbc__frame__init(&h->f);
+                hbc__have_chunks__init(&h->h);
+                h->h.vault_id = (ProtobufCBinaryData){REPO_ID_LEN, r->vault_id};
+                h->h.chunk_ids = h->ids;
+                h->h.n_chunk_ids = cnt;
+                if (j % nsch == 0) {
+                    h->h.has_base_scheme = true;
+                    h->h.base_scheme = true;
+                } else {
+                    h->h.has_scheme_k = h->h.has_scheme_m = true;
+                    h->h.scheme_k = x->k;
+                    h->h.scheme_m = x->m;
+                }
+                h->f.body_case = HBC__FRAME__BODY_HAVE_CHUNKS;
+                h->f.have_chunks = &h->h;
+                reqs[q] = (struct repo_req){.addr = node->addr,
+                                            .node_id = node->node_id,
+                                            .kind = REPO_REQ_FRAME,
+                                            .frame = &h->f,
+                                            .expect = HBC__FRAME__BODY_HAVE_CHUNKS_REPLY,
+                                            .nids = cnt};
+            }
+            q++;
             pos += cnt;
         }
     }
@@ -970,8 +1034,8 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
             }
             const Hbc__HaveChunksReply *h = reqs[q].reply->have_chunks_reply;
             answered++;
-            for (size_t x = 0; x < reqs[q].nids && x < h->n_present; x++) {
-                hn[j].answer[off + x] = h->present[x] != 0;
+            for (size_t y = 0; y < reqs[q].nids && y < h->n_present; y++) {
+                hn[j].answer[off + y] = h->present[y] != 0;
             }
         }
     }
@@ -982,16 +1046,17 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
     }
     /*
      * Pass 2: an id is present when every copy has, on the nodes answering
-     * yes, at least the shards a put needs (k+1, or all on small clusters):
-     * exactly what repo_put_chunk() guarantees, so a chunk whose put failed
-     * half-way is sent again instead of being taken for stored.
+     * yes for its scheme, at least the shards a put needs (k+1, or all on
+     * small clusters): exactly what repo_put_chunk() guarantees, so a chunk
+     * whose put failed half-way is sent again instead of being taken for
+     * stored.
      */
     for (size_t i = 0; i < n; i++) {
         const unsigned *place = places + i * nslots;
-        size_t nd = distinct_nodes(place, nslots, nodes);
+        size_t nd = distinct_pairs(r, place, scheme_of, nsch, pairs);
         bool yes[MAX_SLOTS];
         for (size_t d = 0; d < nd; d++) {
-            struct have_node *h = &hn[nodes[d]];
+            struct have_node *h = &hn[pairs[d]];
             yes[d] = h->answer[h->cursor++];
             if (any != NULL && yes[d]) {
                 any[i] = true;
@@ -1001,11 +1066,12 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
         for (unsigned c = 0; c < r->copies && all; c++) {
             unsigned count = 0;
             for (unsigned s = 0; s < copy_width(r, c); s++) {
+                unsigned pair = place[c * width + s] * nsch + scheme_of[c];
                 size_t d = 0;
-                while (nodes[d] != place[c * width + s]) {
+                while (d < nd && pairs[d] != pair) {
                     d++;
                 }
-                count += yes[d] ? 1 : 0;
+                count += d < nd && yes[d] ? 1 : 0;
             }
             all = count >= copy_needs(r, c, place + c * width);
         }
@@ -1013,9 +1079,13 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
     }
     rv = 0;
 out:
-    for (size_t x = 0; x < nreqs && reqs != NULL; x++) {
-        frame_free(reqs[x].reply);
+    for (size_t y = 0; y < nreqs && reqs != NULL; y++) {
+        frame_free(reqs[y].reply);
+        if (hf != NULL) {
+            hbc_free(hf[y].ids);
+        }
     }
+    hbc_free(hf);
     hbc_free(reqs);
     hbc_free(buf);
     for (size_t j = 0; j < nn; j++) {

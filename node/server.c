@@ -812,8 +812,23 @@ static void have_work_cb(uv_work_t *w)
         memcpy(ids[i], h->chunk_ids[i].data, 32);
     }
     struct err e;
-    int rv = shard_store_exists_batch(s->store, h->vault_id.data, (const uint8_t(*)[32])ids, n,
+    int rv = 0;
+    if (h->has_scheme_k || h->has_scheme_m) {
+        /* Shards of one scheme other than the base one (common/shard_scheme.h). */
+        uint32_t lo = 0;
+        rv = shard_slot_from_wire(0, h->has_scheme_k, h->scheme_k, h->has_scheme_m, h->scheme_m,
+                                  &lo, &e);
+        if (rv == 0) {
+            rv = shard_store_exists_slots(s->store, h->vault_id.data, (const uint8_t(*)[32])ids,
+                                          n, lo, lo | 0xff, present, &e);
+        }
+    } else if (h->has_base_scheme && h->base_scheme) {
+        rv = shard_store_exists_slots(s->store, h->vault_id.data, (const uint8_t(*)[32])ids, n, 0,
+                                      SHARD_SLOT_TAG - 1, present, &e);
+    } else {
+        rv = shard_store_exists_batch(s->store, h->vault_id.data, (const uint8_t(*)[32])ids, n,
                                       present, &e);
+    }
     if (rv != 0) {
         r->status = rv;
         snprintf(r->msg, sizeof r->msg, "have chunks: %.220s", e.msg);

@@ -89,3 +89,28 @@ int shard_store_list_group(struct shard_store *s, const uint8_t vault_id[SHARD_S
     rocksdb_iter_destroy(it);
     return errptr != NULL ? store_rocks_error(e, errptr, "list chunks") : 0;
 }
+
+int shard_store_exists_slots(struct shard_store *s, const uint8_t vault_id[SHARD_STORE_VAULT_ID_LEN],
+                             const uint8_t (*chunk_ids)[SHARD_STORE_CHUNK_ID_LEN], size_t n,
+                             uint32_t lo, uint32_t hi, bool *present, struct err *e)
+{
+    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(s->db, s->ro, s->cf[CF_SHARDS]);
+    uint8_t seek[SHARD_STORE_KEY_LEN];
+    memcpy(seek, vault_id, SHARD_STORE_VAULT_ID_LEN);
+    store_put_be32(seek + CHUNK_PREFIX_LEN, lo);
+    for (size_t i = 0; i < n; i++) {
+        memcpy(seek + SHARD_STORE_VAULT_ID_LEN, chunk_ids[i], SHARD_STORE_CHUNK_ID_LEN);
+        rocksdb_iter_seek(it, (const char *)seek, sizeof seek);
+        present[i] = false;
+        if (rocksdb_iter_valid(it)) {
+            size_t kn = 0;
+            const uint8_t *k = (const uint8_t *)rocksdb_iter_key(it, &kn);
+            present[i] = kn == SHARD_STORE_KEY_LEN && memcmp(k, seek, CHUNK_PREFIX_LEN) == 0 &&
+                         store_get_be32(k + CHUNK_PREFIX_LEN) <= hi;
+        }
+    }
+    char *errptr = NULL;
+    rocksdb_iter_get_error(it, &errptr);
+    rocksdb_iter_destroy(it);
+    return errptr != NULL ? store_rocks_error(e, errptr, "exists") : 0;
+}

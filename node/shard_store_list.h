@@ -42,4 +42,15 @@ int shard_store_list_group(struct shard_store *s, const uint8_t vault_id[SHARD_S
                            const uint8_t *after, uint32_t groups, uint32_t group, size_t limit,
                            struct shard_list_entry *out, size_t *n, bool *more, struct err *e);
 
+/*
+ * shard_store_exists_batch() counting only shards whose slot
+ * (common/shard_scheme.h) lies in lo..hi: present[i] (n entries, caller's)
+ * says whether chunk_ids[i] of vault_id has one. The base scheme is
+ * 0..SHARD_SLOT_TAG-1, another scheme k+m shard_slot(.., k, m, 0)..that | 0xff.
+ * Any thread. Returns 0 or HBC_ESTORE.
+ */
+int shard_store_exists_slots(struct shard_store *s, const uint8_t vault_id[SHARD_STORE_VAULT_ID_LEN],
+                             const uint8_t (*chunk_ids)[SHARD_STORE_CHUNK_ID_LEN], size_t n,
+                             uint32_t lo, uint32_t hi, bool *present, struct err *e);
+
 #endif /* HBC_NODE_SHARD_STORE_LIST_H */

@@ -8,6 +8,7 @@ that copy's (tagged) shards to it; the audit and a verified restore pass again.
 """
 import json
 import os
+import shutil
 import time
 
 import hbctest
@@ -83,6 +84,12 @@ def test_copy_schemes(tmp_path, ca):
     # Every chunk has k+m shards of each copy's scheme: 4 + 3 + 2.
     assert [c["shards_expected"] for c in a["copies"]] == [chunks * (k + m) for k, m in SCHEMES]
 
+    # The same data under another path is found stored (HaveChunks per scheme): nothing new.
+    src_copy = os.path.join(tmp_path, "src-copy")
+    shutil.copytree(src, src_copy)
+    rc, b2, err = hbc.json("backup", src_copy)
+    assert b2["new_chunks"] == 0 and b2["dedup_chunks"] > 0, b2
+
     restore_same(hbc, snap, src, os.path.join(tmp_path, "r-all"))
     for copy in range(3):
         rc, t, err = hbc.json("restore", snap, "--verify", "--copy", str(copy))
@@ -154,7 +161,7 @@ def test_copy_schemes(tmp_path, ca):
 
     print("\ncopy schemes: " + json.dumps({
         "schemes": ["%d+%d" % s for s in schemes], "survives_nodes": tolerance,
-        "chunks": chunks, "shards_per_copy": [c["shards_expected"] for c in a["copies"]],
+        "chunks": chunks, "dedup_chunks_of_copied_tree": b2["dedup_chunks"], "shards_per_copy": [c["shards_expected"] for c in a["copies"]],
         "shards_expected": a["shards_expected"], "degraded_restores": degraded,
         "after_add": {"epoch": settled["epoch"], "shards_expected": a2["shards_expected"],
                       "groups_done_reports": moved, "shards_moved_to_new_node": b4_moved},
