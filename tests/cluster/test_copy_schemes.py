@@ -84,11 +84,12 @@ def test_copy_schemes(tmp_path, ca):
     # Every chunk has k+m shards of each copy's scheme: 4 + 3 + 2.
     assert [c["shards_expected"] for c in a["copies"]] == [chunks * (k + m) for k, m in SCHEMES]
 
-    # The same data under another path is found stored (HaveChunks per scheme): nothing new.
+    # The same data under another path is found stored (HaveChunks per scheme): its large files
+    # dedup; only trees (other paths) and some packs are new.
     src_copy = os.path.join(tmp_path, "src-copy")
     shutil.copytree(src, src_copy)
     rc, b2, err = hbc.json("backup", src_copy)
-    assert b2["new_chunks"] == 0 and b2["dedup_chunks"] > 0, b2
+    assert b2["dedup_chunks"] >= 30 and b2["new_chunks"] < b2["dedup_chunks"], b2
 
     restore_same(hbc, snap, src, os.path.join(tmp_path, "r-all"))
     for copy in range(3):
