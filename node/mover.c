@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "common/shard_scheme.h"
 #include "node/fsm_placement.h"
+#include "node/placement_cleanup.h"
 #include "node/shard_store_list.h"
 
 #define MOVER_TIMEOUT_MS 15000 /* per request to a peer */
@@ -71,6 +72,7 @@ struct mover {
     _Atomic bool leads;    /* this node leads (set by the loop thread) */
     struct seen *seen;     /* leader: when each node last answered */
     size_t nseen;          /* how many */
+    struct pcleanup *cleanup; /* old-epoch shard deletion (placement_cleanup.h) */
 };
 
 static uint64_t now_ns(void)
@@ -973,6 +975,12 @@ static void mover_pass(struct mover *m)
     for (size_t i = 0; i < vs.n && !stopping(m); i++) {
         move_vault(m, &vs.v[i], current);
     }
+    for (size_t i = 0; i < vs.n && !stopping(m); i++) {
+        if (pcleanup_vault(m->cleanup, m->o.fsm, m->o.store, m->node_id, &vs.v[i], now_ns(), NULL,
+                           &e) != 0) {
+            hbc_log(LOG_WARN, "event=placement_cleanup_failed reason=\"%s\"", e.msg);
+        }
+    }
     hbc_free(vs.v);
 }
 
@@ -1000,9 +1008,16 @@ int mover_start(const struct mover_opts *o, struct mover **out, struct err *e)
     }
     m->o = *o;
     m->o.node_id = m->node_id;
-    struct repo_net_opts no = {.tls = o->tls, .timeout_ms = MOVER_TIMEOUT_MS};
-    int rv = repo_net_start(&no, &m->net, e);
+    int rv = pcleanup_new(o->cleanup_after_s, &m->cleanup, e);
     if (rv != 0) {
+        hbc_free(m->node_id);
+        hbc_free(m);
+        return rv;
+    }
+    struct repo_net_opts no = {.tls = o->tls, .timeout_ms = MOVER_TIMEOUT_MS};
+    rv = repo_net_start(&no, &m->net, e);
+    if (rv != 0) {
+        pcleanup_free(m->cleanup);
         hbc_free(m->node_id);
         hbc_free(m);
         return rv;
@@ -1018,6 +1033,7 @@ int mover_start(const struct mover_opts *o, struct mover **out, struct err *e)
         repo_net_stop(m->net);
         pthread_cond_destroy(&m->cv);
         pthread_mutex_destroy(&m->mu);
+        pcleanup_free(m->cleanup);
         hbc_free(m->node_id);
         hbc_free(m);
         return err_set(e, -rv, "mover thread");
@@ -1037,6 +1053,7 @@ void mover_stop(struct mover *m)
     pthread_mutex_unlock(&m->mu);
     pthread_join(m->thread, NULL);
     repo_net_stop(m->net);
+    pcleanup_free(m->cleanup);
     hbc_free(m->seen);
     pthread_cond_destroy(&m->cv);
     pthread_mutex_destroy(&m->mu);

@@ -358,6 +358,7 @@ static Hbc__ErrorCode error_code_for(int code)
     case HBC_EINVAL:
     case HBC_EFORMAT:
     case HBC_EPROTO:
+    case HBC_ESCHEME:
         return HBC__ERROR_CODE__ERROR_BAD_REQUEST;
     case HBC_ESTALEEPOCH:
         return HBC__ERROR_CODE__ERROR_STALE_EPOCH;
@@ -1592,7 +1593,8 @@ void server_set_raft(struct server *s, struct raft_node *rn)
                                 .rate = s->cfg->move_rate,
                                 .interval_ms =
                                     s->cfg->move_interval > 0 ? s->cfg->move_interval : 2000,
-                                .down_after_s = s->cfg->down_after};
+                                .down_after_s = s->cfg->down_after,
+                                .cleanup_after_s = s->cfg->cleanup_after};
         struct err e;
         if (mover_start(&mo, &s->mover, &e) != 0) {
             hbc_log(LOG_ERROR, "event=mover_start_failed reason=\"%s\"", e.msg);

@@ -192,6 +192,11 @@ int main(int argc, char **argv)
     json_t *examples = json_array();
     const unsigned width = pmap_stride(&v);
     size_t copy_expected[PLACEMENT_MAX_COPIES] = {0}, copy_missing[PLACEMENT_MAX_COPIES] = {0};
+    size_t extra = 0;
+    size_t *node_held = calloc(cs->n_nodes + 1, sizeof *node_held);
+    if (node_held == NULL) {
+        goto out;
+    }
     for (size_t i = 0; i < nheld;) {
         size_t j = i;
         while (j < nheld && memcmp(held[j].chunk, held[i].chunk, 32) == 0) {
@@ -232,6 +237,7 @@ int main(int argc, char **argv)
             if (!found) {
                 missing++;
                 copy_missing[c]++;
+
                 if (json_array_size(examples) < 10) {
                     char hex[17];
                     for (int b = 0; b < 8; b++) {
@@ -244,8 +250,29 @@ int main(int argc, char **argv)
                 }
             }
         }
+        /* Shards held that the current epoch does not assign to their node (older epochs'). */
+        for (size_t h = i; h < j; h++) {
+            const char *id = cs->nodes[held[h].node]->node_id;
+            uint32_t want[PMAP_MAX_SCHEMES] = {0};
+            for (unsigned x = 0; x < v.copies * width; x++) {
+                unsigned c = x / width;
+                if (x % width < pmap_copy_width(&v, c) && place[x] != PMAP_NONE &&
+                    strcmp(ep.pol[place[x]].node_id, id) == 0) {
+                    want[copy_scheme[c]] |= (uint32_t)1 << (x % width);
+                }
+            }
+            for (unsigned y = 0; y < nsch; y++) {
+                node_held[held[h].node] += (size_t)__builtin_popcount(held[h].mask[y]);
+                extra += (size_t)__builtin_popcount(held[h].mask[y] & ~want[y]);
+            }
+        }
         i = j;
     }
+    json_t *nodes_held = json_object();
+    for (size_t n = 0; n < cs->n_nodes; n++) {
+        json_object_set_new(nodes_held, cs->nodes[n]->node_id, json_integer((json_int_t)node_held[n]));
+    }
+    free(node_held);
     json_t *per_copy = json_array();
     for (unsigned c = 0; c < v.copies; c++) {
         json_array_append_new(per_copy,
@@ -260,6 +287,8 @@ int main(int argc, char **argv)
                           (json_int_t)chunks, "shards_expected", (json_int_t)expected,
                           "shards_missing", (json_int_t)missing, "examples", examples, "copies",
                           per_copy);
+    json_object_set_new(o, "shards_extra", json_integer((json_int_t)extra));
+    json_object_set_new(o, "shards_held", nodes_held);
     char *s = json_dumps(o, JSON_COMPACT);
     printf("%s\n", s);
     free(s);

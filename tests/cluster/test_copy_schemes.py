@@ -22,7 +22,7 @@ PLAN = [("a1", "site-a", "ssd", False), ("a2", "site-a", "ssd", False),
         ("b1", "site-b", "hdd", False), ("b2", "site-b", "hdd", False),
         ("b3", "site-b", "hdd", False),
         ("c1", "site-c", "ssd", True), ("c2", "site-c", "ssd", True)]
-EXTRA = {"placement": {"move_interval": "500", "down_after": "15"}}
+EXTRA = {"placement": {"move_interval": "500", "down_after": "15", "cleanup_after": "3"}}
 SCHEMES = [(2, 2), (2, 1), (1, 1)]
 
 
@@ -120,13 +120,30 @@ def test_copy_schemes(tmp_path, ca):
     # A node joins site-b: copy 1 (2+1) has 4 eligible nodes now and the mover copies its
     # tagged shards to the new node where the new epoch puts them.
     epoch_before = wait_settled(hbc)["epoch"]
+    rc, a1 = audit(ca, [n.addr for n in nodes], "scans")
+    site_b = ("b1", "b2", "b3")
+    held_before = {n: a1["shards_held"][n] for n in site_b}
     nodes += start(tmp_path, ca, [("b4", "site-b", "hdd", False)], first=nodes[0])
     hbc.set_cluster([n.addr for n in nodes])
     placetest.wait_members(hbc, len(nodes))
     settled = wait_settled(hbc)
     assert settled["epoch"] > epoch_before, settled
-    rc, a2 = audit(ca, [n.addr for n in nodes], "scans")
-    assert rc == 0 and a2["shards_missing"] == 0 and a2["unsettled_groups"] == 0, a2
+    # Once settled for cleanup_after (3 s here), the old site-b nodes delete the copy 1 shards
+    # the new epoch gave b4: their counts drop, nothing the epoch assigns goes missing.
+    deadline = time.monotonic() + 120
+    while True:
+        rc, a2 = audit(ca, [n.addr for n in nodes], "scans")
+        assert a2["shards_missing"] == 0, a2
+        if a2["shards_extra"] == 0:
+            break
+        assert time.monotonic() < deadline, f"old-epoch shards not cleaned up: {a2}"
+        time.sleep(1)
+    assert rc == 0 and a2["unsettled_groups"] == 0, a2
+    held_after = {n: a2["shards_held"][n] for n in site_b}
+    assert sum(held_after.values()) < sum(held_before.values()), (held_before, held_after)
+    assert all(held_after[n] <= held_before[n] for n in site_b), (held_before, held_after)
+    cleaned = sum(int(e.get("count", "0")) for n in nodes for e in n.events("placement_cleanup"))
+    assert cleaned == sum(held_before.values()) - sum(held_after.values()), cleaned
     moved = sum(len([e for e in n.events("mover_groups_done")]) for n in nodes)
     assert moved > 0
     restore_same(hbc, snap, src, os.path.join(tmp_path, "r-after-add"), copy=1)
@@ -165,6 +182,8 @@ def test_copy_schemes(tmp_path, ca):
         "chunks": chunks, "dedup_chunks_of_copied_tree": b2["dedup_chunks"], "shards_per_copy": [c["shards_expected"] for c in a["copies"]],
         "shards_expected": a["shards_expected"], "degraded_restores": degraded,
         "after_add": {"epoch": settled["epoch"], "shards_expected": a2["shards_expected"],
-                      "groups_done_reports": moved, "shards_moved_to_new_node": b4_moved},
+                      "groups_done_reports": moved, "shards_moved_to_new_node": b4_moved,
+                      "site_b_held_before": held_before, "site_b_held_after": held_after,
+                      "b4_held": a2["shards_held"]["b4"], "placement_cleanup_deleted": cleaned},
         "after_down": {"node": victim.name, "epoch": p["epoch"], "passes_with_rebuilds": rebuilt},
         "test_seconds": round(time.monotonic() - t0, 1)}))
