@@ -118,9 +118,9 @@ uint32_t pmap_group_of(const uint8_t chunk_id[32], uint32_t groups);
  * The nodes of group `group` of vault v in epoch ep: out[c * width + s] is
  * the index into ep's nodes of copy c's shard s (c < v->copies, s <
  * pmap_copy_width(v, c); width must be pmap_stride(v), and the slots of a
- * copy past its own width are PMAP_NONE). A copy that the epoch's topology cannot place (no eligible node)
- * gets PMAP_NONE in every slot, and *placeable (may be NULL) becomes false.
- * Returns 0, HBC_EINVAL (width not k + m, empty topology) or HBC_ENOMEM.
+ * copy past its own width are PMAP_NONE). A copy that the epoch's topology cannot place (no
+ * eligible node) gets PMAP_NONE in every slot, and *placeable (may be NULL) becomes false. Returns
+ * 0, HBC_EINVAL (width not pmap_stride(v)) or HBC_ENOMEM.
  */
 int pmap_group_nodes(const struct pmap_vault *v, const struct pmap_epoch *ep, uint32_t group,
                      unsigned width, unsigned *out, bool *placeable, struct err *e);
@@ -128,7 +128,8 @@ int pmap_group_nodes(const struct pmap_vault *v, const struct pmap_epoch *ep, ui
 /*
  * Which shard indexes of the base scheme a group node `node` (an index into
  * ep's nodes) holds in the epoch: bit s of the result is set when some copy
- * of the base scheme puts shard s there (pmap_node_masks() for every scheme). Returns 0 or as pmap_group_nodes(); *mask 0 when it holds none.
+ * of the base scheme puts shard s there (pmap_node_masks() for every scheme). Returns 0 or as
+ * pmap_group_nodes(); *mask 0 when it holds none.
  */
 int pmap_node_mask(const struct pmap_vault *v, const struct pmap_epoch *ep, uint32_t group,
                    unsigned node, uint32_t *mask, struct err *e);

@@ -1,4 +1,5 @@
-/* Per-copy erasure schemes of a placed vault: widths, distinct schemes, shard slots (placement_map.h). */
+/* Per-copy erasure schemes of a placed vault: widths, distinct schemes, shard slots
+ * (placement_map.h). */
 #include <string.h>
 
 #include "client/placement_map.h"

@@ -263,9 +263,10 @@ static void drop_bad(struct repo *r, unsigned c, const uint8_t id[REPO_CHUNK_ID]
         struct err e;
         err_clear(&e);
         int rv = erasure_shard_decode(f->blob[s], f->len[s], &info, NULL, &e);
-        if (rv == 0 && (info.index != s || info.k != copy_k(r, c) || info.m != pmap_copy_m(&r->pv, c) ||
-                        memcmp(info.vault_id, r->vault_id, REPO_ID_LEN) != 0 ||
-                        memcmp(info.chunk_id, id, REPO_CHUNK_ID) != 0)) {
+        if (rv == 0 &&
+            (info.index != s || info.k != copy_k(r, c) || info.m != pmap_copy_m(&r->pv, c) ||
+             memcmp(info.vault_id, r->vault_id, REPO_ID_LEN) != 0 ||
+             memcmp(info.chunk_id, id, REPO_CHUNK_ID) != 0)) {
             rv = err_setraw(&e, HBC_EFORMAT, "shard %u is another stripe's", s);
         }
         if (rv != 0) {
@@ -332,8 +333,8 @@ static int rebuild_open(struct repo *r, struct repo_worker *w, unsigned c,
  */
 static int leave_one_out(struct repo *r, struct repo_worker *w, unsigned c,
                          const uint8_t id[REPO_CHUNK_ID], const unsigned *slots, struct fetch *f,
-                         bool have_parity, uint8_t **plain, size_t *len,
-                         struct repo_read_stats *st, struct err *e)
+                         bool have_parity, uint8_t **plain, size_t *len, struct repo_read_stats *st,
+                         struct err *e)
 {
     const unsigned width = copy_width(r, c);
     if (!have_parity) {
@@ -869,9 +870,9 @@ struct have_node {
 
 /* A HaveChunks request of one (node, scheme), built here (the frame lives until the reply). */
 struct have_frame {
-    Hbc__Frame f;               /* the request */
-    Hbc__HaveChunks h;          /* its body */
-    ProtobufCBinaryData *ids;   /* the ids (pointing into the caller's buffer) */
+    Hbc__Frame f;             /* the request */
+    Hbc__HaveChunks h;        /* its body */
+    ProtobufCBinaryData *ids; /* the ids (pointing into the caller's buffer) */
 };
 
 /*

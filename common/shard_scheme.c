@@ -52,8 +52,8 @@ int shard_slot_from_wire(uint32_t index, bool has_k, uint32_t k, bool has_m, uin
         return 0;
     }
     if (k < 1 || k > ERASURE_MAX_K || m > ERASURE_MAX_M) {
-        return err_set(e, HBC_ESCHEME, "shard scheme %u+%u (k 1..%d, m 0..%d)", k, m,
-                       ERASURE_MAX_K, ERASURE_MAX_M);
+        return err_set(e, HBC_ESCHEME, "shard scheme %u+%u (k 1..%d, m 0..%d)", k, m, ERASURE_MAX_K,
+                       ERASURE_MAX_M);
     }
     if (index >= k + m) {
         return err_set(e, HBC_ESCHEME, "shard index %u of a %u+%u scheme", index, k, m);
@@ -62,8 +62,7 @@ int shard_slot_from_wire(uint32_t index, bool has_k, uint32_t k, bool has_m, uin
     return 0;
 }
 
-void shard_slot_to_wire(uint32_t slot, uint32_t *index, bool *has_scheme, uint32_t *k,
-                        uint32_t *m)
+void shard_slot_to_wire(uint32_t slot, uint32_t *index, bool *has_scheme, uint32_t *k, uint32_t *m)
 {
     unsigned sk, sm, si;
     shard_slot_split(slot, &sk, &sm, &si);

@@ -54,7 +54,6 @@ int shard_slot_from_wire(uint32_t index, bool has_k, uint32_t k, bool has_m, uin
                          uint32_t *slot, struct err *e);
 
 /* The wire fields of a slot: *index, and *has_scheme with *k, *m for a tagged one. */
-void shard_slot_to_wire(uint32_t slot, uint32_t *index, bool *has_scheme, uint32_t *k,
-                        uint32_t *m);
+void shard_slot_to_wire(uint32_t slot, uint32_t *index, bool *has_scheme, uint32_t *k, uint32_t *m);
 
 #endif /* HBC_COMMON_SHARD_SCHEME_H */

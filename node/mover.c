@@ -37,10 +37,11 @@ struct seen {
 
 /* One (chunk, source) row of the listings. */
 struct entry {
-    uint8_t chunk[32];                /* the chunk */
-    uint32_t group;                   /* its group */
-    uint32_t mask[PMAP_MAX_SCHEMES];  /* per scheme (pmap_schemes() order): indexes the source holds */
-    uint8_t src;                      /* index into the vault pass's sources */
+    uint8_t chunk[32]; /* the chunk */
+    uint32_t group;    /* its group */
+    /* Per scheme (pmap_schemes() order): the shard indexes the source holds. */
+    uint32_t mask[PMAP_MAX_SCHEMES];
+    uint8_t src; /* index into the vault pass's sources */
 };
 
 /* The vault's schemes for one pass. */
@@ -72,7 +73,7 @@ struct mover {
     _Atomic bool leads;    /* this node leads (set by the loop thread) */
     struct seen *seen;     /* leader: when each node last answered */
     size_t nseen;          /* how many */
-    struct pcleanup *cleanup; /* old-epoch shard deletion (placement_cleanup.h) */
+    struct pcleanup *pc;   /* old-epoch shard deletion (placement_cleanup.h) */
 };
 
 static uint64_t now_ns(void)
@@ -439,8 +440,8 @@ static int complete_chunk(struct mover *m, const struct pmap_vault *v, const str
             struct stripe other = {0};
             struct err oe;
             gather(m, v, &sc->s[y], y, chunk, rows, nrows, srcs, &other);
-            if (erasure_shards_rebuild(other.blob, other.len, sc->s[y].k + sc->s[y].m,
-                                       v->vault_id, chunk, &obj, &olen, &oe) == 0) {
+            if (erasure_shards_rebuild(other.blob, other.len, sc->s[y].k + sc->s[y].m, v->vault_id,
+                                       chunk, &obj, &olen, &oe) == 0) {
                 rv = 0;
                 hbc_log(LOG_INFO, "event=mover_rebuild_other_scheme scheme=%u+%u from=%u+%u", x->k,
                         x->m, sc->s[y].k, sc->s[y].m);
@@ -453,8 +454,8 @@ static int complete_chunk(struct mover *m, const struct pmap_vault *v, const str
             hbc_free(obj);
         }
         if (rv != 0) {
-            hbc_log(LOG_WARN, "event=mover_rebuild_failed scheme=%u+%u code=%s reason=\"%s\"",
-                    x->k, x->m, hbc_errname(rv), e.msg);
+            hbc_log(LOG_WARN, "event=mover_rebuild_failed scheme=%u+%u code=%s reason=\"%s\"", x->k,
+                    x->m, hbc_errname(rv), e.msg);
             goto out;
         }
         for (unsigned s = 0; s < width; s++) {
@@ -764,9 +765,8 @@ static void move_vault(struct mover *m, const struct pmap_vault *v, uint64_t cur
         /* A reference list is kept whole on every node, not striped by any scheme. */
         if (any && !failed[g] && !plain_object(m, v, rows[i].chunk, have0, rows + i, j - i, srcs)) {
             for (unsigned x = 0; x < sc.n && !failed[g]; x++) {
-                if (need[x] != 0 &&
-                    complete_chunk(m, v, &sc, x, rows[i].chunk, need[x], rows + i, j - i, srcs) !=
-                        0) {
+                if (need[x] != 0 && complete_chunk(m, v, &sc, x, rows[i].chunk, need[x], rows + i,
+                                                   j - i, srcs) != 0) {
                     failed[g] = 1;
                 }
             }
@@ -976,8 +976,8 @@ static void mover_pass(struct mover *m)
         move_vault(m, &vs.v[i], current);
     }
     for (size_t i = 0; i < vs.n && !stopping(m); i++) {
-        if (pcleanup_vault(m->cleanup, m->o.fsm, m->o.store, m->node_id, &vs.v[i], now_ns(), NULL,
-                           &e) != 0) {
+        if (pcleanup_vault(m->pc, m->o.fsm, m->o.store, m->node_id, &vs.v[i], now_ns(), NULL, &e) !=
+            0) {
             hbc_log(LOG_WARN, "event=placement_cleanup_failed reason=\"%s\"", e.msg);
         }
     }
@@ -1008,7 +1008,7 @@ int mover_start(const struct mover_opts *o, struct mover **out, struct err *e)
     }
     m->o = *o;
     m->o.node_id = m->node_id;
-    int rv = pcleanup_new(o->cleanup_after_s, &m->cleanup, e);
+    int rv = pcleanup_new(o->cleanup_after_s, &m->pc, e);
     if (rv != 0) {
         hbc_free(m->node_id);
         hbc_free(m);
@@ -1017,7 +1017,7 @@ int mover_start(const struct mover_opts *o, struct mover **out, struct err *e)
     struct repo_net_opts no = {.tls = o->tls, .timeout_ms = MOVER_TIMEOUT_MS};
     rv = repo_net_start(&no, &m->net, e);
     if (rv != 0) {
-        pcleanup_free(m->cleanup);
+        pcleanup_free(m->pc);
         hbc_free(m->node_id);
         hbc_free(m);
         return rv;
@@ -1033,7 +1033,7 @@ int mover_start(const struct mover_opts *o, struct mover **out, struct err *e)
         repo_net_stop(m->net);
         pthread_cond_destroy(&m->cv);
         pthread_mutex_destroy(&m->mu);
-        pcleanup_free(m->cleanup);
+        pcleanup_free(m->pc);
         hbc_free(m->node_id);
         hbc_free(m);
         return err_set(e, -rv, "mover thread");
@@ -1053,7 +1053,7 @@ void mover_stop(struct mover *m)
     pthread_mutex_unlock(&m->mu);
     pthread_join(m->thread, NULL);
     repo_net_stop(m->net);
-    pcleanup_free(m->cleanup);
+    pcleanup_free(m->pc);
     hbc_free(m->seen);
     pthread_cond_destroy(&m->cv);
     pthread_mutex_destroy(&m->mu);

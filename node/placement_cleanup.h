@@ -1,4 +1,5 @@
-/* Deleting the shards an older placement epoch left on this node once the current one is settled. */
+/* Deleting the shards an older placement epoch left on this node once the current one is settled.
+ */
 #ifndef HBC_NODE_PLACEMENT_CLEANUP_H
 #define HBC_NODE_PLACEMENT_CLEANUP_H
 

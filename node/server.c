@@ -820,8 +820,8 @@ static void have_work_cb(uv_work_t *w)
         rv = shard_slot_from_wire(0, h->has_scheme_k, h->scheme_k, h->has_scheme_m, h->scheme_m,
                                   &lo, &e);
         if (rv == 0) {
-            rv = shard_store_exists_slots(s->store, h->vault_id.data, (const uint8_t(*)[32])ids,
-                                          n, lo, lo | 0xff, present, &e);
+            rv = shard_store_exists_slots(s->store, h->vault_id.data, (const uint8_t(*)[32])ids, n,
+                                          lo, lo | 0xff, present, &e);
         }
     } else if (h->has_base_scheme && h->base_scheme) {
         rv = shard_store_exists_slots(s->store, h->vault_id.data, (const uint8_t(*)[32])ids, n, 0,

@@ -90,7 +90,8 @@ int shard_store_list_group(struct shard_store *s, const uint8_t vault_id[SHARD_S
     return errptr != NULL ? store_rocks_error(e, errptr, "list chunks") : 0;
 }
 
-int shard_store_exists_slots(struct shard_store *s, const uint8_t vault_id[SHARD_STORE_VAULT_ID_LEN],
+int shard_store_exists_slots(struct shard_store *s,
+                             const uint8_t vault_id[SHARD_STORE_VAULT_ID_LEN],
                              const uint8_t (*chunk_ids)[SHARD_STORE_CHUNK_ID_LEN], size_t n,
                              uint32_t lo, uint32_t hi, bool *present, struct err *e)
 {

@@ -23,8 +23,8 @@ struct shard_list_scheme {
 /* One listed chunk. */
 struct shard_list_entry {
     uint8_t chunk_id[SHARD_STORE_CHUNK_ID_LEN]; /* the chunk */
-    uint32_t mask;      /* bit s: shard s of the base scheme (untagged slot s) is held */
-    unsigned nschemes;  /* entries in schemes */
+    uint32_t mask;     /* bit s: shard s of the base scheme (untagged slot s) is held */
+    unsigned nschemes; /* entries in schemes */
     struct shard_list_scheme schemes[SHARD_LIST_SCHEMES]; /* tagged slots (common/shard_scheme.h),
                                                             by first appearance */
 };
@@ -34,8 +34,8 @@ struct shard_list_entry {
  * bytes, or NULL: from the first), at most limit (1..SHARD_STORE_LIST_MAX)
  * of them, into out (limit entries, caller's); *n gets how many and *more
  * whether more follow. Shards of every scheme are listed (a chunk with more
- * than SHARD_LIST_SCHEMES other schemes lists the first ones). With groups > 0 only chunks whose placement group
- * (client/placement_map.h) is `group` are listed. Any thread. Returns 0,
+ * than SHARD_LIST_SCHEMES other schemes lists the first ones). With groups > 0 only chunks whose
+ * placement group (client/placement_map.h) is `group` are listed. Any thread. Returns 0,
  * HBC_EINVAL, HBC_ESTORE.
  */
 int shard_store_list_group(struct shard_store *s, const uint8_t vault_id[SHARD_STORE_VAULT_ID_LEN],
@@ -49,7 +49,8 @@ int shard_store_list_group(struct shard_store *s, const uint8_t vault_id[SHARD_S
  * 0..SHARD_SLOT_TAG-1, another scheme k+m shard_slot(.., k, m, 0)..that | 0xff.
  * Any thread. Returns 0 or HBC_ESTORE.
  */
-int shard_store_exists_slots(struct shard_store *s, const uint8_t vault_id[SHARD_STORE_VAULT_ID_LEN],
+int shard_store_exists_slots(struct shard_store *s,
+                             const uint8_t vault_id[SHARD_STORE_VAULT_ID_LEN],
                              const uint8_t (*chunk_ids)[SHARD_STORE_CHUNK_ID_LEN], size_t n,
                              uint32_t lo, uint32_t hi, bool *present, struct err *e);
 

@@ -24,8 +24,8 @@
  */
 
 struct held {
-    uint8_t chunk[32]; /* chunk id */
-    uint32_t node;     /* index into the node list */
+    uint8_t chunk[32];               /* chunk id */
+    uint32_t node;                   /* index into the node list */
     uint32_t mask[PMAP_MAX_SCHEMES]; /* per scheme (pmap_schemes() order): shard indexes held */
 };
 
@@ -270,7 +270,8 @@ int main(int argc, char **argv)
     }
     json_t *nodes_held = json_object();
     for (size_t n = 0; n < cs->n_nodes; n++) {
-        json_object_set_new(nodes_held, cs->nodes[n]->node_id, json_integer((json_int_t)node_held[n]));
+        json_object_set_new(nodes_held, cs->nodes[n]->node_id,
+                            json_integer((json_int_t)node_held[n]));
     }
     free(node_held);
     json_t *per_copy = json_array();
@@ -281,12 +282,12 @@ int main(int argc, char **argv)
                                         "shards_expected", (json_int_t)copy_expected[c],
                                         "shards_missing", (json_int_t)copy_missing[c]));
     }
-    json_t *o = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o}", "plain_objects", (json_int_t)plain,
-                          "epoch", (json_int_t)mp->placement_map_reply->current, "unsettled_groups",
-                          (json_int_t)mp->placement_map_reply->n_fallback, "chunks",
-                          (json_int_t)chunks, "shards_expected", (json_int_t)expected,
-                          "shards_missing", (json_int_t)missing, "examples", examples, "copies",
-                          per_copy);
+    json_t *o =
+        json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o}", "plain_objects", (json_int_t)plain,
+                  "epoch", (json_int_t)mp->placement_map_reply->current, "unsettled_groups",
+                  (json_int_t)mp->placement_map_reply->n_fallback, "chunks", (json_int_t)chunks,
+                  "shards_expected", (json_int_t)expected, "shards_missing", (json_int_t)missing,
+                  "examples", examples, "copies", per_copy);
     json_object_set_new(o, "shards_extra", json_integer((json_int_t)extra));
     json_object_set_new(o, "shards_held", nodes_held);
     char *s = json_dumps(o, JSON_COMPACT);

@@ -142,8 +142,11 @@ def test_copy_schemes(tmp_path, ca):
     held_after = {n: a2["shards_held"][n] for n in site_b}
     assert sum(held_after.values()) < sum(held_before.values()), (held_before, held_after)
     assert all(held_after[n] <= held_before[n] for n in site_b), (held_before, held_after)
+    # A site-b node may also gain a shard (another index of a chunk: the slot cascade), so it
+    # deletes at least what its count dropped by.
     cleaned = sum(int(e.get("count", "0")) for n in nodes for e in n.events("placement_cleanup"))
-    assert cleaned == sum(held_before.values()) - sum(held_after.values()), cleaned
+    assert cleaned >= sum(held_before.values()) - sum(held_after.values()) > 0, (
+        cleaned, held_before, held_after)
     moved = sum(len([e for e in n.events("mover_groups_done")]) for n in nodes)
     assert moved > 0
     restore_same(hbc, snap, src, os.path.join(tmp_path, "r-after-add"), copy=1)

@@ -99,9 +99,8 @@ static void test_wire_bounds(void **state)
     assert_int_equal(shard_slot_from_wire(23, false, 0, false, 0, &slot, &e), 0);
     assert_int_equal(slot, 23);
     assert_int_equal(shard_slot_from_wire(24, false, 0, false, 0, &slot, &e), HBC_ESCHEME);
-    assert_int_equal(
-        shard_slot_from_wire(shard_slot(4, 2, 2, 1, 0), false, 0, false, 0, &slot, &e),
-        HBC_ESCHEME);
+    assert_int_equal(shard_slot_from_wire(shard_slot(4, 2, 2, 1, 0), false, 0, false, 0, &slot, &e),
+                     HBC_ESCHEME);
 }
 
 /* ---- placement with per-copy schemes ---- */
@@ -135,7 +134,9 @@ static void scheme_epoch(struct pmap_epoch *ep, struct policy_node *pol)
     for (size_t i = 0; i < 9; i++) {
         bool a = i < 4, b = i >= 4 && i < 7;
         pol[i] = (struct policy_node){.node_id = NODE_IDS[i],
-                                      .site = a ? "site-a" : b ? "site-b" : "site-c",
+                                      .site = a   ? "site-a"
+                                              : b ? "site-b"
+                                                  : "site-c",
                                       .region = "",
                                       .media = b ? "hdd" : "ssd",
                                       .worm = !a && !b,
