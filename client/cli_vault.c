@@ -102,22 +102,7 @@ static int vault_create_policy(struct cli *c, const char *name, const char *poli
                   home_site, e.msg);
         return CLI_FAILED;
     }
-    /* The data path reads and writes one scheme for every copy: the narrowest fitted one. */
-    unsigned narrow = 0;
-    for (unsigned i = 1; i < p.ncopies; i++) {
-        if (p.copies[i].k + p.copies[i].m < p.copies[narrow].k + p.copies[narrow].m) {
-            narrow = i;
-        }
-    }
-    for (unsigned i = 0; i < p.ncopies; i++) {
-        if (p.copies[i].k != p.copies[narrow].k || p.copies[i].m != p.copies[narrow].m) {
-            size_t used = strlen(notes);
-            snprintf(notes + used, sizeof notes - used, "%scopy %u: %u+%u like copy %u",
-                     used > 0 ? "; " : "", i, p.copies[narrow].k, p.copies[narrow].m, narrow);
-            p.copies[i].k = p.copies[narrow].k;
-            p.copies[i].m = p.copies[narrow].m;
-        }
-    }
+    /* Each copy keeps its fitted scheme: the data path codes each copy with its own k+m. */
     if (notes[0] != '\0') {
         fprintf(stderr, "hbc: note: %s\n", notes);
     }
@@ -125,7 +110,7 @@ static int vault_create_policy(struct cli *c, const char *name, const char *poli
     Hbc__CopyRule rules[POLICY_MAX_COPIES];
     Hbc__CopyRule *ptrs[POLICY_MAX_COPIES];
     policy_to_proto(&p, &pb, rules, ptrs);
-    /* The vault's scheme fields carry copy 0's fitted scheme for older readers. */
+    /* The vault's scheme fields carry copy 0's fitted scheme: the base scheme (shard_scheme.h). */
     uint8_t id[REPO_ID_LEN];
     repo_set_create_retention(r, (uint32_t)retention_seconds);
     repo_set_create_lock(r, retention_days, lock_mode);

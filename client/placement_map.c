@@ -37,11 +37,9 @@ int pmap_vault_from_info(const Hbc__VaultInfo *v, struct pmap_vault *out, struct
                               v->name);
         }
         for (unsigned c = 0; c < out->policy.ncopies; c++) {
-            if (out->policy.copies[c].k != v->k || out->policy.copies[c].m != v->m) {
-                return err_setraw(e, HBC_EFORMAT,
-                                  "vault '%s': its policy has per-copy schemes, which this "
-                                  "version does not support yet",
-                                  v->name);
+            if (out->policy.copies[c].k + out->policy.copies[c].m > PLACEMENT_MAX_WIDTH) {
+                return err_setraw(e, HBC_EFORMAT, "vault '%s': copy %u has %u+%u shards", v->name,
+                                  c, out->policy.copies[c].k, out->policy.copies[c].m);
             }
         }
         snprintf(out->home_site, sizeof out->home_site, "%s", v->home_site);
@@ -124,7 +122,7 @@ static void group_key(uint32_t group, uint8_t key[32])
 int pmap_group_nodes(const struct pmap_vault *v, const struct pmap_epoch *ep, uint32_t group,
                      unsigned width, unsigned *out, bool *placeable, struct err *e)
 {
-    if (width != v->k + v->m || width > PLACEMENT_MAX_WIDTH) {
+    if (width != pmap_stride(v) || width > PLACEMENT_MAX_WIDTH) {
         return err_setraw(e, HBC_EINVAL, "placement: width %u for %u+%u", width, v->k, v->m);
     }
     if (placeable != NULL) {
@@ -167,7 +165,8 @@ int pmap_group_nodes(const struct pmap_vault *v, const struct pmap_epoch *ep, ui
         *placeable = false;
     }
     for (unsigned c = 0; c < p.ncopies && rv == 0; c++) {
-        memcpy(out + (size_t)c * width, all + (size_t)c * POLICY_MAX_WIDTH, width * sizeof *out);
+        memcpy(out + (size_t)c * width, all + (size_t)c * POLICY_MAX_WIDTH,
+               pmap_copy_width(v, c) * sizeof *out);
     }
     return 0;
 }
@@ -175,17 +174,8 @@ int pmap_group_nodes(const struct pmap_vault *v, const struct pmap_epoch *ep, ui
 int pmap_node_mask(const struct pmap_vault *v, const struct pmap_epoch *ep, uint32_t group,
                    unsigned node, uint32_t *mask, struct err *e)
 {
-    unsigned out[PLACEMENT_MAX_COPIES * PLACEMENT_MAX_WIDTH];
-    unsigned width = v->k + v->m;
-    *mask = 0;
-    int rv = pmap_group_nodes(v, ep, group, width, out, NULL, e);
-    if (rv != 0) {
-        return rv;
-    }
-    for (unsigned i = 0; i < v->copies * width; i++) {
-        if (out[i] == node) {
-            *mask |= (uint32_t)1 << (i % width);
-        }
-    }
-    return 0;
+    uint32_t masks[PMAP_MAX_SCHEMES];
+    int rv = pmap_node_masks(v, ep, group, node, masks, e);
+    *mask = rv == 0 ? masks[0] : 0;
+    return rv;
 }

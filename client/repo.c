@@ -360,16 +360,12 @@ static int open_vault(struct repo *r, const char *name, struct err *e)
             rv = err_setraw(e, HBC_EFORMAT, "vault '%s': %s", name, pe.msg);
             goto out;
         }
-        /* This client reads and writes one scheme for every copy. */
-        bool uniform = r->policy.ncopies == v->copies && v->home_site != NULL;
-        for (unsigned c = 0; c < r->policy.ncopies && uniform; c++) {
-            uniform = r->policy.copies[c].k == v->k && r->policy.copies[c].m == v->m;
-        }
-        if (!uniform) {
+        /* Each copy has its own scheme (client/repo_scheme.c); the record's k+m is copy 0's. */
+        if (r->policy.ncopies != v->copies || v->home_site == NULL) {
             rv = err_setraw(e, HBC_EFORMAT,
-                            "vault '%s': its policy has per-copy schemes or no home site, which "
-                            "this client does not support yet",
-                            name);
+                            "vault '%s': its policy has %u copies for %u on record, or no home "
+                            "site",
+                            name, r->policy.ncopies, v->copies);
             goto out;
         }
         snprintf(r->home_site, sizeof r->home_site, "%s", v->home_site);
@@ -591,7 +587,7 @@ int repo_place_current(struct repo *r, const uint8_t id[REPO_CHUNK_ID], unsigned
     int rv = pmap_group_nodes(&r->pv, &re->ep, g, width, all, NULL, e);
     for (unsigned i = 0; i < copies * width && rv == 0; i++) {
         out[i] = all[i] == PMAP_NONE ? PMAP_NONE : re->to_node[all[i]];
-        if (out[i] == PMAP_NONE) {
+        if (out[i] == PMAP_NONE && i % width < pmap_copy_width(&r->pv, i / width)) {
             unsigned c = i / width;
             return err_setraw(e, HBC_ETOOFEW,
                               "placement epoch %llu cannot place copy %u (%s): no eligible node up",
@@ -617,7 +613,11 @@ int repo_place(const struct repo *r, const uint8_t id[REPO_CHUNK_ID], unsigned c
     int rv = policy_chunk_nodes(r->vault_id, id, &r->policy, r->home_site, r->polnodes, r->nnodes,
                                 all, e);
     for (unsigned c = 0; c < copies && c < r->policy.ncopies && rv == 0; c++) {
-        memcpy(out + (size_t)c * width, all + (size_t)c * POLICY_MAX_WIDTH, width * sizeof *out);
+        unsigned cw = pmap_copy_width(&r->pv, c);
+        memcpy(out + (size_t)c * width, all + (size_t)c * POLICY_MAX_WIDTH, cw * sizeof *out);
+        for (unsigned s = cw; s < width; s++) {
+            out[(size_t)c * width + s] = PMAP_NONE;
+        }
     }
     return rv;
 }

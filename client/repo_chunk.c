@@ -14,8 +14,30 @@
 #include "common/erasure.h"
 #include "common/frame.h"
 #include "common/log.h"
+#include "common/shard_scheme.h"
 
 #define MAX_SLOTS (PLACEMENT_MAX_COPIES * PLACEMENT_MAX_WIDTH)
+
+/*
+ * Per-copy schemes: copy c's shards are RS(k_c, m_c) of the same sealed
+ * object (pmap_copy_k/m); placement arrays have pmap_stride() slots per copy,
+ * the ones past a copy's width PMAP_NONE. Copies of one scheme hold the same
+ * shards, so a put encodes once per distinct scheme.
+ */
+static unsigned stride_of(const struct repo *r)
+{
+    return pmap_stride(&r->pv);
+}
+
+static unsigned copy_k(const struct repo *r, unsigned c)
+{
+    return pmap_copy_k(&r->pv, c);
+}
+
+static unsigned copy_width(const struct repo *r, unsigned c)
+{
+    return pmap_copy_width(&r->pv, c);
+}
 
 /* ---- pooled per-thread state and the in-flight budget ---- */
 
@@ -102,10 +124,11 @@ static void short_hex(const uint8_t *id, char out[9])
     snprintf(out, 9, "%02x%02x%02x%02x", id[0], id[1], id[2], id[3]);
 }
 
-/* Shards a copy needs durable: k+1 when its shards sit on k+1 or more nodes, otherwise all. */
-static unsigned copy_needs(const struct repo *r, const unsigned *slots)
+/* Shards copy c needs durable: k+1 when its shards sit on k+1 or more nodes, otherwise all. */
+static unsigned copy_needs(const struct repo *r, unsigned c, const unsigned *slots)
 {
-    unsigned width = r->k + r->m;
+    unsigned width = copy_width(r, c);
+    unsigned k = copy_k(r, c);
     unsigned distinct = 0;
     for (unsigned s = 0; s < width; s++) {
         bool seen = false;
@@ -114,7 +137,7 @@ static unsigned copy_needs(const struct repo *r, const unsigned *slots)
         }
         distinct += seen ? 0 : 1;
     }
-    return distinct >= r->k + 1 ? r->k + 1 : width;
+    return distinct >= k + 1 ? k + 1 : width;
 }
 
 int repo_chunk_id(struct repo *r, const void *plain, size_t len, uint8_t id[REPO_CHUNK_ID],
@@ -153,11 +176,12 @@ static void fetch_free(struct fetch *f)
     f->nreplies = 0;
 }
 
-/* Fetch the slots in mask of the copy whose nodes are slots[]; count what was read and missed. */
-static void fetch_shards(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const unsigned *slots,
-                         uint32_t mask, struct fetch *f, struct repo_read_stats *st)
+/* Fetch the slots in mask of copy c whose nodes are slots[]; count what was read and missed. */
+static void fetch_shards(struct repo *r, unsigned c, const uint8_t id[REPO_CHUNK_ID],
+                         const unsigned *slots, uint32_t mask, struct fetch *f,
+                         struct repo_read_stats *st)
 {
-    const unsigned width = r->k + r->m;
+    const unsigned width = copy_width(r, c);
     unsigned tnode[PLACEMENT_MAX_WIDTH];
     size_t ntargets = 0;
     struct node_client_key keys[PLACEMENT_MAX_WIDTH];
@@ -180,8 +204,8 @@ static void fetch_shards(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const 
         size_t first = used;
         for (unsigned s = 0; s < width; s++) {
             if ((mask & ((uint32_t)1 << s)) && slots[s] == tnode[t]) {
-                keys[used++] =
-                    (struct node_client_key){.vault_id = r->vault_id, .chunk_id = id, .index = s};
+                keys[used++] = (struct node_client_key){
+                    .vault_id = r->vault_id, .chunk_id = id, .index = pmap_slot(&r->pv, c, s)};
             }
         }
         reqs[t] = (struct repo_req){.addr = r->nodes[tnode[t]].addr,
@@ -191,7 +215,7 @@ static void fetch_shards(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const 
                                     .nkeys = used - first};
     }
     /* Budget: a chunk object is at most about CHUNK_OBJECT_MAX_PLAINTEXT; these slots' share. */
-    size_t bytes = (chunk_object_max_sealed(CHUNK_OBJECT_MAX_PLAINTEXT) / r->k + 1) * used;
+    size_t bytes = (chunk_object_max_sealed(CHUNK_OBJECT_MAX_PLAINTEXT) / copy_k(r, c) + 1) * used;
     flow_acquire(r, bytes);
     repo_net_run(r->net, reqs, ntargets);
     flow_release(r, bytes);
@@ -209,7 +233,11 @@ static void fetch_shards(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const 
         for (size_t i = 0; i < g->n_shards; i++) {
             const Hbc__ShardBlob *b = g->shards[i];
             st->shards_read++;
-            if (b->index < width && f->blob[b->index] == NULL) {
+            uint32_t slot = 0;
+            if (b->index < width && f->blob[b->index] == NULL &&
+                shard_slot_from_wire(b->index, b->has_scheme_k, b->scheme_k, b->has_scheme_m,
+                                     b->scheme_m, &slot, NULL) == 0 &&
+                slot == pmap_slot(&r->pv, c, b->index)) {
                 f->blob[b->index] = b->data.data;
                 f->len[b->index] = b->data.len;
             }
@@ -224,10 +252,10 @@ static void fetch_shards(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const 
 
 /* Drop the fetched blobs that fail their checks (counting them), so that only intact ones remain.
  */
-static void drop_bad(struct repo *r, const uint8_t id[REPO_CHUNK_ID], struct fetch *f,
+static void drop_bad(struct repo *r, unsigned c, const uint8_t id[REPO_CHUNK_ID], struct fetch *f,
                      struct repo_read_stats *st)
 {
-    for (unsigned s = 0; s < r->k + r->m; s++) {
+    for (unsigned s = 0; s < copy_width(r, c); s++) {
         if (f->blob[s] == NULL) {
             continue;
         }
@@ -235,9 +263,10 @@ static void drop_bad(struct repo *r, const uint8_t id[REPO_CHUNK_ID], struct fet
         struct err e;
         err_clear(&e);
         int rv = erasure_shard_decode(f->blob[s], f->len[s], &info, NULL, &e);
-        if (rv == 0 && (info.index != s || info.k != r->k || info.m != r->m ||
-                        memcmp(info.vault_id, r->vault_id, REPO_ID_LEN) != 0 ||
-                        memcmp(info.chunk_id, id, REPO_CHUNK_ID) != 0)) {
+        if (rv == 0 &&
+            (info.index != s || info.k != copy_k(r, c) || info.m != pmap_copy_m(&r->pv, c) ||
+             memcmp(info.vault_id, r->vault_id, REPO_ID_LEN) != 0 ||
+             memcmp(info.chunk_id, id, REPO_CHUNK_ID) != 0)) {
             rv = err_setraw(&e, HBC_EFORMAT, "shard %u is another stripe's", s);
         }
         if (rv != 0) {
@@ -289,12 +318,13 @@ static int open_object(struct repo *r, struct repo_worker *w, const uint8_t id[R
  * (rebuild_open and what follows), which tells the bad shards by their
  * SHA-256 and counts them.
  */
-static int fast_open(struct repo *r, struct repo_worker *w, const uint8_t id[REPO_CHUNK_ID],
-                     struct fetch *f, uint8_t **plain, size_t *len, struct err *e)
+static int fast_open(struct repo *r, struct repo_worker *w, unsigned c,
+                     const uint8_t id[REPO_CHUNK_ID], struct fetch *f, uint8_t **plain, size_t *len,
+                     struct err *e)
 {
     const uint8_t *obj = NULL;
     size_t olen = 0;
-    int rv = erasure_shards_rebuild_unverified(f->blob, f->len, r->k + r->m, r->vault_id, id,
+    int rv = erasure_shards_rebuild_unverified(f->blob, f->len, copy_width(r, c), r->vault_id, id,
                                                &w->buf, &w->cap, &obj, &olen, e);
     if (rv == 0) {
         rv = open_object(r, w, id, obj, olen, plain, len, e);
@@ -303,12 +333,14 @@ static int fast_open(struct repo *r, struct repo_worker *w, const uint8_t id[REP
 }
 
 /* Rebuild the object from f's blobs, then open it and check the id. */
-static int rebuild_open(struct repo *r, struct repo_worker *w, const uint8_t id[REPO_CHUNK_ID],
-                        struct fetch *f, uint8_t **plain, size_t *len, struct err *e)
+static int rebuild_open(struct repo *r, struct repo_worker *w, unsigned c,
+                        const uint8_t id[REPO_CHUNK_ID], struct fetch *f, uint8_t **plain,
+                        size_t *len, struct err *e)
 {
     uint8_t *obj = NULL;
     size_t olen = 0;
-    int rv = erasure_shards_rebuild(f->blob, f->len, r->k + r->m, r->vault_id, id, &obj, &olen, e);
+    int rv =
+        erasure_shards_rebuild(f->blob, f->len, copy_width(r, c), r->vault_id, id, &obj, &olen, e);
     if (rv == 0) {
         rv = open_object(r, w, id, obj, olen, plain, len, e);
     }
@@ -323,14 +355,15 @@ static int rebuild_open(struct repo *r, struct repo_worker *w, const uint8_t id[
  * hand, rebuild without each one in turn; the set that opens and matches the
  * chunk id wins. Only on this failure path: at most k+m extra rebuilds.
  */
-static int leave_one_out(struct repo *r, struct repo_worker *w, const uint8_t id[REPO_CHUNK_ID],
-                         const unsigned *slots, struct fetch *f, bool have_parity, uint8_t **plain,
-                         size_t *len, struct repo_read_stats *st, struct err *e)
+static int leave_one_out(struct repo *r, struct repo_worker *w, unsigned c,
+                         const uint8_t id[REPO_CHUNK_ID], const unsigned *slots, struct fetch *f,
+                         bool have_parity, uint8_t **plain, size_t *len, struct repo_read_stats *st,
+                         struct err *e)
 {
-    const unsigned width = r->k + r->m;
+    const unsigned width = copy_width(r, c);
     if (!have_parity) {
-        fetch_shards(r, id, slots, (((uint32_t)1 << width) - 1) & ~(((uint32_t)1 << r->k) - 1), f,
-                     st);
+        fetch_shards(r, c, id, slots,
+                     (((uint32_t)1 << width) - 1) & ~(((uint32_t)1 << copy_k(r, c)) - 1), f, st);
     }
     int rv = e != NULL && e->code != 0 ? e->code : HBC_EAUTH;
     for (unsigned x = 0; x < width; x++) {
@@ -341,7 +374,7 @@ static int leave_one_out(struct repo *r, struct repo_worker *w, const uint8_t id
         without.blob[x] = NULL;
         struct err xe;
         err_clear(&xe);
-        if (rebuild_open(r, w, id, &without, plain, len, &xe) == 0) {
+        if (rebuild_open(r, w, c, id, &without, plain, len, &xe) == 0) {
             st->shard_errors++;
             char idhex[9];
             short_hex(id, idhex);
@@ -354,32 +387,33 @@ static int leave_one_out(struct repo *r, struct repo_worker *w, const uint8_t id
 }
 
 /* Read one copy whose nodes are slots[]: data shards first, then parity, then leave-one-out. */
-static int read_copy(struct repo *r, struct repo_worker *w, const uint8_t id[REPO_CHUNK_ID],
-                     const unsigned *slots, struct fetch *f, uint8_t **plain, size_t *len,
-                     struct repo_read_stats *st, struct err *ce)
+static int read_copy(struct repo *r, struct repo_worker *w, unsigned c,
+                     const uint8_t id[REPO_CHUNK_ID], const unsigned *slots, struct fetch *f,
+                     uint8_t **plain, size_t *len, struct repo_read_stats *st, struct err *ce)
 {
-    const unsigned width = r->k + r->m;
-    const uint32_t data_mask = ((uint32_t)1 << r->k) - 1;
+    const unsigned width = copy_width(r, c);
+    const unsigned k = copy_k(r, c);
+    const uint32_t data_mask = ((uint32_t)1 << k) - 1;
     const uint32_t all_mask = ((uint32_t)1 << width) - 1;
     /* Data shards first: a healthy read needs nothing else and no decoding. */
-    fetch_shards(r, id, slots, data_mask, f, st);
-    int rv = fast_open(r, w, id, f, plain, len, ce);
+    fetch_shards(r, c, id, slots, data_mask, f, st);
+    int rv = fast_open(r, w, c, id, f, plain, len, ce);
     if (rv == 0 || rv == HBC_ENOMEM) {
         return rv;
     }
     /* Something is wrong: the same shards again, each checked by its SHA-256. */
     err_clear(ce);
-    rv = rebuild_open(r, w, id, f, plain, len, ce);
+    rv = rebuild_open(r, w, c, id, f, plain, len, ce);
     bool have_parity = false;
-    if (rv == HBC_ETOOFEW && width > r->k) {
-        drop_bad(r, id, f, st);
-        fetch_shards(r, id, slots, all_mask & ~data_mask, f, st);
+    if (rv == HBC_ETOOFEW && width > k) {
+        drop_bad(r, c, id, f, st);
+        fetch_shards(r, c, id, slots, all_mask & ~data_mask, f, st);
         have_parity = true;
         err_clear(ce);
-        rv = rebuild_open(r, w, id, f, plain, len, ce);
+        rv = rebuild_open(r, w, c, id, f, plain, len, ce);
     }
-    if (rv != 0 && rv != HBC_ETOOFEW && rv != HBC_ENOMEM && width > r->k) {
-        rv = leave_one_out(r, w, id, slots, f, have_parity, plain, len, st, ce);
+    if (rv != 0 && rv != HBC_ETOOFEW && rv != HBC_ENOMEM && width > k) {
+        rv = leave_one_out(r, w, c, id, slots, f, have_parity, plain, len, st, ce);
     }
     return rv;
 }
@@ -397,7 +431,7 @@ int repo_get_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], int copy, ui
         return err_setraw(e, HBC_EINVAL, "get chunk: copy %d of a vault with %u copies", copy,
                           r->copies);
     }
-    const unsigned width = r->k + r->m;
+    const unsigned width = stride_of(r);
     unsigned place[MAX_SLOTS];
     unsigned copies = copy >= 0 ? (unsigned)copy + 1 : r->copies;
     rv = repo_place(r, id, copies, width, place, e);
@@ -427,7 +461,7 @@ int repo_get_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], int copy, ui
          * them; try those epochs, newest first, before the next copy.
          */
         for (size_t nth = 1;; nth++) {
-            rv = read_copy(r, w, id, slots, &f, plain, len, &st, &ce);
+            rv = read_copy(r, w, c, id, slots, &f, plain, len, &st, &ce);
             if (rv == 0 || rv == HBC_ENOMEM ||
                 repo_place_epoch(r, id, nth, copies, width, older, NULL) != 0) {
                 break;
@@ -507,59 +541,81 @@ static void busy_leave(struct repo *r, const uint8_t id[REPO_CHUNK_ID])
 }
 
 /*
- * Erasure-code the sealed object and send the same shards to every copy's
- * nodes (place: copies x width node indexes); succeed when every copy has
- * the shards it needs durable.
+ * Erasure-code the sealed object once per distinct scheme of the copies and
+ * send each copy's shards to its nodes (place: copies x stride node
+ * indexes); succeed when every copy has the shards it needs durable.
  */
 static int put_object(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const unsigned *place,
                       uint64_t epoch, const uint8_t *obj, size_t olen, struct err *e)
 {
-    const unsigned width = r->k + r->m;
+    const unsigned width = stride_of(r);
     const unsigned copies = r->copies;
-    struct erasure_stripe st = {0};
-    uint8_t heads[ERASURE_MAX_SHARDS][ERASURE_SHARD_HEAD_MAX];
-    size_t head_lens[ERASURE_MAX_SHARDS] = {0};
+    struct pmap_scheme sch[PMAP_MAX_SCHEMES];
+    unsigned copy_scheme[PMAP_MAX_SCHEMES];
+    const unsigned nsch = pmap_schemes(&r->pv, sch, copy_scheme);
+    struct erasure_stripe st[PMAP_MAX_SCHEMES];
+    uint8_t heads[PMAP_MAX_SCHEMES][ERASURE_MAX_SHARDS][ERASURE_SHARD_HEAD_MAX];
+    size_t head_lens[PMAP_MAX_SCHEMES][ERASURE_MAX_SHARDS];
     struct repo_req *reqs = NULL;
     size_t ntargets = 0;
     char idhex[9];
     short_hex(id, idhex);
+    memset(st, 0, sizeof st);
+    memset(head_lens, 0, sizeof head_lens);
     /*
      * Each shard goes out as its head, its payload (a slice of obj, or a
      * parity shard in st) and a zero trailer that the node fills in
-     * (ShardBlob.sha256_unset): no shard is copied or hashed here.
+     * (ShardBlob.sha256_unset): no shard is copied or hashed here. The
+     * object is erasure-coded once per distinct scheme that a copy uses.
      */
-    const struct erasure_scheme *scheme = NULL;
-    int rv = erasure_scheme_get(r->k, r->m, &scheme, e);
-    if (rv == 0) {
-        rv = erasure_encode(scheme, obj, olen, &st, e);
-    }
-    struct erasure_shard_info info = {
-        .k = r->k, .m = r->m, .object_length = olen, .shard_length = st.shard_length};
-    memcpy(info.vault_id, r->vault_id, sizeof info.vault_id);
-    memcpy(info.chunk_id, id, sizeof info.chunk_id);
-    for (unsigned s = 0; s < width && rv == 0; s++) {
-        info.index = s;
-        rv = erasure_shard_head(&info, heads[s], &head_lens[s], e);
+    int rv = 0;
+    for (unsigned x = 0; x < nsch && rv == 0; x++) {
+        bool used = false;
+        for (unsigned c = 0; c < copies && !used; c++) {
+            used = copy_scheme[c] == x;
+        }
+        if (!used) {
+            continue;
+        }
+        const struct erasure_scheme *scheme = NULL;
+        rv = erasure_scheme_get(sch[x].k, sch[x].m, &scheme, e);
+        if (rv == 0) {
+            rv = erasure_encode(scheme, obj, olen, &st[x], e);
+        }
+        struct erasure_shard_info info = {.k = sch[x].k,
+                                          .m = sch[x].m,
+                                          .object_length = olen,
+                                          .shard_length = st[x].shard_length};
+        memcpy(info.vault_id, r->vault_id, sizeof info.vault_id);
+        memcpy(info.chunk_id, id, sizeof info.chunk_id);
+        for (unsigned s = 0; s < sch[x].k + sch[x].m && rv == 0; s++) {
+            info.index = s;
+            rv = erasure_shard_head(&info, heads[x][s], &head_lens[x][s], e);
+        }
     }
     if (rv != 0) {
         err_wrap(e, "put chunk: erasure code");
         goto out;
     }
-    /* One request per node, carrying each shard that any copy places there once. */
+    /* One request per node, carrying each shard (scheme, index) that any copy places there once. */
     unsigned tnode[MAX_SLOTS];
-    uint32_t tmask[MAX_SLOTS];
+    uint32_t tmask[MAX_SLOTS][PMAP_MAX_SCHEMES];
     unsigned slot_target[MAX_SLOTS];
     for (unsigned i = 0; i < copies * width; i++) {
+        unsigned c = i / width;
+        if (i % width >= copy_width(r, c)) {
+            continue; /* past this copy's width */
+        }
         size_t t = 0;
         while (t < ntargets && tnode[t] != place[i]) {
             t++;
         }
         if (t == ntargets) {
             tnode[t] = place[i];
-            tmask[t] = 0;
+            memset(tmask[t], 0, sizeof tmask[t]);
             ntargets++;
         }
-        tmask[t] |= (uint32_t)1 << (i % width);
+        tmask[t][copy_scheme[c]] |= (uint32_t)1 << (i % width);
         slot_target[i] = (unsigned)t;
     }
     struct node_client_shard flat[MAX_SLOTS];
@@ -572,17 +628,20 @@ static int put_object(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const uns
     size_t bytes = 0;
     for (size_t t = 0; t < ntargets; t++) {
         size_t first = used;
-        for (unsigned s = 0; s < width; s++) {
-            if (tmask[t] & ((uint32_t)1 << s)) {
-                flat[used++] = (struct node_client_shard){.vault_id = r->vault_id,
-                                                          .chunk_id = id,
-                                                          .index = s,
-                                                          .data = st.shards[s],
-                                                          .len = st.shard_length,
-                                                          .sha256_unset = true,
-                                                          .head = heads[s],
-                                                          .head_len = head_lens[s]};
-                bytes += head_lens[s] + st.shard_length + ERASURE_SHARD_TRAILER;
+        for (unsigned x = 0; x < nsch; x++) {
+            for (unsigned s = 0; s < width; s++) {
+                if (tmask[t][x] & ((uint32_t)1 << s)) {
+                    flat[used++] = (struct node_client_shard){
+                        .vault_id = r->vault_id,
+                        .chunk_id = id,
+                        .index = shard_slot(r->k, r->m, sch[x].k, sch[x].m, s),
+                        .data = st[x].shards[s],
+                        .len = st[x].shard_length,
+                        .sha256_unset = true,
+                        .head = heads[x][s],
+                        .head_len = head_lens[x][s]};
+                    bytes += head_lens[x][s] + st[x].shard_length + ERASURE_SHARD_TRAILER;
+                }
             }
         }
         reqs[t] = (struct repo_req){.addr = r->nodes[tnode[t]].addr,
@@ -623,10 +682,11 @@ static int put_object(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const uns
     bool degraded = false;
     for (unsigned c = 0; c < copies && rv == 0; c++) {
         unsigned durable = 0;
-        for (unsigned s = 0; s < width; s++) {
+        const unsigned cw = copy_width(r, c);
+        for (unsigned s = 0; s < cw; s++) {
             durable += ok[slot_target[c * width + s]] ? 1 : 0;
         }
-        unsigned needs = copy_needs(r, place + c * width);
+        unsigned needs = copy_needs(r, c, place + c * width);
         if (durable < needs) {
             int code = HBC_EUNAVAILABLE;
             if (first_failure->status != 0 && first_failure->status != HBC_ECANCELED &&
@@ -636,10 +696,10 @@ static int put_object(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const uns
             rv = err_setraw(e, code,
                             "put chunk %s: copy %u has %u of %u shards durable and needs %u (%zu "
                             "of %zu nodes failed; first: %s)",
-                            idhex, c, durable, width, needs, failed, ntargets,
+                            idhex, c, durable, cw, needs, failed, ntargets,
                             first_failure->status != 0 ? first_failure->msg
                                                        : "fewer shards stored than sent");
-        } else if (durable < width) {
+        } else if (durable < cw) {
             degraded = true;
         }
     }
@@ -655,7 +715,9 @@ out:
         frame_free(reqs[t].reply);
     }
     hbc_free(reqs);
-    erasure_stripe_release(&st);
+    for (unsigned x = 0; x < PMAP_MAX_SCHEMES; x++) {
+        erasure_stripe_release(&st[x]);
+    }
     return rv;
 }
 
@@ -671,41 +733,61 @@ static int presence(struct repo *r, const uint8_t id[REPO_CHUNK_ID], bool *enoug
  * Some shards of the chunk exist but not enough: they come from an earlier
  * put that failed half-way, with another seal (another nonce) than a fresh
  * one would have, and nodes refuse a different shard under an existing key.
- * So rebuild that earlier object from its own shards (every copy holds the
- * same ones), check that it opens under the vault key as this chunk, and
- * send its shards again: identical bytes are accepted where present and
- * stored where missing.
+ * So rebuild that earlier object from its own shards (the copies of one
+ * scheme hold the same ones; any scheme rebuilds the same object), check
+ * that it opens under the vault key as this chunk, and send its shards
+ * again: identical bytes are accepted where present and stored where missing.
  */
 static int complete_existing(struct repo *r, struct repo_worker *w, const uint8_t id[REPO_CHUNK_ID],
                              const unsigned *place, uint64_t epoch, struct err *e)
 {
-    const unsigned width = r->k + r->m;
-    const uint32_t all_mask = ((uint32_t)1 << width) - 1;
+    const unsigned width = stride_of(r);
+    struct pmap_scheme sch[PMAP_MAX_SCHEMES];
+    unsigned copy_scheme[PMAP_MAX_SCHEMES];
+    const unsigned nsch = pmap_schemes(&r->pv, sch, copy_scheme);
     struct fetch f[PLACEMENT_MAX_COPIES];
-    struct fetch merged = {0};
     struct repo_read_stats st = {0};
     memset(f, 0, sizeof f);
     for (unsigned c = 0; c < r->copies; c++) {
-        fetch_shards(r, id, place + c * width, all_mask, &f[c], &st);
-        for (unsigned s = 0; s < width; s++) {
-            if (merged.blob[s] == NULL && f[c].blob[s] != NULL) {
-                merged.blob[s] = f[c].blob[s];
-                merged.len[s] = f[c].len[s];
-            }
-        }
+        fetch_shards(r, c, id, place + c * width, ((uint32_t)1 << copy_width(r, c)) - 1, &f[c],
+                     &st);
     }
     uint8_t *obj = NULL;
     size_t olen = 0;
     uint8_t *plain = NULL;
     size_t plen = 0;
-    int rv =
-        erasure_shards_rebuild(merged.blob, merged.len, width, r->vault_id, id, &obj, &olen, e);
-    if (rv == 0) {
-        rv = open_object(r, w, id, obj, olen, &plain, &plen, e);
-    }
-    if (plain != NULL) {
-        OPENSSL_cleanse(plain, plen);
-        hbc_free(plain);
+    int rv = HBC_ETOOFEW;
+    for (unsigned x = 0; x < nsch && rv != 0; x++) {
+        struct fetch merged = {0};
+        bool used = false;
+        for (unsigned c = 0; c < r->copies; c++) {
+            if (copy_scheme[c] != x) {
+                continue;
+            }
+            used = true;
+            for (unsigned s = 0; s < copy_width(r, c); s++) {
+                if (merged.blob[s] == NULL && f[c].blob[s] != NULL) {
+                    merged.blob[s] = f[c].blob[s];
+                    merged.len[s] = f[c].len[s];
+                }
+            }
+        }
+        if (!used) {
+            continue;
+        }
+        hbc_free(obj);
+        obj = NULL;
+        err_clear(e);
+        rv = erasure_shards_rebuild(merged.blob, merged.len, sch[x].k + sch[x].m, r->vault_id, id,
+                                    &obj, &olen, e);
+        if (rv == 0) {
+            rv = open_object(r, w, id, obj, olen, &plain, &plen, e);
+        }
+        if (plain != NULL) {
+            OPENSSL_cleanse(plain, plen);
+            hbc_free(plain);
+            plain = NULL;
+        }
     }
     if (rv == 0) {
         rv = put_object(r, id, place, epoch, obj, olen, e);
@@ -735,7 +817,7 @@ static int put_chunk_once(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const
     }
     unsigned place[MAX_SLOTS];
     uint64_t epoch = 0;
-    rv = repo_place_current(r, id, r->copies, r->k + r->m, place, &epoch, e);
+    rv = repo_place_current(r, id, r->copies, stride_of(r), place, &epoch, e);
     if (rv != 0) {
         return err_wrap(e, "put chunk");
     }
@@ -860,8 +942,11 @@ static int put_batch(struct repo *r, size_t n, const uint8_t (*ids)[REPO_CHUNK_I
     if (rv != 0) {
         goto out;
     }
+    /* One scheme for every copy only; a vault with per-copy schemes takes the single path. */
+    struct pmap_scheme sch[PMAP_MAX_SCHEMES];
     const struct erasure_scheme *scheme = NULL;
-    if (erasure_scheme_get(r->k, r->m, &scheme, NULL) != 0) {
+    if (pmap_schemes(&r->pv, sch, NULL) != 1 || stride_of(r) != width ||
+        erasure_scheme_get(r->k, r->m, &scheme, NULL) != 0) {
         goto out; /* nothing sent: every chunk goes the single way */
     }
     /* Seal and code; a chunk that fails here is left to the single path. */
@@ -1006,23 +1091,35 @@ int repo_put_chunks_new(struct repo *r, size_t n, const uint8_t (*ids)[REPO_CHUN
 
 /* ---- have ---- */
 
-/* The distinct nodes holding any slot of any copy (out has room for MAX_SLOTS). */
-static size_t distinct_nodes(const unsigned *place, size_t nslots, unsigned *out)
+/*
+ * The distinct (node, scheme) pairs holding some shard of some copy, as
+ * node * nsch + scheme (out has room for MAX_SLOTS); PMAP_NONE slots skipped.
+ */
+static size_t distinct_pairs(const struct repo *r, const unsigned *place, const unsigned *scheme_of,
+                             unsigned nsch, unsigned *out)
 {
+    const unsigned width = stride_of(r);
     size_t n = 0;
-    for (size_t i = 0; i < nslots; i++) {
-        size_t j = 0;
-        while (j < n && out[j] != place[i]) {
-            j++;
-        }
-        if (j == n) {
-            out[n++] = place[i];
+    for (unsigned c = 0; c < r->copies; c++) {
+        for (unsigned s = 0; s < copy_width(r, c); s++) {
+            unsigned node = place[c * width + s];
+            if (node == PMAP_NONE) {
+                continue;
+            }
+            unsigned pair = node * nsch + scheme_of[c];
+            size_t j = 0;
+            while (j < n && out[j] != pair) {
+                j++;
+            }
+            if (j == n) {
+                out[n++] = pair;
+            }
         }
     }
     return n;
 }
 
-/* One node's share of a have query. */
+/* One (node, scheme)'s share of a have query. */
 struct have_node {
     uint32_t *idx; /* indexes into ids, in order */
     size_t n;      /* how many */
@@ -1031,7 +1128,19 @@ struct have_node {
     size_t cursor; /* reading position in the second pass */
 };
 
-/* repo_have(), and any[i] (when not NULL): some node holds some shard of ids[i]. */
+/* A HaveChunks request of one (node, scheme), built here (the frame lives until the reply). */
+struct have_frame {
+    Hbc__Frame f;             /* the request */
+    Hbc__HaveChunks h;        /* its body */
+    ProtobufCBinaryData *ids; /* the ids (pointing into the caller's buffer) */
+};
+
+/*
+ * repo_have(), and any[i] (when not NULL): some node holds some shard of
+ * ids[i]. With several schemes each node is asked per scheme it holds shards
+ * of (HaveChunks scheme fields), so that shards of one scheme never count
+ * for a copy of another.
+ */
 static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t n, bool *present,
                      bool *any, struct err *e)
 {
@@ -1051,13 +1160,18 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
     if (n > UINT32_MAX) {
         return err_setraw(e, HBC_EINVAL, "have: %zu ids at once", n);
     }
+    struct pmap_scheme sch[PMAP_MAX_SCHEMES];
+    unsigned scheme_of[PMAP_MAX_SCHEMES];
+    const unsigned nsch = pmap_schemes(&r->pv, sch, scheme_of);
     /* Every index placement can return: the node list may grow under us (repo_map_refresh). */
-    const size_t nn = r->nodes_cap > r->nnodes ? r->nodes_cap : r->nnodes;
-    const unsigned width = r->k + r->m;
+    const size_t nodes_n = r->nodes_cap > r->nnodes ? r->nodes_cap : r->nnodes;
+    const size_t nn = nodes_n * nsch;
+    const unsigned width = stride_of(r);
     const size_t nslots = (size_t)r->copies * width;
     struct have_node *hn = hbc_calloc(nn, sizeof *hn);
     uint8_t(*buf)[REPO_CHUNK_ID] = NULL;
     struct repo_req *reqs = NULL;
+    struct have_frame *hf = NULL;
     size_t nreqs = 0;
     if (hn == NULL) {
         return err_set(e, HBC_ENOMEM, "have");
@@ -1072,16 +1186,16 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
         hbc_free(hn);
         return err_set(e, HBC_ENOMEM, "have");
     }
-    unsigned nodes[MAX_SLOTS];
+    unsigned pairs[MAX_SLOTS];
     for (size_t i = 0; i < n; i++) {
         unsigned *place = places + i * nslots;
         rv = repo_place(r, ids[i], r->copies, width, place, e);
         if (rv != 0) {
             goto out;
         }
-        size_t nd = distinct_nodes(place, nslots, nodes);
+        size_t nd = distinct_pairs(r, place, scheme_of, nsch, pairs);
         for (size_t d = 0; d < nd; d++) {
-            struct have_node *h = &hn[nodes[d]];
+            struct have_node *h = &hn[pairs[d]];
             if (h->n == h->cap) {
                 size_t cap = h->cap == 0 ? 64 : h->cap * 2;
                 uint32_t *p = hbc_realloc(h->idx, cap * sizeof *p);
@@ -1110,24 +1224,62 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
     }
     buf = hbc_malloc(total * sizeof *buf);
     reqs = hbc_calloc(nreqs, sizeof *reqs);
-    if (buf == NULL || reqs == NULL) {
+    hf = nsch > 1 ? hbc_calloc(nreqs, sizeof *hf) : NULL;
+    if (buf == NULL || reqs == NULL || (nsch > 1 && hf == NULL)) {
         rv = err_set(e, HBC_ENOMEM, "have");
         goto out;
     }
     size_t q = 0, pos = 0;
     for (size_t j = 0; j < nn; j++) {
+        const struct repo_node *node = &r->nodes[j / nsch];
+        const struct pmap_scheme *x = &sch[j % nsch];
         for (size_t off = 0; off < hn[j].n; off += NODE_CLIENT_MAX_BATCH) {
             size_t cnt =
                 hn[j].n - off < NODE_CLIENT_MAX_BATCH ? hn[j].n - off : NODE_CLIENT_MAX_BATCH;
-            for (size_t x = 0; x < cnt; x++) {
-                memcpy(buf[pos + x], ids[hn[j].idx[off + x]], REPO_CHUNK_ID);
+            for (size_t y = 0; y < cnt; y++) {
+                memcpy(buf[pos + y], ids[hn[j].idx[off + y]], REPO_CHUNK_ID);
             }
-            reqs[q++] = (struct repo_req){.addr = r->nodes[j].addr,
-                                          .node_id = r->nodes[j].node_id,
-                                          .kind = REPO_REQ_HAVE,
-                                          .vault_id = r->vault_id,
-                                          .ids = (const uint8_t(*)[REPO_CHUNK_ID])(buf + pos),
-                                          .nids = cnt};
+            if (nsch == 1) {
+                /* One scheme: any shard of the chunk is one of its (as before schemes). */
+                reqs[q] = (struct repo_req){.addr = node->addr,
+                                            .node_id = node->node_id,
+                                            .kind = REPO_REQ_HAVE,
+                                            .vault_id = r->vault_id,
+                                            .ids = (const uint8_t(*)[REPO_CHUNK_ID])(buf + pos),
+                                            .nids = cnt};
+            } else {
+                struct have_frame *h = &hf[q];
+                h->ids = hbc_calloc(cnt, sizeof *h->ids);
+                if (h->ids == NULL) {
+                    rv = err_set(e, HBC_ENOMEM, "have");
+                    goto out;
+                }
+                for (size_t y = 0; y < cnt; y++) {
+                    h->ids[y] = (ProtobufCBinaryData){REPO_CHUNK_ID, buf[pos + y]};
+                }
+                hbc__frame__init(&h->f);
+                hbc__have_chunks__init(&h->h);
+                h->h.vault_id = (ProtobufCBinaryData){REPO_ID_LEN, r->vault_id};
+                h->h.chunk_ids = h->ids;
+                h->h.n_chunk_ids = cnt;
+                if (j % nsch == 0) {
+                    h->h.has_base_scheme = true;
+                    h->h.base_scheme = true;
+                } else {
+                    h->h.has_scheme_k = h->h.has_scheme_m = true;
+                    h->h.scheme_k = x->k;
+                    h->h.scheme_m = x->m;
+                }
+                h->f.body_case = HBC__FRAME__BODY_HAVE_CHUNKS;
+                h->f.have_chunks = &h->h;
+                reqs[q] = (struct repo_req){.addr = node->addr,
+                                            .node_id = node->node_id,
+                                            .kind = REPO_REQ_FRAME,
+                                            .frame = &h->f,
+                                            .expect = HBC__FRAME__BODY_HAVE_CHUNKS_REPLY,
+                                            .nids = cnt};
+            }
+            q++;
             pos += cnt;
         }
     }
@@ -1143,8 +1295,8 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
             }
             const Hbc__HaveChunksReply *h = reqs[q].reply->have_chunks_reply;
             answered++;
-            for (size_t x = 0; x < reqs[q].nids && x < h->n_present; x++) {
-                hn[j].answer[off + x] = h->present[x] != 0;
+            for (size_t y = 0; y < reqs[q].nids && y < h->n_present; y++) {
+                hn[j].answer[off + y] = h->present[y] != 0;
             }
         }
     }
@@ -1155,16 +1307,17 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
     }
     /*
      * Pass 2: an id is present when every copy has, on the nodes answering
-     * yes, at least the shards a put needs (k+1, or all on small clusters):
-     * exactly what repo_put_chunk() guarantees, so a chunk whose put failed
-     * half-way is sent again instead of being taken for stored.
+     * yes for its scheme, at least the shards a put needs (k+1, or all on
+     * small clusters): exactly what repo_put_chunk() guarantees, so a chunk
+     * whose put failed half-way is sent again instead of being taken for
+     * stored.
      */
     for (size_t i = 0; i < n; i++) {
         const unsigned *place = places + i * nslots;
-        size_t nd = distinct_nodes(place, nslots, nodes);
+        size_t nd = distinct_pairs(r, place, scheme_of, nsch, pairs);
         bool yes[MAX_SLOTS];
         for (size_t d = 0; d < nd; d++) {
-            struct have_node *h = &hn[nodes[d]];
+            struct have_node *h = &hn[pairs[d]];
             yes[d] = h->answer[h->cursor++];
             if (any != NULL && yes[d]) {
                 any[i] = true;
@@ -1173,22 +1326,27 @@ static int have_core(struct repo *r, const uint8_t (*ids)[REPO_CHUNK_ID], size_t
         bool all = true;
         for (unsigned c = 0; c < r->copies && all; c++) {
             unsigned count = 0;
-            for (unsigned s = 0; s < width; s++) {
+            for (unsigned s = 0; s < copy_width(r, c); s++) {
+                unsigned pair = place[c * width + s] * nsch + scheme_of[c];
                 size_t d = 0;
-                while (nodes[d] != place[c * width + s]) {
+                while (d < nd && pairs[d] != pair) {
                     d++;
                 }
-                count += yes[d] ? 1 : 0;
+                count += d < nd && yes[d] ? 1 : 0;
             }
-            all = count >= copy_needs(r, place + c * width);
+            all = count >= copy_needs(r, c, place + c * width);
         }
         present[i] = all;
     }
     rv = 0;
 out:
-    for (size_t x = 0; x < nreqs && reqs != NULL; x++) {
-        frame_free(reqs[x].reply);
+    for (size_t y = 0; y < nreqs && reqs != NULL; y++) {
+        frame_free(reqs[y].reply);
+        if (hf != NULL) {
+            hbc_free(hf[y].ids);
+        }
     }
+    hbc_free(hf);
     hbc_free(reqs);
     hbc_free(buf);
     for (size_t j = 0; j < nn; j++) {

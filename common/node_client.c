@@ -27,6 +27,7 @@
 #include "common/frame.h"
 #include "common/log.h"
 #include "common/put_frame.h"
+#include "common/shard_scheme.h"
 
 /* nc_req.count of a request whose reply is not checked for a count. */
 #define NO_COUNT SIZE_MAX
@@ -568,7 +569,10 @@ int node_client_put_shards(struct node_client *nc, const struct node_client_shar
         blobs[i].vault_id.len = 16;
         blobs[i].chunk_id.data = (uint8_t *)s->chunk_id;
         blobs[i].chunk_id.len = 32;
-        blobs[i].index = s->index;
+        bool tagged = false;
+        shard_slot_to_wire(s->index, &blobs[i].index, &tagged, &blobs[i].scheme_k,
+                           &blobs[i].scheme_m);
+        blobs[i].has_scheme_k = blobs[i].has_scheme_m = tagged;
         blobs[i].data.data = (uint8_t *)s->data;
         blobs[i].data.len = s->len;
         blobs[i].has_sha256_unset = s->sha256_unset;
@@ -674,7 +678,9 @@ int node_client_get_shards(struct node_client *nc, const struct node_client_key 
         ks[i].vault_id.len = 16;
         ks[i].chunk_id.data = (uint8_t *)keys[i].chunk_id;
         ks[i].chunk_id.len = 32;
-        ks[i].index = keys[i].index;
+        bool tagged = false;
+        shard_slot_to_wire(keys[i].index, &ks[i].index, &tagged, &ks[i].scheme_k, &ks[i].scheme_m);
+        ks[i].has_scheme_k = ks[i].has_scheme_m = tagged;
         kp[i] = &ks[i];
     }
     Hbc__Frame f = HBC__FRAME__INIT;

@@ -125,7 +125,7 @@ typedef void (*node_client_cb)(struct node_client *nc, struct node_client_result
 struct node_client_shard {
     const uint8_t *vault_id; /* 16 bytes */
     const uint8_t *chunk_id; /* 32 bytes */
-    uint32_t index;          /* shard index within the stripe */
+    uint32_t index;          /* shard slot: the index, tagged with its scheme (shard_scheme.h) */
     const uint8_t *data;     /* the encoded shard, or with head its payload */
     size_t len;              /* its length */
     bool sha256_unset;       /* trailer left zero for the node to fill in */
@@ -137,7 +137,7 @@ struct node_client_shard {
 struct node_client_key {
     const uint8_t *vault_id; /* 16 bytes */
     const uint8_t *chunk_id; /* 32 bytes */
-    uint32_t index;          /* shard index within the stripe */
+    uint32_t index;          /* shard slot: the index, tagged with its scheme (shard_scheme.h) */
 };
 
 /* Counters of one client (node_client_stats()). */

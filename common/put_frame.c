@@ -6,6 +6,7 @@
 #include "common/alloc.h"
 #include "common/erasure.h"
 #include "common/frame.h"
+#include "common/shard_scheme.h"
 
 /* Protobuf tags (field number << 3 | wire type) of the fields written here. */
 #define TAG_FRAME_REQUEST_ID 0x08u /* Frame.request_id = 1, varint */
@@ -17,6 +18,8 @@
 #define TAG_BLOB_INDEX 0x18u       /* ShardBlob.index = 3, varint */
 #define TAG_BLOB_DATA 0x22u        /* ShardBlob.data = 4 */
 #define TAG_BLOB_UNSET (230u << 3) /* ShardBlob.sha256_unset = 230, varint */
+#define TAG_BLOB_SCHEME_K (200u << 3) /* ShardBlob.scheme_k = 200, varint */
+#define TAG_BLOB_SCHEME_M (201u << 3) /* ShardBlob.scheme_m = 201, varint */
 #define VAULT_LEN 16               /* bytes of a vault id */
 #define CHUNK_LEN 32               /* bytes of a chunk id */
 #define SMALL_PER_SHARD 128        /* more than a shard's tags, lengths, ids and flag */
@@ -48,8 +51,14 @@ static uint64_t blob_message_len(const struct node_client_shard *s, uint64_t *da
     uint64_t d = (uint64_t)s->len + (s->head != NULL ? s->head_len + ERASURE_SHARD_TRAILER : 0);
     *data_len = d;
     *flag = s->head != NULL || s->sha256_unset;
-    return (1 + 1 + VAULT_LEN) + (1 + 1 + CHUNK_LEN) + (1 + varint_len(s->index)) +
-           (1 + varint_len(d) + d) + (*flag ? varint_len(TAG_BLOB_UNSET) + 1 : 0);
+    uint32_t index, k, m;
+    bool tagged;
+    shard_slot_to_wire(s->index, &index, &tagged, &k, &m);
+    return (1 + 1 + VAULT_LEN) + (1 + 1 + CHUNK_LEN) + (1 + varint_len(index)) +
+           (1 + varint_len(d) + d) + (*flag ? varint_len(TAG_BLOB_UNSET) + 1 : 0) +
+           (tagged ? varint_len(TAG_BLOB_SCHEME_K) + varint_len(k) +
+                         varint_len(TAG_BLOB_SCHEME_M) + varint_len(m)
+                   : 0);
 }
 
 /* The builder: small bytes go to scratch, and a piece is closed before each borrowed one. */
@@ -142,8 +151,11 @@ int put_frame_encode(uint64_t request_id, const struct node_client_shard *shards
         *b.p++ = CHUNK_LEN;
         memcpy(b.p, s->chunk_id, CHUNK_LEN);
         b.p += CHUNK_LEN;
+        uint32_t index, k, m;
+        bool tagged;
+        shard_slot_to_wire(s->index, &index, &tagged, &k, &m);
         *b.p++ = TAG_BLOB_INDEX;
-        b.p = put_varint(b.p, s->index);
+        b.p = put_varint(b.p, index);
         *b.p++ = TAG_BLOB_DATA;
         b.p = put_varint(b.p, data_len);
         if (s->head != NULL) {
@@ -154,6 +166,12 @@ int put_frame_encode(uint64_t request_id, const struct node_client_shard *shards
         if (s->head != NULL) {
             memset(b.p, 0, ERASURE_SHARD_TRAILER);
             b.p += ERASURE_SHARD_TRAILER;
+        }
+        if (tagged) {
+            b.p = put_varint(b.p, TAG_BLOB_SCHEME_K);
+            b.p = put_varint(b.p, k);
+            b.p = put_varint(b.p, TAG_BLOB_SCHEME_M);
+            b.p = put_varint(b.p, m);
         }
         if (flag) {
             b.p = put_varint(b.p, TAG_BLOB_UNSET);

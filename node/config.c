@@ -92,6 +92,9 @@ static const struct key_spec keys[] = {
      "ms between the mover's passes over the unsettled placement groups"},
     {"placement", "down_after", KEY_U32, OFF(down_after), "600", 5, 604800,
      "seconds without contact before the leader marks a node DOWN (a new epoch)"},
+    {"placement", "cleanup_after", KEY_U32, OFF(cleanup_after), "86400", 0, 31536000,
+     "seconds a vault's groups stay settled in the current epoch before a node deletes the "
+     "shards older epochs left on it (0: never)"},
 };
 
 #define NKEYS (sizeof keys / sizeof keys[0])

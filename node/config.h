@@ -45,6 +45,7 @@ struct node_config {
     uint64_t move_rate;          /* [placement] move_rate: mover bytes per second at most */
     uint32_t move_interval;      /* [placement] move_interval: ms between mover passes */
     uint32_t down_after;         /* [placement] down_after: s without contact before DOWN */
+    uint32_t cleanup_after;      /* [placement] cleanup_after: s settled before old shards go */
 };
 
 /*

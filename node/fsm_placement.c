@@ -265,7 +265,7 @@ int fsm_apply_group_done(struct apply_ctx *c, const Hbc__PlacementGroupDone *d, 
         c->reason = "placement group done from a node outside the current epoch";
         goto out;
     }
-    const unsigned width = v.k + v.m;
+    const unsigned width = pmap_stride(&v);
     for (size_t gi = 0; gi < d->n_groups && rc == 0 && *code == 0; gi++) {
         uint32_t g = d->groups[gi];
         if (g >= v.groups) {
@@ -312,6 +312,9 @@ int fsm_apply_group_done(struct apply_ctx *c, const Hbc__PlacementGroupDone *d, 
         qsort(done, ndone, sizeof *done, cmp_str);
         bool confirmed = placeable;
         for (unsigned i = 0; i < v.copies * width && confirmed; i++) {
+            if (place[i] == PMAP_NONE) {
+                continue; /* past its copy's width (placeable: every real slot has a node) */
+            }
             const char *target = ep.pol[place[i]].node_id;
             bool found = false;
             for (size_t j = 0; j < ndone && !found; j++) {

@@ -14,7 +14,9 @@
 #include "common/erasure.h"
 #include "common/frame.h"
 #include "common/log.h"
+#include "common/shard_scheme.h"
 #include "node/fsm_placement.h"
+#include "node/placement_cleanup.h"
 #include "node/shard_store_list.h"
 
 #define MOVER_TIMEOUT_MS 15000 /* per request to a peer */
@@ -37,9 +39,22 @@ struct seen {
 struct entry {
     uint8_t chunk[32]; /* the chunk */
     uint32_t group;    /* its group */
-    uint32_t mask;     /* shard indexes the source holds */
-    uint8_t src;       /* index into the vault pass's sources */
+    /* Per scheme (pmap_schemes() order): the shard indexes the source holds. */
+    uint32_t mask[PMAP_MAX_SCHEMES];
+    uint8_t src; /* index into the vault pass's sources */
 };
+
+/* The vault's schemes for one pass. */
+struct schemes {
+    struct pmap_scheme s[PMAP_MAX_SCHEMES]; /* base first (pmap_schemes()) */
+    unsigned n;                             /* how many */
+};
+
+/* The store slot of shard `index` of scheme x. */
+static uint32_t slot_of(const struct pmap_vault *v, const struct pmap_scheme *x, unsigned index)
+{
+    return shard_slot(v->k, v->m, x->k, x->m, index);
+}
 
 struct mover {
     struct mover_opts o;   /* options (node_id copied) */
@@ -58,6 +73,7 @@ struct mover {
     _Atomic bool leads;    /* this node leads (set by the loop thread) */
     struct seen *seen;     /* leader: when each node last answered */
     size_t nseen;          /* how many */
+    struct pcleanup *pc;   /* old-epoch shard deletion (placement_cleanup.h) */
 };
 
 static uint64_t now_ns(void)
@@ -185,16 +201,17 @@ static int propose(struct mover *m, Hbc__Command *cmd, char *msg, size_t mlen)
     return last;
 }
 
-/* Which of want's shard indexes of chunk this node's store lacks; *have gets those it holds. */
-static uint32_t local_missing(struct mover *m, const struct pmap_vault *v, const uint8_t chunk[32],
-                              uint32_t want, uint32_t *have)
+/* Which of want's shard indexes of scheme x this node's store lacks; *have gets those it holds. */
+static uint32_t local_missing(struct mover *m, const struct pmap_vault *v,
+                              const struct pmap_scheme *x, const uint8_t chunk[32], uint32_t want,
+                              uint32_t *have)
 {
     *have = 0;
-    for (unsigned s = 0; s < v->k + v->m; s++) {
+    for (unsigned s = 0; s < x->k + x->m; s++) {
         struct shard_key key;
         memcpy(key.vault_id, v->vault_id, 16);
         memcpy(key.chunk_id, chunk, 32);
-        key.index = s;
+        key.index = slot_of(v, x, s);
         struct shard_info info;
         struct err le;
         if (shard_store_lookup(m->o.store, &key, &info, &le) == 0) {
@@ -223,29 +240,29 @@ static void stripe_free(struct stripe *st)
     }
 }
 
-/* Whether blob is an intact shard `index` of (vault, chunk) with scheme k+m. */
+/* Whether blob is an intact shard `index` of (vault, chunk) with scheme x. */
 static bool blob_ok(const uint8_t *blob, size_t len, const struct pmap_vault *v,
-                    const uint8_t chunk[32], unsigned index)
+                    const struct pmap_scheme *x, const uint8_t chunk[32], unsigned index)
 {
     struct erasure_shard_info info;
     struct err de;
     if (erasure_shard_decode(blob, len, &info, NULL, &de) != 0) {
         return false;
     }
-    return info.index == index && info.k == v->k && info.m == v->m &&
+    return info.index == index && info.k == x->k && info.m == x->m &&
            memcmp(info.vault_id, v->vault_id, 16) == 0 && memcmp(info.chunk_id, chunk, 32) == 0;
 }
 
-/* Fetch the indexes in mask of chunk from source addr/id into st. */
-static void fetch(struct mover *m, const struct pmap_vault *v, const uint8_t chunk[32],
-                  const struct peer *p, uint32_t mask, struct stripe *st)
+/* Fetch the indexes in mask of scheme x of chunk from source addr/id into st. */
+static void fetch(struct mover *m, const struct pmap_vault *v, const struct pmap_scheme *x,
+                  const uint8_t chunk[32], const struct peer *p, uint32_t mask, struct stripe *st)
 {
     struct node_client_key keys[PLACEMENT_MAX_WIDTH];
     size_t n = 0;
-    for (unsigned s = 0; s < v->k + v->m; s++) {
+    for (unsigned s = 0; s < x->k + x->m; s++) {
         if ((mask & ((uint32_t)1 << s)) && st->blob[s] == NULL) {
-            keys[n++] =
-                (struct node_client_key){.vault_id = v->vault_id, .chunk_id = chunk, .index = s};
+            keys[n++] = (struct node_client_key){
+                .vault_id = v->vault_id, .chunk_id = chunk, .index = slot_of(v, x, s)};
         }
     }
     if (n == 0 || st->nreplies == MOVER_MAX_SOURCES) {
@@ -262,8 +279,8 @@ static void fetch(struct mover *m, const struct pmap_vault *v, const uint8_t chu
     const Hbc__GetShardsReply *g = q.reply->get_shards_reply;
     for (size_t i = 0; i < g->n_shards; i++) {
         const Hbc__ShardBlob *b = g->shards[i];
-        if (b->index < v->k + v->m && st->blob[b->index] == NULL &&
-            blob_ok(b->data.data, b->data.len, v, chunk, b->index)) {
+        if (b->index < x->k + x->m && st->blob[b->index] == NULL &&
+            blob_ok(b->data.data, b->data.len, v, x, chunk, b->index)) {
             st->blob[b->index] = b->data.data;
             st->len[b->index] = b->data.len;
         }
@@ -296,8 +313,13 @@ static bool plain_object(struct mover *m, const struct pmap_vault *v, const uint
         return false; /* the vault's own scheme is whole copies: placed as usual */
     }
     for (size_t r = 0; r < nrows; r++) {
-        if (rows[r].mask != 1) {
+        if (rows[r].mask[0] != 1) {
             return false;
+        }
+        for (unsigned x = 1; x < PMAP_MAX_SCHEMES; x++) {
+            if (rows[r].mask[x] != 0) {
+                return false;
+            }
         }
     }
     struct shard_key key;
@@ -343,18 +365,50 @@ static bool plain_object(struct mover *m, const struct pmap_vault *v, const uint
 }
 
 /*
- * Make shards `need` of chunk present locally: fetch each from a source that
- * lists it, else rebuild from any k shards. rows[0..nrows) are the chunk's
- * listing rows (one per source). Returns 0 or why not.
+ * Gather every shard of scheme x of chunk that anyone has (this node's store
+ * too) into st, fetching the ones st lacks.
  */
-static int complete_chunk(struct mover *m, const struct pmap_vault *v, const uint8_t chunk[32],
-                          uint32_t need, uint32_t have, const struct entry *rows, size_t nrows,
-                          const struct peer *const *srcs)
+static void gather(struct mover *m, const struct pmap_vault *v, const struct pmap_scheme *x,
+                   unsigned xi, const uint8_t chunk[32], const struct entry *rows, size_t nrows,
+                   const struct peer *const *srcs, struct stripe *st)
 {
-    const unsigned width = v->k + v->m;
-    if (plain_object(m, v, chunk, have, rows, nrows, srcs)) {
-        return 0;
+    uint32_t have = 0;
+    local_missing(m, v, x, chunk, 0, &have);
+    for (unsigned s = 0; s < x->k + x->m; s++) {
+        if ((have & ((uint32_t)1 << s)) && st->blob[s] == NULL) {
+            struct shard_key key;
+            memcpy(key.vault_id, v->vault_id, 16);
+            memcpy(key.chunk_id, chunk, 32);
+            key.index = slot_of(v, x, s);
+            size_t len = 0;
+            struct err ge;
+            if (shard_store_get_alloc(m->o.store, &key, &st->local[s], &len, &ge) == 0 &&
+                blob_ok(st->local[s], len, v, x, chunk, s)) {
+                st->blob[s] = st->local[s];
+                st->len[s] = len;
+            }
+        }
     }
+    for (size_t r = 0; r < nrows; r++) {
+        if (rows[r].mask[xi] != 0) {
+            fetch(m, v, x, chunk, srcs[rows[r].src], rows[r].mask[xi], st);
+        }
+    }
+}
+
+/*
+ * Make shards `need` of scheme sc->s[xi] of chunk present locally: fetch each
+ * from a source that lists it, else rebuild the object from any k shards of
+ * that scheme or, failing that, of another scheme of the vault (every scheme
+ * codes the same sealed object), and encode it again. rows[0..nrows) are the
+ * chunk's listing rows (one per source). Returns 0 or why not.
+ */
+static int complete_chunk(struct mover *m, const struct pmap_vault *v, const struct schemes *sc,
+                          unsigned xi, const uint8_t chunk[32], uint32_t need,
+                          const struct entry *rows, size_t nrows, const struct peer *const *srcs)
+{
+    const struct pmap_scheme *x = &sc->s[xi];
+    const unsigned width = x->k + x->m;
     struct stripe st = {0};
     int rv = 0;
     uint8_t *built[PLACEMENT_MAX_WIDTH] = {0};
@@ -364,8 +418,8 @@ static int complete_chunk(struct mover *m, const struct pmap_vault *v, const uin
         for (unsigned s = 0; s < width; s++) {
             still |= (need & ((uint32_t)1 << s)) && st.blob[s] == NULL ? (uint32_t)1 << s : 0;
         }
-        if ((rows[r].mask & still) != 0) {
-            fetch(m, v, chunk, srcs[rows[r].src], rows[r].mask & still, &st);
+        if ((rows[r].mask[xi] & still) != 0) {
+            fetch(m, v, x, chunk, srcs[rows[r].src], rows[r].mask[xi] & still, &st);
         }
     }
     uint32_t missing = 0;
@@ -374,36 +428,34 @@ static int complete_chunk(struct mover *m, const struct pmap_vault *v, const uin
     }
     if (missing != 0) {
         /* Rebuild: gather every shard anyone has (ours too), decode, encode again. */
-        for (unsigned s = 0; s < width; s++) {
-            if ((have & ((uint32_t)1 << s)) && st.blob[s] == NULL) {
-                struct shard_key key;
-                memcpy(key.vault_id, v->vault_id, 16);
-                memcpy(key.chunk_id, chunk, 32);
-                key.index = s;
-                size_t len = 0;
-                struct err ge;
-                if (shard_store_get_alloc(m->o.store, &key, &st.local[s], &len, &ge) == 0 &&
-                    blob_ok(st.local[s], len, v, chunk, s)) {
-                    st.blob[s] = st.local[s];
-                    st.len[s] = len;
-                }
-            }
-        }
-        for (size_t r = 0; r < nrows; r++) {
-            fetch(m, v, chunk, srcs[rows[r].src], rows[r].mask, &st);
-        }
         uint8_t *obj = NULL;
         size_t olen = 0;
         struct err e;
+        gather(m, v, x, xi, chunk, rows, nrows, srcs, &st);
         rv = erasure_shards_rebuild(st.blob, st.len, width, v->vault_id, chunk, &obj, &olen, &e);
+        for (unsigned y = 0; y < sc->n && rv != 0; y++) {
+            if (y == xi) {
+                continue;
+            }
+            struct stripe other = {0};
+            struct err oe;
+            gather(m, v, &sc->s[y], y, chunk, rows, nrows, srcs, &other);
+            if (erasure_shards_rebuild(other.blob, other.len, sc->s[y].k + sc->s[y].m, v->vault_id,
+                                       chunk, &obj, &olen, &oe) == 0) {
+                rv = 0;
+                hbc_log(LOG_INFO, "event=mover_rebuild_other_scheme scheme=%u+%u from=%u+%u", x->k,
+                        x->m, sc->s[y].k, sc->s[y].m);
+            }
+            stripe_free(&other);
+        }
         if (rv == 0) {
-            rv = erasure_shards_encode(v->vault_id, chunk, v->k, v->m, obj, olen, built, built_len,
+            rv = erasure_shards_encode(v->vault_id, chunk, x->k, x->m, obj, olen, built, built_len,
                                        &e);
             hbc_free(obj);
         }
         if (rv != 0) {
-            hbc_log(LOG_WARN, "event=mover_rebuild_failed code=%s reason=\"%s\"", hbc_errname(rv),
-                    e.msg);
+            hbc_log(LOG_WARN, "event=mover_rebuild_failed scheme=%u+%u code=%s reason=\"%s\"", x->k,
+                    x->m, hbc_errname(rv), e.msg);
             goto out;
         }
         for (unsigned s = 0; s < width; s++) {
@@ -421,9 +473,10 @@ static int complete_chunk(struct mover *m, const struct pmap_vault *v, const uin
         if (need & ((uint32_t)1 << s)) {
             memcpy(recs[n].key.vault_id, v->vault_id, 16);
             memcpy(recs[n].key.chunk_id, chunk, 32);
-            recs[n].key.index = s;
+            recs[n].key.index = slot_of(v, x, s);
             recs[n].data = st.blob[s];
             recs[n].len = st.len[s];
+            recs[n].sha256 = NULL;
             bytes += st.len[s];
             n++;
         }
@@ -459,9 +512,9 @@ static int entry_cmp(const void *a, const void *b)
 }
 
 /* List every chunk of the vault on source p, keeping rows of the wanted groups. */
-static int list_source(struct mover *m, const struct pmap_vault *v, const struct peer *p,
-                       uint8_t src, uint64_t epoch, const uint32_t *want, struct entry **rows,
-                       size_t *nrows, size_t *cap)
+static int list_source(struct mover *m, const struct pmap_vault *v, const struct schemes *sc,
+                       const struct peer *p, uint8_t src, uint64_t epoch, const uint32_t *want,
+                       struct entry **rows, size_t *nrows, size_t *cap)
 {
     uint8_t after[32];
     bool has_after = false;
@@ -496,18 +549,31 @@ static int list_source(struct mover *m, const struct pmap_vault *v, const struct
             frame_free(r.reply);
             return HBC_EBUSY;
         }
+        size_t *en_index = hbc_malloc((l->n_chunk_ids + 1) * sizeof *en_index);
+        if (en_index == NULL) {
+            frame_free(r.reply);
+            return HBC_ENOMEM;
+        }
+        for (size_t i = 0; i < l->n_chunk_ids; i++) {
+            en_index[i] = SIZE_MAX;
+        }
         for (size_t i = 0; i < l->n_chunk_ids; i++) {
             if (l->chunk_ids[i].len != 32) {
                 continue;
             }
             uint32_t g = pmap_group_of(l->chunk_ids[i].data, v->groups);
-            if (want[g] == 0) {
+            bool wanted = false;
+            for (unsigned x = 0; x < sc->n && !wanted; x++) {
+                wanted = want[(size_t)g * PMAP_MAX_SCHEMES + x] != 0;
+            }
+            if (!wanted) {
                 continue;
             }
             if (*nrows == *cap) {
                 size_t nc = *cap > 0 ? 2 * *cap : 1024;
                 struct entry *p2 = hbc_realloc(*rows, nc * sizeof *p2);
                 if (p2 == NULL) {
+                    hbc_free(en_index);
                     frame_free(r.reply);
                     return HBC_ENOMEM;
                 }
@@ -517,9 +583,24 @@ static int list_source(struct mover *m, const struct pmap_vault *v, const struct
             struct entry *en = &(*rows)[(*nrows)++];
             memcpy(en->chunk, l->chunk_ids[i].data, 32);
             en->group = g;
-            en->mask = l->index_masks[i];
+            memset(en->mask, 0, sizeof en->mask);
+            en->mask[0] = l->index_masks[i];
             en->src = src;
+            en_index[i] = *nrows - 1;
         }
+        /* Shards of the other schemes (tagged slots), matched to the vault's schemes. */
+        for (size_t j = 0; j < l->n_scheme_masks; j++) {
+            const Hbc__ShardSchemeMask *sm = l->scheme_masks[j];
+            if (sm->chunk >= l->n_chunk_ids || en_index[sm->chunk] == SIZE_MAX) {
+                continue;
+            }
+            for (unsigned x = 1; x < sc->n; x++) {
+                if (sc->s[x].k == sm->k && sc->s[x].m == sm->m) {
+                    (*rows)[en_index[sm->chunk]].mask[x] |= sm->mask;
+                }
+            }
+        }
+        hbc_free(en_index);
         hbc_log(LOG_DEBUG, "event=mover_listed node=%s chunks=%zu rows=%zu more=%d", p->id,
                 l->n_chunk_ids, *nrows, l->more);
         bool more = l->more && l->n_chunk_ids > 0;
@@ -603,7 +684,9 @@ static void move_vault(struct mover *m, const struct pmap_vault *v, uint64_t cur
     if (me == PMAP_NONE) {
         goto out; /* not in this epoch (draining): nothing comes here */
     }
-    want = hbc_calloc(v->groups, sizeof *want);
+    struct schemes sc;
+    sc.n = pmap_schemes(v, sc.s, NULL);
+    want = hbc_calloc((size_t)v->groups * PMAP_MAX_SCHEMES, sizeof *want);
     failed = hbc_calloc(v->groups, 1);
     done = hbc_calloc(v->groups, sizeof *done);
     if (want == NULL || failed == NULL || done == NULL) {
@@ -615,15 +698,22 @@ static void move_vault(struct mover *m, const struct pmap_vault *v, uint64_t cur
         if (g >= v->groups) {
             continue;
         }
-        uint32_t mask = 0;
+        uint32_t masks[PMAP_MAX_SCHEMES];
+        uint32_t any = 0;
         bool already = false;
-        if (pmap_node_mask(v, &eps[0], g, me, &mask, &e) != 0 || mask == 0 ||
+        if (pmap_node_masks(v, &eps[0], g, me, masks, &e) != 0) {
+            continue;
+        }
+        for (unsigned x = 0; x < sc.n; x++) {
+            any |= masks[x];
+        }
+        if (any == 0 ||
             fsm_placement_done_by(m->o.fsm, v->vault_id, g, current, m->node_id, &already, &e) !=
                 0 ||
             already) {
             continue;
         }
-        want[g] = mask;
+        memcpy(want + (size_t)g * PMAP_MAX_SCHEMES, masks, sizeof masks);
         ncand++;
     }
     if (ncand == 0) {
@@ -645,7 +735,7 @@ static void move_vault(struct mover *m, const struct pmap_vault *v, uint64_t cur
     }
     size_t listed = 0;
     for (size_t s = 0; s < nsrcs; s++) {
-        int rv = list_source(m, v, srcs[s], (uint8_t)s, current, want, &rows, &nrows, &cap);
+        int rv = list_source(m, v, &sc, srcs[s], (uint8_t)s, current, want, &rows, &nrows, &cap);
         if (rv == HBC_ECANCELED || rv == HBC_ENOMEM || rv == HBC_EBUSY) {
             goto out; /* stopping, out of memory, or a source behind: try the whole vault later */
         }
@@ -662,11 +752,23 @@ static void move_vault(struct mover *m, const struct pmap_vault *v, uint64_t cur
             j++;
         }
         uint32_t g = rows[i].group;
-        uint32_t have = 0;
-        uint32_t need = local_missing(m, v, rows[i].chunk, want[g], &have);
-        if (need != 0 && !failed[g]) {
-            if (complete_chunk(m, v, rows[i].chunk, need, have, rows + i, j - i, srcs) != 0) {
-                failed[g] = 1;
+        uint32_t need[PMAP_MAX_SCHEMES] = {0};
+        uint32_t have0 = 0;
+        bool any = false;
+        for (unsigned x = 0; x < sc.n; x++) {
+            uint32_t have = 0;
+            need[x] = local_missing(m, v, &sc.s[x], rows[i].chunk,
+                                    want[(size_t)g * PMAP_MAX_SCHEMES + x], &have);
+            have0 = x == 0 ? have : have0;
+            any |= need[x] != 0;
+        }
+        /* A reference list is kept whole on every node, not striped by any scheme. */
+        if (any && !failed[g] && !plain_object(m, v, rows[i].chunk, have0, rows + i, j - i, srcs)) {
+            for (unsigned x = 0; x < sc.n && !failed[g]; x++) {
+                if (need[x] != 0 && complete_chunk(m, v, &sc, x, rows[i].chunk, need[x], rows + i,
+                                                   j - i, srcs) != 0) {
+                    failed[g] = 1;
+                }
             }
             chunks++;
         }
@@ -677,7 +779,11 @@ static void move_vault(struct mover *m, const struct pmap_vault *v, uint64_t cur
     }
     size_t ndone = 0;
     for (uint32_t g = 0; g < v->groups; g++) {
-        if (want[g] != 0 && !failed[g]) {
+        bool wanted = false;
+        for (unsigned x = 0; x < sc.n && !wanted; x++) {
+            wanted = want[(size_t)g * PMAP_MAX_SCHEMES + x] != 0;
+        }
+        if (wanted && !failed[g]) {
             done[ndone++] = g;
         }
     }
@@ -869,6 +975,12 @@ static void mover_pass(struct mover *m)
     for (size_t i = 0; i < vs.n && !stopping(m); i++) {
         move_vault(m, &vs.v[i], current);
     }
+    for (size_t i = 0; i < vs.n && !stopping(m); i++) {
+        if (pcleanup_vault(m->pc, m->o.fsm, m->o.store, m->node_id, &vs.v[i], now_ns(), NULL, &e) !=
+            0) {
+            hbc_log(LOG_WARN, "event=placement_cleanup_failed reason=\"%s\"", e.msg);
+        }
+    }
     hbc_free(vs.v);
 }
 
@@ -896,9 +1008,16 @@ int mover_start(const struct mover_opts *o, struct mover **out, struct err *e)
     }
     m->o = *o;
     m->o.node_id = m->node_id;
-    struct repo_net_opts no = {.tls = o->tls, .timeout_ms = MOVER_TIMEOUT_MS};
-    int rv = repo_net_start(&no, &m->net, e);
+    int rv = pcleanup_new(o->cleanup_after_s, &m->pc, e);
     if (rv != 0) {
+        hbc_free(m->node_id);
+        hbc_free(m);
+        return rv;
+    }
+    struct repo_net_opts no = {.tls = o->tls, .timeout_ms = MOVER_TIMEOUT_MS};
+    rv = repo_net_start(&no, &m->net, e);
+    if (rv != 0) {
+        pcleanup_free(m->pc);
         hbc_free(m->node_id);
         hbc_free(m);
         return rv;
@@ -914,6 +1033,7 @@ int mover_start(const struct mover_opts *o, struct mover **out, struct err *e)
         repo_net_stop(m->net);
         pthread_cond_destroy(&m->cv);
         pthread_mutex_destroy(&m->mu);
+        pcleanup_free(m->pc);
         hbc_free(m->node_id);
         hbc_free(m);
         return err_set(e, -rv, "mover thread");
@@ -933,6 +1053,7 @@ void mover_stop(struct mover *m)
     pthread_mutex_unlock(&m->mu);
     pthread_join(m->thread, NULL);
     repo_net_stop(m->net);
+    pcleanup_free(m->pc);
     hbc_free(m->seen);
     pthread_cond_destroy(&m->cv);
     pthread_mutex_destroy(&m->mu);

@@ -45,6 +45,8 @@ struct mover_opts {
     uint64_t rate;             /* bytes per second at most (0: unlimited) */
     unsigned interval_ms;      /* ms between passes */
     unsigned down_after_s;     /* leader: mark a node DOWN after this long unreachable (0: never) */
+    unsigned cleanup_after_s;  /* delete shards the settled current epoch does not assign here
+                                  this long after it settled (0: never; placement_cleanup.h) */
 };
 
 /* Start the mover thread. Returns 0, HBC_ENOMEM or a thread/libuv error. */

@@ -50,6 +50,7 @@
 #include "common/frame.h"
 #include "common/frame_view.h"
 #include "common/log.h"
+#include "common/shard_scheme.h"
 #include "node/clock_sync.h"
 #include "node/control.h"
 #include "node/fsm.h"
@@ -371,6 +372,7 @@ static Hbc__ErrorCode error_code_for(int code)
     case HBC_EINVAL:
     case HBC_EFORMAT:
     case HBC_EPROTO:
+    case HBC_ESCHEME:
         return HBC__ERROR_CODE__ERROR_BAD_REQUEST;
     case HBC_ESTALEEPOCH:
         return HBC__ERROR_CODE__ERROR_STALE_EPOCH;
@@ -436,6 +438,18 @@ static int check_blob(const Hbc__ShardBlob *b, uint64_t max_shard,
                  "shard %u: its header names another vault, chunk or index than the request",
                  b->index);
         return HBC_EINVAL;
+    }
+    /* A shard of another scheme than the vault's base one is stored under a tagged slot. */
+    uint32_t slot = 0;
+    rv = shard_slot_from_wire(b->index, b->has_scheme_k, b->scheme_k, b->has_scheme_m, b->scheme_m,
+                              &slot, &e);
+    if (rv == 0 && b->has_scheme_k && (info.k != b->scheme_k || info.m != b->scheme_m)) {
+        rv = err_set(&e, HBC_ESCHEME, "its header says %u+%u, the request %u+%u", info.k, info.m,
+                     b->scheme_k, b->scheme_m);
+    }
+    if (rv != 0) {
+        snprintf(msg, mlen, "shard %u: %.200s", b->index, e.msg);
+        return rv;
     }
     return 0;
 }
@@ -511,7 +525,9 @@ static void commit_work_cb(uv_work_t *w)
             Hbc__ShardBlob *b = p->shards[i];
             memcpy(puts[n].key.vault_id, b->vault_id.data, SHARD_STORE_VAULT_ID_LEN);
             memcpy(puts[n].key.chunk_id, b->chunk_id.data, SHARD_STORE_CHUNK_ID_LEN);
-            puts[n].key.index = b->index;
+            /* Checked by check_blob(): the slot is valid. */
+            (void)shard_slot_from_wire(b->index, b->has_scheme_k, b->scheme_k, b->has_scheme_m,
+                                       b->scheme_m, &puts[n].key.index, NULL);
             puts[n].data = b->data.data;
             puts[n].len = b->data.len;
             puts[n].sha256 = r->shas + i * SHARD_STORE_SHA256_LEN;
@@ -693,7 +709,15 @@ static void get_work_cb(uv_work_t *w)
         Hbc__ShardKey *k = g->keys[i];
         memcpy(keys[i].vault_id, k->vault_id.data, SHARD_STORE_VAULT_ID_LEN);
         memcpy(keys[i].chunk_id, k->chunk_id.data, SHARD_STORE_CHUNK_ID_LEN);
-        keys[i].index = k->index;
+        struct err se;
+        int srv = shard_slot_from_wire(k->index, k->has_scheme_k, k->scheme_k, k->has_scheme_m,
+                                       k->scheme_m, &keys[i].index, &se);
+        if (srv != 0) {
+            r->status = srv;
+            snprintf(r->msg, sizeof r->msg, "get shards: %.220s", se.msg);
+            hbc_free(keys);
+            return;
+        }
     }
     struct err e;
     int rv = shard_store_get_batch(s->store, keys, n, r->datas, r->lens, r->results, &e);
@@ -737,6 +761,10 @@ static void get_reply(struct req *r)
             blobs[rep.n_shards].vault_id = k->vault_id;
             blobs[rep.n_shards].chunk_id = k->chunk_id;
             blobs[rep.n_shards].index = k->index;
+            blobs[rep.n_shards].has_scheme_k = k->has_scheme_k;
+            blobs[rep.n_shards].scheme_k = k->scheme_k;
+            blobs[rep.n_shards].has_scheme_m = k->has_scheme_m;
+            blobs[rep.n_shards].scheme_m = k->scheme_m;
             blobs[rep.n_shards].data.data = r->datas[i];
             blobs[rep.n_shards].data.len = r->lens[i];
             bp[rep.n_shards] = &blobs[rep.n_shards];
@@ -802,8 +830,23 @@ static void have_work_cb(uv_work_t *w)
         memcpy(ids[i], h->chunk_ids[i].data, 32);
     }
     struct err e;
-    int rv = shard_store_exists_batch(s->store, h->vault_id.data, (const uint8_t(*)[32])ids, n,
+    int rv = 0;
+    if (h->has_scheme_k || h->has_scheme_m) {
+        /* Shards of one scheme other than the base one (common/shard_scheme.h). */
+        uint32_t lo = 0;
+        rv = shard_slot_from_wire(0, h->has_scheme_k, h->scheme_k, h->has_scheme_m, h->scheme_m,
+                                  &lo, &e);
+        if (rv == 0) {
+            rv = shard_store_exists_slots(s->store, h->vault_id.data, (const uint8_t(*)[32])ids, n,
+                                          lo, lo | 0xff, present, &e);
+        }
+    } else if (h->has_base_scheme && h->base_scheme) {
+        rv = shard_store_exists_slots(s->store, h->vault_id.data, (const uint8_t(*)[32])ids, n, 0,
+                                      SHARD_SLOT_TAG - 1, present, &e);
+    } else {
+        rv = shard_store_exists_batch(s->store, h->vault_id.data, (const uint8_t(*)[32])ids, n,
                                       present, &e);
+    }
     if (rv != 0) {
         r->status = rv;
         snprintf(r->msg, sizeof r->msg, "have chunks: %.220s", e.msg);
@@ -904,10 +947,37 @@ static void list_after_cb(uv_work_t *w, int status)
         server_maybe_finish(s);
         return;
     }
+    size_t nsch = 0;
+    for (size_t i = 0; i < r->nlist; i++) {
+        nsch += r->list[i].nschemes;
+    }
+    Hbc__ShardSchemeMask *sch = hbc_calloc(nsch + 1, sizeof *sch);
+    Hbc__ShardSchemeMask **schp = hbc_calloc(nsch + 1, sizeof *schp);
+    if (sch == NULL || schp == NULL) {
+        hbc_free(ids);
+        hbc_free(masks);
+        hbc_free(sch);
+        hbc_free(schp);
+        req_fail(r, HBC_ENOMEM, "placement list: out of memory");
+        server_maybe_finish(s);
+        return;
+    }
+    nsch = 0;
     for (size_t i = 0; i < r->nlist; i++) {
         ids[i] = (ProtobufCBinaryData){SHARD_STORE_CHUNK_ID_LEN, r->list[i].chunk_id};
         masks[i] = r->list[i].mask;
+        for (unsigned x = 0; x < r->list[i].nschemes; x++) {
+            hbc__shard_scheme_mask__init(&sch[nsch]);
+            sch[nsch].chunk = (uint32_t)i;
+            sch[nsch].k = r->list[i].schemes[x].k;
+            sch[nsch].m = r->list[i].schemes[x].m;
+            sch[nsch].mask = r->list[i].schemes[x].mask;
+            schp[nsch] = &sch[nsch];
+            nsch++;
+        }
     }
+    rep.scheme_masks = schp;
+    rep.n_scheme_masks = nsch;
     rep.chunk_ids = ids;
     rep.n_chunk_ids = r->nlist;
     rep.index_masks = masks;
@@ -917,6 +987,8 @@ static void list_after_cb(uv_work_t *w, int status)
     req_finish(r, &f);
     hbc_free(ids);
     hbc_free(masks);
+    hbc_free(sch);
+    hbc_free(schp);
     server_maybe_finish(s);
 }
 
@@ -1576,7 +1648,8 @@ void server_set_raft(struct server *s, struct raft_node *rn)
                                 .rate = s->cfg->move_rate,
                                 .interval_ms =
                                     s->cfg->move_interval > 0 ? s->cfg->move_interval : 2000,
-                                .down_after_s = s->cfg->down_after};
+                                .down_after_s = s->cfg->down_after,
+                                .cleanup_after_s = s->cfg->cleanup_after};
         struct err e;
         if (mover_start(&mo, &s->mover, &e) != 0) {
             hbc_log(LOG_ERROR, "event=mover_start_failed reason=\"%s\"", e.msg);

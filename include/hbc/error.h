@@ -45,6 +45,7 @@ extern "C" {
     X(GCSTALE, -4036, "garbage collection refused: a snapshot was committed after the mark")       \
     X(STALEEPOCH, -4040, "placement epoch is stale: reload the placement map")                     \
     X(NOTDRAINED, -4041, "node still holds shards the placement needs")                            \
+    X(SCHEME, -4050, "shard scheme out of range or disagreeing with the shard")                    \
     X(REMOVED, -4060, "this node was removed from the cluster")                                    \
     X(INTERNAL, -4099, "internal error")
 

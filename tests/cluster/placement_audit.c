@@ -16,15 +16,17 @@
  * Usage: hbc-placement-audit --cluster A,B,... --ca F --cert F --key F --vault NAME
  * The certificate must be a node certificate (PlacementList is for nodes).
  * Lists every node's chunks of the vault, then checks each chunk's shards
- * against the current epoch's map. Prints one JSON object; exits 0 when every
+ * against the current epoch's map, each copy with its own erasure scheme
+ * (shards of a scheme other than the base one are listed under tagged
+ * slots, common/shard_scheme.h). Prints one JSON object (per copy too); exits 0 when every
  * expected shard is where the map says and every group is settled, 1 otherwise,
  * 2 on usage or connection errors.
  */
 
 struct held {
-    uint8_t chunk[32]; /* chunk id */
-    uint32_t node;     /* index into the node list */
-    uint32_t mask;     /* shard indexes held */
+    uint8_t chunk[32];               /* chunk id */
+    uint32_t node;                   /* index into the node list */
+    uint32_t mask[PMAP_MAX_SCHEMES]; /* per scheme (pmap_schemes() order): shard indexes held */
 };
 
 static struct repo_net *net;
@@ -117,6 +119,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "placement-audit: vault %s not found or not placed by groups\n", vault);
         goto out;
     }
+    struct pmap_scheme sch[PMAP_MAX_SCHEMES];
+    unsigned copy_scheme[PMAP_MAX_SCHEMES];
+    unsigned nsch = pmap_schemes(&v, sch, copy_scheme);
     Hbc__PlacementMapRequest pm = HBC__PLACEMENT_MAP_REQUEST__INIT;
     pm.has_vault_id = true;
     pm.vault_id = vi->vault_id;
@@ -159,7 +164,16 @@ int main(int argc, char **argv)
                 }
                 memcpy(held[nheld].chunk, l->chunk_ids[i].data, 32);
                 held[nheld].node = (uint32_t)n;
-                held[nheld].mask = l->index_masks[i];
+                memset(held[nheld].mask, 0, sizeof held[nheld].mask);
+                held[nheld].mask[0] = l->index_masks[i];
+                for (size_t j = 0; j < l->n_scheme_masks; j++) {
+                    const Hbc__ShardSchemeMask *sm = l->scheme_masks[j];
+                    for (unsigned x = 1; x < nsch && sm->chunk == i; x++) {
+                        if (sch[x].k == sm->k && sch[x].m == sm->m) {
+                            held[nheld].mask[x] |= sm->mask;
+                        }
+                    }
+                }
                 nheld++;
             }
             bool more = l->more && l->n_chunk_ids > 0;
@@ -176,16 +190,25 @@ int main(int argc, char **argv)
     qsort(held, nheld, sizeof *held, held_cmp);
     size_t chunks = 0, expected = 0, missing = 0, plain = 0;
     json_t *examples = json_array();
-    const unsigned width = v.k + v.m;
+    const unsigned width = pmap_stride(&v);
+    size_t copy_expected[PLACEMENT_MAX_COPIES] = {0}, copy_missing[PLACEMENT_MAX_COPIES] = {0};
+    size_t extra = 0;
+    size_t *node_held = calloc(cs->n_nodes + 1, sizeof *node_held);
+    if (node_held == NULL) {
+        goto out;
+    }
     for (size_t i = 0; i < nheld;) {
         size_t j = i;
         while (j < nheld && memcmp(held[j].chunk, held[i].chunk, 32) == 0) {
             j++;
         }
         /* Reference lists (GC) are whole copies at shard 0 on every node, not striped. */
-        bool only0 = width > 1;
+        bool only0 = v.k + v.m > 1;
         for (size_t h = i; h < j && only0; h++) {
-            only0 = held[h].mask == 1;
+            only0 = held[h].mask[0] == 1;
+            for (unsigned x = 1; x < nsch; x++) {
+                only0 = only0 && held[h].mask[x] == 0;
+            }
         }
         if (only0) {
             plain++;
@@ -199,15 +222,22 @@ int main(int argc, char **argv)
             goto out;
         }
         for (unsigned x = 0; x < v.copies * width; x++) {
+            unsigned c = x / width;
+            if (x % width >= pmap_copy_width(&v, c)) {
+                continue; /* past this copy's width */
+            }
             expected++;
+            copy_expected[c]++;
             const char *want = place[x] != PMAP_NONE ? ep.pol[place[x]].node_id : NULL;
             bool found = false;
             for (size_t h = i; h < j && want != NULL && !found; h++) {
                 found = strcmp(cs->nodes[held[h].node]->node_id, want) == 0 &&
-                        (held[h].mask & ((uint32_t)1 << (x % width)));
+                        (held[h].mask[copy_scheme[c]] & ((uint32_t)1 << (x % width)));
             }
             if (!found) {
                 missing++;
+                copy_missing[c]++;
+
                 if (json_array_size(examples) < 10) {
                     char hex[17];
                     for (int b = 0; b < 8; b++) {
@@ -220,13 +250,46 @@ int main(int argc, char **argv)
                 }
             }
         }
+        /* Shards held that the current epoch does not assign to their node (older epochs'). */
+        for (size_t h = i; h < j; h++) {
+            const char *id = cs->nodes[held[h].node]->node_id;
+            uint32_t want[PMAP_MAX_SCHEMES] = {0};
+            for (unsigned x = 0; x < v.copies * width; x++) {
+                unsigned c = x / width;
+                if (x % width < pmap_copy_width(&v, c) && place[x] != PMAP_NONE &&
+                    strcmp(ep.pol[place[x]].node_id, id) == 0) {
+                    want[copy_scheme[c]] |= (uint32_t)1 << (x % width);
+                }
+            }
+            for (unsigned y = 0; y < nsch; y++) {
+                node_held[held[h].node] += (size_t)__builtin_popcount(held[h].mask[y]);
+                extra += (size_t)__builtin_popcount(held[h].mask[y] & ~want[y]);
+            }
+        }
         i = j;
     }
-    json_t *o = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:o}", "plain_objects", (json_int_t)plain,
-                          "epoch", (json_int_t)mp->placement_map_reply->current, "unsettled_groups",
-                          (json_int_t)mp->placement_map_reply->n_fallback, "chunks",
-                          (json_int_t)chunks, "shards_expected", (json_int_t)expected,
-                          "shards_missing", (json_int_t)missing, "examples", examples);
+    json_t *nodes_held = json_object();
+    for (size_t n = 0; n < cs->n_nodes; n++) {
+        json_object_set_new(nodes_held, cs->nodes[n]->node_id,
+                            json_integer((json_int_t)node_held[n]));
+    }
+    free(node_held);
+    json_t *per_copy = json_array();
+    for (unsigned c = 0; c < v.copies; c++) {
+        json_array_append_new(per_copy,
+                              json_pack("{s:i, s:i, s:i, s:I, s:I}", "copy", (int)c, "k",
+                                        (int)pmap_copy_k(&v, c), "m", (int)pmap_copy_m(&v, c),
+                                        "shards_expected", (json_int_t)copy_expected[c],
+                                        "shards_missing", (json_int_t)copy_missing[c]));
+    }
+    json_t *o =
+        json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o}", "plain_objects", (json_int_t)plain,
+                  "epoch", (json_int_t)mp->placement_map_reply->current, "unsettled_groups",
+                  (json_int_t)mp->placement_map_reply->n_fallback, "chunks", (json_int_t)chunks,
+                  "shards_expected", (json_int_t)expected, "shards_missing", (json_int_t)missing,
+                  "examples", examples, "copies", per_copy);
+    json_object_set_new(o, "shards_extra", json_integer((json_int_t)extra));
+    json_object_set_new(o, "shards_held", nodes_held);
     char *s = json_dumps(o, JSON_COMPACT);
     printf("%s\n", s);
     free(s);
