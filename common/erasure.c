@@ -772,7 +772,7 @@ static int shards_rebuild(const uint8_t *const *blobs, const size_t *lengths, si
         struct erasure_shard_info info;
         const uint8_t *payload;
         struct err why;
-        int rc = shard_decode(blobs[n], lengths[n], &info, &payload, check_sum, NULL, &why);
+        int rc = shard_decode(blobs[n], NULL, lengths[n], &info, &payload, check_sum, NULL, &why);
         if (rc == HBC_ENOMEM) {
             return err_setraw(e, rc, "rebuild: %s", why.msg);
         }

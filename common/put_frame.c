@@ -9,20 +9,20 @@
 #include "common/shard_scheme.h"
 
 /* Protobuf tags (field number << 3 | wire type) of the fields written here. */
-#define TAG_FRAME_REQUEST_ID 0x08u /* Frame.request_id = 1, varint */
-#define TAG_FRAME_PUT_SHARDS 0x1au /* Frame.put_shards = 3, length-delimited */
-#define TAG_PUT_SHARDS 0x0au       /* PutShards.shards = 1, length-delimited */
-#define TAG_PUT_EPOCH (140u << 3)  /* PutShards.epoch = 140, varint */
-#define TAG_BLOB_VAULT 0x0au       /* ShardBlob.vault_id = 1 */
-#define TAG_BLOB_CHUNK 0x12u       /* ShardBlob.chunk_id = 2 */
-#define TAG_BLOB_INDEX 0x18u       /* ShardBlob.index = 3, varint */
-#define TAG_BLOB_DATA 0x22u        /* ShardBlob.data = 4 */
-#define TAG_BLOB_UNSET (230u << 3) /* ShardBlob.sha256_unset = 230, varint */
+#define TAG_FRAME_REQUEST_ID 0x08u    /* Frame.request_id = 1, varint */
+#define TAG_FRAME_PUT_SHARDS 0x1au    /* Frame.put_shards = 3, length-delimited */
+#define TAG_PUT_SHARDS 0x0au          /* PutShards.shards = 1, length-delimited */
+#define TAG_PUT_EPOCH (140u << 3)     /* PutShards.epoch = 140, varint */
+#define TAG_BLOB_VAULT 0x0au          /* ShardBlob.vault_id = 1 */
+#define TAG_BLOB_CHUNK 0x12u          /* ShardBlob.chunk_id = 2 */
+#define TAG_BLOB_INDEX 0x18u          /* ShardBlob.index = 3, varint */
+#define TAG_BLOB_DATA 0x22u           /* ShardBlob.data = 4 */
+#define TAG_BLOB_UNSET (230u << 3)    /* ShardBlob.sha256_unset = 230, varint */
 #define TAG_BLOB_SCHEME_K (200u << 3) /* ShardBlob.scheme_k = 200, varint */
 #define TAG_BLOB_SCHEME_M (201u << 3) /* ShardBlob.scheme_m = 201, varint */
-#define VAULT_LEN 16               /* bytes of a vault id */
-#define CHUNK_LEN 32               /* bytes of a chunk id */
-#define SMALL_PER_SHARD 128        /* more than a shard's tags, lengths, ids and flag */
+#define VAULT_LEN 16                  /* bytes of a vault id */
+#define CHUNK_LEN 32                  /* bytes of a chunk id */
+#define SMALL_PER_SHARD 128           /* more than a shard's tags, lengths, ids and flag */
 #define HEAD_MAX (ERASURE_SHARD_PREFIX + ERASURE_SHARD_MAX_HEADER) /* longest head */
 
 static size_t varint_len(uint64_t v)
@@ -56,8 +56,8 @@ static uint64_t blob_message_len(const struct node_client_shard *s, uint64_t *da
     shard_slot_to_wire(s->index, &index, &tagged, &k, &m);
     return (1 + 1 + VAULT_LEN) + (1 + 1 + CHUNK_LEN) + (1 + varint_len(index)) +
            (1 + varint_len(d) + d) + (*flag ? varint_len(TAG_BLOB_UNSET) + 1 : 0) +
-           (tagged ? varint_len(TAG_BLOB_SCHEME_K) + varint_len(k) +
-                         varint_len(TAG_BLOB_SCHEME_M) + varint_len(m)
+           (tagged ? varint_len(TAG_BLOB_SCHEME_K) + varint_len(k) + varint_len(TAG_BLOB_SCHEME_M) +
+                         varint_len(m)
                    : 0);
 }
 
@@ -151,9 +151,9 @@ int put_frame_encode(uint64_t request_id, const struct node_client_shard *shards
         *b.p++ = CHUNK_LEN;
         memcpy(b.p, s->chunk_id, CHUNK_LEN);
         b.p += CHUNK_LEN;
-        uint32_t index, k, m;
+        uint32_t index, sk, sm;
         bool tagged;
-        shard_slot_to_wire(s->index, &index, &tagged, &k, &m);
+        shard_slot_to_wire(s->index, &index, &tagged, &sk, &sm);
         *b.p++ = TAG_BLOB_INDEX;
         b.p = put_varint(b.p, index);
         *b.p++ = TAG_BLOB_DATA;
@@ -169,9 +169,9 @@ int put_frame_encode(uint64_t request_id, const struct node_client_shard *shards
         }
         if (tagged) {
             b.p = put_varint(b.p, TAG_BLOB_SCHEME_K);
-            b.p = put_varint(b.p, k);
+            b.p = put_varint(b.p, sk);
             b.p = put_varint(b.p, TAG_BLOB_SCHEME_M);
-            b.p = put_varint(b.p, m);
+            b.p = put_varint(b.p, sm);
         }
         if (flag) {
             b.p = put_varint(b.p, TAG_BLOB_UNSET);

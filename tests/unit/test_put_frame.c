@@ -14,6 +14,7 @@
 #include "common/erasure.h"
 #include "common/frame.h"
 #include "common/put_frame.h"
+#include "common/shard_scheme.h"
 
 #define SHARDS 5
 
@@ -28,7 +29,10 @@ static uint8_t *reference(uint64_t id, const struct node_client_shard *sh, size_
         hbc__shard_blob__init(&blobs[i]);
         blobs[i].vault_id = (ProtobufCBinaryData){16, (uint8_t *)sh[i].vault_id};
         blobs[i].chunk_id = (ProtobufCBinaryData){32, (uint8_t *)sh[i].chunk_id};
-        blobs[i].index = sh[i].index;
+        bool tagged = false;
+        shard_slot_to_wire(sh[i].index, &blobs[i].index, &tagged, &blobs[i].scheme_k,
+                           &blobs[i].scheme_m);
+        blobs[i].has_scheme_k = blobs[i].has_scheme_m = tagged;
         if (sh[i].head != NULL) {
             size_t total = sh[i].head_len + sh[i].len + ERASURE_SHARD_TRAILER;
             whole[i] = hbc_calloc(1, total);
@@ -62,7 +66,9 @@ static uint8_t *reference(uint64_t id, const struct node_client_shard *sh, size_
     return out;
 }
 
-/* Pieces concatenated equal frame_encode() of the same request, with and without heads and epoch.
+/*
+ * Pieces concatenated equal frame_encode() of the same request, with and without heads, epoch
+ * and scheme-tagged slots.
  */
 static void test_pieces_match_frame_encode(void **state)
 {
@@ -93,14 +99,17 @@ static void test_pieces_match_frame_encode(void **state)
         struct node_client_shard sh[SHARDS];
         for (size_t i = 0; i < SHARDS; i++) {
             bool head = mode == 2 || (mode == 1 && i % 2 == 0);
-            sh[i] = (struct node_client_shard){.vault_id = vault,
-                                               .chunk_id = chunk,
-                                               .index = (uint32_t)(i * 70),
-                                               .data = data[i],
-                                               .len = sizes[i],
-                                               .sha256_unset = mode == 1 && i == 1,
-                                               .head = head ? heads[i] : NULL,
-                                               .head_len = head ? head_lens[i] : 0};
+            sh[i] = (struct node_client_shard){
+                .vault_id = vault,
+                .chunk_id = chunk,
+                /* mode 1: some shards of another scheme */
+                .index = mode == 1 && i % 2 == 1 ? shard_slot(4, 1, 2, 1, (unsigned)(i % 3))
+                                                 : (uint32_t)(i * 70),
+                .data = data[i],
+                .len = sizes[i],
+                .sha256_unset = mode == 1 && i == 1,
+                .head = head ? heads[i] : NULL,
+                .head_len = head ? head_lens[i] : 0};
         }
         for (size_t a = 0; a < sizeof ids / sizeof ids[0]; a++) {
             for (size_t b = 0; b < sizeof epochs / sizeof epochs[0]; b++) {
