@@ -97,10 +97,11 @@
 #define ERASURE_SHARD_PREFIX 7       /* magic, version and header length */
 #define ERASURE_SHARD_MAX_HEADER 256 /* longest ShardHeader accepted, in bytes */
 #define ERASURE_SHARD_TRAILER 32     /* the SHA-256 at the end */
-#define ERASURE_SHARD_HEAD_MAX (ERASURE_SHARD_PREFIX + ERASURE_SHARD_MAX_HEADER) /* prefix+header  \
-                                                                                  */
-#define ERASURE_VAULT_ID_LEN 16 /* bytes of a vault id */
-#define ERASURE_CHUNK_ID_LEN 32 /* bytes of a chunk id */
+#define ERASURE_VAULT_ID_LEN 16      /* bytes of a vault id */
+#define ERASURE_CHUNK_ID_LEN 32      /* bytes of a chunk id */
+
+/* The longest prefix and header of a shard (erasure_shard_head()). */
+#define ERASURE_SHARD_HEAD_MAX (ERASURE_SHARD_PREFIX + ERASURE_SHARD_MAX_HEADER)
 
 /*
  * An RS(k,m) code with its ISA-L encode tables. Schemes are built once per

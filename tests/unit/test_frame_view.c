@@ -262,7 +262,7 @@ static size_t mutate(uint8_t *body, size_t len, size_t room)
             return len;
         }
         memmove(body + at + n, body + at, len - at);
-        memcpy(body + at, body + (from >= at ? from + n : from), n);
+        memmove(body + at, body + (from >= at ? from + n : from), n);
         return len + n;
     }
     case 5: /* delete a byte */
