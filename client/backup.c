@@ -1220,7 +1220,7 @@ static int do_file(struct backup *bk, struct walk_entry *we, size_t li, struct l
             size_t n;
             int rv = snap_file_chunks(bk->r, old, -1, NULL, &all, &n, e);
             if (rv != 0) {
-                return err_wrap(e, "parent snapshot");
+                return err_wrap_code(e, rv, "parent snapshot");
             }
             for (size_t i = 0; i < n; i++) {
                 if (idset_add(&bk->set, all[i].id) < 0) {
@@ -1378,7 +1378,7 @@ static int find_parent(struct backup *bk, uint8_t root_tree[TREE_ID_LEN], struct
     size_t n = 0;
     int rv = repo_snapshot_list(bk->r, &list, &n, e);
     if (rv != 0) {
-        return err_wrap(e, "list snapshots");
+        return err_wrap_code(e, rv, "list snapshots");
     }
     const Hbc__SnapshotInfo *found = NULL;
     if (o->parent != NULL) {

@@ -660,7 +660,7 @@ int repo_vault_create(struct repo *r, const char *name, unsigned copies, unsigne
     OPENSSL_cleanse(data_key, sizeof data_key);
     OPENSSL_cleanse(id_key, sizeof id_key);
     if (rv != 0) {
-        return err_wrap(e, "vault keys");
+        return err_wrap_code(e, rv, "vault keys");
     }
     Hbc__Command cmd = HBC__COMMAND__INIT;
     Hbc__VaultCreate vc = HBC__VAULT_CREATE__INIT;
@@ -700,7 +700,7 @@ int repo_vault_create(struct repo *r, const char *name, unsigned copies, unsigne
     char msg[256];
     rv = propose(r, &cmd, &code, msg, sizeof msg, NULL, e);
     if (rv != 0) {
-        return err_wrap(e, "create vault '%s'", name);
+        return err_wrap_code(e, rv, "create vault '%s'", name);
     }
     if (code == HBC_EEXIST && vault_is_ours(r, name, vault_id)) {
         code = 0; /* our own create, retried after a lost answer */
@@ -783,7 +783,7 @@ int repo_snapshot_commit(struct repo *r, const Hbc__SnapshotCommit *s, uint64_t 
     uint64_t idx = 0;
     int rv = propose(r, &cmd, &code, msg, sizeof msg, &idx, e);
     if (rv != 0) {
-        return err_wrap(e, "commit snapshot");
+        return err_wrap_code(e, rv, "commit snapshot");
     }
     /* The snapshot id is the idempotency key: an equal record already there is our retry. */
     if (code != 0 && code != HBC_EEXIST) {
@@ -813,7 +813,7 @@ int repo_snapshot_list(struct repo *r, Hbc__SnapshotInfo ***out, size_t *n, stru
     Hbc__Frame *reply = NULL;
     int rv = repo_control(r, &req, HBC__FRAME__BODY_LIST_SNAPSHOTS_REPLY, &reply, e);
     if (rv != 0) {
-        return err_wrap(e, "list snapshots");
+        return err_wrap_code(e, rv, "list snapshots");
     }
     const Hbc__ListSnapshotsReply *l = reply->list_snapshots_reply;
     Hbc__SnapshotInfo **s = hbc_calloc(l->n_snapshots > 0 ? l->n_snapshots : 1, sizeof *s);
@@ -846,7 +846,7 @@ int repo_restore_test_record(struct repo *r, const Hbc__RestoreTestRecord *t, st
     if (!rec.has_record_id) {
         int rv = crypto_random(record_id, sizeof record_id, e);
         if (rv != 0) {
-            return err_wrap(e, "record restore test");
+            return err_wrap_code(e, rv, "record restore test");
         }
         rec.has_record_id = true;
         rec.record_id.data = record_id;
@@ -859,7 +859,7 @@ int repo_restore_test_record(struct repo *r, const Hbc__RestoreTestRecord *t, st
     char msg[256];
     int rv = propose(r, &cmd, &code, msg, sizeof msg, NULL, e);
     if (rv != 0) {
-        return err_wrap(e, "record restore test");
+        return err_wrap_code(e, rv, "record restore test");
     }
     if (code != 0) {
         return err_setraw(e, code, "record restore test: %s", msg);

@@ -436,7 +436,7 @@ int repo_get_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], int copy, ui
     unsigned copies = copy >= 0 ? (unsigned)copy + 1 : r->copies;
     rv = repo_place(r, id, copies, width, place, e);
     if (rv != 0) {
-        return err_wrap(e, "get chunk");
+        return err_wrap_code(e, rv, "get chunk");
     }
     struct repo_worker *w = NULL;
     rv = worker_take(r, &w, e);
@@ -819,7 +819,7 @@ static int put_chunk_once(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const
     uint64_t epoch = 0;
     rv = repo_place_current(r, id, r->copies, stride_of(r), place, &epoch, e);
     if (rv != 0) {
-        return err_wrap(e, "put chunk");
+        return err_wrap_code(e, rv, "put chunk");
     }
     struct repo_worker *w = NULL;
     rv = worker_take(r, &w, e);

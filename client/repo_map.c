@@ -103,7 +103,7 @@ int repo_map_load(struct repo *r, struct err *e)
     int rv = repo_control(r, &req, HBC__FRAME__BODY_PLACEMENT_MAP_REPLY, &m->reply, e);
     if (rv != 0) {
         hbc_free(m);
-        return err_wrap(e, "placement map");
+        return err_wrap_code(e, rv, "placement map");
     }
     const Hbc__PlacementMapReply *p = m->reply->placement_map_reply;
     m->current = p->current;

@@ -50,7 +50,7 @@ int repo_put_plain(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const void *
     size_t blen = 0;
     int rv = erasure_shard_encode(&info, data, &blob, &blen, e);
     if (rv != 0) {
-        return err_wrap(e, "put plain object");
+        return err_wrap_code(e, rv, "put plain object");
     }
     struct node_client_shard sh = {
         .vault_id = r->vault_id, .chunk_id = id, .index = 0, .data = blob, .len = blen};

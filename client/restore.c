@@ -944,7 +944,7 @@ static int find_snapshot(struct repo *r, const char *spec, uint8_t id[REPO_ID_LE
     size_t n = 0;
     int rv = repo_snapshot_list(r, &list, &n, e);
     if (rv != 0) {
-        return err_wrap(e, "list snapshots");
+        return err_wrap_code(e, rv, "list snapshots");
     }
     const Hbc__SnapshotInfo *s;
     rv = snap_find(list, n, spec, &s, e);

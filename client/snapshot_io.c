@@ -82,12 +82,12 @@ int snap_tree_fetch(struct repo *r, const uint8_t id[TREE_ID_LEN], enum tree_kin
         stats->shard_errors += st.shard_errors;
     }
     if (rv != 0) {
-        return err_wrap(e, "read tree");
+        return err_wrap_code(e, rv, "read tree");
     }
     rv = tree_decode(plain, len, kind, out, e);
     hbc_free(plain);
     if (rv != 0) {
-        return err_wrap(e, "decode tree");
+        return err_wrap_code(e, rv, "decode tree");
     }
     return 0;
 }
@@ -165,7 +165,7 @@ static int dir_advance(struct snap_dir *d, struct err *e)
             if (next != d->head) {
                 tree_free(next);
             }
-            return err_wrap(e, "directory");
+            return err_wrap_code(e, rv, "directory");
         }
     }
     if (d->prev != NULL && d->prev != d->head) {
@@ -253,7 +253,7 @@ int snap_file_chunks(struct repo *r, const struct tree_entry *en, int copy,
         }
         if (rv != 0) {
             hbc_free(all);
-            return err_wrap(e, "read chunk list");
+            return err_wrap_code(e, rv, "read chunk list");
         }
         struct tree_chunk *part = NULL;
         size_t np = 0;
@@ -261,7 +261,7 @@ int snap_file_chunks(struct repo *r, const struct tree_entry *en, int copy,
         hbc_free(plain);
         if (rv != 0) {
             hbc_free(all);
-            return err_wrap(e, "chunk list");
+            return err_wrap_code(e, rv, "chunk list");
         }
         struct tree_chunk *grown = hbc_realloc(all, (count + np) * sizeof *all);
         if (grown == NULL) {
@@ -370,7 +370,7 @@ static int reflist_put(struct repo *r, const uint8_t (*parts)[TREE_ID_LEN], size
         rv = repo_put_plain(r, id, buf, len, NULL, e);
     }
     hbc_free(buf);
-    return rv != 0 ? err_wrap(e, "store reference list") : 0;
+    return rv != 0 ? err_wrap_code(e, rv, "store reference list") : 0;
 }
 
 int snap_reflist_store(struct repo *r, const uint8_t (*ids)[TREE_ID_LEN], size_t n,
@@ -430,7 +430,7 @@ int snap_reflist_load(struct repo *r, const uint8_t head[TREE_ID_LEN], uint8_t (
     size_t hlen = 0;
     int rv = repo_get_plain(r, head, &hbuf, &hlen, e);
     if (rv != 0) {
-        return err_wrap(e, "read reference list");
+        return err_wrap_code(e, rv, "read reference list");
     }
     const uint8_t(*parts)[TREE_ID_LEN];
     const uint8_t(*hids)[TREE_ID_LEN];
@@ -485,7 +485,7 @@ int snap_commit_fenced(struct repo *r, Hbc__SnapshotCommit *sc, const uint8_t (*
         uint64_t fresh = 0;
         rv = repo_gc_safe_index(r, &fresh, e);
         if (rv != 0) {
-            return err_wrap(e, "commit after a garbage collection");
+            return err_wrap_code(e, rv, "commit after a garbage collection");
         }
         bool *present = hbc_malloc(n > 0 ? n : 1);
         if (present == NULL) {
@@ -498,7 +498,7 @@ int snap_commit_fenced(struct repo *r, Hbc__SnapshotCommit *sc, const uint8_t (*
         }
         hbc_free(present);
         if (rv != 0) {
-            return err_wrap(e, "commit after a garbage collection");
+            return err_wrap_code(e, rv, "commit after a garbage collection");
         }
         if (missing > 0) {
             return err_setraw(e, HBC_EGCFENCE,

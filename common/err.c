@@ -83,20 +83,15 @@ int err_setraw(struct err *e, int code, const char *fmt, ...)
     return code;
 }
 
-int err_wrap(struct err *e, const char *fmt, ...)
+#define WRAP_PREFIX_MAX 256 /* bytes of a context prefix, its NUL included */
+
+/* err_wrap() and err_wrap_code(): put prefix in front of e's message. */
+static void wrap(struct err *e, const char *prefix)
 {
-    if (e == NULL) {
-        return 0;
-    }
-    char prefix[256];
     char old[sizeof e->msg];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, ap);
-    va_end(ap);
     memcpy(old, e->msg, sizeof old);
     /* Keep as much of both as fits; truncation of a long chain is acceptable. */
-    size_t p = strnlen(prefix, sizeof prefix - 1);
+    size_t p = strnlen(prefix, WRAP_PREFIX_MAX - 1);
     if (p + 2 >= sizeof e->msg) {
         p = sizeof e->msg - 3;
     }
@@ -106,7 +101,34 @@ int err_wrap(struct err *e, const char *fmt, ...)
     size_t o = strnlen(old, room);
     memcpy(e->msg + p + 2, old, o);
     e->msg[p + 2 + o] = '\0';
+}
+
+int err_wrap(struct err *e, const char *fmt, ...)
+{
+    if (e == NULL) {
+        return 0;
+    }
+    char prefix[WRAP_PREFIX_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    wrap(e, prefix);
     return e->code;
+}
+
+int err_wrap_code(struct err *e, int code, const char *fmt, ...)
+{
+    if (e == NULL) {
+        return code;
+    }
+    char prefix[WRAP_PREFIX_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    wrap(e, prefix);
+    return code;
 }
 
 int err_openssl(struct err *e, int code, const char *what)

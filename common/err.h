@@ -22,8 +22,16 @@ int err_set(struct err *e, int code, const char *fmt, ...) __attribute__((format
 /* Like err_set() without the strerror suffix: the message says everything. */
 int err_setraw(struct err *e, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-/* Prefix e's message with "context: " and return e->code. e may be NULL (returns 0). */
+/*
+ * Prefix e's message with "context: " and return e->code. e may be NULL
+ * (returns 0), so never write `return err_wrap(e, ...)` on a failure path:
+ * use err_wrap_code(), which returns the failing code whatever e is.
+ */
 int err_wrap(struct err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Prefix e's message (if e) with "context: " and return code. */
+int err_wrap_code(struct err *e, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /*
  * Take the OpenSSL error queue into e (code HBC_ECRYPTO unless code is

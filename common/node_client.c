@@ -504,7 +504,7 @@ static int submit(struct node_client *nc, Hbc__Frame *f, Hbc__Frame__BodyCase ex
     int rv = frame_encode(f, &buf, &len, e);
     if (rv != 0) {
         hbc_free(r);
-        return err_wrap(e, "node %s", nc->addr);
+        return err_wrap_code(e, rv, "node %s", nc->addr);
     }
     if (nc->state == NC_OPEN) {
         uv_buf_t b = uv_buf_init((char *)buf, (unsigned)len);
@@ -611,7 +611,7 @@ int node_client_put_shards_epoch(struct node_client *nc, const struct node_clien
     struct put_frame pf;
     int rv = put_frame_encode(nc->next_id, shards, n, epoch, &pf, e);
     if (rv != 0) {
-        return err_wrap(e, "node %s", nc->addr);
+        return err_wrap_code(e, rv, "node %s", nc->addr);
     }
     if (pf.len - FRAME_PREFIX_LEN > nc->opts.max_frame) {
         put_frame_free(&pf);

@@ -388,7 +388,7 @@ int tls_ctx_reload(struct tls_ctx *ctx, struct err *e)
     SSL_CTX *fresh;
     int rc = tls_ctx_build(ctx, &fresh, e);
     if (rc != 0) {
-        return err_wrap(e, "tls: reload (keeping the old certificates)");
+        return err_wrap_code(e, rc, "tls: reload (keeping the old certificates)");
     }
     pthread_mutex_lock(&ctx->lock);
     SSL_CTX *old = ctx->ssl;

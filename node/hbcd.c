@@ -254,7 +254,7 @@ static int node_run(struct node *n, struct err *e)
     };
     rv = shard_store_open(path, &so, &n->store, e);
     if (rv != 0) {
-        return err_wrap(e, "open shard store %s", path);
+        return err_wrap_code(e, rv, "open shard store %s", path);
     }
     struct tls_ctx_opts to = {
         .ca_file = n->cfg.tls_ca,

@@ -166,7 +166,7 @@ int member_check_answer(struct raft_node *rn, const Hbc__NodeJoin *nj, const cha
     int rc = raft_node_barrier(rn, barrier_cb, c, e);
     if (rc != 0) {
         hbc_free(c);
-        return err_wrap(e, "member check %s", nj->node_id);
+        return err_wrap_code(e, rc, "member check %s", nj->node_id);
     }
     return 0;
 }

@@ -245,7 +245,7 @@ int raft_node_propose(struct raft_node *rn, Hbc__Command *cmd, const char *propo
     cmd->leader_time_ms = caller_time;
     cmd->proposer = caller_proposer;
     if (rv != 0) {
-        return err_wrap(e, "propose");
+        return err_wrap_code(e, rv, "propose");
     }
     struct proposal *p = hbc_calloc(1, sizeof *p);
     if (p == NULL) {
@@ -510,7 +510,7 @@ int raft_node_join(struct raft_node *rn, const Hbc__NodeJoin *join, const char *
     int rv = raft_node_propose(rn, &cmd, proposer, member_record_cb, op, e);
     if (rv != 0) {
         hbc_free(op);
-        return err_wrap(e, "join %s", join->node_id);
+        return err_wrap_code(e, rv, "join %s", join->node_id);
     }
     return 0;
 }
@@ -1074,7 +1074,7 @@ int raft_node_start(uv_loop_t *loop, const struct node_config *cfg, struct tls_c
     int rv = raft_transport_init(&rn->transport, loop, tls, e);
     if (rv != 0) {
         hbc_free(rn);
-        return err_wrap(e, "raft transport");
+        return err_wrap_code(e, rv, "raft transport");
     }
     rv = raft_uv_init(&rn->io, loop, rn->dir, &rn->transport);
     if (rv != 0) {

@@ -788,7 +788,7 @@ int shard_store_open(const char *dir, const struct shard_store_options *opts,
     struct shard_store_options o;
     int rc = check_options(opts, &o, e);
     if (rc != 0) {
-        return err_wrap(e, "open store");
+        return err_wrap_code(e, rc, "open store");
     }
     struct shard_store *s = hbc_calloc(1, sizeof *s);
     if (s == NULL) {

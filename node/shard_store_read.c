@@ -215,7 +215,7 @@ int shard_store_lookup(struct shard_store *s, const struct shard_key *key, struc
     store_key_encode(key, k);
     int rc = store_locate(s, k, &loc, e);
     if (rc != 0) {
-        return err_wrap(e, "lookup");
+        return err_wrap_code(e, rc, "lookup");
     }
     info->segment = loc.segment;
     info->offset = loc.offset;
@@ -284,7 +284,7 @@ int shard_store_get(struct shard_store *s, const struct shard_key *key, void *bu
                     size_t *len, struct err *e)
 {
     int rc = store_get(s, key, buf, cap, NULL, len, e);
-    return rc != 0 ? err_wrap(e, "get") : 0;
+    return rc != 0 ? err_wrap_code(e, rc, "get") : 0;
 }
 
 int shard_store_get_alloc(struct shard_store *s, const struct shard_key *key, uint8_t **data,
@@ -292,7 +292,7 @@ int shard_store_get_alloc(struct shard_store *s, const struct shard_key *key, ui
 {
     *data = NULL;
     int rc = store_get(s, key, NULL, 0, data, len, e);
-    return rc != 0 ? err_wrap(e, "get") : 0;
+    return rc != 0 ? err_wrap_code(e, rc, "get") : 0;
 }
 
 int shard_store_get_batch(struct shard_store *s, const struct shard_key *keys, size_t n,
@@ -343,7 +343,7 @@ int shard_store_exists_batch(struct shard_store *s,
         rc = chunk_present(it, prefix, &present[i], e);
     }
     rocksdb_iter_destroy(it);
-    return rc != 0 ? err_wrap(e, "exists") : 0;
+    return rc != 0 ? err_wrap_code(e, rc, "exists") : 0;
 }
 
 int shard_store_exists(struct shard_store *s, const uint8_t vault_id[SHARD_STORE_VAULT_ID_LEN],

@@ -794,7 +794,7 @@ out:
     if (rc != 0) {
         put_fail_results(w, n, results, rc);
         hbc_free(w);
-        return err_wrap(e, "put batch");
+        return err_wrap_code(e, rc, "put batch");
     }
     hbc_free(w);
     return 0;
@@ -938,7 +938,7 @@ out:
         for (size_t i = 0; i < n; i++) {
             results[i] = rc;
         }
-        return err_wrap(e, "delete");
+        return err_wrap_code(e, rc, "delete");
     }
     return 0;
 }
@@ -1199,5 +1199,5 @@ out:
     store_writer_unlock(s);
     hbc_free(c.buf);
     hbc_free(c.moves);
-    return rc != 0 ? err_wrap(e, "compact segment %" PRIu64, segment) : 0;
+    return rc != 0 ? err_wrap_code(e, rc, "compact segment %" PRIu64, segment) : 0;
 }

@@ -43,6 +43,10 @@ static void test_wrap_prefixes_context(void **state)
     assert_int_equal(err_wrap(&e, "put shard %d", 3), -ENOSPC);
     assert_string_equal(e.msg, "put shard 3: store: fsync: No space left on device");
     assert_int_equal(err_set(NULL, HBC_EINVAL, "ignored"), HBC_EINVAL);
+    /* The failing code survives a NULL err, which err_wrap() cannot know. */
+    assert_int_equal(err_wrap_code(NULL, HBC_ENOTFOUND, "lookup"), HBC_ENOTFOUND);
+    assert_int_equal(err_wrap_code(&e, HBC_ECORRUPT, "get %s", "x"), HBC_ECORRUPT);
+    assert_string_equal(e.msg, "get x: put shard 3: store: fsync: No space left on device");
 }
 
 static void test_alloc_fault_injection(void **state)
