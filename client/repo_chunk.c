@@ -898,15 +898,18 @@ int repo_put_chunk_new(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const vo
     return repo_put_chunk(r, id, plain, len, e);
 }
 
+/* Distinct schemes a batched put codes a chunk with (more: the single path). */
+#define BATCH_SCHEMES 4
+
 /* One chunk of repo_put_chunks_new(). */
 struct small_put {
-    unsigned place[MAX_SLOTS]; /* copies x width node indexes */
-    uint64_t epoch;            /* placement epoch */
-    uint8_t *obj;              /* sealed object (in the batch's buffer) */
-    size_t olen;               /* its length */
-    struct erasure_stripe st;  /* its shards */
-    uint8_t heads[ERASURE_MAX_SHARDS][ERASURE_SHARD_HEAD_MAX]; /* each shard's head */
-    size_t head_lens[ERASURE_MAX_SHARDS];                      /* their lengths */
+    unsigned place[MAX_SLOTS];               /* copies x stride node indexes */
+    uint64_t epoch;                          /* placement epoch */
+    uint8_t *obj;                            /* sealed object (in the batch's buffer) */
+    size_t olen;                             /* its length */
+    struct erasure_stripe st[BATCH_SCHEMES]; /* its shards, per distinct scheme */
+    uint8_t heads[BATCH_SCHEMES][ERASURE_MAX_SHARDS][ERASURE_SHARD_HEAD_MAX]; /* shard heads */
+    size_t head_lens[BATCH_SCHEMES][ERASURE_MAX_SHARDS];                      /* their lengths */
     bool sent; /* its shards went out in the batch */
 };
 
@@ -918,7 +921,7 @@ struct small_put {
 static int put_batch(struct repo *r, size_t n, const uint8_t (*ids)[REPO_CHUNK_ID],
                      const void *const *plains, const size_t *lens, bool *done, struct err *e)
 {
-    const unsigned width = r->k + r->m;
+    const unsigned width = stride_of(r);
     const unsigned copies = r->copies;
     size_t cap = 0;
     for (size_t i = 0; i < n; i++) {
@@ -942,11 +945,16 @@ static int put_batch(struct repo *r, size_t n, const uint8_t (*ids)[REPO_CHUNK_I
     if (rv != 0) {
         goto out;
     }
-    /* One scheme for every copy only; a vault with per-copy schemes takes the single path. */
+    /* Each chunk is coded once per distinct scheme of the copies (copy_scheme[c]). */
     struct pmap_scheme sch[PMAP_MAX_SCHEMES];
-    const struct erasure_scheme *scheme = NULL;
-    if (pmap_schemes(&r->pv, sch, NULL) != 1 || stride_of(r) != width ||
-        erasure_scheme_get(r->k, r->m, &scheme, NULL) != 0) {
+    unsigned copy_scheme[PMAP_MAX_SCHEMES];
+    const unsigned nsch = pmap_schemes(&r->pv, sch, copy_scheme);
+    const struct erasure_scheme *scheme[BATCH_SCHEMES] = {0};
+    bool usable = nsch <= BATCH_SCHEMES;
+    for (unsigned x = 0; x < nsch && usable; x++) {
+        usable = erasure_scheme_get(sch[x].k, sch[x].m, &scheme[x], NULL) == 0;
+    }
+    if (!usable) {
         goto out; /* nothing sent: every chunk goes the single way */
     }
     /* Seal and code; a chunk that fails here is left to the single path. */
@@ -958,49 +966,59 @@ static int put_batch(struct repo *r, size_t n, const uint8_t (*ids)[REPO_CHUNK_I
         if (repo_place_current(r, ids[i], copies, width, c->place, &c->epoch, &ie) != 0 ||
             c->epoch != sp[0].epoch ||
             chunk_object_seal(w->cc, &r->ckey, r->vault_id, ids[i], plains[i], lens[i], c->obj,
-                              cap - used, &c->olen, &ie) != 0 ||
-            erasure_encode(scheme, c->obj, c->olen, &c->st, &ie) != 0) {
+                              cap - used, &c->olen, &ie) != 0) {
             continue;
         }
         used += c->olen;
-        struct erasure_shard_info info = {
-            .k = r->k, .m = r->m, .object_length = c->olen, .shard_length = c->st.shard_length};
-        memcpy(info.vault_id, r->vault_id, sizeof info.vault_id);
-        memcpy(info.chunk_id, ids[i], sizeof info.chunk_id);
         bool ok = true;
-        for (unsigned s = 0; s < width && ok; s++) {
-            info.index = s;
-            ok = erasure_shard_head(&info, c->heads[s], &c->head_lens[s], &ie) == 0;
+        for (unsigned x = 0; x < nsch && ok; x++) {
+            ok = erasure_encode(scheme[x], c->obj, c->olen, &c->st[x], &ie) == 0;
+            struct erasure_shard_info info = {.k = sch[x].k,
+                                              .m = sch[x].m,
+                                              .object_length = c->olen,
+                                              .shard_length = c->st[x].shard_length};
+            memcpy(info.vault_id, r->vault_id, sizeof info.vault_id);
+            memcpy(info.chunk_id, ids[i], sizeof info.chunk_id);
+            for (unsigned s = 0; s < sch[x].k + sch[x].m && ok; s++) {
+                info.index = s;
+                ok = erasure_shard_head(&info, c->heads[x][s], &c->head_lens[x][s], &ie) == 0;
+            }
         }
         if (!ok) {
             continue;
         }
-        /* Each shard once to each node that some copy places it on. */
-        uint32_t seen[MAX_SLOTS] = {0};
+        /* Each shard (scheme, index) once to each node that some copy places it on. */
+        uint32_t seen[MAX_SLOTS][BATCH_SCHEMES];
+        memset(seen, 0, sizeof seen);
         unsigned nodes[MAX_SLOTS];
         size_t nd = 0;
-        for (unsigned x = 0; x < copies * width; x++) {
-            unsigned s = x % width;
+        for (unsigned p = 0; p < copies * width; p++) {
+            unsigned cp = p / width;
+            unsigned s = p % width;
+            if (s >= copy_width(r, cp)) {
+                continue; /* past this copy's width */
+            }
+            unsigned x = copy_scheme[cp];
             size_t d = 0;
-            while (d < nd && nodes[d] != c->place[x]) {
+            while (d < nd && nodes[d] != c->place[p]) {
                 d++;
             }
             if (d == nd) {
-                nodes[nd++] = c->place[x];
+                nodes[nd++] = c->place[p];
             }
-            if (seen[d] & ((uint32_t)1 << s)) {
+            if (seen[d][x] & ((uint32_t)1 << s)) {
                 continue;
             }
-            seen[d] |= (uint32_t)1 << s;
-            fnode[nflat] = c->place[x];
+            seen[d][x] |= (uint32_t)1 << s;
+            fnode[nflat] = c->place[p];
             flat[nflat++] = (struct node_client_shard){.vault_id = r->vault_id,
                                                        .chunk_id = ids[i],
-                                                       .index = s,
-                                                       .data = c->st.shards[s],
-                                                       .len = c->st.shard_length,
+                                                       .index = pmap_slot(&r->pv, cp, s),
+                                                       .data = c->st[x].shards[s],
+                                                       .len = c->st[x].shard_length,
                                                        .sha256_unset = true,
-                                                       .head = c->heads[s],
-                                                       .head_len = c->head_lens[s]};
+                                                       .head = c->heads[x][s],
+                                                       .head_len = c->head_lens[x][s]};
         }
         c->sent = true;
     }
@@ -1055,7 +1073,9 @@ out:
         worker_give(r, w);
     }
     for (size_t i = 0; sp != NULL && i < n; i++) {
-        erasure_stripe_release(&sp[i].st);
+        for (unsigned x = 0; x < BATCH_SCHEMES; x++) {
+            erasure_stripe_release(&sp[i].st[x]);
+        }
     }
     hbc_free(sp);
     hbc_free(sealed);

@@ -206,6 +206,50 @@ static int frame_reader_deliver_view(struct frame_reader *r, size_t len, bool *t
     return 0;
 }
 
+/*
+ * Whether m or a message inside it kept an unknown field numbered 0.
+ * protobuf-c 1.4 accepts such a field when its tag is a non-canonical
+ * varint (0x85 0x00 is field 0, wire type 5) but refuses the canonical
+ * encoding it writes back, so a frame carrying one would not survive being
+ * encoded again; field number 0 is invalid in protobuf. Depth is bounded
+ * by protobuf-c's own nesting limit on what it unpacked.
+ */
+static bool has_field_zero(const ProtobufCMessage *m)
+{
+    for (unsigned i = 0; i < m->n_unknown_fields; i++) {
+        if (m->unknown_fields[i].tag == 0) {
+            return true;
+        }
+    }
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        if (f->type != PROTOBUF_C_TYPE_MESSAGE) {
+            continue;
+        }
+        const char *member = (const char *)m + f->offset;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t n = *(const size_t *)((const char *)m + f->quantifier_offset);
+            ProtobufCMessage *const *items = *(ProtobufCMessage *const *const *)member;
+            for (size_t j = 0; j < n; j++) {
+                if (items[j] != NULL && has_field_zero(items[j])) {
+                    return true;
+                }
+            }
+            continue;
+        }
+        if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+            *(const uint32_t *)((const char *)m + f->quantifier_offset) != f->id) {
+            continue; /* another member of the oneof is set */
+        }
+        const ProtobufCMessage *sub = *(const ProtobufCMessage *const *)member;
+        if (sub != NULL && has_field_zero(sub)) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* Unpack a complete body and hand it to the callback. */
 static int frame_reader_deliver(struct frame_reader *r, const uint8_t *body, size_t len,
                                 struct err *e)
@@ -227,6 +271,12 @@ static int frame_reader_deliver(struct frame_reader *r, const uint8_t *body, siz
         }
         err_set(e, HBC_EFORMAT, "frame %llu: %zu-byte body does not unpack as hbc.Frame",
                 r->frames + 1, len);
+        return frame_reader_fail(r, HBC_EFORMAT);
+    }
+    if (has_field_zero(&f->base)) {
+        err_set(e, HBC_EFORMAT, "frame %llu: %zu-byte body has a field numbered 0", r->frames + 1,
+                len);
+        frame_free(f);
         return frame_reader_fail(r, HBC_EFORMAT);
     }
     if (f->body_case == HBC__FRAME__BODY__NOT_SET) {

@@ -316,6 +316,34 @@ static void test_unknown_frame_type_is_a_protocol_error(void **state)
     frame_reader_release(&r);
 }
 
+/*
+ * Field number 0 spelled as a two-byte tag (0x85 0x00: field 0, 32-bit) inside
+ * PutShards: protobuf-c 1.4 unpacks it as an unknown field but refuses the
+ * one-byte tag it would write back (found by fuzz_frame_reader), so the reader
+ * refuses it, and a valid unknown field still passes.
+ */
+static void test_field_number_zero_is_refused(void **state)
+{
+    (void)state;
+    struct seen s = {0};
+    struct frame_reader r;
+    struct err e;
+    static const uint8_t zero[] = {0,    0,    0,    10,   0x08, 0x01, 0x1a,
+                                   0x06, 0x85, 0x00, 0x00, 0x00, 0x00, 0x00};
+    frame_reader_init(&r, 0, seen_cb, &s);
+    assert_int_equal(frame_reader_feed(&r, zero, sizeof zero, &e), HBC_EFORMAT);
+    assert_non_null(strstr(e.msg, "field numbered 0"));
+    assert_int_equal(s.count, 0);
+    frame_reader_release(&r);
+    /* The same with field 9 (0x4d: field 9, 32-bit) instead: delivered. */
+    static const uint8_t nine[] = {0,    0,    0,    9,    0x08, 0x01, 0x1a,
+                                   0x05, 0x4d, 0x00, 0x00, 0x00, 0x00};
+    frame_reader_init(&r, 0, seen_cb, &s);
+    assert_int_equal(frame_reader_feed(&r, nine, sizeof nine, &e), 0);
+    assert_int_equal(s.count, 1);
+    frame_reader_release(&r);
+}
+
 static void test_garbage_is_a_format_error_and_poisons(void **state)
 {
     (void)state;
@@ -446,6 +474,7 @@ int main(void)
         cmocka_unit_test(test_limit_is_inclusive),
         cmocka_unit_test(test_truncated_frame_is_never_delivered),
         cmocka_unit_test(test_unknown_frame_type_is_a_protocol_error),
+        cmocka_unit_test(test_field_number_zero_is_refused),
         cmocka_unit_test(test_garbage_is_a_format_error_and_poisons),
         cmocka_unit_test(test_callback_error_stops_the_reader),
         cmocka_unit_test(test_out_of_memory_is_reported),
