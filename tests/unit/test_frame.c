@@ -342,6 +342,7 @@ static void test_field_number_zero_is_refused(void **state)
     assert_int_equal(frame_reader_feed(&r, nine, sizeof nine, &e), 0);
     assert_int_equal(s.count, 1);
     frame_reader_release(&r);
+    seen_reset(&s);
 }
 
 static void test_garbage_is_a_format_error_and_poisons(void **state)
