@@ -541,6 +541,49 @@ static void busy_leave(struct repo *r, const uint8_t id[REPO_CHUNK_ID])
 }
 
 /*
+ * Erasure-code the sealed object obj once per scheme sch[0..nsch) (the
+ * vault's distinct schemes, pmap_schemes()) that some copy uses
+ * (copy_scheme[0..r->copies)) into st[x], and make each
+ * shard's head (prefix and header) in heads[x][s]. Each shard then goes out
+ * as its head, its payload (a slice of obj, or a parity shard in st) and a
+ * zero trailer that the node fills in (ShardBlob.sha256_unset): no shard is
+ * copied or hashed here. Returns 0 or the coding's error.
+ */
+static int code_object(const struct repo *r, const uint8_t id[REPO_CHUNK_ID],
+                       const struct pmap_scheme *sch, unsigned nsch, const unsigned *copy_scheme,
+                       const uint8_t *obj, size_t olen, struct erasure_stripe *st,
+                       uint8_t (*heads)[ERASURE_MAX_SHARDS][ERASURE_SHARD_HEAD_MAX],
+                       size_t (*head_lens)[ERASURE_MAX_SHARDS], struct err *e)
+{
+    int rv = 0;
+    for (unsigned x = 0; x < nsch && rv == 0; x++) {
+        bool used = false;
+        for (unsigned c = 0; c < r->copies && !used; c++) {
+            used = copy_scheme[c] == x; /* the base scheme may be no copy's */
+        }
+        if (!used) {
+            continue;
+        }
+        const struct erasure_scheme *scheme = NULL;
+        rv = erasure_scheme_get(sch[x].k, sch[x].m, &scheme, e);
+        if (rv == 0) {
+            rv = erasure_encode(scheme, obj, olen, &st[x], e);
+        }
+        struct erasure_shard_info info = {.k = sch[x].k,
+                                          .m = sch[x].m,
+                                          .object_length = olen,
+                                          .shard_length = st[x].shard_length};
+        memcpy(info.vault_id, r->vault_id, sizeof info.vault_id);
+        memcpy(info.chunk_id, id, sizeof info.chunk_id);
+        for (unsigned s = 0; s < sch[x].k + sch[x].m && rv == 0; s++) {
+            info.index = s;
+            rv = erasure_shard_head(&info, heads[x][s], &head_lens[x][s], e);
+        }
+    }
+    return rv;
+}
+
+/*
  * Erasure-code the sealed object once per distinct scheme of the copies and
  * send each copy's shards to its nodes (place: copies x stride node
  * indexes); succeed when every copy has the shards it needs durable.
@@ -562,37 +605,7 @@ static int put_object(struct repo *r, const uint8_t id[REPO_CHUNK_ID], const uns
     short_hex(id, idhex);
     memset(st, 0, sizeof st);
     memset(head_lens, 0, sizeof head_lens);
-    /*
-     * Each shard goes out as its head, its payload (a slice of obj, or a
-     * parity shard in st) and a zero trailer that the node fills in
-     * (ShardBlob.sha256_unset): no shard is copied or hashed here. The
-     * object is erasure-coded once per distinct scheme that a copy uses.
-     */
-    int rv = 0;
-    for (unsigned x = 0; x < nsch && rv == 0; x++) {
-        bool used = false;
-        for (unsigned c = 0; c < copies && !used; c++) {
-            used = copy_scheme[c] == x;
-        }
-        if (!used) {
-            continue;
-        }
-        const struct erasure_scheme *scheme = NULL;
-        rv = erasure_scheme_get(sch[x].k, sch[x].m, &scheme, e);
-        if (rv == 0) {
-            rv = erasure_encode(scheme, obj, olen, &st[x], e);
-        }
-        struct erasure_shard_info info = {.k = sch[x].k,
-                                          .m = sch[x].m,
-                                          .object_length = olen,
-                                          .shard_length = st[x].shard_length};
-        memcpy(info.vault_id, r->vault_id, sizeof info.vault_id);
-        memcpy(info.chunk_id, id, sizeof info.chunk_id);
-        for (unsigned s = 0; s < sch[x].k + sch[x].m && rv == 0; s++) {
-            info.index = s;
-            rv = erasure_shard_head(&info, heads[x][s], &head_lens[x][s], e);
-        }
-    }
+    int rv = code_object(r, id, sch, nsch, copy_scheme, obj, olen, st, heads, head_lens, e);
     if (rv != 0) {
         err_wrap(e, "put chunk: erasure code");
         goto out;
@@ -949,12 +962,7 @@ static int put_batch(struct repo *r, size_t n, const uint8_t (*ids)[REPO_CHUNK_I
     struct pmap_scheme sch[PMAP_MAX_SCHEMES];
     unsigned copy_scheme[PMAP_MAX_SCHEMES];
     const unsigned nsch = pmap_schemes(&r->pv, sch, copy_scheme);
-    const struct erasure_scheme *scheme[BATCH_SCHEMES] = {0};
-    bool usable = nsch <= BATCH_SCHEMES;
-    for (unsigned x = 0; x < nsch && usable; x++) {
-        usable = erasure_scheme_get(sch[x].k, sch[x].m, &scheme[x], NULL) == 0;
-    }
-    if (!usable) {
+    if (nsch > BATCH_SCHEMES) {
         goto out; /* nothing sent: every chunk goes the single way */
     }
     /* Seal and code; a chunk that fails here is left to the single path. */
@@ -970,20 +978,8 @@ static int put_batch(struct repo *r, size_t n, const uint8_t (*ids)[REPO_CHUNK_I
             continue;
         }
         used += c->olen;
-        bool ok = true;
-        for (unsigned x = 0; x < nsch && ok; x++) {
-            ok = erasure_encode(scheme[x], c->obj, c->olen, &c->st[x], &ie) == 0;
-            struct erasure_shard_info info = {.k = sch[x].k,
-                                              .m = sch[x].m,
-                                              .object_length = c->olen,
-                                              .shard_length = c->st[x].shard_length};
-            memcpy(info.vault_id, r->vault_id, sizeof info.vault_id);
-            memcpy(info.chunk_id, ids[i], sizeof info.chunk_id);
-            for (unsigned s = 0; s < sch[x].k + sch[x].m && ok; s++) {
-                info.index = s;
-                ok = erasure_shard_head(&info, c->heads[x][s], &c->head_lens[x][s], &ie) == 0;
-            }
-        }
+        bool ok = code_object(r, ids[i], sch, nsch, copy_scheme, c->obj, c->olen, c->st, c->heads,
+                              c->head_lens, &ie) == 0;
         if (!ok) {
             continue;
         }

@@ -860,17 +860,31 @@ out:
     hbc_free(present);
 }
 
-static void have_after_cb(uv_work_t *w, int status)
+/*
+ * Back on the loop after a thread-pool job: the request, or NULL when the
+ * job failed (the failure is then answered and a stopping server may finish).
+ */
+static struct req *work_returned(uv_work_t *w)
 {
     struct req *r = w->data;
     struct server *s = r->conn->srv;
-    (void)status;
     s->works--;
     if (r->status != 0) {
         req_fail(r, r->status, r->msg);
         server_maybe_finish(s);
+        return NULL;
+    }
+    return r;
+}
+
+static void have_after_cb(uv_work_t *w, int status)
+{
+    (void)status;
+    struct req *r = work_returned(w);
+    if (r == NULL) {
         return;
     }
+    struct server *s = r->conn->srv;
     Hbc__Frame f = HBC__FRAME__INIT;
     Hbc__HaveChunksReply rep = HBC__HAVE_CHUNKS_REPLY__INIT;
     f.request_id = r->frame->request_id;
@@ -924,15 +938,12 @@ static void list_work_cb(uv_work_t *w)
 
 static void list_after_cb(uv_work_t *w, int status)
 {
-    struct req *r = w->data;
-    struct server *s = r->conn->srv;
     (void)status;
-    s->works--;
-    if (r->status != 0) {
-        req_fail(r, r->status, r->msg);
-        server_maybe_finish(s);
+    struct req *r = work_returned(w);
+    if (r == NULL) {
         return;
     }
+    struct server *s = r->conn->srv;
     Hbc__Frame f = HBC__FRAME__INIT;
     Hbc__PlacementListReply rep = HBC__PLACEMENT_LIST_REPLY__INIT;
     f.request_id = r->frame->request_id;
