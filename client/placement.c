@@ -4,41 +4,12 @@
 #include <math.h>
 #include <string.h>
 
+#include "client/hashmix.h"
 #include "common/alloc.h"
 
-#define FNV_OFFSET 0xcbf29ce484222325ull
-#define FNV_PRIME 0x100000001b3ull
-#define GOLDEN 0x9e3779b97f4a7c15ull
 #define SITE_SALT 0x5349544553495445ull /* "SITESITE" */
 /* Nodes whose working arrays fit on the stack; larger lists allocate. */
 #define STACK_NODES 128
-
-static uint64_t fnv(uint64_t h, const void *p, size_t n)
-{
-    const uint8_t *b = p;
-    for (size_t i = 0; i < n; i++) {
-        h ^= b[i];
-        h *= FNV_PRIME;
-    }
-    return h;
-}
-
-static uint64_t mix(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ull;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebull;
-    x ^= x >> 31;
-    return x;
-}
-
-/* -ln(u) / w for u = ((x >> 11) + 0.5) / 2^53: an exponential draw of rate w. */
-static double draw(uint64_t x, double w)
-{
-    double u = ((double)(x >> 11) + 0.5) * 0x1.0p-53;
-    return -log(u) / w;
-}
 
 /* One candidate's rank: lower tier first, then the race (see placement.h). */
 struct rank {
@@ -107,7 +78,7 @@ static void place(uint64_t seed, unsigned copies, unsigned width,
     bool equal_nodes = true;
     for (size_t i = 0; i < n; i++) {
         const char *id = nodes[i].node_id;
-        pn[i].key = mix(fnv(FNV_OFFSET, id, strlen(id)));
+        pn[i].key = hashmix_mix(hashmix_fnv(HASHMIX_FNV_OFFSET, id, strlen(id)));
         pn[i].w = nodes[i].capacity == 0 ? 1.0 : (double)nodes[i].capacity;
         pn[i].used = 0;
         equal_nodes &= nodes[i].capacity == nodes[0].capacity;
@@ -131,8 +102,10 @@ static void place(uint64_t seed, unsigned copies, unsigned width,
         equal_sites &= ps[s].w == ps[0].w;
     }
     for (size_t s = 0; s < nsites; s++) {
-        uint64_t x = mix(seed ^ mix(fnv(FNV_OFFSET, ps[s].name, strlen(ps[s].name)) ^ SITE_SALT));
-        ps[s].r = (struct rank){.tier = 0, .bits = x >> 11, .d = draw(x, ps[s].w)};
+        uint64_t x = hashmix_mix(
+            seed ^ hashmix_mix(hashmix_fnv(HASHMIX_FNV_OFFSET, ps[s].name, strlen(ps[s].name)) ^
+                               SITE_SALT));
+        ps[s].r = (struct rank){.tier = 0, .bits = x >> 11, .d = hashmix_draw(x, ps[s].w)};
     }
     unsigned home_of[PLACEMENT_MAX_COPIES];
     size_t ranked = nsites < copies ? nsites : copies;
@@ -162,17 +135,17 @@ static void place(uint64_t seed, unsigned copies, unsigned width,
                 }
                 in_pass = 0;
             }
-            uint64_t salt = mix(((uint64_t)c * 64 + s + 1) * GOLDEN);
+            uint64_t salt = hashmix_mix(((uint64_t)c * 64 + s + 1) * HASHMIX_GOLDEN);
             size_t best = n;
             struct rank br = {0};
             for (size_t i = 0; i < n; i++) {
                 if (pn[i].in_pass) {
                     continue;
                 }
-                uint64_t x = mix(seed ^ pn[i].key ^ salt);
+                uint64_t x = hashmix_mix(seed ^ pn[i].key ^ salt);
                 struct rank r = {.tier = 2 * pn[i].used + (pn[i].site != home ? 1u : 0u),
                                  .bits = x >> 11,
-                                 .d = equal_nodes ? 0 : draw(x, pn[i].w)};
+                                 .d = equal_nodes ? 0 : hashmix_draw(x, pn[i].w)};
                 if (best == n || rank_better(&r, &br, equal_nodes)) {
                     best = i;
                     br = r;
@@ -210,7 +183,8 @@ int placement_chunk_nodes(const uint8_t vault_id[16], const uint8_t chunk_id[32]
             return err_set(e, HBC_ENOMEM, "placement: %zu nodes", n);
         }
     }
-    uint64_t seed = mix(fnv(fnv(FNV_OFFSET, vault_id, 16), chunk_id, 32));
+    uint64_t seed =
+        hashmix_mix(hashmix_fnv(hashmix_fnv(HASHMIX_FNV_OFFSET, vault_id, 16), chunk_id, 32));
     place(seed, copies, width, nodes, n, pn, ps, out_idx);
     if (pn != pn_stack) {
         hbc_free(pn);

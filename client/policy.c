@@ -5,40 +5,12 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "client/hashmix.h"
 #include "common/alloc.h"
 
-#define FNV_OFFSET 0xcbf29ce484222325ull
-#define FNV_PRIME 0x100000001b3ull
-#define GOLDEN 0x9e3779b97f4a7c15ull
 #define POLICY_SALT 0x504f4c4943595631ull /* "POLICYV1" */
 #define MAX_K 16                          /* ERASURE_MAX_K */
 #define MAX_M 8                           /* ERASURE_MAX_M */
-
-static uint64_t fnv(uint64_t h, const void *p, size_t n)
-{
-    const uint8_t *b = p;
-    for (size_t i = 0; i < n; i++) {
-        h ^= b[i];
-        h *= FNV_PRIME;
-    }
-    return h;
-}
-
-static uint64_t mix(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ull;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebull;
-    x ^= x >> 31;
-    return x;
-}
-
-static double draw(uint64_t x, double w)
-{
-    double u = ((double)(x >> 11) + 0.5) * 0x1.0p-53;
-    return -log(u) / w;
-}
 
 int policy_builtin(const char *name, struct policy *out, struct err *e)
 {
@@ -408,14 +380,15 @@ int policy_chunk_nodes(const uint8_t vault_id[16], const uint8_t chunk_id[32],
         }
     }
     for (size_t i = 0; i < n; i++) {
-        wk[i] =
-            (struct work){.key = mix(fnv(FNV_OFFSET, nodes[i].node_id, strlen(nodes[i].node_id)))};
+        wk[i] = (struct work){.key = hashmix_mix(hashmix_fnv(HASHMIX_FNV_OFFSET, nodes[i].node_id,
+                                                             strlen(nodes[i].node_id)))};
     }
     bool equal = true;
     for (size_t i = 1; i < n; i++) {
         equal &= nodes[i].capacity == nodes[0].capacity;
     }
-    uint64_t seed = mix(fnv(fnv(FNV_OFFSET, vault_id, 16), chunk_id, 32));
+    uint64_t seed =
+        hashmix_mix(hashmix_fnv(hashmix_fnv(HASHMIX_FNV_OFFSET, vault_id, 16), chunk_id, 32));
     for (unsigned c = 0; c < p->ncopies && rv == 0; c++) {
         const bool *el = b.v + (size_t)c * n;
         unsigned en = count_true(el, n);
@@ -437,7 +410,8 @@ int policy_chunk_nodes(const uint8_t vault_id[16], const uint8_t chunk_id[32],
                 }
                 passed = 0;
             }
-            uint64_t salt = mix((((uint64_t)c * 64 + s + 1) * GOLDEN) ^ POLICY_SALT);
+            uint64_t salt =
+                hashmix_mix((((uint64_t)c * 64 + s + 1) * HASHMIX_GOLDEN) ^ POLICY_SALT);
             size_t best = n;
             unsigned btier = 0;
             uint64_t bbits = 0;
@@ -446,12 +420,12 @@ int policy_chunk_nodes(const uint8_t vault_id[16], const uint8_t chunk_id[32],
                 if (!el[i] || (wk[i].in_pass & 1u)) {
                     continue;
                 }
-                uint64_t x = mix(seed ^ wk[i].key ^ salt);
+                uint64_t x = hashmix_mix(seed ^ wk[i].key ^ salt);
                 unsigned tier = wk[i].used;
                 uint64_t bits = x >> 11;
                 double d = 0;
                 if (!equal) {
-                    d = draw(x, nodes[i].capacity == 0 ? 1.0 : (double)nodes[i].capacity);
+                    d = hashmix_draw(x, nodes[i].capacity == 0 ? 1.0 : (double)nodes[i].capacity);
                 }
                 bool better =
                     best == n || tier < btier || (tier == btier && (equal ? bits > bbits : d < bd));
