@@ -34,12 +34,14 @@
 #include "common/reflist.h"
 #include "common/rpc_call.h"
 #include "node/fsm.h"
+#include "node/gc_live.h"
 
 #define ID_LEN 32
 #define VAULT_LEN 16
 #define GC_RPC_TIMEOUT_MS 30000
-#define GC_COMPACT_BELOW 0.5 /* compact segments whose live ratio is below this */
-#define GC_MAX_REMARKS 100   /* re-marks after stale sweeps, per vault and cycle */
+#define GC_COMPACT_BELOW 0.5  /* compact segments whose live ratio is below this */
+#define GC_MAX_REMARKS 100    /* re-marks after stale sweeps, per vault and cycle */
+#define GC_LIVE_KEEP_MS 60000 /* a node keeps a vault's live set this long after a sweep */
 
 /* ---------------------------------------------------------------------- */
 /* Node side: deletions for accepted sweeps                                */
@@ -56,6 +58,7 @@ struct gc_job {
     uint64_t kept_young;         /* result: shards kept, stored after the cutoff */
     uint64_t freed;              /* result: bytes given back */
     uint64_t refused_live;       /* result: named chunks a present snapshot references */
+    size_t marked;               /* result: reference lists loaded for this sweep */
     uint8_t (*refs)[ID_LEN];     /* reference-list heads of the vault's snapshots (owned) */
     size_t nrefs;                /* how many */
     struct gc_peer *peers;       /* nodes to fetch a reference list from (owned) */
@@ -76,6 +79,8 @@ struct gc_node {
     void (*idle)(void *);       /* gc_node_stop()'s callback */
     void *idle_arg;             /* its argument */
     struct gc_node_stats stats; /* counters */
+    struct gc_live live;        /* the live set between sweeps (job thread while running) */
+    uv_timer_t *live_timer;     /* frees live once no sweep came for GC_LIVE_KEEP_MS, or NULL */
 };
 
 struct gc_peer;
@@ -142,6 +147,42 @@ static void job_work_cb(uv_work_t *w)
 
 static void job_start(struct gc_node *g);
 
+static void live_timer_cb(uv_timer_t *t)
+{
+    struct gc_node *g = t->data;
+    if (!g->running) {
+        gc_live_clear(&g->live);
+    }
+}
+
+/* Keep the live set for GC_LIVE_KEEP_MS more (the next sweep of the cycle reuses it), then free it.
+ */
+static void live_keep(struct gc_node *g)
+{
+    if (g->live_timer == NULL) {
+        g->live_timer = hbc_malloc(sizeof *g->live_timer);
+        if (g->live_timer == NULL) {
+            gc_live_clear(&g->live);
+            return;
+        }
+        uv_timer_init(g->loop, g->live_timer);
+        uv_unref((uv_handle_t *)g->live_timer);
+        g->live_timer->data = g;
+    }
+    uv_timer_start(g->live_timer, live_timer_cb, GC_LIVE_KEEP_MS, 0);
+}
+
+static void live_timer_closed_cb(uv_handle_t *h)
+{
+    struct gc_node *g = h->data;
+    hbc_free(h);
+    if (g->idle != NULL) {
+        void (*idle)(void *) = g->idle;
+        g->idle = NULL;
+        idle(g->idle_arg);
+    }
+}
+
 static void job_after_cb(uv_work_t *w, int status)
 {
     struct gc_job *j = w->data;
@@ -169,12 +210,15 @@ static void job_after_cb(uv_work_t *w, int status)
         }
         hbc_log(LOG_INFO,
                 "event=gc_delete sweep_index=%llu chunks=%zu deleted_shards=%llu kept_young=%llu "
-                "freed_bytes=%llu",
+                "freed_bytes=%llu reflists_loaded=%zu",
                 (unsigned long long)j->index, j->n, (unsigned long long)j->deleted,
-                (unsigned long long)j->kept_young, (unsigned long long)j->freed);
+                (unsigned long long)j->kept_young, (unsigned long long)j->freed, j->marked);
     }
     job_free(j);
     job_start(g);
+    if (!g->running && !g->stopping) {
+        live_keep(g);
+    }
 }
 
 static void job_start(struct gc_node *g)
@@ -189,7 +233,13 @@ static void job_start(struct gc_node *g)
             job_free(j);
         }
         g->tail = NULL;
-        if (g->idle != NULL) {
+        gc_live_clear(&g->live);
+        if (g->live_timer != NULL) {
+            /* The idle callback runs once the timer is closed. */
+            uv_timer_t *t = g->live_timer;
+            g->live_timer = NULL;
+            uv_close((uv_handle_t *)t, live_timer_closed_cb);
+        } else if (g->idle != NULL) {
             void (*idle)(void *) = g->idle;
             g->idle = NULL;
             idle(g->idle_arg);
@@ -199,6 +249,9 @@ static void job_start(struct gc_node *g)
     struct gc_job *j = g->head;
     if (j == NULL) {
         return;
+    }
+    if (g->live_timer != NULL) {
+        uv_timer_stop(g->live_timer);
     }
     j->work.data = j;
     if (uv_queue_work(g->loop, &j->work, job_work_cb, job_after_cb) != 0) {
@@ -318,87 +371,12 @@ void gc_node_free(struct gc_node *g)
         g->head = j->next;
         job_free(j);
     }
+    gc_live_clear(&g->live);
     hbc_free(g);
 }
 
 /* ---------------------------------------------------------------------- */
 /* Leader side: one cycle on a thread                                      */
-
-/* A sorted, unique array of ids. */
-struct idvec {
-    uint8_t (*v)[ID_LEN]; /* ids (owned) */
-    size_t n;             /* how many */
-    size_t cap;           /* room */
-};
-
-static int idvec_push(struct idvec *a, const uint8_t id[ID_LEN])
-{
-    if (a->n == a->cap) {
-        size_t cap = a->cap == 0 ? 1024 : a->cap * 2;
-        uint8_t(*p)[ID_LEN] = hbc_realloc(a->v, cap * ID_LEN);
-        if (p == NULL) {
-            return HBC_ENOMEM;
-        }
-        a->v = p;
-        a->cap = cap;
-    }
-    memcpy(a->v[a->n++], id, ID_LEN);
-    return 0;
-}
-
-static int id_cmp(const void *a, const void *b)
-{
-    return memcmp(a, b, ID_LEN);
-}
-
-static void idvec_sort_unique(struct idvec *a)
-{
-    if (a->n < 2) {
-        return;
-    }
-    qsort(a->v, a->n, ID_LEN, id_cmp);
-    size_t w = 1;
-    for (size_t i = 1; i < a->n; i++) {
-        if (memcmp(a->v[i], a->v[w - 1], ID_LEN) != 0) {
-            memcpy(a->v[w++], a->v[i], ID_LEN);
-        }
-    }
-    a->n = w;
-}
-
-static bool idvec_has(const struct idvec *a, const uint8_t id[ID_LEN])
-{
-    return a->n > 0 && bsearch(id, a->v, a->n, ID_LEN, id_cmp) != NULL;
-}
-
-/* Merge the sorted ids[0..n) into the sorted, unique *a (linear; no duplicates kept). */
-static int idvec_merge(struct idvec *a, const uint8_t (*ids)[ID_LEN], size_t n)
-{
-    if (n == 0) {
-        return 0;
-    }
-    uint8_t(*out)[ID_LEN] = hbc_malloc((a->n + n) * ID_LEN);
-    if (out == NULL) {
-        return HBC_ENOMEM;
-    }
-    size_t i = 0, j = 0, k = 0;
-    while (i < a->n || j < n) {
-        int c = i == a->n ? 1 : j == n ? -1 : memcmp(a->v[i], ids[j], ID_LEN);
-        if (c <= 0) {
-            memcpy(out[k++], a->v[i++], ID_LEN);
-            if (c == 0) {
-                j++;
-            }
-        } else {
-            memcpy(out[k++], ids[j++], ID_LEN);
-        }
-    }
-    hbc_free(a->v);
-    a->v = out;
-    a->n = k;
-    a->cap = a->n + n;
-    return 0;
-}
 
 struct cycle_out;
 
@@ -580,7 +558,7 @@ static int fetch_reflist(struct tls_ctx *tls, struct shard_store *store,
 /* Add one snapshot's reference list (head and parts, and their own ids) to live. */
 static int mark_snapshot(struct tls_ctx *tls, struct shard_store *store,
                          const struct gc_peer *peers, size_t npeers, const uint8_t vault[VAULT_LEN],
-                         const uint8_t head[ID_LEN], struct idvec *live, struct err *e)
+                         const uint8_t head[ID_LEN], struct gc_idvec *live, struct err *e)
 {
     uint8_t *hbuf = NULL;
     size_t hlen = 0;
@@ -594,10 +572,10 @@ static int mark_snapshot(struct tls_ctx *tls, struct shard_store *store,
     size_t n;
     rv = reflist_decode(hbuf, hlen, &parts, &nparts, &ids, &n, e);
     if (rv == 0) {
-        rv = idvec_merge(live, ids, n);
+        rv = gc_idvec_merge(live, ids, n);
     }
     if (rv == 0) {
-        rv = idvec_merge(live, (const uint8_t(*)[ID_LEN])head, 1);
+        rv = gc_idvec_merge(live, (const uint8_t(*)[ID_LEN])head, 1);
     }
     for (size_t i = 0; rv == 0 && i < nparts; i++) {
         uint8_t *pbuf = NULL;
@@ -612,10 +590,10 @@ static int mark_snapshot(struct tls_ctx *tls, struct shard_store *store,
         size_t np;
         rv = reflist_decode(pbuf, plen, &pp, &npp, &pids, &np, e);
         if (rv == 0) {
-            rv = idvec_merge(live, pids, np);
+            rv = gc_idvec_merge(live, pids, np);
         }
         if (rv == 0) {
-            rv = idvec_merge(live, (const uint8_t(*)[ID_LEN])parts[i], 1);
+            rv = gc_idvec_merge(live, (const uint8_t(*)[ID_LEN])parts[i], 1);
         }
         hbc_free(pbuf);
     }
@@ -628,8 +606,8 @@ static int mark_snapshot(struct tls_ctx *tls, struct shard_store *store,
 
 /* Ask one node for every chunk it holds in the vault; sort into listed, garbage, young. */
 static int list_node(struct gc_leader *g, const struct gc_peer *p, const uint8_t vault[VAULT_LEN],
-                     const struct idvec *live, uint64_t cutoff, struct idvec *listed,
-                     struct idvec *garbage, struct err *e)
+                     const struct gc_idvec *live, uint64_t cutoff, struct gc_idvec *listed,
+                     struct gc_idvec *garbage, struct err *e)
 {
     uint8_t after[ID_LEN];
     bool has_after = false;
@@ -664,9 +642,9 @@ static int list_node(struct gc_leader *g, const struct gc_peer *p, const uint8_t
                 break;
             }
             const uint8_t *id = r->chunk_ids[i].data;
-            rv = idvec_push(listed, id);
-            if (rv == 0 && !idvec_has(live, id) && r->stored_at_ms[i] < cutoff) {
-                rv = idvec_push(garbage, id);
+            rv = gc_idvec_push(listed, id);
+            if (rv == 0 && !gc_idvec_has(live, id) && r->stored_at_ms[i] < cutoff) {
+                rv = gc_idvec_push(garbage, id);
             }
         }
         bool more = r->has_more && r->more && r->n_chunk_ids > 0;
@@ -728,7 +706,8 @@ static int propose_sweep(struct gc_leader *g, const uint8_t vault[VAULT_LEN], ui
  * and move *mark to the read's index. Returns 0 or an error.
  */
 static int remark(struct gc_leader *g, const struct gc_peer *peers, size_t npeers,
-                  const uint8_t vault[VAULT_LEN], uint64_t *mark, struct idvec *live, struct err *e)
+                  const uint8_t vault[VAULT_LEN], uint64_t *mark, struct gc_idvec *live,
+                  struct err *e)
 {
     Hbc__Frame req = HBC__FRAME__INIT;
     Hbc__ListSnapshotsRequest ls = HBC__LIST_SNAPSHOTS_REQUEST__INIT;
@@ -768,7 +747,7 @@ static void collect_vault(struct gc_leader *g, const struct gc_peer *peers, size
 {
     struct err e;
     err_clear(&e);
-    struct idvec live = {0}, listed = {0}, garbage = {0};
+    struct gc_idvec live = {0}, listed = {0}, garbage = {0};
     uint64_t cutoff = g->clock_ms > g->grace_ms ? g->clock_ms - g->grace_ms : 0;
     int rv = 0;
     /* Mark: every present snapshot, read current; the read's index is the mark. */
@@ -815,12 +794,12 @@ static void collect_vault(struct gc_leader *g, const struct gc_peer *peers, size
             hbc_log(LOG_WARN, "event=gc_list_failed node=%s reason=\"%s\"", peers[i].id, le.msg);
         }
     }
-    idvec_sort_unique(&listed);
-    idvec_sort_unique(&garbage);
+    gc_idvec_sort_unique(&listed);
+    gc_idvec_sort_unique(&garbage);
     s->listed_chunks = listed.n;
     uint64_t unreferenced = 0;
     for (size_t i = 0; i < listed.n; i++) {
-        unreferenced += idvec_has(&live, listed.v[i]) ? 0 : 1;
+        unreferenced += gc_idvec_has(&live, listed.v[i]) ? 0 : 1;
     }
     s->young_chunks = unreferenced - garbage.n;
     /* Sweep through Raft, in batches the state machine checks one by one. */
@@ -843,7 +822,7 @@ static void collect_vault(struct gc_leader *g, const struct gc_peer *peers, size
             if (rv == 0) {
                 size_t w = done;
                 for (size_t i = done; i < garbage.n; i++) {
-                    if (!idvec_has(&live, garbage.v[i])) {
+                    if (!gc_idvec_has(&live, garbage.v[i])) {
                         memcpy(garbage.v[w++], garbage.v[i], ID_LEN);
                     }
                 }
@@ -1297,27 +1276,35 @@ static int collect_refs(struct gc_node *g, struct gc_job *j, struct err *e)
  * Drop from j's chunk ids every chunk that a snapshot present in this node's
  * applied state references: a sweep proposed by a rogue or buggy node cannot
  * delete what a lock or hold protects. Thread pool. Fails (and nothing is
- * deleted) when a reference list cannot be loaded.
+ * deleted) when a reference list cannot be loaded. The live set is kept in
+ * g->live between the sweeps of a cycle (gc_live_update): only reference
+ * lists not loaded before are fetched.
  */
+/* mark_snapshot as a gc_mark_fn for the job's vault and peers. */
+static int job_mark(void *ctx, const uint8_t head[GC_ID_LEN], struct gc_idvec *live, struct err *e)
+{
+    struct gc_job *j = ctx;
+    return mark_snapshot(j->g->tls, j->g->store, j->peers, j->npeers, j->vault_id, head, live, e);
+}
+
 static int live_filter(struct gc_job *j, struct err *e)
 {
-    struct idvec live = {0};
-    int rv = 0;
-    for (size_t i = 0; i < j->nrefs && rv == 0; i++) {
-        rv = mark_snapshot(j->g->tls, j->g->store, j->peers, j->npeers, j->vault_id, j->refs[i],
-                           &live, e);
+    size_t marked = 0;
+    int rv = gc_live_update(&j->g->live, j->vault_id, (const uint8_t(*)[GC_ID_LEN])j->refs,
+                            j->nrefs, wall_ms(), GC_LIVE_KEEP_MS, job_mark, j, &marked, e);
+    if (rv != 0) {
+        return rv;
     }
-    if (rv == 0) {
-        size_t w = 0;
-        for (size_t i = 0; i < j->n; i++) {
-            if (idvec_has(&live, j->ids[i])) {
-                j->refused_live++;
-            } else {
-                memmove(j->ids[w++], j->ids[i], ID_LEN);
-            }
+    j->marked = marked;
+    const struct gc_idvec *live = &j->g->live.live;
+    size_t w = 0;
+    for (size_t i = 0; i < j->n; i++) {
+        if (gc_idvec_has(live, j->ids[i])) {
+            j->refused_live++;
+        } else {
+            memmove(j->ids[w++], j->ids[i], ID_LEN);
         }
-        j->n = w;
     }
-    hbc_free(live.v);
-    return rv;
+    j->n = w;
+    return 0;
 }
