@@ -119,6 +119,12 @@ class Node:
         _register(self)
         if wait:
             wait_port(self.port, proc=self.proc)
+            # The port opens just before the start line is written; tests read that line.
+            deadline = time.monotonic() + 30
+            while not self.events("hbcd_started", run=-1) and time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited with {self.proc.returncode}")
+                time.sleep(0.02)
         return self
 
     def kill9(self):
