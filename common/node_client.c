@@ -369,6 +369,13 @@ static void on_close(struct tls_conn *t, int status, const char *reason)
     uv_close((uv_handle_t *)&nc->timer, timer_closed_cb);
 }
 
+/* A reply's body is decrypted straight into the reader's buffer once its length is known. */
+static uint8_t *reply_room(struct tls_conn *t, size_t *room)
+{
+    struct node_client *nc = tls_conn_data(t);
+    return frame_reader_room(&nc->reader, room);
+}
+
 static const struct tls_conn_cbs nc_tls_cbs = {
     .on_handshake = on_handshake,
     .on_read = on_read,
@@ -452,6 +459,7 @@ int node_client_connect(uv_loop_t *loop, struct tls_ctx *tls, const char *addr,
         err_wrap(e, "node client %s", addr);
         goto fail;
     }
+    tls_conn_set_read_buffer(nc->conn, reply_room);
     uv_timer_init(loop, &nc->timer);
     nc->timer.data = nc;
     if (nc->opts.request_timeout_ms > 0) {

@@ -39,6 +39,8 @@
 /* TLS 1.3 record: 5-byte header + content type + 16-byte AEAD tag; rounded up generously. */
 #define TLS_RECORD_OVERHEAD 32
 #define TLS_RECORD_MAX 16384
+/* Most plaintext decrypted into an application's buffer in one go (SSL_read takes an int). */
+#define TLS_READ_ROOM_MAX ((size_t)1 << 30)
 /* Room for a failure reason from OpenSSL. */
 #define TLS_REASON_LEN 320
 
@@ -81,6 +83,7 @@ struct tls_conn {
     int open_handles;              /* handles initialised and not yet closed */
     size_t queued;                 /* plaintext bytes whose write callback is pending */
     struct tls_conn_cbs cbs;       /* the application's callbacks */
+    tls_read_buffer_fn into;       /* the application's plaintext destinations, or NULL */
     void *data;                    /* the application's pointer */
     unsigned handshake_timeout_ms; /* from the context */
     unsigned close_timeout_ms;     /* from the context */
@@ -740,6 +743,11 @@ int tls_conn_write(struct tls_conn *c, const uv_buf_t *bufs, unsigned nbufs, tls
     return 0;
 }
 
+void tls_conn_set_read_buffer(struct tls_conn *c, tls_read_buffer_fn fn)
+{
+    c->into = fn;
+}
+
 size_t tls_conn_queued(const struct tls_conn *c)
 {
     return c->queued;
@@ -753,11 +761,21 @@ size_t tls_conn_queued(const struct tls_conn *c)
 static void conn_deliver(struct tls_conn *c)
 {
     while (c->state == TLS_OPEN && c->want_read) {
+        uint8_t *dst = NULL;
+        size_t room = 0;
+        if (c->into != NULL) {
+            dst = c->into(c, &room);
+        }
+        if (dst == NULL || room == 0) {
+            dst = scratch.pbuf;
+            room = TLS_READ_CHUNK;
+        }
+        room = room < TLS_READ_ROOM_MAX ? room : TLS_READ_ROOM_MAX;
         size_t n = 0;
         int err = SSL_ERROR_NONE;
-        while (n < TLS_READ_CHUNK) {
+        while (n < room) {
             ERR_clear_error();
-            int r = SSL_read(c->ssl, scratch.pbuf + n, (int)(TLS_READ_CHUNK - n));
+            int r = SSL_read(c->ssl, dst + n, (int)(room - n));
             if (r <= 0) {
                 err = SSL_get_error(c->ssl, r);
                 break;
@@ -773,7 +791,7 @@ static void conn_deliver(struct tls_conn *c)
             return;
         }
         if (n > 0 && c->cbs.on_read != NULL) {
-            c->cbs.on_read(c, scratch.pbuf, n);
+            c->cbs.on_read(c, dst, n);
         }
         if (c->state != TLS_OPEN || err == SSL_ERROR_WANT_READ) {
             return;
