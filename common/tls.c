@@ -1,9 +1,11 @@
 /*
  * Mutual TLS 1.3 over libuv TCP, with OpenSSL driven through two memory BIOs.
  *
- * Happy path: accept or connect → read ciphertext into a per-connection
- * buffer → BIO_write into the read BIO → SSL_do_handshake, then SSL_read
- * into a second buffer → on_read. Writes are encrypted at once by SSL_write
+ * Happy path: accept or connect → read ciphertext into the thread's
+ * buffer → OpenSSL reads it from there through our own read BIO (bytes it
+ * has not taken when delivery stops are kept per connection) →
+ * SSL_do_handshake, then SSL_read into a second buffer, or into the
+ * application's (tls_conn_set_read_buffer) → on_read. Writes are encrypted at once by SSL_write
  * into the write BIO and drained into one buffer per tls_conn_write(), which
  * becomes one uv_write. Close: SSL_shutdown (close_notify), uv_shutdown once
  * queued writes are out, read and discard until the peer hangs up, uv_close
@@ -70,7 +72,7 @@ struct tls_conn {
     uv_connect_t connect_req;      /* client connect */
     uv_shutdown_t shutdown_req;    /* graceful close */
     SSL *ssl;                      /* OpenSSL connection; owns both BIOs */
-    BIO *rbio;                     /* ciphertext from the peer, fed by us */
+    BIO *rbio;                     /* ciphertext from the peer: our BIO reading in and spill */
     BIO *wbio;                     /* ciphertext to the peer, drained by us */
     enum tls_conn_state state;     /* see enum */
     bool is_client;                /* dialled (true) or accepted */
@@ -84,6 +86,11 @@ struct tls_conn {
     size_t queued;                 /* plaintext bytes whose write callback is pending */
     struct tls_conn_cbs cbs;       /* the application's callbacks */
     tls_read_buffer_fn into;       /* the application's plaintext destinations, or NULL */
+    const uint8_t *in;             /* ciphertext of the current socket read not yet taken */
+    size_t in_len;                 /* bytes at in */
+    uint8_t *spill;                /* ciphertext kept for later (owned), read before in */
+    size_t spill_off, spill_len;   /* taken and held bytes at spill */
+    size_t spill_cap;              /* allocated at spill */
     void *data;                    /* the application's pointer */
     unsigned handshake_timeout_ms; /* from the context */
     unsigned close_timeout_ms;     /* from the context */
@@ -407,10 +414,104 @@ int tls_ctx_reload(struct tls_ctx *ctx, struct err *e)
 /* Closing                                                                   */
 /* ------------------------------------------------------------------------ */
 
+/*
+ * The read BIO. A memory BIO would take a copy of every socket read, and
+ * OpenSSL another from there; this one lets OpenSSL copy straight from
+ * where the socket read put the bytes (c->in, in the thread's buffer).
+ * What it has not taken by the end of on_read (the application paused
+ * reading, or the connection is closing) is kept in c->spill and read
+ * first next time. Empty: -1 with "retry read", like a memory BIO.
+ */
+static BIO_METHOD *in_method;
+static pthread_once_t in_method_once = PTHREAD_ONCE_INIT;
+
+static int in_read(BIO *b, char *out, int outl)
+{
+    struct tls_conn *c = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    bool spilled = c->spill_len > c->spill_off;
+    const uint8_t *src = spilled ? c->spill + c->spill_off : c->in;
+    size_t avail = spilled ? c->spill_len - c->spill_off : c->in_len;
+    if (avail == 0 || outl <= 0) {
+        BIO_set_retry_read(b);
+        return -1;
+    }
+    size_t n = avail < (size_t)outl ? avail : (size_t)outl;
+    memcpy(out, src, n);
+    if (spilled) {
+        c->spill_off += n;
+        if (c->spill_off == c->spill_len) {
+            c->spill_off = c->spill_len = 0;
+        }
+    } else {
+        c->in += n;
+        c->in_len -= n;
+    }
+    return (int)n;
+}
+
+static long in_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)num;
+    (void)ptr;
+    const struct tls_conn *c = BIO_get_data(b);
+    switch (cmd) {
+    case BIO_CTRL_PENDING:
+        return (long)(c->in_len + c->spill_len - c->spill_off);
+    case BIO_CTRL_FLUSH:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static int in_create(BIO *b)
+{
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static void in_method_init(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "hbc tls input");
+    if (m != NULL && (BIO_meth_set_read(m, in_read) != 1 || BIO_meth_set_ctrl(m, in_ctrl) != 1 ||
+                      BIO_meth_set_create(m, in_create) != 1)) {
+        BIO_meth_free(m);
+        m = NULL;
+    }
+    in_method = m;
+}
+
+/* Keep n bytes of ciphertext at p for later, after what is kept already. */
+static int spill_append(struct tls_conn *c, const uint8_t *p, size_t n)
+{
+    if (c->spill_off > 0) {
+        memmove(c->spill, c->spill + c->spill_off, c->spill_len - c->spill_off);
+        c->spill_len -= c->spill_off;
+        c->spill_off = 0;
+    }
+    if (c->spill_len + n > c->spill_cap) {
+        size_t cap = c->spill_cap ? c->spill_cap : TLS_READ_CHUNK;
+        while (cap < c->spill_len + n) {
+            cap *= 2;
+        }
+        uint8_t *g = hbc_realloc(c->spill, cap);
+        if (g == NULL) {
+            return HBC_ENOMEM;
+        }
+        c->spill = g;
+        c->spill_cap = cap;
+    }
+    memcpy(c->spill + c->spill_len, p, n);
+    c->spill_len += n;
+    return 0;
+}
+
 static void conn_free(struct tls_conn *c)
 {
     scratch_put();
     SSL_free(c->ssl);
+    hbc_free(c->spill);
     hbc_free(c->peer_subject);
     hbc_free(c->peer_cn);
     hbc_free(c);
@@ -773,8 +874,9 @@ static void conn_deliver(struct tls_conn *c)
         room = room < TLS_READ_ROOM_MAX ? room : TLS_READ_ROOM_MAX;
         size_t n = 0;
         int err = SSL_ERROR_NONE;
+        /* A successful SSL_read leaves the error queue empty: clear it once per batch. */
+        ERR_clear_error();
         while (n < room) {
-            ERR_clear_error();
             int r = SSL_read(c->ssl, dst + n, (int)(room - n));
             if (r <= 0) {
                 err = SSL_get_error(c->ssl, r);
@@ -888,15 +990,27 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         }
         return;
     }
-    if (BIO_write(c->rbio, buf->base, (int)nread) != (int)nread) {
-        conn_fail(c, HBC_ENOMEM, false, "buffering %zd received bytes", nread);
-        return;
+    if (c->spill_len > c->spill_off) {
+        /* Earlier bytes wait to be read: these go after them. */
+        if (spill_append(c, (const uint8_t *)buf->base, (size_t)nread) != 0) {
+            conn_fail(c, HBC_ENOMEM, false, "buffering %zd received bytes", nread);
+            return;
+        }
+    } else {
+        c->in = (const uint8_t *)buf->base;
+        c->in_len = (size_t)nread;
     }
     if (c->state == TLS_HANDSHAKING) {
         conn_handshake(c);
     } else {
         conn_deliver(c);
     }
+    /* The thread's buffer is reused by the next read: keep what OpenSSL did not take. */
+    if (c->in_len > 0 && spill_append(c, c->in, c->in_len) != 0) {
+        conn_fail(c, HBC_ENOMEM, false, "buffering %zu received bytes", c->in_len);
+    }
+    c->in = NULL;
+    c->in_len = 0;
 }
 
 /* Read the socket exactly when someone needs its bytes. */
@@ -999,7 +1113,11 @@ static int conn_new(uv_loop_t *loop, struct tls_ctx *ctx, bool is_client,
     pthread_mutex_lock(&ctx->lock);
     c->ssl = SSL_new(ctx->ssl); /* takes its own reference to the SSL_CTX */
     pthread_mutex_unlock(&ctx->lock);
-    c->rbio = BIO_new(BIO_s_mem());
+    pthread_once(&in_method_once, in_method_init);
+    c->rbio = in_method != NULL ? BIO_new(in_method) : NULL;
+    if (c->rbio != NULL) {
+        BIO_set_data(c->rbio, c);
+    }
     c->wbio = BIO_new(BIO_s_mem());
     if (c->ssl == NULL || c->rbio == NULL || c->wbio == NULL) {
         BIO_free(c->rbio);
