@@ -1,4 +1,4 @@
-/* Mutual TLS 1.3 over libuv TCP (OpenSSL through memory BIOs): contexts and connections. */
+/* Mutual TLS 1.3 over libuv TCP (OpenSSL through BIOs of our own): contexts and connections. */
 #ifndef HBC_COMMON_TLS_H
 #define HBC_COMMON_TLS_H
 
