@@ -296,12 +296,48 @@ static int frame_reader_deliver(struct frame_reader *r, const uint8_t *body, siz
     return 0;
 }
 
+/* Make sure r->buf can hold the body in progress (nothing in it yet to keep). */
+static int frame_reader_alloc(struct frame_reader *r, struct err *e)
+{
+    if (r->cap >= r->need) {
+        return 0;
+    }
+    /* Sized once from the prefix; nothing to keep, so no realloc copy. */
+    frame_reader_drop_buf(r);
+    r->buf = frame_pool_get(r->pool, r->need, &r->cap);
+    if (r->buf == NULL) {
+        r->cap = 0;
+        err_set(e, HBC_ENOMEM, "frame %llu: %zu-byte body", r->frames + 1, r->need);
+        return frame_reader_fail(r, HBC_ENOMEM);
+    }
+    return 0;
+}
+
+uint8_t *frame_reader_room(struct frame_reader *r, size_t *room)
+{
+    *room = 0;
+    if (r->poison != 0 || r->need == 0) {
+        return NULL;
+    }
+    if (r->have == 0 && frame_reader_alloc(r, NULL) != 0) {
+        return NULL;
+    }
+    *room = r->need - r->have;
+    return r->buf + r->have;
+}
+
 int frame_reader_feed(struct frame_reader *r, const void *data, size_t len, struct err *e)
 {
     if (r->poison != 0) {
         return err_set(e, r->poison, "frame reader: stopped by an earlier error");
     }
     const uint8_t *p = data;
+    if (r->need != 0 && r->buf != NULL && len > 0 && p == r->buf + r->have &&
+        len > r->need - r->have) {
+        err_set(e, HBC_EINVAL, "frame %llu: %zu bytes written in place where %zu were left",
+                r->frames + 1, len, r->need - r->have);
+        return frame_reader_fail(r, HBC_EINVAL);
+    }
     while (len > 0) {
         int rc;
         if (r->need == 0) {
@@ -331,7 +367,7 @@ int frame_reader_feed(struct frame_reader *r, const void *data, size_t len, stru
             }
             continue;
         }
-        if (r->have == 0 && len >= r->need) {
+        if (r->have == 0 && len >= r->need && p != r->buf) {
             /* The whole body is in this piece: decode it where it lies. */
             size_t n = r->need;
             rc = frame_reader_deliver(r, p, n, e);
@@ -343,19 +379,14 @@ int frame_reader_feed(struct frame_reader *r, const void *data, size_t len, stru
             }
             continue;
         }
-        if (r->have == 0 && r->cap < r->need) {
-            /* Sized once from the prefix; nothing to keep, so no realloc copy. */
-            frame_reader_drop_buf(r);
-            r->buf = frame_pool_get(r->pool, r->need, &r->cap);
-            if (r->buf == NULL) {
-                r->cap = 0;
-                err_set(e, HBC_ENOMEM, "frame %llu: %zu-byte body", r->frames + 1, r->need);
-                return frame_reader_fail(r, HBC_ENOMEM);
-            }
+        if (r->have == 0 && (rc = frame_reader_alloc(r, e)) != 0) {
+            return rc;
         }
         size_t take = r->need - r->have;
         take = take < len ? take : len;
-        memcpy(r->buf + r->have, p, take);
+        if (p != r->buf + r->have) {
+            memcpy(r->buf + r->have, p, take);
+        }
         r->have += take;
         r->bytes += take;
         p += take;

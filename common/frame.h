@@ -122,18 +122,35 @@ void frame_reader_set_view_cb(struct frame_reader *r, frame_reader_view_cb view_
 
 /*
  * Feed len bytes of data (borrowed; not kept after the call). Calls cb for
- * every frame completed by these bytes, in order. Returns 0 when all bytes
- * were consumed, or:
+ * every frame completed by these bytes, in order. data may be the pointer
+ * frame_reader_room() returned, with len at most its room: the bytes are
+ * then already in place. Returns 0 when all bytes were consumed, or:
  *   HBC_ETOOBIG  a length prefix exceeds max_len (checked before allocating);
  *   HBC_EFORMAT  a zero length, or a body that does not unpack as hbc.Frame;
  *   HBC_EPROTO   a frame with no body set: an unknown frame type, e.g. from a
  *                newer peer;
  *   HBC_ENOMEM   out of memory;
+ *   HBC_EINVAL   data in the body buffer but longer than the room left;
  *   the callback's nonzero return value;
  *   the earlier error if the reader is already poisoned.
  * Frames delivered before an error stay delivered.
  */
 int frame_reader_feed(struct frame_reader *r, const void *data, size_t len, struct err *e);
+
+/*
+ * Where the next bytes of the stream belong when r is in the middle of a
+ * frame's body: a pointer into the body's buffer, *room being the bytes
+ * the body still lacks. The buffer is allocated here if it is not yet (from
+ * the pool, like frame_reader_feed() does; the length was bounded by
+ * max_len when the prefix arrived). A source that can write the stream
+ * straight there (TLS decrypting into it) then calls frame_reader_feed()
+ * with data pointing at those bytes, at most *room of them: they are not
+ * copied again. Returns NULL (*room 0) between frames (the prefix is not
+ * complete), after an error, or when out of memory (the reader is then
+ * poisoned with HBC_ENOMEM, which the next feed returns). The pointer is
+ * valid until the next feed or release.
+ */
+uint8_t *frame_reader_room(struct frame_reader *r, size_t *room);
 
 /*
  * Bytes of an incomplete frame held (prefix included): nonzero when the

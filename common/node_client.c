@@ -153,7 +153,9 @@ static struct nc_req *req_take(struct node_client *nc, uint64_t id)
 
 bool node_client_full(const struct node_client *nc)
 {
-    return nc->inflight >= nc->opts.max_requests || nc->bytes >= nc->opts.max_bytes;
+    return nc->inflight >= nc->opts.max_requests || nc->bytes >= nc->opts.max_bytes ||
+           (nc->opts.max_queued > 0 && nc->conn != NULL &&
+            tls_conn_queued(nc->conn) >= nc->opts.max_queued);
 }
 
 /* Fire on_drain if it is owed and there is room now. */
@@ -164,6 +166,15 @@ static void maybe_drain(struct node_client *nc)
         if (nc->cbs.on_drain != NULL) {
             nc->cbs.on_drain(nc);
         }
+    }
+}
+
+/* A request's bytes went to the kernel (or not): with max_queued, that may make room. */
+static void request_written(struct tls_conn *t, int status, void *arg)
+{
+    (void)t;
+    if (status == 0) {
+        maybe_drain(arg);
     }
 }
 
@@ -290,7 +301,7 @@ static void flush_pending(struct node_client *nc)
         }
         uv_buf_t b = uv_buf_init((char *)r->pending, (unsigned)r->bytes);
         struct err e;
-        int rv = tls_conn_write(nc->conn, &b, 1, NULL, NULL, &e);
+        int rv = tls_conn_write(nc->conn, &b, 1, request_written, nc, &e);
         hbc_free(r->pending);
         r->pending = NULL;
         if (rv != 0) {
@@ -356,6 +367,13 @@ static void on_close(struct tls_conn *t, int status, const char *reason)
         }
     }
     uv_close((uv_handle_t *)&nc->timer, timer_closed_cb);
+}
+
+/* A reply's body is decrypted straight into the reader's buffer once its length is known. */
+static uint8_t *reply_room(struct tls_conn *t, size_t *room)
+{
+    struct node_client *nc = tls_conn_data(t);
+    return frame_reader_room(&nc->reader, room);
 }
 
 static const struct tls_conn_cbs nc_tls_cbs = {
@@ -441,6 +459,7 @@ int node_client_connect(uv_loop_t *loop, struct tls_ctx *tls, const char *addr,
         err_wrap(e, "node client %s", addr);
         goto fail;
     }
+    tls_conn_set_read_buffer(nc->conn, reply_room);
     uv_timer_init(loop, &nc->timer);
     nc->timer.data = nc;
     if (nc->opts.request_timeout_ms > 0) {
@@ -508,7 +527,7 @@ static int submit(struct node_client *nc, Hbc__Frame *f, Hbc__Frame__BodyCase ex
     }
     if (nc->state == NC_OPEN) {
         uv_buf_t b = uv_buf_init((char *)buf, (unsigned)len);
-        rv = tls_conn_write(nc->conn, &b, 1, NULL, NULL, e);
+        rv = tls_conn_write(nc->conn, &b, 1, request_written, nc, e);
         hbc_free(buf);
         buf = NULL;
         if (rv != 0) {
@@ -630,7 +649,7 @@ int node_client_put_shards_epoch(struct node_client *nc, const struct node_clien
     }
     if (nc->state == NC_OPEN) {
         /* Encrypted straight from the shards' bytes. */
-        rv = tls_conn_write(nc->conn, pf.bufs, pf.nbufs, NULL, NULL, e);
+        rv = tls_conn_write(nc->conn, pf.bufs, pf.nbufs, request_written, nc, e);
         if (rv != 0) {
             hbc_free(r);
             put_frame_free(&pf);

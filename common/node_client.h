@@ -38,7 +38,12 @@
  * otherwise; the one that makes it full is accepted whole, so a single
  * request larger than max_bytes still goes out when nothing else is in
  * flight. on_drain tells a caller that was refused, or that filled the
- * client, when there is room again. The encoded request is handed to TLS
+ * client, when there is room again. With opts.max_queued set, the client
+ * is also full while that many bytes of accepted requests are encrypted but
+ * not yet taken by the kernel (tls_conn_queued()), and on_drain follows the
+ * write that brings them below: a caller that keeps the client full then
+ * encrypts each request just before the socket can take it, instead of
+ * holding up to max_bytes of ciphertext in fresh memory. The encoded request is handed to TLS
  * inside the request call (TLS encrypts it there), so the caller's shard
  * buffers are borrowed only for the duration of that call. Replies are
  * read one frame at a time, each bounded by opts.max_frame before it is
@@ -78,6 +83,7 @@ struct node_client_opts {
     unsigned max_requests; /* requests in flight at most; 0 = NODE_CLIENT_DEFAULT_REQUESTS */
     size_t max_bytes;      /* encoded request bytes in flight; 0 = NODE_CLIENT_DEFAULT_BYTES */
     size_t max_frame;      /* largest frame sent or accepted; 0 = FRAME_MAX_DEFAULT */
+    size_t max_queued; /* full while this many request bytes wait for the kernel; 0 = no bound */
     unsigned
         request_timeout_ms; /* an unanswered request this old closes the connection; 0 = never */
     const char *node_id;    /* if set, the node's certificate CN must equal it */

@@ -1,13 +1,16 @@
 /*
- * Mutual TLS 1.3 over libuv TCP, with OpenSSL driven through two memory BIOs.
+ * Mutual TLS 1.3 over libuv TCP, with OpenSSL driven through two BIOs of our own.
  *
- * Happy path: accept or connect → read ciphertext into a per-connection
- * buffer → BIO_write into the read BIO → SSL_do_handshake, then SSL_read
- * into a second buffer → on_read. Writes are encrypted at once by SSL_write
- * into the write BIO and drained into one buffer per tls_conn_write(), which
- * becomes one uv_write. Close: SSL_shutdown (close_notify), uv_shutdown once
- * queued writes are out, read and discard until the peer hangs up, uv_close
- * on both handles, on_close, free.
+ * Happy path: accept or connect → read ciphertext into the thread's
+ * buffer → OpenSSL reads it from there through our read BIO (bytes it has
+ * not taken when delivery stops are kept per connection) →
+ * SSL_do_handshake, then SSL_read into a second buffer, or into the
+ * application's (tls_conn_set_read_buffer) → on_read. Writes are
+ * encrypted at once by SSL_write, whose records our write BIO appends
+ * straight to one buffer per tls_conn_write(), which becomes one
+ * uv_write. Close: SSL_shutdown (close_notify), uv_shutdown once queued
+ * writes are out, read and discard until the peer hangs up, uv_close on
+ * both handles, on_close, free.
  *
  * Failure modes: a failed or stuck handshake (bad certificate, not TLS,
  * timeout) is logged as event=tls_handshake_failed with OpenSSL's reason
@@ -39,6 +42,8 @@
 /* TLS 1.3 record: 5-byte header + content type + 16-byte AEAD tag; rounded up generously. */
 #define TLS_RECORD_OVERHEAD 32
 #define TLS_RECORD_MAX 16384
+/* Most plaintext decrypted into an application's buffer in one go (SSL_read takes an int). */
+#define TLS_READ_ROOM_MAX ((size_t)1 << 30)
 /* Room for a failure reason from OpenSSL. */
 #define TLS_REASON_LEN 320
 
@@ -68,8 +73,8 @@ struct tls_conn {
     uv_connect_t connect_req;      /* client connect */
     uv_shutdown_t shutdown_req;    /* graceful close */
     SSL *ssl;                      /* OpenSSL connection; owns both BIOs */
-    BIO *rbio;                     /* ciphertext from the peer, fed by us */
-    BIO *wbio;                     /* ciphertext to the peer, drained by us */
+    BIO *rbio;                     /* ciphertext from the peer: our BIO reading in and spill */
+    BIO *wbio;                     /* ciphertext to the peer: our BIO appending to wcur */
     enum tls_conn_state state;     /* see enum */
     bool is_client;                /* dialled (true) or accepted */
     bool want_read;                /* the application has not stopped reading */
@@ -81,6 +86,13 @@ struct tls_conn {
     int open_handles;              /* handles initialised and not yet closed */
     size_t queued;                 /* plaintext bytes whose write callback is pending */
     struct tls_conn_cbs cbs;       /* the application's callbacks */
+    tls_read_buffer_fn into;       /* the application's plaintext destinations, or NULL */
+    const uint8_t *in;             /* ciphertext of the current socket read not yet taken */
+    size_t in_len;                 /* bytes at in */
+    uint8_t *spill;                /* ciphertext kept for later (owned), read before in */
+    size_t spill_off, spill_len;   /* taken and held bytes at spill */
+    size_t spill_cap;              /* allocated at spill */
+    struct tls_write *wcur;        /* ciphertext being produced, not yet submitted (owned) */
     void *data;                    /* the application's pointer */
     unsigned handshake_timeout_ms; /* from the context */
     unsigned close_timeout_ms;     /* from the context */
@@ -404,10 +416,105 @@ int tls_ctx_reload(struct tls_ctx *ctx, struct err *e)
 /* Closing                                                                   */
 /* ------------------------------------------------------------------------ */
 
+/*
+ * The read BIO. A memory BIO would take a copy of every socket read, and
+ * OpenSSL another from there; this one lets OpenSSL copy straight from
+ * where the socket read put the bytes (c->in, in the thread's buffer).
+ * What it has not taken by the end of on_read (the application paused
+ * reading, or the connection is closing) is kept in c->spill and read
+ * first next time. Empty: -1 with "retry read", like a memory BIO.
+ */
+static BIO_METHOD *in_method;
+static pthread_once_t in_method_once = PTHREAD_ONCE_INIT;
+
+static int in_read(BIO *b, char *out, int outl)
+{
+    struct tls_conn *c = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    bool spilled = c->spill_len > c->spill_off;
+    const uint8_t *src = spilled ? c->spill + c->spill_off : c->in;
+    size_t avail = spilled ? c->spill_len - c->spill_off : c->in_len;
+    if (avail == 0 || outl <= 0) {
+        BIO_set_retry_read(b);
+        return -1;
+    }
+    size_t n = avail < (size_t)outl ? avail : (size_t)outl;
+    memcpy(out, src, n);
+    if (spilled) {
+        c->spill_off += n;
+        if (c->spill_off == c->spill_len) {
+            c->spill_off = c->spill_len = 0;
+        }
+    } else {
+        c->in += n;
+        c->in_len -= n;
+    }
+    return (int)n;
+}
+
+static long in_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)num;
+    (void)ptr;
+    const struct tls_conn *c = BIO_get_data(b);
+    switch (cmd) {
+    case BIO_CTRL_PENDING:
+        return (long)(c->in_len + c->spill_len - c->spill_off);
+    case BIO_CTRL_FLUSH:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static int in_create(BIO *b)
+{
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static void in_method_init(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "hbc tls input");
+    if (m != NULL && (BIO_meth_set_read(m, in_read) != 1 || BIO_meth_set_ctrl(m, in_ctrl) != 1 ||
+                      BIO_meth_set_create(m, in_create) != 1)) {
+        BIO_meth_free(m);
+        m = NULL;
+    }
+    in_method = m;
+}
+
+/* Keep n bytes of ciphertext at p for later, after what is kept already. */
+static int spill_append(struct tls_conn *c, const uint8_t *p, size_t n)
+{
+    if (c->spill_off > 0) {
+        memmove(c->spill, c->spill + c->spill_off, c->spill_len - c->spill_off);
+        c->spill_len -= c->spill_off;
+        c->spill_off = 0;
+    }
+    if (c->spill_len + n > c->spill_cap) {
+        size_t cap = c->spill_cap ? c->spill_cap : TLS_READ_CHUNK;
+        while (cap < c->spill_len + n) {
+            cap *= 2;
+        }
+        uint8_t *g = hbc_realloc(c->spill, cap);
+        if (g == NULL) {
+            return HBC_ENOMEM;
+        }
+        c->spill = g;
+        c->spill_cap = cap;
+    }
+    memcpy(c->spill + c->spill_len, p, n);
+    c->spill_len += n;
+    return 0;
+}
+
 static void conn_free(struct tls_conn *c)
 {
     scratch_put();
     SSL_free(c->ssl);
+    hbc_free(c->spill);
+    hbc_free(c->wcur);
     hbc_free(c->peer_subject);
     hbc_free(c->peer_cn);
     hbc_free(c);
@@ -612,28 +719,6 @@ static void on_write_done(uv_write_t *req, int status)
     hbc_free(w);
 }
 
-/* Move the write BIO's bytes to the end of w, growing w if needed (it is not yet submitted). */
-static int write_drain(struct tls_write **wp, BIO *wbio)
-{
-    struct tls_write *w = *wp;
-    size_t pending = BIO_ctrl_pending(wbio);
-    if (w->len + pending > w->cap) {
-        size_t cap = w->len + pending + TLS_WRITE_PIECE;
-        struct tls_write *g = hbc_realloc(w, sizeof *w + cap);
-        if (g == NULL) {
-            return HBC_ENOMEM;
-        }
-        g->cap = cap;
-        *wp = w = g;
-    }
-    int n = pending > 0 ? BIO_read(wbio, w->data + w->len, (int)pending) : 0;
-    if (n < 0 || (size_t)n != pending) {
-        return HBC_ETLS;
-    }
-    w->len += pending;
-    return 0;
-}
-
 static struct tls_write *write_new(struct tls_conn *c, size_t cap)
 {
     struct tls_write *w = hbc_malloc(sizeof *w + cap);
@@ -643,6 +728,78 @@ static struct tls_write *write_new(struct tls_conn *c, size_t cap)
         w->cap = cap;
     }
     return w;
+}
+
+/* Make room for n more bytes in c->wcur (made if there is none; not yet submitted). */
+static int out_reserve(struct tls_conn *c, size_t n)
+{
+    struct tls_write *w = c->wcur;
+    if (w == NULL) {
+        c->wcur = write_new(c, n > TLS_WRITE_PIECE ? n : TLS_WRITE_PIECE);
+        return c->wcur != NULL ? 0 : HBC_ENOMEM;
+    }
+    if (w->len + n <= w->cap) {
+        return 0;
+    }
+    size_t cap = w->len + n + TLS_WRITE_PIECE;
+    struct tls_write *g = hbc_realloc(w, sizeof *w + cap);
+    if (g == NULL) {
+        return HBC_ENOMEM;
+    }
+    g->cap = cap;
+    c->wcur = g;
+    return 0;
+}
+
+/*
+ * The write BIO: OpenSSL's records are appended to c->wcur, the buffer that
+ * becomes the next uv_write, instead of passing through a memory BIO (one
+ * copy of all ciphertext less, and no zeroing of its growing buffer).
+ */
+static BIO_METHOD *out_method;
+static pthread_once_t out_method_once = PTHREAD_ONCE_INIT;
+
+static int out_write(BIO *b, const char *data, int len)
+{
+    struct tls_conn *c = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (len <= 0) {
+        return 0;
+    }
+    if (out_reserve(c, (size_t)len) != 0) {
+        return -1; /* not retryable: SSL_write fails, and the connection with it */
+    }
+    memcpy(c->wcur->data + c->wcur->len, data, (size_t)len);
+    c->wcur->len += (size_t)len;
+    return len;
+}
+
+static long out_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)num;
+    (void)ptr;
+    const struct tls_conn *c = BIO_get_data(b);
+    switch (cmd) {
+    case BIO_CTRL_PENDING:
+    case BIO_CTRL_WPENDING:
+        return c->wcur != NULL ? (long)c->wcur->len : 0;
+    case BIO_CTRL_FLUSH:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static void out_method_init(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "hbc tls output");
+    if (m != NULL &&
+        (BIO_meth_set_write(m, out_write) != 1 || BIO_meth_set_ctrl(m, out_ctrl) != 1 ||
+         BIO_meth_set_create(m, in_create) != 1)) {
+        BIO_meth_free(m);
+        m = NULL;
+    }
+    out_method = m;
 }
 
 static int write_submit(struct tls_conn *c, struct tls_write *w)
@@ -660,18 +817,13 @@ static int write_submit(struct tls_conn *c, struct tls_write *w)
 /* Send whatever OpenSSL produced (handshake messages, alerts, close_notify). */
 static int conn_flush(struct tls_conn *c)
 {
-    size_t pending = BIO_ctrl_pending(c->wbio);
-    if (pending == 0) {
+    struct tls_write *w = c->wcur;
+    if (w == NULL || w->len == 0) {
         return 0;
     }
-    struct tls_write *w = write_new(c, pending);
-    int rc = w != NULL ? write_drain(&w, c->wbio) : HBC_ENOMEM;
-    if (rc == 0) {
-        rc = write_submit(c, w);
-        w = NULL;
-    }
+    c->wcur = NULL;
+    int rc = write_submit(c, w);
     if (rc != 0) {
-        hbc_free(w);
         conn_fail(c, rc, false, "sending TLS data: %s", hbc_strerror(rc));
     }
     return rc;
@@ -697,47 +849,49 @@ int tls_conn_write(struct tls_conn *c, const uv_buf_t *bufs, unsigned nbufs, tls
     if (total == 0) {
         return err_set(e, HBC_EINVAL, "tls write to %s: nothing to write", c->peer_addr);
     }
-    /* Room for every record's overhead, so that the drains below do not reallocate. */
+    /* Room for every record's overhead, so that the write BIO does not reallocate. */
     size_t records = total / TLS_RECORD_MAX + total / TLS_WRITE_PIECE + nbufs + 1;
-    size_t cap = BIO_ctrl_pending(c->wbio) + total + records * TLS_RECORD_OVERHEAD;
-    struct tls_write *w = write_new(c, cap);
-    if (w == NULL) {
+    size_t cap = total + records * TLS_RECORD_OVERHEAD;
+    if (out_reserve(c, cap) != 0) {
         return err_set(e, HBC_ENOMEM, "tls write to %s: %zu bytes", c->peer_addr, cap);
     }
-    w->plain = total;
-    w->cb = cb;
-    w->arg = arg;
-    int rc = write_drain(&w, c->wbio);
-    for (unsigned i = 0; i < nbufs && rc == 0; i++) {
+    for (unsigned i = 0; i < nbufs; i++) {
         const char *p = bufs[i].base;
         size_t left = bufs[i].len;
-        while (left > 0 && rc == 0) {
+        while (left > 0) {
             size_t n = left < TLS_WRITE_PIECE ? left : TLS_WRITE_PIECE;
             ERR_clear_error();
             int r = SSL_write(c->ssl, p, (int)n);
             if (r <= 0 || (size_t)r != n) {
                 char reason[TLS_REASON_LEN];
                 ssl_reason(c, SSL_get_error(c->ssl, r), reason, sizeof reason);
-                hbc_free(w);
+                hbc_free(c->wcur);
+                c->wcur = NULL;
                 conn_fail(c, HBC_ETLS, false, "encrypt: %s", reason);
                 return err_set(e, HBC_ETLS, "tls write to %s: %s", c->peer_addr, reason);
             }
             p += n;
             left -= n;
-            rc = write_drain(&w, c->wbio);
         }
     }
-    if (rc == 0) {
-        rc = write_submit(c, w);
-        w = NULL;
-    }
+    /* The BIO wrote the records straight into c->wcur (and may have moved it). */
+    struct tls_write *w = c->wcur;
+    c->wcur = NULL;
+    w->plain = total;
+    w->cb = cb;
+    w->arg = arg;
+    int rc = write_submit(c, w);
     if (rc != 0) {
         /* Part of the stream may already be encrypted: it cannot go on. */
-        hbc_free(w);
         conn_fail(c, rc, false, "queueing a write: %s", hbc_strerror(rc));
         return err_set(e, rc, "tls write to %s", c->peer_addr);
     }
     return 0;
+}
+
+void tls_conn_set_read_buffer(struct tls_conn *c, tls_read_buffer_fn fn)
+{
+    c->into = fn;
 }
 
 size_t tls_conn_queued(const struct tls_conn *c)
@@ -753,11 +907,22 @@ size_t tls_conn_queued(const struct tls_conn *c)
 static void conn_deliver(struct tls_conn *c)
 {
     while (c->state == TLS_OPEN && c->want_read) {
+        uint8_t *dst = NULL;
+        size_t room = 0;
+        if (c->into != NULL) {
+            dst = c->into(c, &room);
+        }
+        if (dst == NULL || room == 0) {
+            dst = scratch.pbuf;
+            room = TLS_READ_CHUNK;
+        }
+        room = room < TLS_READ_ROOM_MAX ? room : TLS_READ_ROOM_MAX;
         size_t n = 0;
         int err = SSL_ERROR_NONE;
-        while (n < TLS_READ_CHUNK) {
-            ERR_clear_error();
-            int r = SSL_read(c->ssl, scratch.pbuf + n, (int)(TLS_READ_CHUNK - n));
+        /* A successful SSL_read leaves the error queue empty: clear it once per batch. */
+        ERR_clear_error();
+        while (n < room) {
+            int r = SSL_read(c->ssl, dst + n, (int)(room - n));
             if (r <= 0) {
                 err = SSL_get_error(c->ssl, r);
                 break;
@@ -773,7 +938,7 @@ static void conn_deliver(struct tls_conn *c)
             return;
         }
         if (n > 0 && c->cbs.on_read != NULL) {
-            c->cbs.on_read(c, scratch.pbuf, n);
+            c->cbs.on_read(c, dst, n);
         }
         if (c->state != TLS_OPEN || err == SSL_ERROR_WANT_READ) {
             return;
@@ -870,15 +1035,27 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         }
         return;
     }
-    if (BIO_write(c->rbio, buf->base, (int)nread) != (int)nread) {
-        conn_fail(c, HBC_ENOMEM, false, "buffering %zd received bytes", nread);
-        return;
+    if (c->spill_len > c->spill_off) {
+        /* Earlier bytes wait to be read: these go after them. */
+        if (spill_append(c, (const uint8_t *)buf->base, (size_t)nread) != 0) {
+            conn_fail(c, HBC_ENOMEM, false, "buffering %zd received bytes", nread);
+            return;
+        }
+    } else {
+        c->in = (const uint8_t *)buf->base;
+        c->in_len = (size_t)nread;
     }
     if (c->state == TLS_HANDSHAKING) {
         conn_handshake(c);
     } else {
         conn_deliver(c);
     }
+    /* The thread's buffer is reused by the next read: keep what OpenSSL did not take. */
+    if (c->in_len > 0 && spill_append(c, c->in, c->in_len) != 0) {
+        conn_fail(c, HBC_ENOMEM, false, "buffering %zu received bytes", c->in_len);
+    }
+    c->in = NULL;
+    c->in_len = 0;
 }
 
 /* Read the socket exactly when someone needs its bytes. */
@@ -981,8 +1158,16 @@ static int conn_new(uv_loop_t *loop, struct tls_ctx *ctx, bool is_client,
     pthread_mutex_lock(&ctx->lock);
     c->ssl = SSL_new(ctx->ssl); /* takes its own reference to the SSL_CTX */
     pthread_mutex_unlock(&ctx->lock);
-    c->rbio = BIO_new(BIO_s_mem());
-    c->wbio = BIO_new(BIO_s_mem());
+    pthread_once(&in_method_once, in_method_init);
+    c->rbio = in_method != NULL ? BIO_new(in_method) : NULL;
+    if (c->rbio != NULL) {
+        BIO_set_data(c->rbio, c);
+    }
+    pthread_once(&out_method_once, out_method_init);
+    c->wbio = out_method != NULL ? BIO_new(out_method) : NULL;
+    if (c->wbio != NULL) {
+        BIO_set_data(c->wbio, c);
+    }
     if (c->ssl == NULL || c->rbio == NULL || c->wbio == NULL) {
         BIO_free(c->rbio);
         BIO_free(c->wbio);

@@ -1,4 +1,4 @@
-/* Mutual TLS 1.3 over libuv TCP (OpenSSL through memory BIOs): contexts and connections. */
+/* Mutual TLS 1.3 over libuv TCP (OpenSSL through BIOs of our own): contexts and connections. */
 #ifndef HBC_COMMON_TLS_H
 #define HBC_COMMON_TLS_H
 
@@ -34,7 +34,8 @@
  * stops taking any (the peer's writes then back up in TCP).
  */
 
-/* Bytes read from the socket at a time, and the most plaintext one on_read call carries. */
+/* Bytes read from the socket at a time, and the most plaintext one on_read carries from TLS's
+ * buffer. */
 #define TLS_READ_CHUNK ((size_t)64 << 10)
 /* The most plaintext one tls_conn_write() takes (it becomes one socket write). */
 #define TLS_WRITE_MAX ((size_t)1 << 30)
@@ -98,7 +99,8 @@ struct tls_conn;
  *   server's alert as the reason (e.g. "tlsv13 alert certificate required").
  * - on_read(c, data, len) delivers plaintext, only after a successful
  *   handshake and while reading is not stopped. data is borrowed until the
- *   callback returns; len is 1..TLS_READ_CHUNK.
+ *   callback returns; len is 1..TLS_READ_CHUNK, or up to the room the
+ *   application gave (tls_conn_set_read_buffer()).
  * - on_close fires exactly once, last, after the socket is closed; the
  *   connection is freed when it returns. status 0 means a clean close by
  *   either side (close_notify); reason is a human-readable explanation,
@@ -157,6 +159,25 @@ typedef void (*tls_write_cb)(struct tls_conn *c, int status, void *arg);
  */
 int tls_conn_write(struct tls_conn *c, const uv_buf_t *bufs, unsigned nbufs, tls_write_cb cb,
                    void *arg, struct err *e);
+
+/*
+ * Where the application wants the next plaintext decrypted: a buffer of its
+ * own and the bytes it may take there (*room), or NULL for TLS's buffer.
+ * See tls_conn_set_read_buffer().
+ */
+typedef uint8_t *(*tls_read_buffer_fn)(struct tls_conn *c, size_t *room);
+
+/*
+ * Decrypt straight into the application's buffers (no copy through TLS's
+ * own): before each batch of decryption while reading, fn(c, &room) is
+ * asked for a destination; when it returns one (room > 0), plaintext is
+ * decrypted there, at most room bytes, and on_read then gets data pointing
+ * at that buffer (the bytes are in place: on_read must not copy them onto
+ * themselves). When it returns NULL, plaintext goes to TLS's buffer as
+ * without fn. The buffer must stay valid until that on_read returns (or, if
+ * nothing arrives, until fn is next asked). fn NULL turns it off. Loop thread.
+ */
+void tls_conn_set_read_buffer(struct tls_conn *c, tls_read_buffer_fn fn);
 
 /* Plaintext bytes accepted by tls_conn_write() whose write callback has not fired yet. */
 size_t tls_conn_queued(const struct tls_conn *c);

@@ -418,6 +418,41 @@ static void test_full_client_refuses_then_drains(void **state)
     run_until(f, &f->cr.closes, 1);
 }
 
+/*
+ * max_queued: full while a request's bytes wait for the kernel, on_drain once
+ * they are taken, although far fewer requests than max_requests are in flight.
+ */
+static void test_max_queued_waits_for_the_kernel(void **state)
+{
+    struct fixture *f = *state;
+    struct node_client_opts o = {.max_requests = 64, .max_queued = 1};
+    struct node_client *nc = connect_to(f, env("HBC_NODE_ADDR"), &o);
+    run_until(f, &f->cr.connects, 1);
+    assert_int_equal(f->cr.connect_status, 0);
+    struct rec r[3];
+    memset(r, 0, sizeof r);
+    struct err e;
+    assert_false(node_client_full(nc));
+    assert_int_equal(node_client_status(nc, rec_cb, &r[0], &e), 0);
+    struct node_client_stats st;
+    node_client_stats(nc, &st);
+    assert_true(st.tls_queued > 0);
+    assert_true(node_client_full(nc));
+    assert_int_equal(node_client_status(nc, rec_cb, &r[1], &e), HBC_EBUSY);
+    run_until(f, &f->cr.drains, 1);
+    assert_false(node_client_full(nc));
+    assert_int_equal(node_client_status(nc, rec_cb, &r[1], &e), 0);
+    run_until(f, &f->cr.drains, 2);
+    assert_int_equal(node_client_status(nc, rec_cb, &r[2], &e), 0);
+    for (int i = 0; i < 3; i++) {
+        run_until(f, &r[i].calls, 1);
+        assert_int_equal(r[i].status, 0);
+        rec_release(&r[i]);
+    }
+    node_client_close(nc, 0, NULL);
+    run_until(f, &f->cr.closes, 1);
+}
+
 /* A node whose certificate names another node is refused; parked requests are cancelled. */
 static void test_wrong_node_id_is_refused(void **state)
 {
@@ -483,6 +518,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_node_fills_in_an_unset_trailer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_cancels_each_request_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_full_client_refuses_then_drains, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_max_queued_waits_for_the_kernel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrong_node_id_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refused_connection, setup, teardown),
         cmocka_unit_test_setup_teardown(test_request_timeout_closes_the_connection, setup,

@@ -10,6 +10,7 @@
 
 #include "common/alloc.h"
 #include "common/frame.h"
+#include "common/frame_view.h"
 
 /* What the reader delivered: each frame packed again, to compare bytes. */
 struct seen {
@@ -51,16 +52,16 @@ static void seen_reset(struct seen *s)
     memset(s, 0, sizeof *s);
 }
 
-/* A stream of frames of several types; the caller frees it. */
-static uint8_t *sample_stream(size_t *len_out, size_t *frames_out)
+/* A stream of frames of several types, with shards of the given sizes; the caller frees it. */
+static uint8_t *sample_stream_of(const size_t *sizes, size_t nsizes, size_t *len_out,
+                                 size_t *frames_out)
 {
     uint8_t *out = NULL;
     size_t len = 0;
     size_t frames = 0;
     static uint8_t vault[16] = {1, 2, 3};
     static uint8_t chunk[32] = {9, 8, 7};
-    static const size_t sizes[] = {0, 1, 100, 70000, 5};
-    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+    for (size_t i = 0; i < nsizes; i++) {
         Hbc__Frame f = HBC__FRAME__INIT;
         Hbc__PutShards put = HBC__PUT_SHARDS__INIT;
         Hbc__ShardBlob blob = HBC__SHARD_BLOB__INIT;
@@ -98,6 +99,13 @@ static uint8_t *sample_stream(size_t *len_out, size_t *frames_out)
     *len_out = len;
     *frames_out = frames;
     return out;
+}
+
+/* The usual sample: put frames (even) and status frames (odd), one body of 70000 bytes. */
+static uint8_t *sample_stream(size_t *len_out, size_t *frames_out)
+{
+    static const size_t sizes[] = {0, 1, 100, 70000, 5};
+    return sample_stream_of(sizes, sizeof sizes / sizeof sizes[0], len_out, frames_out);
 }
 
 static void test_whole_stream_round_trips(void **state)
@@ -465,6 +473,196 @@ static void test_encode_into_checks_the_buffer(void **state)
     assert_int_equal(buf[3], need - 4);
 }
 
+/* ---------------------------------------------------------------------- */
+/* Bodies written in place (frame_reader_room), as TLS decrypts them       */
+
+/* A put frame decoded in place: checked like any other, then given back. */
+static int seen_view_cb(Hbc__Frame *f, uint8_t *body, void *arg)
+{
+    struct seen *s = arg;
+    uint8_t *enc;
+    size_t n;
+    assert_int_equal(frame_encode(f, &enc, &n, NULL), 0);
+    s->bytes = realloc(s->bytes, s->len + n);
+    assert_non_null(s->bytes);
+    memcpy(s->bytes + s->len, enc, n);
+    s->len += n;
+    s->count++;
+    s->last_id = f->request_id;
+    hbc_free(enc);
+    frame_view_release(f, body, NULL);
+    return 0;
+}
+
+/*
+ * Deliver stream[0..len) the way TLS does with a read buffer: the bytes
+ * arrive in records whose ends are given in cuts[0..ncuts) (then the rest);
+ * of what has arrived, as much as the reader has room for is "decrypted"
+ * straight into its buffer, anything else goes through a scratch buffer
+ * of at most chunk bytes. Returns the first nonzero feed result, or 0.
+ */
+static int feed_like_tls(struct frame_reader *r, const uint8_t *stream, size_t len,
+                         const size_t *cuts, size_t ncuts, size_t chunk, size_t *in_place)
+{
+    size_t pos = 0;
+    uint8_t *scratch = malloc(chunk);
+    assert_non_null(scratch);
+    for (size_t c = 0; c <= ncuts; c++) {
+        size_t arrived = c < ncuts ? cuts[c] : len;
+        while (pos < arrived) {
+            size_t room;
+            uint8_t *dst = frame_reader_room(r, &room);
+            size_t n = arrived - pos;
+            int rc;
+            if (dst != NULL && room > 0) {
+                n = n < room ? n : room;
+                memcpy(dst, stream + pos, n);
+                *in_place += n;
+                rc = frame_reader_feed(r, dst, n, NULL);
+            } else {
+                n = n < chunk ? n : chunk;
+                memcpy(scratch, stream + pos, n);
+                rc = frame_reader_feed(r, scratch, n, NULL);
+            }
+            if (rc != 0) {
+                free(scratch);
+                return rc;
+            }
+            pos += n;
+        }
+    }
+    free(scratch);
+    return 0;
+}
+
+static void test_room_split_at_every_byte_equals_whole(void **state)
+{
+    (void)state;
+    static const size_t sizes[] = {0, 1, 100, 300, 5, 2};
+    size_t len, frames;
+    uint8_t *stream = sample_stream_of(sizes, sizeof sizes / sizeof sizes[0], &len, &frames);
+    for (int view = 0; view < 2; view++) {
+        for (size_t k = 0; k <= len; k++) {
+            /* Two records cut at k, then the same with the scratch path taking 1 byte at a time. */
+            for (size_t chunk = 1; chunk <= 64; chunk += 63) {
+                struct seen s = {0};
+                struct frame_reader r;
+                frame_reader_init(&r, 0, seen_cb, &s);
+                if (view) {
+                    frame_reader_set_view_cb(&r, seen_view_cb, NULL);
+                }
+                size_t in_place = 0;
+                assert_int_equal(feed_like_tls(&r, stream, len, &k, 1, chunk, &in_place), 0);
+                assert_int_equal(s.count, frames);
+                assert_int_equal(s.len, len);
+                assert_memory_equal(s.bytes, stream, len);
+                assert_int_equal(frame_reader_partial(&r), 0);
+                if (chunk == 1) {
+                    assert_true(in_place > 0);
+                }
+                frame_reader_release(&r);
+                seen_reset(&s);
+            }
+        }
+    }
+    free(stream);
+}
+
+static void test_room_with_records_of_every_size(void **state)
+{
+    (void)state;
+    static const size_t sizes[] = {0, 1, 100, 5, 70000, 7, 3};
+    size_t len, frames;
+    uint8_t *stream = sample_stream_of(sizes, sizeof sizes / sizeof sizes[0], &len, &frames);
+    size_t *cuts = malloc((len + 1) * sizeof *cuts);
+    assert_non_null(cuts);
+    for (size_t rec = 1; rec <= 40; rec++) {
+        size_t ncuts = 0;
+        for (size_t at = rec; at < len; at += rec * 97) { /* a record of rec, then larger ones */
+            cuts[ncuts++] = at;
+        }
+        struct seen s = {0};
+        struct frame_reader r;
+        frame_reader_init(&r, 0, seen_cb, &s);
+        frame_reader_set_view_cb(&r, seen_view_cb, NULL);
+        size_t in_place = 0;
+        assert_int_equal(feed_like_tls(&r, stream, len, cuts, ncuts, 16384, &in_place), 0);
+        assert_int_equal(s.count, frames);
+        assert_memory_equal(s.bytes, stream, len);
+        /* Most of the 70000-byte body was written in place. */
+        assert_true(in_place > 50000);
+        frame_reader_release(&r);
+        seen_reset(&s);
+    }
+    free(cuts);
+    free(stream);
+}
+
+static void test_room_only_inside_a_bounded_body(void **state)
+{
+    (void)state;
+    struct seen s = {0};
+    struct frame_reader r;
+    struct err e;
+    size_t room = 99;
+    frame_reader_init(&r, 1000, seen_cb, &s);
+    assert_null(frame_reader_room(&r, &room));
+    assert_int_equal(room, 0);
+
+    /* Half a prefix: still no room. */
+    static const uint8_t at_limit[] = {0x00, 0x00, 0x03, 0xe8};
+    assert_int_equal(frame_reader_feed(&r, at_limit, 2, NULL), 0);
+    assert_null(frame_reader_room(&r, &room));
+    /* The whole prefix of a body at the limit: room for exactly that body. */
+    assert_int_equal(frame_reader_feed(&r, at_limit + 2, 2, NULL), 0);
+    uint8_t *dst = frame_reader_room(&r, &room);
+    assert_non_null(dst);
+    assert_int_equal(room, 1000);
+    /* Writing past the room is refused and poisons the reader. */
+    assert_int_equal(frame_reader_feed(&r, dst, 1001, &e), HBC_EINVAL);
+    assert_null(frame_reader_room(&r, &room));
+    assert_int_equal(frame_reader_feed(&r, at_limit, 1, NULL), HBC_EINVAL);
+    frame_reader_release(&r);
+
+    /* One byte over the limit: refused from the prefix, before any allocation. */
+    static const uint8_t over[] = {0x00, 0x00, 0x03, 0xe9};
+    frame_reader_init(&r, 1000, seen_cb, &s);
+    alloc_fault_after(0);
+    int rc = frame_reader_feed(&r, over, sizeof over, &e);
+    assert_null(frame_reader_room(&r, &room));
+    alloc_fault_reset();
+    assert_int_equal(rc, HBC_ETOOBIG);
+    assert_null(r.buf);
+    assert_int_equal(room, 0);
+    frame_reader_release(&r);
+
+    /* The same prefix arriving a byte at a time, each byte asking for room first. */
+    frame_reader_init(&r, 1000, seen_cb, &s);
+    alloc_fault_after(0);
+    for (size_t i = 0; i < 3; i++) {
+        assert_null(frame_reader_room(&r, &room));
+        assert_int_equal(frame_reader_feed(&r, over + i, 1, NULL), 0);
+    }
+    rc = frame_reader_feed(&r, over + 3, 1, NULL);
+    assert_null(frame_reader_room(&r, &room));
+    alloc_fault_reset();
+    assert_int_equal(rc, HBC_ETOOBIG);
+    assert_null(r.buf);
+    frame_reader_release(&r);
+
+    /* No memory for the body: no room, and the next feed says why. */
+    frame_reader_init(&r, 1000, seen_cb, &s);
+    assert_int_equal(frame_reader_feed(&r, at_limit, sizeof at_limit, NULL), 0);
+    alloc_fault_after(0);
+    assert_null(frame_reader_room(&r, &room));
+    alloc_fault_reset();
+    static const uint8_t byte = 0x08;
+    assert_int_equal(frame_reader_feed(&r, &byte, 1, &e), HBC_ENOMEM);
+    assert_int_equal(s.count, 0);
+    frame_reader_release(&r);
+    seen_reset(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -480,6 +678,9 @@ int main(void)
         cmocka_unit_test(test_callback_error_stops_the_reader),
         cmocka_unit_test(test_out_of_memory_is_reported),
         cmocka_unit_test(test_encode_into_checks_the_buffer),
+        cmocka_unit_test(test_room_split_at_every_byte_equals_whole),
+        cmocka_unit_test(test_room_with_records_of_every_size),
+        cmocka_unit_test(test_room_only_inside_a_bounded_body),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
