@@ -1,11 +1,13 @@
 /*
- * Mutual TLS 1.3 over libuv TCP, with OpenSSL driven through two memory BIOs.
+ * Mutual TLS 1.3 over libuv TCP, with OpenSSL driven through a memory BIO
+ * (reads) and a sink BIO (writes).
  *
  * Happy path: accept or connect → read ciphertext into a per-connection
  * buffer → BIO_write into the read BIO → SSL_do_handshake, then SSL_read
  * into a second buffer → on_read. Writes are encrypted at once by SSL_write
- * into the write BIO and drained into one buffer per tls_conn_write(), which
- * becomes one uv_write. Close: SSL_shutdown (close_notify), uv_shutdown once
+ * straight into one buffer per tls_conn_write() (sink_write), which becomes
+ * one uv_write; what SSL writes at other times goes to a memory BIO drained
+ * by conn_flush. Close: SSL_shutdown (close_notify), uv_shutdown once
  * queued writes are out, read and discard until the peer hangs up, uv_close
  * on both handles, on_close, free.
  *
@@ -67,9 +69,11 @@ struct tls_conn {
     uv_timer_t timer;              /* handshake timeout, close timeout or deferred delivery */
     uv_connect_t connect_req;      /* client connect */
     uv_shutdown_t shutdown_req;    /* graceful close */
-    SSL *ssl;                      /* OpenSSL connection; owns both BIOs */
+    SSL *ssl;                      /* OpenSSL connection; owns rbio and sbio */
     BIO *rbio;                     /* ciphertext from the peer, fed by us */
-    BIO *wbio;                     /* ciphertext to the peer, drained by us */
+    BIO *sbio;                     /* what SSL writes to: into *wtarget when set, else wbio */
+    BIO *wbio;                     /* ciphertext to the peer outside a write, drained by us */
+    struct tls_write **wtarget;    /* the write tls_conn_write() is filling, or NULL */
     enum tls_conn_state state;     /* see enum */
     bool is_client;                /* dialled (true) or accepted */
     bool want_read;                /* the application has not stopped reading */
@@ -408,6 +412,7 @@ static void conn_free(struct tls_conn *c)
 {
     scratch_put();
     SSL_free(c->ssl);
+    BIO_free(c->wbio);
     hbc_free(c->peer_subject);
     hbc_free(c->peer_cn);
     hbc_free(c);
@@ -598,6 +603,85 @@ void tls_conn_abort(struct tls_conn *c, int status, const char *reason)
 /* Writing                                                                   */
 /* ------------------------------------------------------------------------ */
 
+/*
+ * The BIO that SSL writes ciphertext to. Inside tls_conn_write() the records
+ * go straight to the end of the write being built (*wtarget), which becomes
+ * the uv_write: one copy of the ciphertext instead of three (into a memory
+ * BIO, out of it, into the socket). Anything else SSL writes (handshake,
+ * alerts, close_notify) goes to the memory BIO wbio, drained by conn_flush.
+ */
+static int sink_write(BIO *b, const char *data, int len)
+{
+    struct tls_conn *c = BIO_get_data(b);
+    if (len <= 0) {
+        return 0;
+    }
+    if (c->wtarget == NULL) {
+        return BIO_write(c->wbio, data, len);
+    }
+    struct tls_write *w = *c->wtarget;
+    if (w->len + (size_t)len > w->cap) {
+        size_t cap = w->len + (size_t)len + TLS_WRITE_PIECE;
+        struct tls_write *g = hbc_realloc(w, sizeof *w + cap);
+        if (g == NULL) {
+            return -1; /* SSL_write fails; the connection is closed */
+        }
+        g->cap = cap;
+        *c->wtarget = w = g;
+    }
+    memcpy(w->data + w->len, data, (size_t)len);
+    w->len += (size_t)len;
+    return len;
+}
+
+static long sink_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)num;
+    (void)ptr;
+    struct tls_conn *c = BIO_get_data(b);
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1;
+    case BIO_CTRL_PENDING:
+    case BIO_CTRL_WPENDING:
+        return c != NULL ? (long)BIO_ctrl_pending(c->wbio) : 0;
+    default:
+        return 0;
+    }
+}
+
+static int sink_create(BIO *b)
+{
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static BIO_METHOD *sink_method;
+static pthread_once_t sink_once = PTHREAD_ONCE_INIT;
+
+static void sink_method_init(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "hbc tls sink");
+    if (m != NULL &&
+        (BIO_meth_set_write(m, sink_write) != 1 || BIO_meth_set_ctrl(m, sink_ctrl) != 1 ||
+         BIO_meth_set_create(m, sink_create) != 1)) {
+        BIO_meth_free(m);
+        m = NULL;
+    }
+    sink_method = m; /* kept for the process's life */
+}
+
+/* A sink BIO writing for c, or NULL. */
+static BIO *sink_new(struct tls_conn *c)
+{
+    pthread_once(&sink_once, sink_method_init);
+    BIO *b = sink_method != NULL ? BIO_new(sink_method) : NULL;
+    if (b != NULL) {
+        BIO_set_data(b, c);
+    }
+    return b;
+}
+
 static void on_write_done(uv_write_t *req, int status)
 {
     struct tls_write *w = (struct tls_write *)req;
@@ -708,6 +792,7 @@ int tls_conn_write(struct tls_conn *c, const uv_buf_t *bufs, unsigned nbufs, tls
     w->cb = cb;
     w->arg = arg;
     int rc = write_drain(&w, c->wbio);
+    c->wtarget = &w; /* SSL_write appends its records to w (sink_write) */
     for (unsigned i = 0; i < nbufs && rc == 0; i++) {
         const char *p = bufs[i].base;
         size_t left = bufs[i].len;
@@ -716,6 +801,7 @@ int tls_conn_write(struct tls_conn *c, const uv_buf_t *bufs, unsigned nbufs, tls
             ERR_clear_error();
             int r = SSL_write(c->ssl, p, (int)n);
             if (r <= 0 || (size_t)r != n) {
+                c->wtarget = NULL;
                 char reason[TLS_REASON_LEN];
                 ssl_reason(c, SSL_get_error(c->ssl, r), reason, sizeof reason);
                 hbc_free(w);
@@ -724,8 +810,11 @@ int tls_conn_write(struct tls_conn *c, const uv_buf_t *bufs, unsigned nbufs, tls
             }
             p += n;
             left -= n;
-            rc = write_drain(&w, c->wbio);
         }
+    }
+    c->wtarget = NULL;
+    if (rc == 0) {
+        rc = write_drain(&w, c->wbio); /* anything SSL wrote outside the records (none expected) */
     }
     if (rc == 0) {
         rc = write_submit(c, w);
@@ -983,14 +1072,15 @@ static int conn_new(uv_loop_t *loop, struct tls_ctx *ctx, bool is_client,
     pthread_mutex_unlock(&ctx->lock);
     c->rbio = BIO_new(BIO_s_mem());
     c->wbio = BIO_new(BIO_s_mem());
-    if (c->ssl == NULL || c->rbio == NULL || c->wbio == NULL) {
+    c->sbio = sink_new(c);
+    if (c->ssl == NULL || c->rbio == NULL || c->wbio == NULL || c->sbio == NULL) {
         BIO_free(c->rbio);
-        BIO_free(c->wbio);
-        c->rbio = c->wbio = NULL;
-        conn_free(c);
+        BIO_free(c->sbio);
+        c->rbio = c->sbio = NULL;
+        conn_free(c); /* frees wbio */
         return err_openssl(e, HBC_ENOMEM, "tls: new connection");
     }
-    SSL_set_bio(c->ssl, c->rbio, c->wbio);
+    SSL_set_bio(c->ssl, c->rbio, c->sbio);
     SSL_set_app_data(c->ssl, c);
     if (is_client) {
         SSL_set_connect_state(c->ssl);
