@@ -229,7 +229,9 @@ static int cmd_backup(struct cli *c, int argc, char **argv)
     struct backup_cb cb = {.skipped = {.list = json_array(), .json = json}};
     progress_line_init(&cb.line, stderr, "backup");
     o.paths = paths;
-    o.progress = backup_progress_cb;
+    /* No progress line (stderr is no terminal): no callback, so no scanner thread walks the
+     * tree a second time just to count it. */
+    o.progress = cb.line.tty ? backup_progress_cb : NULL;
     o.skipped = backup_skipped_cb;
     o.arg = &cb;
     struct hbc_backup_summary s;

@@ -144,7 +144,12 @@ int erasure_encode(const struct erasure_scheme *scheme, const uint8_t *object, s
     unsigned m = scheme->m;
     size_t len = erasure_shard_length(k, object_length);
     size_t stride = round_up(len, WORK_ALIGN);
-    size_t need = m > 0 ? m * stride + WORK_ALIGN : 0;
+    /* One data shard and parity rows of coefficient 1 (RS(1,1)): each parity shard is the data. */
+    bool copies = k == 1;
+    for (unsigned j = 0; j < m && copies; j++) {
+        copies = scheme->matrix[k + j] == 1;
+    }
+    size_t need = m > 0 && !copies ? m * stride + WORK_ALIGN : 0;
 
     if (need > st->work_capacity) {
         hbc_free(st->work);
@@ -161,7 +166,11 @@ int erasure_encode(const struct erasure_scheme *scheme, const uint8_t *object, s
     for (unsigned i = 0; i < k; i++) {
         data[i] = (uint8_t *)object + shard_start(i, len, object_length);
     }
-    if (m > 0) {
+    if (m > 0 && copies) {
+        for (unsigned j = 0; j < m; j++) {
+            parity[j] = data[0];
+        }
+    } else if (m > 0) {
         uint8_t *base = (uint8_t *)round_up((uintptr_t)st->work, WORK_ALIGN);
         for (unsigned j = 0; j < m; j++) {
             parity[j] = base + j * stride;

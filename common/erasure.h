@@ -147,8 +147,10 @@ struct erasure_stripe {
  * st->shards[0..k+m) point at the k+m shard payloads of st->shard_length
  * bytes each: the data shards are slices of object itself (nothing is
  * copied, so object must stay alive and unchanged while they are used) and
- * the parity shards lie in st->work. The parity pointers stay valid until
- * the next erasure_encode() or erasure_stripe_release() on st.
+ * the parity shards lie in st->work (except where a parity shard equals
+ * the data, as in RS(1,1): then it is object itself too, and nothing is
+ * coded). The parity pointers stay valid until the next erasure_encode() or
+ * erasure_stripe_release() on st.
  * Allocates only when st's buffer is too small for the m parity shards.
  * Returns 0; HBC_EINVAL (scheme or object NULL, object_length 0),
  * HBC_ETOOBIG (object_length above ERASURE_MAX_OBJECT), HBC_ENOMEM.

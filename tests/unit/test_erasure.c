@@ -1097,6 +1097,16 @@ static void test_allocation_failures(void **state)
     assert_int_equal(erasure_encode(s, object, len, &st, &e), 0);
     alloc_fault_reset();
     erasure_stripe_release(&st);
+    /* RS(1,1): the parity shard equals the data (coefficient 1), so nothing is coded or allocated.
+     */
+    assert_int_equal(erasure_scheme_get(1, 1, &s, NULL), 0);
+    alloc_fault_after(0);
+    assert_int_equal(erasure_encode(s, object, len, &st, &e), 0);
+    alloc_fault_reset();
+    assert_int_equal(st.shard_length, len);
+    assert_memory_equal(st.shards[0], object, len);
+    assert_memory_equal(st.shards[1], object, len);
+    erasure_stripe_release(&st);
 
     uint8_t *blobs[ERASURE_MAX_SHARDS];
     size_t lengths[ERASURE_MAX_SHARDS];
