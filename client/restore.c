@@ -89,6 +89,7 @@ struct prefetch {
     struct err e;              /* its message */
     struct repo_read_stats st; /* shards read */
     bool done;                 /* finished */
+    bool waited;               /* the walk waits for it (pf_done is signalled only then) */
     struct prefetch *next;     /* queue link */
 };
 
@@ -695,7 +696,9 @@ static void *prefetch_main(void *arg)
         p->rv = rv;
         p->e = e;
         p->done = true;
-        pthread_cond_broadcast(&rs->pf_done);
+        if (p->waited) {
+            pthread_cond_broadcast(&rs->pf_done); /* no wake-up for trees read well ahead */
+        }
     }
     pthread_mutex_unlock(&rs->pf_mu);
     return NULL;
@@ -731,6 +734,7 @@ static int prefetch_take(struct restore *rs, struct prefetch *p, struct snap_dir
 {
     pthread_mutex_lock(&rs->pf_mu);
     while (!p->done) {
+        p->waited = true;
         pthread_cond_wait(&rs->pf_done, &rs->pf_mu);
     }
     rs->pf_outstanding--;
