@@ -48,6 +48,7 @@
 #include "common/alloc.h"
 #include "common/erasure.h"
 #include "common/frame.h"
+#include "common/frame_scatter.h"
 #include "common/frame_view.h"
 #include "common/log.h"
 #include "common/shard_scheme.h"
@@ -348,6 +349,42 @@ static void req_finish(struct req *r, const Hbc__Frame *reply)
         uv_buf_t b = uv_buf_init((char *)buf, (unsigned)len);
         rv = tls_conn_write(c->tls, &b, 1, reply_written_cb, r, &e);
         hbc_free(buf);
+        if (rv == 0) {
+            return;
+        }
+    }
+    hbc_log(LOG_WARN, "event=reply_failed peer=%s reason=\"%s\"", c->peer, e.msg);
+    req_drop(r);
+}
+
+/*
+ * req_finish() for a reply with large bytes fields (shards): encrypted
+ * straight from the message's buffers (frame_scatter_encode), without first
+ * packing it into one frame buffer. Small fields are copied before r's
+ * request is freed, so they may point into it; bytes fields of
+ * FRAME_SCATTER_BORROW_MIN or more must be the caller's (freed on return).
+ */
+static void req_finish_scatter(struct req *r, const Hbc__Frame *reply)
+{
+    struct conn *c = r->conn;
+    struct server *s = c->srv;
+    c->inflight--;
+    c->last_active = uv_now(s->loop);
+    if (c->tls == NULL) {
+        req_drop(r);
+        return;
+    }
+    struct frame_scatter fs;
+    struct err e;
+    err_clear(&e);
+    int rv = frame_scatter_encode(reply, &fs, &e);
+    req_free(r);
+    if (rv == 0) {
+        c->held += fs.len;
+        conn_release_bytes(c, r->bytes);
+        r->bytes = fs.len;
+        rv = tls_conn_write(c->tls, fs.bufs, fs.nbufs, reply_written_cb, r, &e);
+        frame_scatter_free(&fs);
         if (rv == 0) {
             return;
         }
@@ -803,7 +840,7 @@ static void get_reply(struct req *r)
         req_fail(r, HBC_ETOOBIG,
                  "get shards: the reply would exceed max_frame; ask for fewer shards at once");
     } else {
-        req_finish(r, &f);
+        req_finish_scatter(r, &f);
     }
     for (size_t i = 0; i < n; i++) {
         hbc_free(datas[i]);
