@@ -32,7 +32,10 @@
 #define GROUP_MAX_FILES 4096 /* packed files restored by one job */
 #define PREFETCH_THREADS 8   /* threads reading directory trees ahead of the walk */
 #define PREFETCH_MAX 64      /* trees read ahead and not yet walked, at most */
-#define DIR_WINDOW 32        /* subdirectories of one directory read ahead together */
+/* File chunks read in one round trip hold at most this many plaintext bytes (replies stay far
+ * below a node's smallest max_frame, and memory near what one chunk at a time took). */
+#define BATCH_MAX_BYTES ((size_t)4 << 20)
+#define DIR_WINDOW 32 /* subdirectories of one directory read ahead together */
 
 static double now_s(void)
 {
@@ -562,8 +565,11 @@ static void *worker_main(void *arg)
             size_t n = 0;
             batch[n++] = j;
             size_t more = rs->queued / 2;
+            size_t bytes = j->f->chunks[j->idx].len;
             while (n < REPO_GET_BATCH_CHUNKS && more > 0 && rs->head != NULL &&
-                   job_batchable(rs->head)) {
+                   job_batchable(rs->head) &&
+                   bytes + rs->head->f->chunks[rs->head->idx].len <= BATCH_MAX_BYTES) {
+                bytes += rs->head->f->chunks[rs->head->idx].len;
                 batch[n++] = job_take(rs);
                 more--;
             }
