@@ -158,6 +158,25 @@ struct repo_read_stats {
 int repo_get_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], int copy, uint8_t **plain,
                    size_t *len, struct repo_read_stats *stats, struct err *e);
 
+/* Chunks repo_get_chunks() reads in one call at most. */
+#define REPO_GET_BATCH_CHUNKS 8
+
+/*
+ * repo_get_chunk() for n chunks (1 to REPO_GET_BATCH_CHUNKS) in one round
+ * trip on the healthy path: the data shards of all of them in one request
+ * per node; a chunk that cannot be read that way is read alone by
+ * repo_get_chunk(), with every fallback. ids (n entries) are borrowed;
+ * plains, lens, results and errs (may be NULL) are caller arrays of n: on
+ * results[i] == 0, plains[i] (hbc_free) holds lens[i] bytes, otherwise it
+ * is NULL and results[i] and errs[i] are what repo_get_chunk() returned.
+ * stats as repo_get_chunk()'s. Returns 0 when every chunk was read, else
+ * the first failure; HBC_EINVAL for bad arguments (every results[i] set to
+ * it, the message in errs[0]).
+ */
+int repo_get_chunks(struct repo *r, size_t n, const uint8_t (*ids)[REPO_CHUNK_ID], int copy,
+                    uint8_t **plains, size_t *lens, int *results, struct repo_read_stats *stats,
+                    struct err *errs);
+
 /* Commit a snapshot record through Raft (idempotent on snapshot_id). */
 int repo_snapshot_commit(struct repo *r, const Hbc__SnapshotCommit *s, uint64_t *index,
                          struct err *e);

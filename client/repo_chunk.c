@@ -504,6 +504,151 @@ int repo_get_chunk(struct repo *r, const uint8_t id[REPO_CHUNK_ID], int copy, ui
     return rv;
 }
 
+/*
+ * The healthy path of n chunks in one round trip: copy c's data shards of
+ * every chunk, one GetShards per node for the lot; each chunk that does not
+ * rebuild, open and match its id that way is read alone by repo_get_chunk()
+ * (every fallback). Shards are matched to chunks by the chunk id and index
+ * the node's reply names (checked again in each shard's header).
+ */
+int repo_get_chunks(struct repo *r, size_t n, const uint8_t (*ids)[REPO_CHUNK_ID], int copy,
+                    uint8_t **plains, size_t *lens, int *results, struct repo_read_stats *stats,
+                    struct err *errs)
+{
+    struct err *e = errs; /* argument failures are told in the first chunk's */
+    for (size_t i = 0; i < n; i++) {
+        plains[i] = NULL;
+        lens[i] = 0;
+        results[i] = HBC_ETOOFEW;
+    }
+    int rv = need_vault(r, "get chunks", e);
+    if (rv == 0 && (n == 0 || n > REPO_GET_BATCH_CHUNKS || copy >= (int)r->copies)) {
+        rv = err_setraw(e, HBC_EINVAL, "get chunks: %zu chunks (1 to %d), copy %d of %u", n,
+                        REPO_GET_BATCH_CHUNKS, copy, r->copies);
+    }
+    if (rv != 0) {
+        for (size_t i = 0; i < n; i++) {
+            results[i] = rv;
+        }
+        return rv;
+    }
+    const unsigned c = copy >= 0 ? (unsigned)copy : 0;
+    const unsigned width = copy_width(r, c);
+    const unsigned k = copy_k(r, c);
+    const unsigned stride = stride_of(r);
+    struct node_client_key keys[REPO_GET_BATCH_CHUNKS * PLACEMENT_MAX_WIDTH];
+    unsigned knode[REPO_GET_BATCH_CHUNKS * PLACEMENT_MAX_WIDTH];
+    size_t nkeys = 0;
+    bool placed[REPO_GET_BATCH_CHUNKS] = {false};
+    for (size_t i = 0; i < n; i++) {
+        unsigned place[MAX_SLOTS];
+        if (repo_place(r, ids[i], c + 1, stride, place, NULL) != 0) {
+            continue; /* read alone below, which reports why */
+        }
+        bool whole = true;
+        for (unsigned s = 0; s < k && whole; s++) {
+            whole = place[c * stride + s] != PMAP_NONE;
+        }
+        if (!whole) {
+            continue;
+        }
+        placed[i] = true;
+        for (unsigned s = 0; s < k; s++) {
+            knode[nkeys] = place[c * stride + s];
+            keys[nkeys++] = (struct node_client_key){
+                .vault_id = r->vault_id, .chunk_id = ids[i], .index = pmap_slot(&r->pv, c, s)};
+        }
+    }
+    /* One request per node: its keys made contiguous (stable order). */
+    struct node_client_key sorted[REPO_GET_BATCH_CHUNKS * PLACEMENT_MAX_WIDTH];
+    struct repo_req reqs[REPO_GET_BATCH_CHUNKS * PLACEMENT_MAX_WIDTH];
+    size_t nreqs = 0;
+    size_t used = 0;
+    bool taken[REPO_GET_BATCH_CHUNKS * PLACEMENT_MAX_WIDTH] = {false};
+    for (size_t a = 0; a < nkeys; a++) {
+        if (taken[a]) {
+            continue;
+        }
+        size_t first = used;
+        for (size_t b = a; b < nkeys; b++) {
+            if (!taken[b] && knode[b] == knode[a]) {
+                taken[b] = true;
+                sorted[used++] = keys[b];
+            }
+        }
+        reqs[nreqs++] = (struct repo_req){.addr = r->nodes[knode[a]].addr,
+                                          .node_id = r->nodes[knode[a]].node_id,
+                                          .kind = REPO_REQ_GET,
+                                          .keys = &sorted[first],
+                                          .nkeys = used - first};
+    }
+    struct repo_worker *w = NULL;
+    rv = worker_take(r, &w, e);
+    if (rv != 0) {
+        for (size_t i = 0; i < n; i++) {
+            results[i] = rv;
+        }
+        return rv;
+    }
+    struct repo_read_stats st = {0};
+    if (nreqs > 0) {
+        size_t bytes = (chunk_object_max_sealed(CHUNK_OBJECT_MAX_PLAINTEXT) / k + 1) * used;
+        flow_acquire(r, bytes);
+        repo_net_run(r->net, reqs, nreqs);
+        flow_release(r, bytes);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!placed[i]) {
+            continue;
+        }
+        struct fetch f = {0};
+        for (size_t t = 0; t < nreqs; t++) {
+            if (reqs[t].status != 0) {
+                continue;
+            }
+            const Hbc__GetShardsReply *g = reqs[t].reply->get_shards_reply;
+            for (size_t b = 0; b < g->n_shards; b++) {
+                const Hbc__ShardBlob *sb = g->shards[b];
+                uint32_t slot = 0;
+                if (sb->chunk_id.len == REPO_CHUNK_ID &&
+                    memcmp(sb->chunk_id.data, ids[i], REPO_CHUNK_ID) == 0 && sb->index < width &&
+                    f.blob[sb->index] == NULL &&
+                    shard_slot_from_wire(sb->index, sb->has_scheme_k, sb->scheme_k,
+                                         sb->has_scheme_m, sb->scheme_m, &slot, NULL) == 0 &&
+                    slot == pmap_slot(&r->pv, c, sb->index)) {
+                    f.blob[sb->index] = sb->data.data;
+                    f.len[sb->index] = sb->data.len;
+                    st.shards_read++;
+                }
+            }
+        }
+        struct err ce;
+        err_clear(&ce);
+        results[i] = fast_open(r, w, c, ids[i], &f, &plains[i], &lens[i], &ce);
+        if (results[i] != 0) {
+            plains[i] = NULL;
+            lens[i] = 0;
+        }
+    }
+    for (size_t t = 0; t < nreqs; t++) {
+        frame_free(reqs[t].reply);
+    }
+    worker_give(r, w);
+    if (stats != NULL) {
+        stats->shards_read += st.shards_read;
+    }
+    /* Whatever the healthy path did not give: the full read, alone, with every fallback. */
+    int first = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (results[i] != 0) {
+            results[i] = repo_get_chunk(r, ids[i], copy, &plains[i], &lens[i], stats,
+                                        errs != NULL ? &errs[i] : NULL);
+            first = first != 0 ? first : results[i];
+        }
+    }
+    return first;
+}
+
 /* ---- put ---- */
 
 /*

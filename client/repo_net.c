@@ -39,7 +39,8 @@ struct repo_call {
     struct repo_req *reqs;  /* the requests (the caller's) */
     size_t n;               /* how many */
     size_t pending;         /* not yet finished (network thread only) */
-    bool done;              /* all finished (under net->mu) */
+    bool done;              /* all finished (under mu) */
+    uv_mutex_t mu;          /* guards done: the caller's and the network thread's alone */
     uv_cond_t cv;           /* signalled when done */
     struct repo_call *next; /* in the submission queue */
 };
@@ -62,7 +63,7 @@ struct repo_net {
     uv_loop_t loop;            /* the thread's loop */
     uv_async_t async;          /* wakes it */
     uv_thread_t thread;        /* runs it */
-    uv_mutex_t mu;             /* guards the queue, stopping and call->done */
+    uv_mutex_t mu;             /* guards the queue and stopping */
     struct repo_call *head;    /* submitted calls */
     struct repo_call *tail;    /* last of them */
     bool stopping;             /* repo_net_stop() was called */
@@ -77,12 +78,12 @@ static void req_finish(struct repo_req *r)
 {
     struct repo_call *c = r->call;
     if (--c->pending == 0) {
-        struct repo_net *net = c->net;
-        /* The caller may free the call as soon as it sees done: touch nothing after. */
-        uv_mutex_lock(&net->mu);
+        /* The caller may free the call as soon as it sees done: touch nothing after. Its own
+         * mutex, not net->mu: the wake-up does not contend with other callers' submissions. */
+        uv_mutex_lock(&c->mu);
         c->done = true;
         uv_cond_signal(&c->cv);
-        uv_mutex_unlock(&net->mu);
+        uv_mutex_unlock(&c->mu);
     }
 }
 
@@ -422,7 +423,15 @@ void repo_net_run(struct repo_net *net, struct repo_req *reqs, size_t n)
         reqs[i].call = &call;
         reqs[i].next = NULL;
     }
+    if (uv_mutex_init(&call.mu) != 0) {
+        for (size_t i = 0; i < n; i++) {
+            reqs[i].status = HBC_ENOMEM;
+            snprintf(reqs[i].msg, sizeof reqs[i].msg, "no mutex");
+        }
+        return;
+    }
     if (uv_cond_init(&call.cv) != 0) {
+        uv_mutex_destroy(&call.mu);
         for (size_t i = 0; i < n; i++) {
             reqs[i].status = HBC_ENOMEM;
             snprintf(reqs[i].msg, sizeof reqs[i].msg, "no condition variable");
@@ -437,6 +446,7 @@ void repo_net_run(struct repo_net *net, struct repo_req *reqs, size_t n)
             snprintf(reqs[i].msg, sizeof reqs[i].msg, "the repo is closing");
         }
         uv_cond_destroy(&call.cv);
+        uv_mutex_destroy(&call.mu);
         return;
     }
     if (net->tail != NULL) {
@@ -448,10 +458,11 @@ void repo_net_run(struct repo_net *net, struct repo_req *reqs, size_t n)
     uv_mutex_unlock(&net->mu);
     uv_async_send(&net->async);
 
-    uv_mutex_lock(&net->mu);
+    uv_mutex_lock(&call.mu);
     while (!call.done) {
-        uv_cond_wait(&call.cv, &net->mu);
+        uv_cond_wait(&call.cv, &call.mu);
     }
-    uv_mutex_unlock(&net->mu);
+    uv_mutex_unlock(&call.mu);
     uv_cond_destroy(&call.cv);
+    uv_mutex_destroy(&call.mu);
 }

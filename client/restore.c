@@ -32,7 +32,10 @@
 #define GROUP_MAX_FILES 4096 /* packed files restored by one job */
 #define PREFETCH_THREADS 8   /* threads reading directory trees ahead of the walk */
 #define PREFETCH_MAX 64      /* trees read ahead and not yet walked, at most */
-#define DIR_WINDOW 32        /* subdirectories of one directory read ahead together */
+/* File chunks read in one round trip hold at most this many plaintext bytes (replies stay far
+ * below a node's smallest max_frame, and memory near what one chunk at a time took). */
+#define BATCH_MAX_BYTES ((size_t)4 << 20)
+#define DIR_WINDOW 32 /* subdirectories of one directory read ahead together */
 
 static double now_s(void)
 {
@@ -89,6 +92,7 @@ struct prefetch {
     struct err e;              /* its message */
     struct repo_read_stats st; /* shards read */
     bool done;                 /* finished */
+    bool waited;               /* the walk waits for it (pf_done is signalled only then) */
     struct prefetch *next;     /* queue link */
 };
 
@@ -113,6 +117,7 @@ struct restore {
     pthread_cond_t room;      /* budget or files freed */
     struct rjob *head;        /* queue */
     struct rjob *tail;        /* queue end */
+    size_t queued;            /* jobs in the queue */
     size_t inflight;          /* chunk bytes reserved */
     size_t budget;            /* inflight bound */
     size_t open_files;        /* files not finished */
@@ -126,6 +131,7 @@ struct restore {
     struct prefetch *pf_head; /* prefetches not yet started */
     struct prefetch *pf_tail; /* queue end */
     size_t pf_outstanding;    /* prefetches started and not yet taken by the walk */
+    size_t pf_queued;         /* prefetches in the queue */
     bool pf_closing;          /* prefetch threads are to stop */
     struct rgroup *group;     /* packed files being gathered (caller's thread) */
     uint64_t bytes_total;     /* for progress */
@@ -386,6 +392,7 @@ static void group_dispatch(struct restore *rs)
         rs->head = j;
     }
     rs->tail = j;
+    rs->queued++;
     pthread_cond_signal(&rs->work);
     pthread_mutex_unlock(&rs->mu);
 }
@@ -433,6 +440,109 @@ static void group_add(struct restore *rs, const char *path, const struct tree_en
     }
 }
 
+/* Whether j is one chunk of a file read on its own (not packed): those are read in batches. */
+static bool job_batchable(const struct rjob *j)
+{
+    return j->g == NULL && !j->f->chunks[j->idx].packed;
+}
+
+/* Take the queue's first job. Caller holds rs->mu; the queue is not empty. */
+static struct rjob *job_take(struct restore *rs)
+{
+    struct rjob *j = rs->head;
+    rs->head = j->next;
+    if (rs->head == NULL) {
+        rs->tail = NULL;
+    }
+    rs->queued--;
+    return j;
+}
+
+/* A chunk job's data is read (rv == 0: plain, len bytes; owned) or failed: write, hash, count. */
+static void job_done(struct restore *rs, struct rjob *j, int rv, uint8_t *plain, size_t len,
+                     const struct repo_read_stats *st, struct err *e)
+{
+    struct rfile *f = j->f;
+    const struct tree_chunk *c = &f->chunks[j->idx];
+    if (rv == 0 && f->ff != NULL) {
+        rv = fs_file_write(f->ff, j->off, plain, len, e);
+    }
+    size_t released = 0;
+    pthread_mutex_lock(&f->mu);
+    if (rv != 0) {
+        if (f->err == 0) {
+            f->err = rv;
+            f->e = *e;
+        }
+        hbc_free(plain);
+        released += c->len;
+    } else {
+        f->pending[j->idx] = plain;
+        while (f->next < f->n && f->pending[f->next] != NULL) {
+            if (f->err == 0 &&
+                EVP_DigestUpdate(f->md, f->pending[f->next], f->chunks[f->next].len) != 1) {
+                f->err = err_openssl(&f->e, HBC_ECRYPTO, "SHA-256");
+            }
+            hbc_free(f->pending[f->next]);
+            f->pending[f->next] = NULL;
+            released += f->chunks[f->next].len;
+            f->next++;
+        }
+    }
+    bool last = --f->left == 0;
+    pthread_mutex_unlock(&f->mu);
+    hbc_free(j);
+
+    pthread_mutex_lock(&rs->mu);
+    rs->inflight -= released;
+    rs->res->shards_read += st->shards_read;
+    rs->res->shard_errors += st->shard_errors;
+    if (rv == 0) {
+        rs->res->chunks++;
+        rs->res->chunk_bytes += len;
+    }
+    pthread_cond_broadcast(&rs->room);
+    pthread_mutex_unlock(&rs->mu);
+    if (last) {
+        rfile_finish(rs, f);
+    }
+}
+
+/*
+ * Read the chunks of batch[0..n) (batchable jobs) in one round trip
+ * (repo_get_chunks: one request per node for all of them), then finish
+ * each job. A chunk the batch could not read was read alone, with every
+ * fallback, inside repo_get_chunks().
+ */
+static void batch_run(struct restore *rs, struct rjob **batch, size_t n)
+{
+    uint8_t ids[REPO_GET_BATCH_CHUNKS][REPO_CHUNK_ID];
+    uint8_t *plains[REPO_GET_BATCH_CHUNKS];
+    size_t lens[REPO_GET_BATCH_CHUNKS];
+    int results[REPO_GET_BATCH_CHUNKS];
+    for (size_t i = 0; i < n; i++) {
+        memcpy(ids[i], batch[i]->f->chunks[batch[i]->idx].id, REPO_CHUNK_ID);
+    }
+    struct repo_read_stats st = {0};
+    struct err errs[REPO_GET_BATCH_CHUNKS];
+    memset(errs, 0, sizeof errs);
+    repo_get_chunks(rs->r, n, (const uint8_t(*)[REPO_CHUNK_ID])ids, rs->o->copy, plains, lens,
+                    results, &st, errs);
+    for (size_t i = 0; i < n; i++) {
+        int rv = results[i];
+        if (rv == 0) {
+            rv = tree_slice_check(&batch[i]->f->chunks[batch[i]->idx], lens[i], &errs[i]);
+            if (rv != 0) {
+                hbc_free(plains[i]);
+                plains[i] = NULL;
+            }
+        }
+        /* The batch's reads are counted once, with its first job. */
+        struct repo_read_stats none = {0};
+        job_done(rs, batch[i], rv, plains[i], lens[i], i == 0 ? &st : &none, &errs[i]);
+    }
+}
+
 static void *worker_main(void *arg)
 {
     struct restore *rs = arg;
@@ -444,12 +554,35 @@ static void *worker_main(void *arg)
         if (rs->head == NULL) {
             break;
         }
-        struct rjob *j = rs->head;
-        rs->head = j->next;
-        if (rs->head == NULL) {
-            rs->tail = NULL;
+        struct rjob *j = job_take(rs);
+        if (j->g == NULL && job_batchable(j)) {
+            /*
+             * More chunks read on their own go with it, up to half of what
+             * is queued (the other workers keep theirs): one round trip
+             * instead of one per chunk.
+             */
+            struct rjob *batch[REPO_GET_BATCH_CHUNKS];
+            size_t n = 0;
+            batch[n++] = j;
+            size_t more = rs->queued / 2;
+            size_t bytes = j->f->chunks[j->idx].len;
+            while (n < REPO_GET_BATCH_CHUNKS && more > 0 && rs->head != NULL &&
+                   job_batchable(rs->head) &&
+                   bytes + rs->head->f->chunks[rs->head->idx].len <= BATCH_MAX_BYTES) {
+                bytes += rs->head->f->chunks[rs->head->idx].len;
+                batch[n++] = job_take(rs);
+                more--;
+            }
+            pthread_mutex_unlock(&rs->mu);
+            if (n > 1) {
+                batch_run(rs, batch, n);
+                progress(rs, false);
+                pthread_mutex_lock(&rs->mu);
+                continue;
+            }
+        } else {
+            pthread_mutex_unlock(&rs->mu);
         }
-        pthread_mutex_unlock(&rs->mu);
 
         if (j->g != NULL) {
             group_run(rs, j->g);
@@ -458,8 +591,7 @@ static void *worker_main(void *arg)
             pthread_mutex_lock(&rs->mu);
             continue;
         }
-        struct rfile *f = j->f;
-        const struct tree_chunk *c = &f->chunks[j->idx];
+        const struct tree_chunk *c = &j->f->chunks[j->idx];
         struct err e = {0};
         uint8_t *plain = NULL;
         size_t len = 0;
@@ -474,48 +606,7 @@ static void *worker_main(void *arg)
                 rv = tree_slice_check(c, len, &e);
             }
         }
-        if (rv == 0 && f->ff != NULL) {
-            rv = fs_file_write(f->ff, j->off, plain, len, &e);
-        }
-        size_t released = 0;
-        pthread_mutex_lock(&f->mu);
-        if (rv != 0) {
-            if (f->err == 0) {
-                f->err = rv;
-                f->e = e;
-            }
-            hbc_free(plain);
-            released += c->len;
-        } else {
-            f->pending[j->idx] = plain;
-            while (f->next < f->n && f->pending[f->next] != NULL) {
-                if (f->err == 0 &&
-                    EVP_DigestUpdate(f->md, f->pending[f->next], f->chunks[f->next].len) != 1) {
-                    f->err = err_openssl(&f->e, HBC_ECRYPTO, "SHA-256");
-                }
-                hbc_free(f->pending[f->next]);
-                f->pending[f->next] = NULL;
-                released += f->chunks[f->next].len;
-                f->next++;
-            }
-        }
-        bool last = --f->left == 0;
-        pthread_mutex_unlock(&f->mu);
-        hbc_free(j);
-
-        pthread_mutex_lock(&rs->mu);
-        rs->inflight -= released;
-        rs->res->shards_read += st.shards_read;
-        rs->res->shard_errors += st.shard_errors;
-        if (rv == 0) {
-            rs->res->chunks++;
-            rs->res->chunk_bytes += len;
-        }
-        pthread_cond_broadcast(&rs->room);
-        pthread_mutex_unlock(&rs->mu);
-        if (last) {
-            rfile_finish(rs, f);
-        }
+        job_done(rs, j, rv, plain, len, &st, &e);
         progress(rs, false);
         pthread_mutex_lock(&rs->mu);
     }
@@ -660,6 +751,7 @@ static void restore_file(struct restore *rs, const char *path, const struct tree
             rs->head = j;
         }
         rs->tail = j;
+        rs->queued++;
         pthread_cond_signal(&rs->work);
         pthread_mutex_unlock(&rs->mu);
     }
@@ -667,6 +759,36 @@ static void restore_file(struct restore *rs, const char *path, const struct tree
 
 /* ------------------------------------------------------------------------- */
 /* Reading directory trees ahead of the walk.                                */
+
+/* Read the trees of batch[0..n) in one round trip (repo_get_chunks), each into its cursor. */
+static void prefetch_batch(struct restore *rs, struct prefetch **batch, size_t n)
+{
+    uint8_t ids[REPO_GET_BATCH_CHUNKS][REPO_CHUNK_ID];
+    uint8_t *plains[REPO_GET_BATCH_CHUNKS];
+    size_t lens[REPO_GET_BATCH_CHUNKS];
+    int results[REPO_GET_BATCH_CHUNKS];
+    struct err errs[REPO_GET_BATCH_CHUNKS];
+    memset(errs, 0, sizeof errs);
+    for (size_t i = 0; i < n; i++) {
+        memcpy(ids[i], batch[i]->id, REPO_CHUNK_ID);
+    }
+    /* The batch's reads are counted with its first tree. */
+    repo_get_chunks(rs->r, n, (const uint8_t(*)[REPO_CHUNK_ID])ids, rs->o->copy, plains, lens,
+                    results, &batch[0]->st, errs);
+    for (size_t i = 0; i < n; i++) {
+        struct prefetch *p = batch[i];
+        p->d = NULL;
+        p->rv = results[i];
+        if (p->rv == 0) {
+            p->rv = snap_dir_open_plain(rs->r, plains[i], lens[i], rs->o->copy, &p->st, &p->d,
+                                        &errs[i]);
+        } else {
+            err_wrap_code(&errs[i], p->rv, "read tree");
+        }
+        hbc_free(plains[i]);
+        p->e = errs[i];
+    }
+}
 
 static void *prefetch_main(void *arg)
 {
@@ -679,23 +801,40 @@ static void *prefetch_main(void *arg)
         if (rs->pf_head == NULL) {
             break;
         }
-        struct prefetch *p = rs->pf_head;
-        rs->pf_head = p->next;
-        if (rs->pf_head == NULL) {
-            rs->pf_tail = NULL;
-        }
+        /* The first tree queued, and up to half of the rest (the other threads take theirs). */
+        struct prefetch *batch[REPO_GET_BATCH_CHUNKS];
+        size_t n = 0;
+        size_t more = (rs->pf_queued - 1) / 2;
+        do {
+            struct prefetch *p = rs->pf_head;
+            rs->pf_head = p->next;
+            if (rs->pf_head == NULL) {
+                rs->pf_tail = NULL;
+            }
+            rs->pf_queued--;
+            batch[n++] = p;
+        } while (n < REPO_GET_BATCH_CHUNKS && n <= more && rs->pf_head != NULL);
         pthread_mutex_unlock(&rs->pf_mu);
         /* The cursor keeps &p->st: reads of the directory's parts (by the walk, later) count
          * there too, and the walk frees p only when it closes the directory. */
-        struct snap_dir *d = NULL;
-        struct err e = {0};
-        int rv = snap_dir_open(rs->r, p->id, rs->o->copy, &p->st, &d, &e);
+        if (n == 1) {
+            struct prefetch *p = batch[0];
+            struct err e = {0};
+            p->d = NULL;
+            p->rv = snap_dir_open(rs->r, p->id, rs->o->copy, &p->st, &p->d, &e);
+            p->e = e;
+        } else {
+            prefetch_batch(rs, batch, n);
+        }
         pthread_mutex_lock(&rs->pf_mu);
-        p->d = d;
-        p->rv = rv;
-        p->e = e;
-        p->done = true;
-        pthread_cond_broadcast(&rs->pf_done);
+        bool wake = false;
+        for (size_t i = 0; i < n; i++) {
+            batch[i]->done = true;
+            wake = wake || batch[i]->waited;
+        }
+        if (wake) {
+            pthread_cond_broadcast(&rs->pf_done); /* no wake-up for trees read well ahead */
+        }
     }
     pthread_mutex_unlock(&rs->pf_mu);
     return NULL;
@@ -719,6 +858,7 @@ static struct prefetch *prefetch_start(struct restore *rs, const uint8_t id[TREE
         }
         rs->pf_tail = p;
         rs->pf_outstanding++;
+        rs->pf_queued++;
         pthread_cond_signal(&rs->pf_work);
     }
     pthread_mutex_unlock(&rs->pf_mu);
@@ -731,6 +871,7 @@ static int prefetch_take(struct restore *rs, struct prefetch *p, struct snap_dir
 {
     pthread_mutex_lock(&rs->pf_mu);
     while (!p->done) {
+        p->waited = true;
         pthread_cond_wait(&rs->pf_done, &rs->pf_mu);
     }
     rs->pf_outstanding--;

@@ -108,25 +108,46 @@ struct snap_dir {
     const struct tree_entry *ahead; /* snap_dir_find() looked at this one and left it */
 };
 
-int snap_dir_open(struct repo *r, const uint8_t head[TREE_ID_LEN], int copy,
-                  struct repo_read_stats *stats, struct snap_dir **out, struct err *e)
+/* A cursor on a directory whose head is decoded already (taken). */
+static int dir_new(struct repo *r, int copy, struct repo_read_stats *stats, struct tree *head,
+                   struct snap_dir **out, struct err *e)
 {
-    *out = NULL;
     struct snap_dir *d = hbc_calloc(1, sizeof *d);
     if (d == NULL) {
+        tree_free(head);
         return err_set(e, HBC_ENOMEM, "directory cursor");
     }
     d->r = r;
     d->copy = copy;
     d->stats = stats;
-    int rv = snap_tree_fetch(r, head, TREE_HEAD, copy, &d->head, stats, e);
-    if (rv != 0) {
-        hbc_free(d);
-        return rv;
-    }
+    d->head = head;
     d->cur = d->head->nparts > 0 ? NULL : d->head;
     *out = d;
     return 0;
+}
+
+int snap_dir_open(struct repo *r, const uint8_t head[TREE_ID_LEN], int copy,
+                  struct repo_read_stats *stats, struct snap_dir **out, struct err *e)
+{
+    *out = NULL;
+    struct tree *h = NULL;
+    int rv = snap_tree_fetch(r, head, TREE_HEAD, copy, &h, stats, e);
+    if (rv != 0) {
+        return rv;
+    }
+    return dir_new(r, copy, stats, h, out, e);
+}
+
+int snap_dir_open_plain(struct repo *r, const uint8_t *plain, size_t len, int copy,
+                        struct repo_read_stats *stats, struct snap_dir **out, struct err *e)
+{
+    *out = NULL;
+    struct tree *h = NULL;
+    int rv = tree_decode(plain, len, TREE_HEAD, &h, e);
+    if (rv != 0) {
+        return err_wrap_code(e, rv, "decode tree");
+    }
+    return dir_new(r, copy, stats, h, out, e);
 }
 
 void snap_dir_close(struct snap_dir *d)

@@ -72,6 +72,15 @@ int snap_dir_open(struct repo *r, const uint8_t head[TREE_ID_LEN], int copy,
                   struct repo_read_stats *stats, struct snap_dir **out, struct err *e);
 
 /*
+ * snap_dir_open() of a head already read: plain (borrowed, len bytes) is the
+ * head tree's plaintext as repo_get_chunk() or repo_get_chunks() returned it
+ * (opened and its id checked). Decodes it with every tree check. Returns 0,
+ * what tree_decode() returns (wrapped "decode tree"), or HBC_ENOMEM.
+ */
+int snap_dir_open_plain(struct repo *r, const uint8_t *plain, size_t len, int copy,
+                        struct repo_read_stats *stats, struct snap_dir **out, struct err *e);
+
+/*
  * The next entry into *en (valid until the next call on d). Returns 1 with
  * an entry, 0 at the end, or an error (fetching a part, or HBC_EFORMAT if
  * names do not increase across objects).

@@ -48,6 +48,7 @@
 #include "common/alloc.h"
 #include "common/erasure.h"
 #include "common/frame.h"
+#include "common/frame_scatter.h"
 #include "common/frame_view.h"
 #include "common/log.h"
 #include "common/shard_scheme.h"
@@ -67,6 +68,8 @@
 #define SWEEP_INTERVAL_MS 1000
 /* Largest number of keys or ids in one get or have request. */
 #define REQUEST_MAX_KEYS 4096
+/* A get whose shards are all cached and add up to at most this is answered on the loop thread. */
+#define GET_INLINE_MAX_BYTES (2u << 20)
 /*
  * Bytes of free space a group commit leaves on the data directory's filesystem
  * for the index: a RocksDB write that meets ENOSPC leaves RocksDB read-only and
@@ -103,6 +106,7 @@ struct req {
     struct req *next;              /* commit queue / commit batch link */
     uv_work_t work;                /* for gets and haves */
     Hbc__Frame *reply;             /* get/have: the reply built on the worker */
+    struct shard_key *keys;        /* get: the decoded keys (owned) */
     uint8_t **datas;               /* get: shard data per key (owned) */
     size_t *lens;                  /* get: their lengths */
     int *results;                  /* get: per-key results */
@@ -282,6 +286,8 @@ static void req_free(struct req *r)
         frame_free(r->frame);
     }
     r->frame = NULL;
+    hbc_free(r->keys);
+    r->keys = NULL;
     hbc_free(r->datas);
     hbc_free(r->lens);
     hbc_free(r->results);
@@ -343,6 +349,42 @@ static void req_finish(struct req *r, const Hbc__Frame *reply)
         uv_buf_t b = uv_buf_init((char *)buf, (unsigned)len);
         rv = tls_conn_write(c->tls, &b, 1, reply_written_cb, r, &e);
         hbc_free(buf);
+        if (rv == 0) {
+            return;
+        }
+    }
+    hbc_log(LOG_WARN, "event=reply_failed peer=%s reason=\"%s\"", c->peer, e.msg);
+    req_drop(r);
+}
+
+/*
+ * req_finish() for a reply with large bytes fields (shards): encrypted
+ * straight from the message's buffers (frame_scatter_encode), without first
+ * packing it into one frame buffer. Small fields are copied before r's
+ * request is freed, so they may point into it; bytes fields of
+ * FRAME_SCATTER_BORROW_MIN or more must be the caller's (freed on return).
+ */
+static void req_finish_scatter(struct req *r, const Hbc__Frame *reply)
+{
+    struct conn *c = r->conn;
+    struct server *s = c->srv;
+    c->inflight--;
+    c->last_active = uv_now(s->loop);
+    if (c->tls == NULL) {
+        req_drop(r);
+        return;
+    }
+    struct frame_scatter fs;
+    struct err e;
+    err_clear(&e);
+    int rv = frame_scatter_encode(reply, &fs, &e);
+    req_free(r);
+    if (rv == 0) {
+        c->held += fs.len;
+        conn_release_bytes(c, r->bytes);
+        r->bytes = fs.len;
+        rv = tls_conn_write(c->tls, fs.bufs, fs.nbufs, reply_written_cb, r, &e);
+        frame_scatter_free(&fs);
         if (rv == 0) {
             return;
         }
@@ -689,39 +731,47 @@ static void server_maybe_commit(struct server *s)
 /* ---------------------------------------------------------------------- */
 /* Gets and existence queries                                              */
 
+/* Allocate r's result arrays and decode its keys into r->keys. Sets r->status on failure. */
+static int get_prepare(struct req *r)
+{
+    Hbc__GetShards *g = r->frame->get_shards;
+    size_t n = g->n_keys;
+    r->keys = hbc_calloc(n, sizeof *r->keys);
+    r->datas = hbc_calloc(n, sizeof *r->datas);
+    r->lens = hbc_calloc(n, sizeof *r->lens);
+    r->results = hbc_calloc(n, sizeof *r->results);
+    if (r->keys == NULL || r->datas == NULL || r->lens == NULL || r->results == NULL) {
+        r->status = HBC_ENOMEM;
+        snprintf(r->msg, sizeof r->msg, "get shards: out of memory");
+        return r->status;
+    }
+    for (size_t i = 0; i < n; i++) {
+        Hbc__ShardKey *k = g->keys[i];
+        memcpy(r->keys[i].vault_id, k->vault_id.data, SHARD_STORE_VAULT_ID_LEN);
+        memcpy(r->keys[i].chunk_id, k->chunk_id.data, SHARD_STORE_CHUNK_ID_LEN);
+        struct err se;
+        int srv = shard_slot_from_wire(k->index, k->has_scheme_k, k->scheme_k, k->has_scheme_m,
+                                       k->scheme_m, &r->keys[i].index, &se);
+        if (srv != 0) {
+            r->status = srv;
+            snprintf(r->msg, sizeof r->msg, "get shards: %.220s", se.msg);
+            return srv;
+        }
+    }
+    return 0;
+}
+
 static void get_work_cb(uv_work_t *w)
 {
     struct req *r = w->data;
     struct server *s = r->conn->srv;
-    Hbc__GetShards *g = r->frame->get_shards;
-    size_t n = g->n_keys;
-    struct shard_key *keys = hbc_calloc(n, sizeof *keys);
-    r->datas = hbc_calloc(n, sizeof *r->datas);
-    r->lens = hbc_calloc(n, sizeof *r->lens);
-    r->results = hbc_calloc(n, sizeof *r->results);
-    if (keys == NULL || r->datas == NULL || r->lens == NULL || r->results == NULL) {
-        r->status = HBC_ENOMEM;
-        snprintf(r->msg, sizeof r->msg, "get shards: out of memory");
-        hbc_free(keys);
+    /* get_inline() may have prepared r already. */
+    if (r->keys == NULL && get_prepare(r) != 0) {
         return;
     }
-    for (size_t i = 0; i < n; i++) {
-        Hbc__ShardKey *k = g->keys[i];
-        memcpy(keys[i].vault_id, k->vault_id.data, SHARD_STORE_VAULT_ID_LEN);
-        memcpy(keys[i].chunk_id, k->chunk_id.data, SHARD_STORE_CHUNK_ID_LEN);
-        struct err se;
-        int srv = shard_slot_from_wire(k->index, k->has_scheme_k, k->scheme_k, k->has_scheme_m,
-                                       k->scheme_m, &keys[i].index, &se);
-        if (srv != 0) {
-            r->status = srv;
-            snprintf(r->msg, sizeof r->msg, "get shards: %.220s", se.msg);
-            hbc_free(keys);
-            return;
-        }
-    }
     struct err e;
-    int rv = shard_store_get_batch(s->store, keys, n, r->datas, r->lens, r->results, &e);
-    hbc_free(keys);
+    int rv = shard_store_get_batch(s->store, r->keys, r->frame->get_shards->n_keys, r->datas,
+                                   r->lens, r->results, &e);
     if (rv != 0) {
         r->status = rv;
         snprintf(r->msg, sizeof r->msg, "get shards: %.220s", e.msg);
@@ -790,7 +840,7 @@ static void get_reply(struct req *r)
         req_fail(r, HBC_ETOOBIG,
                  "get shards: the reply would exceed max_frame; ask for fewer shards at once");
     } else {
-        req_finish(r, &f);
+        req_finish_scatter(r, &f);
     }
     for (size_t i = 0; i < n; i++) {
         hbc_free(datas[i]);
@@ -799,6 +849,37 @@ static void get_reply(struct req *r)
     hbc_free(blobs);
     hbc_free(bp);
     hbc_free(missing);
+}
+
+/*
+ * Answer a get on the loop thread when that needs no waiting: every index
+ * entry in RocksDB's memory and every record in the page cache, at most
+ * GET_INLINE_MAX_BYTES in all (their SHA-256 is computed here). Saves the
+ * thread pool's two hand-offs per request, which cost more than the reads
+ * of a few small cached shards. Returns whether r was answered; if not, r
+ * is prepared for get_work_cb.
+ */
+static bool get_inline(struct req *r)
+{
+    struct server *s = r->conn->srv;
+    if (get_prepare(r) != 0) {
+        get_reply(r); /* the failure, as get_work_cb would have reported it */
+        return true;
+    }
+    struct err e;
+    err_clear(&e);
+    int rv = shard_store_get_batch_nowait(s->store, r->keys, r->frame->get_shards->n_keys,
+                                          GET_INLINE_MAX_BYTES, r->datas, r->lens, r->results, &e);
+    if (rv == HBC_EBUSY) {
+        return false;
+    }
+    s->stats.gets_inline++;
+    if (rv != 0) {
+        r->status = rv;
+        snprintf(r->msg, sizeof r->msg, "get shards: %.220s", e.msg);
+    }
+    get_reply(r);
+    return true;
 }
 
 static void get_after_cb(uv_work_t *w, int status)
@@ -1258,6 +1339,9 @@ static int conn_take_frame(struct conn *c, Hbc__Frame *frame, uint8_t *body)
             break;
         }
         r->kind = get ? REQ_GET : REQ_HAVE;
+        if (get && get_inline(r)) {
+            break;
+        }
         r->work.data = r;
         rv = uv_queue_work(s->loop, &r->work, get ? get_work_cb : have_work_cb,
                            get ? get_after_cb : have_after_cb);

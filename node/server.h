@@ -22,6 +22,7 @@ struct server_stats {
     uint64_t puts_acked;     /* shards acknowledged as durable */
     uint64_t commits;        /* group commits (one fdatasync + one synced index batch each) */
     uint64_t gets_served;    /* shards sent */
+    uint64_t gets_inline;    /* get requests answered on the loop thread (all cached) */
     uint64_t bad_requests;   /* requests answered with an error frame */
 };
 

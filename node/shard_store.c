@@ -294,10 +294,13 @@ static int store_open_index(struct shard_store *s, const char *path, struct err 
     s->dbopts = rocksdb_options_create();
     s->table_opts = rocksdb_block_based_options_create();
     s->ro = rocksdb_readoptions_create();
+    s->ro_cached = rocksdb_readoptions_create();
     s->wo = rocksdb_writeoptions_create();
-    if (s->dbopts == NULL || s->table_opts == NULL || s->ro == NULL || s->wo == NULL) {
+    if (s->dbopts == NULL || s->table_opts == NULL || s->ro == NULL || s->ro_cached == NULL ||
+        s->wo == NULL) {
         return err_set(e, HBC_ENOMEM, "index options");
     }
+    rocksdb_readoptions_set_read_tier(s->ro_cached, 1); /* kBlockCacheTier: no file reads */
     rocksdb_block_based_options_set_filter_policy(s->table_opts,
                                                   rocksdb_filterpolicy_create_bloom_full(10));
     rocksdb_options_set_block_based_table_factory(s->dbopts, s->table_opts);
@@ -762,6 +765,9 @@ static void store_free(struct shard_store *s)
     }
     if (s->ro != NULL) {
         rocksdb_readoptions_destroy(s->ro);
+    }
+    if (s->ro_cached != NULL) {
+        rocksdb_readoptions_destroy(s->ro_cached);
     }
     if (s->wo != NULL) {
         rocksdb_writeoptions_destroy(s->wo);

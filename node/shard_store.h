@@ -235,6 +235,21 @@ int shard_store_get_batch(struct shard_store *s, const struct shard_key *keys, s
                           uint8_t **datas, size_t *lens, int *results, struct err *e);
 
 /*
+ * shard_store_get_batch() without blocking, for an event loop thread: every
+ * index lookup is answered from RocksDB's memtables and block cache, every
+ * record read from the page cache (preadv2 RWF_NOWAIT), and seg_lock is
+ * only tried. The records' headers and SHA-256 are checked exactly as by
+ * shard_store_get(). Returns 0 with datas/lens/results as
+ * shard_store_get_batch() fills them; HBC_EBUSY when any step would wait or
+ * the shards found add up to more than max_bytes (nothing is returned then:
+ * every datas[i] NULL; run shard_store_get_batch() on a thread that may
+ * block); HBC_EINVAL for bad arguments; HBC_ENOMEM; -errno from a read.
+ */
+int shard_store_get_batch_nowait(struct shard_store *s, const struct shard_key *keys, size_t n,
+                                 size_t max_bytes, uint8_t **datas, size_t *lens, int *results,
+                                 struct err *e);
+
+/*
  * Set *present to whether any shard of (vault_id, chunk_id) is stored.
  * Returns 0 or HBC_ESTORE.
  */

@@ -48,6 +48,8 @@ enum store_cf { CF_DEFAULT, CF_SHARDS, CF_SEGMENTS, CF_BY_SEGMENT, CF_COUNT };
 
 /* store_read_record(): the segment went away (compacted); look the key up again. */
 #define STORE_SEGMENT_GONE 1
+/* A read without blocking (shard_store_get_batch_nowait()) would have to wait. */
+#define STORE_WOULD_BLOCK 4
 
 /* A decoded "shards" value. */
 struct record_loc {
@@ -87,6 +89,7 @@ struct shard_store {
     rocksdb_block_based_table_options_t *table_opts; /* bloom filters for point lookups */
     rocksdb_column_family_handle_t *cf[CF_COUNT];    /* in enum store_cf order */
     rocksdb_readoptions_t *ro;                       /* shared read options */
+    rocksdb_readoptions_t *ro_cached;                /* the same, memtable and block cache only */
     rocksdb_writeoptions_t *wo;                      /* sync = true */
     /*
      * Writer calls. A put appends under append_mu, then takes sync_mu before

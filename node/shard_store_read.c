@@ -14,14 +14,24 @@
 
 /* Times a read looks its key up again after the segment it pointed to was compacted away. */
 #define READ_ATTEMPTS 4
+/* read_record_bytes(): the segment file is missing; the record is cut short. */
+#define READ_MISSING 2
+#define READ_TRUNCATED 3
 
-int store_locate(struct shard_store *s, const uint8_t key[SHARD_STORE_KEY_LEN],
-                 struct record_loc *loc, struct err *e)
+/* store_locate() with read options ro; with the cache-only ones, HBC_EBUSY when it would read a
+ * file. */
+static int locate_with(struct shard_store *s, const rocksdb_readoptions_t *ro,
+                       const uint8_t key[SHARD_STORE_KEY_LEN], struct record_loc *loc,
+                       struct err *e)
 {
     char *errptr = NULL;
     size_t n = 0;
-    char *v = rocksdb_get_cf(s->db, s->ro, s->cf[CF_SHARDS], (const char *)key, SHARD_STORE_KEY_LEN,
+    char *v = rocksdb_get_cf(s->db, ro, s->cf[CF_SHARDS], (const char *)key, SHARD_STORE_KEY_LEN,
                              &n, &errptr);
+    if (errptr != NULL && ro == s->ro_cached && strncmp(errptr, "Result incomplete", 17) == 0) {
+        rocksdb_free(errptr);
+        return HBC_EBUSY; /* not in the memtable or block cache */
+    }
     if (errptr != NULL) {
         return store_rocks_error(e, errptr, "index: get");
     }
@@ -31,6 +41,12 @@ int store_locate(struct shard_store *s, const uint8_t key[SHARD_STORE_KEY_LEN],
     int rc = store_loc_decode(v, n, loc, e);
     rocksdb_free(v);
     return rc;
+}
+
+int store_locate(struct shard_store *s, const uint8_t key[SHARD_STORE_KEY_LEN],
+                 struct record_loc *loc, struct err *e)
+{
+    return locate_with(s, s->ro, key, loc, e);
 }
 
 /*
@@ -142,18 +158,31 @@ static int check_record(struct shard_store *s, const uint8_t key[SHARD_STORE_KEY
     return bad != NULL ? report_corrupt(s, key, loc, data, bad, e) : 0;
 }
 
-int store_read_record(struct shard_store *s, const uint8_t key[SHARD_STORE_KEY_LEN],
-                      const struct record_loc *loc, uint8_t *data, struct err *e)
+/*
+ * Read the record at loc: its header into hdr, its data into data. With
+ * nowait, only from the page cache (preadv2 RWF_NOWAIT) and only if seg_lock
+ * is free now: STORE_WOULD_BLOCK otherwise. Returns 0, STORE_SEGMENT_GONE,
+ * READ_MISSING (the segment file is missing), READ_TRUNCATED (the record is
+ * cut short), or -errno with context.
+ */
+static int read_record_bytes(struct shard_store *s, const struct record_loc *loc,
+                             uint8_t hdr[SHARD_STORE_RECORD_HEADER_LEN], uint8_t *data, bool nowait,
+                             struct err *e)
 {
-    uint8_t hdr[SHARD_STORE_RECORD_HEADER_LEN];
-    struct iovec iov[2] = {{hdr, sizeof hdr}, {data, loc->length}};
+    struct iovec iov[2] = {{hdr, SHARD_STORE_RECORD_HEADER_LEN}, {data, loc->length}};
     int nio = loc->length > 0 ? 2 : 1;
     uint64_t off = loc->offset;
-    size_t want = sizeof hdr + loc->length;
+    size_t want = SHARD_STORE_RECORD_HEADER_LEN + (size_t)loc->length;
     size_t got = 0;
     int rc = 0;
 
-    pthread_rwlock_rdlock(&s->seg_lock);
+    if (nowait) {
+        if (pthread_rwlock_tryrdlock(&s->seg_lock) != 0) {
+            return STORE_WOULD_BLOCK;
+        }
+    } else {
+        pthread_rwlock_rdlock(&s->seg_lock);
+    }
     struct segment *seg = store_segment_find(s, loc->segment);
     if (seg == NULL) {
         pthread_rwlock_unlock(&s->seg_lock);
@@ -161,7 +190,11 @@ int store_read_record(struct shard_store *s, const uint8_t key[SHARD_STORE_KEY_L
     }
     if (seg->missing) {
         pthread_rwlock_unlock(&s->seg_lock);
-        return report_corrupt(s, key, loc, data, "segment file is missing", e);
+        return nowait ? STORE_WOULD_BLOCK : READ_MISSING;
+    }
+    if (nowait && atomic_load(&seg->rfd) < 0) {
+        pthread_rwlock_unlock(&s->seg_lock);
+        return STORE_WOULD_BLOCK; /* opened (and old descriptors closed) by a blocking read */
     }
     int fd = segment_rfd(s, seg);
     if (fd < 0) {
@@ -169,19 +202,27 @@ int store_read_record(struct shard_store *s, const uint8_t key[SHARD_STORE_KEY_L
         return err_set(e, fd, "segment %" PRIu64 ": open", loc->segment);
     }
     while (got < want) {
-        ssize_t r = preadv(fd, iov, nio, (off_t)(off + got));
+        ssize_t r = preadv2(fd, iov, nio, (off_t)(off + got), nowait ? RWF_NOWAIT : 0);
         if (r < 0 && errno == EINTR) {
             continue;
+        }
+        if (r < 0 && nowait && (errno == EAGAIN || errno == EOPNOTSUPP)) {
+            rc = STORE_WOULD_BLOCK;
+            break;
         }
         if (r < 0) {
             rc = err_set(e, -errno, "segment %" PRIu64 ": read", loc->segment);
             break;
         }
         if (r == 0) {
-            rc = 1; /* end of file inside the record */
+            rc = READ_TRUNCATED; /* end of file inside the record */
             break;
         }
         got += (size_t)r;
+        if (nowait && got < want) {
+            rc = STORE_WOULD_BLOCK; /* part of it is not cached: the blocking read decides */
+            break;
+        }
         /* Advance the iovecs past what was read. */
         size_t adv = (size_t)r;
         while (nio > 0 && adv >= iov[0].iov_len) {
@@ -196,8 +237,24 @@ int store_read_record(struct shard_store *s, const uint8_t key[SHARD_STORE_KEY_L
     }
     atomic_store(&seg->last_use, atomic_fetch_add(&s->use_clock, 1) + 1);
     pthread_rwlock_unlock(&s->seg_lock);
-    store_evict_rfds(s);
-    if (rc == 1) {
+    if (!nowait) {
+        store_evict_rfds(s); /* may wait for seg_lock */
+    }
+    return rc;
+}
+
+int store_read_record(struct shard_store *s, const uint8_t key[SHARD_STORE_KEY_LEN],
+                      const struct record_loc *loc, uint8_t *data, struct err *e)
+{
+    uint8_t hdr[SHARD_STORE_RECORD_HEADER_LEN];
+    int rc = read_record_bytes(s, loc, hdr, data, false, e);
+    if (rc == STORE_SEGMENT_GONE) {
+        return rc;
+    }
+    if (rc == READ_MISSING) {
+        return report_corrupt(s, key, loc, data, "segment file is missing", e);
+    }
+    if (rc == READ_TRUNCATED) {
         return report_corrupt(s, key, loc, data, "record truncated", e);
     }
     if (rc != 0) {
@@ -307,6 +364,85 @@ int shard_store_get_batch(struct shard_store *s, const struct shard_key *keys, s
         results[i] = shard_store_get_alloc(s, &keys[i], &datas[i], &lens[i], e);
     }
     return 0;
+}
+
+int shard_store_get_batch_nowait(struct shard_store *s, const struct shard_key *keys, size_t n,
+                                 size_t max_bytes, uint8_t **datas, size_t *lens, int *results,
+                                 struct err *e)
+{
+    if (n > SHARD_STORE_MAX_BATCH ||
+        (n > 0 && (keys == NULL || datas == NULL || lens == NULL || results == NULL))) {
+        return err_set(e, HBC_EINVAL, "get batch of %zu", n);
+    }
+    struct record_loc *locs = hbc_malloc((n > 0 ? n : 1) * sizeof *locs);
+    uint8_t(*hdrs)[SHARD_STORE_RECORD_HEADER_LEN] = hbc_malloc((n > 0 ? n : 1) * sizeof *hdrs);
+    uint8_t(*k)[SHARD_STORE_KEY_LEN] = hbc_malloc((n > 0 ? n : 1) * sizeof *k);
+    int rc = 0;
+    if (locs == NULL || hdrs == NULL || k == NULL) {
+        rc = err_set(e, HBC_ENOMEM, "get batch of %zu", n);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        datas[i] = NULL;
+        lens[i] = 0;
+    }
+    /* Every lookup first, from memory only, so that nothing is read when one would block. */
+    size_t total = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        store_key_encode(&keys[i], k[i]);
+        struct err le;
+        results[i] = locate_with(s, s->ro_cached, k[i], &locs[i], &le);
+        if (results[i] == HBC_EBUSY || results[i] == HBC_ENOTFOUND) {
+            rc = HBC_EBUSY; /* not-found is rare: let the full lookup say it */
+        } else if (results[i] == 0) {
+            total += locs[i].length;
+            rc = total > max_bytes ? HBC_EBUSY : 0;
+        } else {
+            /* Not found or a bad entry: what shard_store_get_alloc() returns, with its message. */
+            err_setraw(e, results[i], "get: %s", le.msg);
+        }
+    }
+    /* Then every read from the page cache, then every check. */
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        if (results[i] != 0) {
+            continue;
+        }
+        datas[i] = hbc_malloc(locs[i].length > 0 ? locs[i].length : 1);
+        if (datas[i] == NULL) {
+            rc = err_set(e, HBC_ENOMEM, "buffer of %" PRIu32 " bytes", locs[i].length);
+            break;
+        }
+        int r = read_record_bytes(s, &locs[i], hdrs[i], datas[i], true, e);
+        if (r == STORE_WOULD_BLOCK || r == STORE_SEGMENT_GONE || r == READ_TRUNCATED) {
+            rc = HBC_EBUSY; /* the blocking read looks again, or reports it */
+        } else if (r != 0) {
+            rc = r;
+        }
+    }
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        if (results[i] == 0) {
+            results[i] = check_record(s, k[i], &locs[i], hdrs[i], datas[i], e);
+            if (results[i] != 0) {
+                err_wrap_code(e, results[i], "get");
+                hbc_free(datas[i]);
+                datas[i] = NULL;
+            } else {
+                lens[i] = locs[i].length;
+            }
+        }
+    }
+    if (rc != 0) {
+        for (size_t i = 0; i < n; i++) {
+            hbc_free(datas[i]);
+            datas[i] = NULL;
+            lens[i] = 0;
+        }
+    }
+out:
+    hbc_free(locs);
+    hbc_free(hdrs);
+    hbc_free(k);
+    return rc;
 }
 
 /* Whether any key starting with prefix (vault || chunk) is indexed, using an open iterator. */

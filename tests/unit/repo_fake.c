@@ -286,6 +286,24 @@ int repo_get_plain(struct repo *r, const uint8_t id[REPO_CHUNK_ID], uint8_t **da
     return repo_get_chunk(r, id, -1, data, len, NULL, e);
 }
 
+int repo_get_chunks(struct repo *r, size_t n, const uint8_t (*ids)[REPO_CHUNK_ID], int copy,
+                    uint8_t **plains, size_t *lens, int *results, struct repo_read_stats *st,
+                    struct err *errs)
+{
+    int first = 0;
+    pthread_mutex_lock(&mu);
+    stats.batched_gets++;
+    pthread_mutex_unlock(&mu);
+    for (size_t i = 0; i < n; i++) {
+        plains[i] = NULL;
+        lens[i] = 0;
+        results[i] = repo_get_chunk(r, ids[i], copy, &plains[i], &lens[i], st,
+                                    errs != NULL ? &errs[i] : NULL);
+        first = first != 0 ? first : results[i];
+    }
+    return first;
+}
+
 int repo_gc_safe_index(struct repo *r, uint64_t *index, struct err *e)
 {
     (void)r;

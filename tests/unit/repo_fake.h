@@ -12,6 +12,7 @@ struct repo_fake_stats {
     uint64_t puts;             /* repo_put_chunk calls */
     uint64_t put_bytes;        /* their bytes */
     uint64_t gets;             /* repo_get_chunk calls */
+    uint64_t batched_gets;     /* repo_get_chunks calls */
     uint64_t have_calls;       /* repo_have calls */
     uint64_t have_ids;         /* ids asked about */
     uint64_t objects;          /* objects stored */

@@ -727,6 +727,86 @@ static void test_crash_with_pipelined_puts_loses_nothing_acknowledged(void **sta
     }
 }
 
+/*
+ * The loop thread's get: cached shards come back checked, exactly as from
+ * shard_store_get_batch(); anything that would wait, or is over the byte
+ * limit, or is not found, returns HBC_EBUSY with nothing allocated (the
+ * caller then asks the blocking way), and a corrupt cached record is never
+ * served.
+ */
+static void test_get_batch_nowait(void **state)
+{
+    const char *dir = *state;
+    struct shard_store *s = open_store(dir, NULL);
+    struct rec r[3];
+    for (size_t i = 0; i < 3; i++) {
+        r[i] = (struct rec){.key = make_key(7, i, (uint32_t)i), .len = 9000 + i, .seed = 700 + i};
+    }
+    put_recs(s, r, 3);
+    struct shard_key keys[3] = {r[0].key, r[1].key, r[2].key};
+    uint8_t *datas[3];
+    size_t lens[3];
+    int results[3];
+    struct err e = {0};
+    /* A blocking read of each brings the records into the page cache (and opens the segment). */
+    int rv = HBC_EBUSY;
+    for (int attempt = 0; attempt < 5 && rv == HBC_EBUSY; attempt++) {
+        for (size_t i = 0; i < 3; i++) {
+            check_rec(s, &r[i]);
+        }
+        rv = shard_store_get_batch_nowait(s, keys, 3, 1u << 20, datas, lens, results, &e);
+    }
+    assert_ok(rv, &e);
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(results[i], 0);
+        assert_int_equal(lens[i], r[i].len);
+        uint8_t *want = rec_data(&r[i]);
+        assert_memory_equal(datas[i], want, r[i].len);
+        free(want);
+        hbc_free(datas[i]);
+    }
+
+    /* Over the byte limit: nothing is read. */
+    assert_int_equal(shard_store_get_batch_nowait(s, keys, 3, 20000, datas, lens, results, &e),
+                     HBC_EBUSY);
+    for (size_t i = 0; i < 3; i++) {
+        assert_null(datas[i]);
+    }
+    /* A key that is not stored: the blocking lookup is to say so. */
+    struct shard_key absent[2] = {r[0].key, make_key(7, 99, 0)};
+    assert_int_equal(shard_store_get_batch_nowait(s, absent, 2, 1u << 20, datas, lens, results, &e),
+                     HBC_EBUSY);
+    assert_null(datas[0]);
+    assert_null(datas[1]);
+    /* Too many keys. */
+    assert_int_equal(shard_store_get_batch_nowait(s, keys, SHARD_STORE_MAX_BATCH + 1, 1u << 20,
+                                                  datas, lens, results, &e),
+                     HBC_EINVAL);
+
+    /* A flipped byte in r[1]'s cached data: reported corrupt, the others served. */
+    struct shard_info info;
+    assert_ok(shard_store_lookup(s, &r[1].key, &info, &e), &e);
+    char path[512];
+    segment_path(dir, info.segment, path, sizeof path);
+    flip_byte(path, info.offset + SHARD_STORE_RECORD_HEADER_LEN + 100);
+    rv = shard_store_get_batch_nowait(s, keys, 3, 1u << 20, datas, lens, results, &e);
+    if (rv == 0) {
+        assert_int_equal(results[0], 0);
+        assert_int_equal(results[1], HBC_ECORRUPT);
+        assert_null(datas[1]);
+        assert_int_equal(results[2], 0);
+        hbc_free(datas[0]);
+        hbc_free(datas[2]);
+    } else {
+        assert_int_equal(rv, HBC_EBUSY); /* the page was dropped meanwhile */
+    }
+    uint8_t *got = NULL;
+    size_t len = 0;
+    assert_int_equal(shard_store_get_alloc(s, &r[1].key, &got, &len, &e), HBC_ECORRUPT);
+    assert_null(got);
+    close_store(s);
+}
+
 /* ---- 5. corruption ------------------------------------------------------ */
 
 static void test_corrupt_record_is_never_served(void **state)
@@ -1583,6 +1663,7 @@ int main(int argc, char **argv)
                                         setup_tmpdir, teardown_tmpdir),
         cmocka_unit_test_setup_teardown(test_corrupt_record_is_never_served, setup_tmpdir,
                                         teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_get_batch_nowait, setup_tmpdir, teardown_tmpdir),
         cmocka_unit_test_setup_teardown(test_delete_and_compact_reclaim_space, setup_tmpdir,
                                         teardown_tmpdir),
         cmocka_unit_test_setup_teardown(test_oversized_record_rejected, setup_tmpdir,
