@@ -34,153 +34,7 @@
  * replies not yet sent) are bounded by conn_buffer: above it the server
  * stops reading from that peer until half of it has drained.
  */
-#include "node/server.h"
-
-#include <errno.h>
-#include <pthread.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/statvfs.h>
-
-#include <hbc/hbc.h>
-
-#include "common/alloc.h"
-#include "common/erasure.h"
-#include "common/frame.h"
-#include "common/frame_scatter.h"
-#include "common/frame_view.h"
-#include "common/log.h"
-#include "common/shard_scheme.h"
-#include "node/clock_sync.h"
-#include "node/control.h"
-#include "node/fsm.h"
-#include "node/gc.h"
-#include "node/fsm_placement.h"
-#include "node/mover.h"
-#include "node/raft_node.h"
-#include "node/shard_store_list.h"
-#include "hbc.pb-c.h"
-
-/* Requests a connection may have in flight before reading pauses. */
-#define CONN_MAX_INFLIGHT 512
-/* How often idle connections are looked for, ms. */
-#define SWEEP_INTERVAL_MS 1000
-/* Largest number of keys or ids in one get or have request. */
-#define REQUEST_MAX_KEYS 4096
-/* A get whose shards are all cached and add up to at most this is answered on the loop thread. */
-#define GET_INLINE_MAX_BYTES (2u << 20)
-/*
- * Bytes of free space a group commit leaves on the data directory's filesystem
- * for the index: a RocksDB write that meets ENOSPC leaves RocksDB read-only and
- * the shard store refusing writes until reopened (store_write_sync), while a
- * segment append that meets it is cut back and the node takes puts again as
- * soon as space returns. So puts fail with ENOSPC before the index can.
- */
-#define SERVER_DISK_RESERVE (16ULL << 20)
-/*
- * Group commits in flight at once: the shard store appends the next one's
- * shards while this one fdatasyncs and writes its index batch. A second
- * commit starts only with at least 1/COMMIT_SECOND_SHARE of a full commit
- * queued, so that what it appends is worth its own sync.
- */
-#define COMMIT_PIPELINE 2
-/* Distinct placement epochs of puts in flight tracked (list_epoch()). */
-#define SERVER_PEND_EPOCHS 8
-#define COMMIT_SECOND_SHARE 4
-
-struct conn;
-
-enum req_kind { REQ_PUT, REQ_GET, REQ_HAVE, REQ_LIST, REQ_GC_LIST };
-
-/* One request being worked on: owns its frame until answered. */
-struct req {
-    enum req_kind kind;            /* what was asked */
-    struct conn *conn;             /* who asked (holds a reference) */
-    Hbc__Frame *frame;             /* the request, owned */
-    uint8_t *body;                 /* put decoded in place: the frame's body, which frame's shard
-                                      bytes point into (owned; freed after frame), else NULL */
-    size_t bytes;                  /* bytes charged to the connection for it */
-    int status;                    /* 0, or why it failed (for an error frame) */
-    char msg[256];                 /* the failure's explanation */
-    struct req *next;              /* commit queue / commit batch link */
-    uv_work_t work;                /* for gets and haves */
-    Hbc__Frame *reply;             /* get/have: the reply built on the worker */
-    struct shard_key *keys;        /* get: the decoded keys (owned) */
-    uint8_t **datas;               /* get: shard data per key (owned) */
-    size_t *lens;                  /* get: their lengths */
-    int *results;                  /* get: per-key results */
-    protobuf_c_boolean *present;   /* have: per-id answer */
-    uint8_t *shas;                 /* put: the shards' SHA-256s, 32 bytes each (owned) */
-    struct shard_list_entry *list; /* placement list: the chunks found (owned) */
-    size_t nlist;                  /* placement list: how many */
-    bool list_more;                /* placement list: more follow */
-    uint64_t epoch_at;             /* put: the node's epoch when it was accepted; list: the epoch
-                                      the listing vouches for (list_epoch()) */
-    bool epoch_counted;            /* put: counted in the server's pending epochs */
-    uint8_t (*gc_ids)[32];         /* gc list: chunk ids found */
-    uint64_t *gc_times;            /* gc list: their stored-at times */
-    size_t gc_n;                   /* gc list: how many */
-    bool gc_more;                  /* gc list: more follow */
-};
-
-/* One group commit on the thread pool. */
-struct commit {
-    struct server *srv; /* owner */
-    uv_work_t work;     /* the thread-pool request */
-    struct req *reqs;   /* the puts it covers, in arrival order */
-    size_t nshards;     /* shards in it */
-    int status;         /* 0 or the store's error for the whole batch */
-    char msg[512];      /* its explanation */
-};
-
-struct conn {
-    struct server *srv;         /* owner */
-    struct tls_conn *tls;       /* the connection; NULL once closed */
-    struct frame_reader reader; /* incoming frames */
-    struct frame_pool *pool;    /* the server's body buffers (a reference, for reader and bodies) */
-    struct conn *prev, *next;   /* the server's list */
-    unsigned refs;              /* 1 while open + 1 per request in flight */
-    unsigned inflight;          /* requests not yet answered */
-    size_t held;                /* bytes held: requests in flight + unsent replies */
-    bool paused;                /* reading stopped for backpressure */
-    bool handshaken;            /* TLS handshake completed */
-    uint64_t last_active;       /* uv_now of the last frame or reply */
-    char peer[64];              /* peer address, for logs */
-};
-
-struct server {
-    uv_loop_t *loop;                         /* the node's loop */
-    const struct node_config *cfg;           /* borrowed */
-    struct tls_ctx *tls;                     /* borrowed */
-    struct shard_store *store;               /* borrowed */
-    struct raft_node *raft;                  /* the metadata plane (borrowed), or NULL */
-    struct mover *mover;                     /* moves shards between placement epochs, or NULL */
-    uint64_t pend_epoch[SERVER_PEND_EPOCHS]; /* epochs of puts in flight, oldest first */
-    uint64_t pend_count[SERVER_PEND_EPOCHS]; /* how many puts of each */
-    size_t npend;                            /* entries in use */
-    uv_tcp_t listener;                       /* the listening socket */
-    uv_timer_t sweep;                        /* idle sweep */
-    struct conn *conns;                      /* open connections */
-    struct req *queue_head, *queue_tail;     /* puts waiting for the next commit */
-    size_t queue_shards;                     /* shards in the queue */
-    size_t queue_bytes;                      /* bytes of the requests in the queue */
-    unsigned committing;                     /* group commits running (at most COMMIT_PIPELINE) */
-    pthread_mutex_t space_mu;                /* guards space_reserved (commit workers) */
-    uint64_t space_reserved;                 /* bytes of commits past the space check, not stored */
-    unsigned works;                          /* get, have and put-check works running */
-    unsigned handles_open;                   /* listener + sweep handles not yet closed */
-    bool stopping;                           /* server_stop() was called */
-    bool stopped_conns;                      /* connections were told to close */
-    void (*done)(void *);                    /* server_stop()'s callback */
-    void *done_arg;                          /* its argument */
-    struct server_stats stats;               /* counters */
-    struct frame_pool *pool;                 /* put frame bodies for reuse (connections share it) */
-    struct gc_node *gc;                      /* deletions for accepted GC sweeps */
-    struct gc_leader *gcl; /* GC cycles when leader (NULL without Raft or once stopped) */
-    bool gcl_stopping;     /* gc_leader_stop() was called and has not finished */
-    bool gc_stopping;      /* gc_node_stop() was called and has not finished */
-};
+#include "node/server_internal.h"
 
 /*
  * Puts in flight by the placement epoch the node was in when it accepted
@@ -188,7 +42,7 @@ struct server {
  * counts a newer epoch under its last, older entry: listings then vouch for
  * less, never more.
  */
-static void pending_add(struct server *s, uint64_t epoch)
+void server_pending_add(struct server *s, uint64_t epoch)
 {
     if (s->npend > 0 && (s->pend_epoch[s->npend - 1] >= epoch || s->npend == SERVER_PEND_EPOCHS)) {
         s->pend_count[s->npend - 1]++;
@@ -199,7 +53,7 @@ static void pending_add(struct server *s, uint64_t epoch)
     s->npend++;
 }
 
-static void pending_del(struct server *s, uint64_t epoch)
+void server_pending_del(struct server *s, uint64_t epoch)
 {
     size_t i = s->npend;
     while (i > 0 && s->pend_epoch[i - 1] > epoch) {
@@ -223,8 +77,6 @@ static void pending_del(struct server *s, uint64_t epoch)
 }
 
 static void conn_read_check(struct conn *c);
-static void server_maybe_commit(struct server *s);
-static void server_maybe_finish(struct server *s);
 
 /* ---------------------------------------------------------------------- */
 /* Connections                                                             */
@@ -301,7 +153,7 @@ static void req_free(struct req *r)
     r->gc_ids = NULL;
     r->gc_times = NULL;
     if (r->epoch_counted) {
-        pending_del(r->conn->srv, r->epoch_at);
+        server_pending_del(r->conn->srv, r->epoch_at);
         r->epoch_counted = false;
     }
     r->datas = NULL;
@@ -325,7 +177,7 @@ static void req_drop(struct req *r)
  * r: the reply's bytes stay charged to the connection until written. If the
  * connection is gone the reply is dropped.
  */
-static void req_finish(struct req *r, const Hbc__Frame *reply)
+void server_req_finish(struct req *r, const Hbc__Frame *reply)
 {
     struct conn *c = r->conn;
     struct server *s = c->srv;
@@ -358,13 +210,13 @@ static void req_finish(struct req *r, const Hbc__Frame *reply)
 }
 
 /*
- * req_finish() for a reply with large bytes fields (shards): encrypted
+ * server_req_finish() for a reply with large bytes fields (shards): encrypted
  * straight from the message's buffers (frame_scatter_encode), without first
  * packing it into one frame buffer. Small fields are copied before r's
  * request is freed, so they may point into it; bytes fields of
  * FRAME_SCATTER_BORROW_MIN or more must be the caller's (freed on return).
  */
-static void req_finish_scatter(struct req *r, const Hbc__Frame *reply)
+void server_req_finish_scatter(struct req *r, const Hbc__Frame *reply)
 {
     struct conn *c = r->conn;
     struct server *s = c->srv;
@@ -424,7 +276,7 @@ static Hbc__ErrorCode error_code_for(int code)
 }
 
 /* Answer r with an error frame carrying code and msg. */
-static void req_fail(struct req *r, int code, const char *msg)
+void server_req_fail(struct req *r, int code, const char *msg)
 {
     Hbc__Frame f = HBC__FRAME__INIT;
     Hbc__Error err = HBC__ERROR__INIT;
@@ -436,740 +288,12 @@ static void req_fail(struct req *r, int code, const char *msg)
     r->conn->srv->stats.bad_requests++;
     hbc_log(LOG_INFO, "event=request_failed peer=%s request=%llu code=%s reason=\"%s\"",
             r->conn->peer, (unsigned long long)f.request_id, hbc_errname(code), msg);
-    req_finish(r, &f);
-}
-
-/* ---------------------------------------------------------------------- */
-/* Group commit                                                            */
-
-/*
- * Check one shard blob of a put: bounded, well formed, and naming what it
- * claims; sha gets the SHA-256 of the whole blob that the store records
- * (computed in the same pass as the blob's own SHA-256 check).
- */
-static int check_blob(const Hbc__ShardBlob *b, uint64_t max_shard,
-                      uint8_t sha[SHARD_STORE_SHA256_LEN], char *msg, size_t mlen)
-{
-    if (b->vault_id.len != SHARD_STORE_VAULT_ID_LEN ||
-        b->chunk_id.len != SHARD_STORE_CHUNK_ID_LEN) {
-        snprintf(msg, mlen,
-                 "shard key has a %zu-byte vault id and a %zu-byte chunk id (want 16 and 32)",
-                 b->vault_id.len, b->chunk_id.len);
-        return HBC_EINVAL;
-    }
-    if (b->data.len > max_shard) {
-        snprintf(msg, mlen, "shard of %zu bytes exceeds the node's max_shard of %llu", b->data.len,
-                 (unsigned long long)max_shard);
-        return HBC_ETOOBIG;
-    }
-    struct erasure_shard_info info;
-    const uint8_t *payload;
-    struct err e;
-    /* A client may leave the trailer to the node (ShardBlob.sha256_unset): fill it in. */
-    int rv = b->has_sha256_unset && b->sha256_unset
-                 ? erasure_shard_fill_sha256(b->data.data, b->data.len, &info, &payload, sha, &e)
-                 : erasure_shard_decode_sha256(b->data.data, b->data.len, &info, &payload, sha, &e);
-    if (rv != 0) {
-        snprintf(msg, mlen, "shard %u: %.200s", b->index, e.msg);
-        return rv;
-    }
-    if (memcmp(info.vault_id, b->vault_id.data, SHARD_STORE_VAULT_ID_LEN) != 0 ||
-        memcmp(info.chunk_id, b->chunk_id.data, SHARD_STORE_CHUNK_ID_LEN) != 0 ||
-        info.index != b->index) {
-        snprintf(msg, mlen,
-                 "shard %u: its header names another vault, chunk or index than the request",
-                 b->index);
-        return HBC_EINVAL;
-    }
-    /* A shard of another scheme than the vault's base one is stored under a tagged slot. */
-    uint32_t slot = 0;
-    rv = shard_slot_from_wire(b->index, b->has_scheme_k, b->scheme_k, b->has_scheme_m, b->scheme_m,
-                              &slot, &e);
-    if (rv == 0 && b->has_scheme_k && (info.k != b->scheme_k || info.m != b->scheme_m)) {
-        rv = err_set(&e, HBC_ESCHEME, "its header says %u+%u, the request %u+%u", info.k, info.m,
-                     b->scheme_k, b->scheme_m);
-    }
-    if (rv != 0) {
-        snprintf(msg, mlen, "shard %u: %.200s", b->index, e.msg);
-        return rv;
-    }
-    return 0;
-}
-
-/*
- * Check every shard of a put request and compute the SHA-256 the store
- * records for each (on the thread pool, outside the group commit).
- */
-static void put_check_work_cb(uv_work_t *w)
-{
-    struct req *r = w->data;
-    struct server *s = r->conn->srv;
-    Hbc__PutShards *p = r->frame->put_shards;
-    r->shas = hbc_calloc(p->n_shards, SHARD_STORE_SHA256_LEN);
-    if (r->shas == NULL) {
-        r->status = HBC_ENOMEM;
-        snprintf(r->msg, sizeof r->msg, "put shards: out of memory");
-        return;
-    }
-    for (size_t i = 0; i < p->n_shards && r->status == 0; i++) {
-        r->status = check_blob(p->shards[i], s->cfg->max_shard,
-                               r->shas + i * SHARD_STORE_SHA256_LEN, r->msg, sizeof r->msg);
-    }
-}
-
-/* A checked put joins the commit queue; a bad one is answered now. */
-static void put_check_after_cb(uv_work_t *w, int status)
-{
-    struct req *r = w->data;
-    struct server *s = r->conn->srv;
-    s->works--;
-    if (status != 0 && r->status == 0) {
-        r->status = HBC_ECANCELED;
-        snprintf(r->msg, sizeof r->msg, "put shards: check cancelled");
-    }
-    if (r->status != 0) {
-        req_fail(r, r->status, r->msg);
-        server_maybe_finish(s);
-        return;
-    }
-    if (s->queue_tail != NULL) {
-        s->queue_tail->next = r;
-    } else {
-        s->queue_head = r;
-    }
-    s->queue_tail = r;
-    s->queue_shards += r->frame->put_shards->n_shards;
-    s->queue_bytes += r->bytes;
-    server_maybe_commit(s);
-    server_maybe_finish(s);
-}
-
-static void commit_work_cb(uv_work_t *w)
-{
-    struct commit *cm = w->data;
-    struct server *s = cm->srv;
-    struct shard_put *puts = hbc_calloc(cm->nshards, sizeof *puts);
-    int *results = hbc_calloc(cm->nshards, sizeof *results);
-    if (puts == NULL || results == NULL) {
-        cm->status = HBC_ENOMEM;
-        snprintf(cm->msg, sizeof cm->msg, "group commit: out of memory");
-        goto out;
-    }
-    size_t n = 0;
-    uint64_t bytes = 0;
-    for (struct req *r = cm->reqs; r != NULL; r = r->next) {
-        Hbc__PutShards *p = r->frame->put_shards;
-        if (r->status != 0) {
-            continue;
-        }
-        /* Checked and hashed by put_check_work_cb before the request was queued. */
-        for (size_t i = 0; i < p->n_shards; i++) {
-            Hbc__ShardBlob *b = p->shards[i];
-            memcpy(puts[n].key.vault_id, b->vault_id.data, SHARD_STORE_VAULT_ID_LEN);
-            memcpy(puts[n].key.chunk_id, b->chunk_id.data, SHARD_STORE_CHUNK_ID_LEN);
-            /* Checked by check_blob(): the slot is valid. */
-            (void)shard_slot_from_wire(b->index, b->has_scheme_k, b->scheme_k, b->has_scheme_m,
-                                       b->scheme_m, &puts[n].key.index, NULL);
-            puts[n].data = b->data.data;
-            puts[n].len = b->data.len;
-            puts[n].sha256 = r->shas + i * SHARD_STORE_SHA256_LEN;
-            bytes += b->data.len + SHARD_STORE_RECORD_HEADER_LEN;
-            n++;
-        }
-    }
-    if (n == 0) {
-        goto out;
-    }
-    /*
-     * Another commit may be past this check and not yet stored: its bytes
-     * are reserved, so that the two together fit (counted twice for a
-     * moment once it is stored: refusing a little early, never too late).
-     */
-    pthread_mutex_lock(&s->space_mu);
-    uint64_t reserved = s->space_reserved;
-    struct shard_store_stats st;
-    shard_store_stats(s->store, &st);
-    if (st.used_bytes + reserved + bytes > s->cfg->capacity) {
-        pthread_mutex_unlock(&s->space_mu);
-        cm->status = -ENOSPC;
-        snprintf(cm->msg, sizeof cm->msg,
-                 "no space: the node is full ([node] capacity): %llu of %llu bytes used, %llu more "
-                 "asked",
-                 (unsigned long long)(st.used_bytes + reserved),
-                 (unsigned long long)s->cfg->capacity, (unsigned long long)bytes);
-        goto out;
-    }
-    /* Leave the index room to grow (see SERVER_DISK_RESERVE). */
-    struct statvfs vfs;
-    if (statvfs(s->cfg->data_dir, &vfs) == 0 &&
-        (uint64_t)vfs.f_bavail * vfs.f_frsize < bytes + reserved + SERVER_DISK_RESERVE) {
-        pthread_mutex_unlock(&s->space_mu);
-        cm->status = -ENOSPC;
-        snprintf(cm->msg, sizeof cm->msg,
-                 "no space: %llu bytes free on the data directory's filesystem, %llu asked "
-                 "plus %llu kept for the index",
-                 (unsigned long long)vfs.f_bavail * vfs.f_frsize,
-                 (unsigned long long)(bytes + reserved), (unsigned long long)SERVER_DISK_RESERVE);
-        goto out;
-    }
-    s->space_reserved += bytes;
-    pthread_mutex_unlock(&s->space_mu);
-    struct err e;
-    err_clear(&e);
-    int rv = shard_store_put_batch(s->store, puts, n, results, &e);
-    pthread_mutex_lock(&s->space_mu);
-    s->space_reserved -= bytes;
-    pthread_mutex_unlock(&s->space_mu);
-    if (rv != 0) {
-        cm->status = rv;
-        snprintf(cm->msg, sizeof cm->msg, "group commit: %.480s", e.msg);
-        goto out;
-    }
-    /* A different shard already stored under a key fails that request. */
-    size_t k = 0;
-    for (struct req *r = cm->reqs; r != NULL; r = r->next) {
-        if (r->status != 0) {
-            continue;
-        }
-        Hbc__PutShards *p = r->frame->put_shards;
-        for (size_t i = 0; i < p->n_shards; i++, k++) {
-            if (results[k] < 0 && r->status == 0) {
-                r->status = results[k];
-                snprintf(r->msg, sizeof r->msg, "shard %u: %s", p->shards[i]->index,
-                         results[k] == HBC_EEXIST
-                             ? "a different shard is already stored under this key"
-                             : hbc_strerror(results[k]));
-            }
-        }
-    }
-out:
-    hbc_free(puts);
-    hbc_free(results);
-}
-
-static void commit_after_cb(uv_work_t *w, int status)
-{
-    struct commit *cm = w->data;
-    struct server *s = cm->srv;
-    (void)status;
-    s->committing--;
-    s->stats.commits++;
-    struct req *r = cm->reqs;
-    while (r != NULL) {
-        struct req *next = r->next;
-        if (cm->status != 0) {
-            req_fail(r, cm->status, cm->msg);
-        } else if (r->status != 0) {
-            req_fail(r, r->status, r->msg);
-        } else {
-            Hbc__Frame f = HBC__FRAME__INIT;
-            Hbc__PutShardsReply rep = HBC__PUT_SHARDS_REPLY__INIT;
-            f.request_id = r->frame->request_id;
-            f.body_case = HBC__FRAME__BODY_PUT_SHARDS_REPLY;
-            f.put_shards_reply = &rep;
-            rep.stored = (uint32_t)r->frame->put_shards->n_shards;
-            s->stats.puts_acked += rep.stored;
-            req_finish(r, &f);
-        }
-        r = next;
-    }
-    if (cm->status != 0) {
-        hbc_log(LOG_ERROR, "event=commit_failed shards=%zu reason=\"%s\"", cm->nshards, cm->msg);
-    }
-    hbc_free(cm);
-    server_maybe_commit(s);
-    server_maybe_finish(s);
-}
-
-/* Start a group commit of the queued puts if fewer than COMMIT_PIPELINE are running. */
-static void server_maybe_commit(struct server *s)
-{
-    if (s->committing >= COMMIT_PIPELINE || s->queue_head == NULL) {
-        return;
-    }
-    if (s->committing > 0 && !s->stopping &&
-        s->queue_shards < s->cfg->commit_max_shards / COMMIT_SECOND_SHARE &&
-        s->queue_bytes < s->cfg->commit_max_bytes / COMMIT_SECOND_SHARE) {
-        return; /* started when the running commit ends, or when more has queued */
-    }
-    struct commit *cm = hbc_calloc(1, sizeof *cm);
-    if (cm == NULL) {
-        return; /* retried when the next put arrives or a reply is sent */
-    }
-    cm->srv = s;
-    size_t bytes = 0;
-    struct req **tail = &cm->reqs;
-    while (s->queue_head != NULL) {
-        struct req *r = s->queue_head;
-        size_t n = r->frame->put_shards->n_shards;
-        if (cm->reqs != NULL && (cm->nshards + n > s->cfg->commit_max_shards ||
-                                 bytes + r->bytes > s->cfg->commit_max_bytes)) {
-            break;
-        }
-        s->queue_head = r->next;
-        r->next = NULL;
-        *tail = r;
-        tail = &r->next;
-        cm->nshards += n;
-        bytes += r->bytes;
-        s->queue_shards -= n;
-        s->queue_bytes -= r->bytes;
-    }
-    if (s->queue_head == NULL) {
-        s->queue_tail = NULL;
-    }
-    cm->work.data = cm;
-    s->committing++;
-    int rv = uv_queue_work(s->loop, &cm->work, commit_work_cb, commit_after_cb);
-    if (rv != 0) {
-        cm->status = rv;
-        snprintf(cm->msg, sizeof cm->msg, "group commit: queue work: %s", uv_strerror(rv));
-        commit_after_cb(&cm->work, rv);
-    }
-}
-
-/* ---------------------------------------------------------------------- */
-/* Gets and existence queries                                              */
-
-/* Allocate r's result arrays and decode its keys into r->keys. Sets r->status on failure. */
-static int get_prepare(struct req *r)
-{
-    Hbc__GetShards *g = r->frame->get_shards;
-    size_t n = g->n_keys;
-    r->keys = hbc_calloc(n, sizeof *r->keys);
-    r->datas = hbc_calloc(n, sizeof *r->datas);
-    r->lens = hbc_calloc(n, sizeof *r->lens);
-    r->results = hbc_calloc(n, sizeof *r->results);
-    if (r->keys == NULL || r->datas == NULL || r->lens == NULL || r->results == NULL) {
-        r->status = HBC_ENOMEM;
-        snprintf(r->msg, sizeof r->msg, "get shards: out of memory");
-        return r->status;
-    }
-    for (size_t i = 0; i < n; i++) {
-        Hbc__ShardKey *k = g->keys[i];
-        memcpy(r->keys[i].vault_id, k->vault_id.data, SHARD_STORE_VAULT_ID_LEN);
-        memcpy(r->keys[i].chunk_id, k->chunk_id.data, SHARD_STORE_CHUNK_ID_LEN);
-        struct err se;
-        int srv = shard_slot_from_wire(k->index, k->has_scheme_k, k->scheme_k, k->has_scheme_m,
-                                       k->scheme_m, &r->keys[i].index, &se);
-        if (srv != 0) {
-            r->status = srv;
-            snprintf(r->msg, sizeof r->msg, "get shards: %.220s", se.msg);
-            return srv;
-        }
-    }
-    return 0;
-}
-
-static void get_work_cb(uv_work_t *w)
-{
-    struct req *r = w->data;
-    struct server *s = r->conn->srv;
-    /* get_inline() may have prepared r already. */
-    if (r->keys == NULL && get_prepare(r) != 0) {
-        return;
-    }
-    struct err e;
-    int rv = shard_store_get_batch(s->store, r->keys, r->frame->get_shards->n_keys, r->datas,
-                                   r->lens, r->results, &e);
-    if (rv != 0) {
-        r->status = rv;
-        snprintf(r->msg, sizeof r->msg, "get shards: %.220s", e.msg);
-    }
-}
-
-/* Answer a get whose store reads are done. */
-static void get_reply(struct req *r)
-{
-    struct server *s = r->conn->srv;
-    if (r->status != 0) {
-        req_fail(r, r->status, r->msg);
-        return;
-    }
-    Hbc__GetShards *g = r->frame->get_shards;
-    size_t n = g->n_keys;
-    Hbc__Frame f = HBC__FRAME__INIT;
-    Hbc__GetShardsReply rep = HBC__GET_SHARDS_REPLY__INIT;
-    Hbc__ShardBlob *blobs = hbc_calloc(n, sizeof *blobs);
-    Hbc__ShardBlob **bp = hbc_calloc(n, sizeof *bp);
-    Hbc__ShardKey **missing = hbc_calloc(n, sizeof *missing);
-    if (blobs == NULL || bp == NULL || missing == NULL) {
-        hbc_free(blobs);
-        hbc_free(bp);
-        hbc_free(missing);
-        for (size_t i = 0; i < n; i++) {
-            hbc_free(r->datas[i]);
-        }
-        req_fail(r, HBC_ENOMEM, "get shards: out of memory");
-        return;
-    }
-    size_t total = 0;
-    for (size_t i = 0; i < n; i++) {
-        Hbc__ShardKey *k = g->keys[i];
-        if (r->results[i] == 0) {
-            hbc__shard_blob__init(&blobs[rep.n_shards]);
-            blobs[rep.n_shards].vault_id = k->vault_id;
-            blobs[rep.n_shards].chunk_id = k->chunk_id;
-            blobs[rep.n_shards].index = k->index;
-            blobs[rep.n_shards].has_scheme_k = k->has_scheme_k;
-            blobs[rep.n_shards].scheme_k = k->scheme_k;
-            blobs[rep.n_shards].has_scheme_m = k->has_scheme_m;
-            blobs[rep.n_shards].scheme_m = k->scheme_m;
-            blobs[rep.n_shards].data.data = r->datas[i];
-            blobs[rep.n_shards].data.len = r->lens[i];
-            bp[rep.n_shards] = &blobs[rep.n_shards];
-            rep.n_shards++;
-            total += r->lens[i] + 64;
-        } else {
-            if (r->results[i] == HBC_ECORRUPT) {
-                hbc_log(LOG_ERROR, "event=corrupt_shard_not_served peer=%s index=%u", r->conn->peer,
-                        k->index);
-            }
-            missing[rep.n_missing++] = k;
-        }
-    }
-    rep.shards = bp;
-    rep.missing = missing;
-    f.request_id = r->frame->request_id;
-    f.body_case = HBC__FRAME__BODY_GET_SHARDS_REPLY;
-    f.get_shards_reply = &rep;
-    s->stats.gets_served += rep.n_shards;
-    uint8_t **datas = r->datas;
-    r->datas = NULL;
-    if (total + 1024 > s->cfg->max_frame) {
-        req_fail(r, HBC_ETOOBIG,
-                 "get shards: the reply would exceed max_frame; ask for fewer shards at once");
-    } else {
-        req_finish_scatter(r, &f);
-    }
-    for (size_t i = 0; i < n; i++) {
-        hbc_free(datas[i]);
-    }
-    hbc_free(datas);
-    hbc_free(blobs);
-    hbc_free(bp);
-    hbc_free(missing);
-}
-
-/*
- * Answer a get on the loop thread when that needs no waiting: every index
- * entry in RocksDB's memory and every record in the page cache, at most
- * GET_INLINE_MAX_BYTES in all (their SHA-256 is computed here). Saves the
- * thread pool's two hand-offs per request, which cost more than the reads
- * of a few small cached shards. Returns whether r was answered; if not, r
- * is prepared for get_work_cb.
- */
-static bool get_inline(struct req *r)
-{
-    struct server *s = r->conn->srv;
-    if (get_prepare(r) != 0) {
-        get_reply(r); /* the failure, as get_work_cb would have reported it */
-        return true;
-    }
-    struct err e;
-    err_clear(&e);
-    int rv = shard_store_get_batch_nowait(s->store, r->keys, r->frame->get_shards->n_keys,
-                                          GET_INLINE_MAX_BYTES, r->datas, r->lens, r->results, &e);
-    if (rv == HBC_EBUSY) {
-        return false;
-    }
-    s->stats.gets_inline++;
-    if (rv != 0) {
-        r->status = rv;
-        snprintf(r->msg, sizeof r->msg, "get shards: %.220s", e.msg);
-    }
-    get_reply(r);
-    return true;
-}
-
-static void get_after_cb(uv_work_t *w, int status)
-{
-    struct req *r = w->data;
-    struct server *s = r->conn->srv;
-    (void)status;
-    s->works--;
-    get_reply(r);
-    /* Only now, after the reply is queued, may a stopping server close the connections. */
-    server_maybe_finish(s);
-}
-
-static void have_work_cb(uv_work_t *w)
-{
-    struct req *r = w->data;
-    struct server *s = r->conn->srv;
-    Hbc__HaveChunks *h = r->frame->have_chunks;
-    size_t n = h->n_chunk_ids;
-    uint8_t(*ids)[32] = hbc_calloc(n, 32);
-    bool *present = hbc_calloc(n, sizeof *present);
-    r->present = hbc_calloc(n, sizeof *r->present);
-    if (ids == NULL || present == NULL || r->present == NULL) {
-        r->status = HBC_ENOMEM;
-        snprintf(r->msg, sizeof r->msg, "have chunks: out of memory");
-        goto out;
-    }
-    for (size_t i = 0; i < n; i++) {
-        memcpy(ids[i], h->chunk_ids[i].data, 32);
-    }
-    struct err e;
-    int rv = 0;
-    if (h->has_scheme_k || h->has_scheme_m) {
-        /* Shards of one scheme other than the base one (common/shard_scheme.h). */
-        uint32_t lo = 0;
-        rv = shard_slot_from_wire(0, h->has_scheme_k, h->scheme_k, h->has_scheme_m, h->scheme_m,
-                                  &lo, &e);
-        if (rv == 0) {
-            rv = shard_store_exists_slots(s->store, h->vault_id.data, (const uint8_t(*)[32])ids, n,
-                                          lo, lo | 0xff, present, &e);
-        }
-    } else if (h->has_base_scheme && h->base_scheme) {
-        rv = shard_store_exists_slots(s->store, h->vault_id.data, (const uint8_t(*)[32])ids, n, 0,
-                                      SHARD_SLOT_TAG - 1, present, &e);
-    } else {
-        rv = shard_store_exists_batch(s->store, h->vault_id.data, (const uint8_t(*)[32])ids, n,
-                                      present, &e);
-    }
-    if (rv != 0) {
-        r->status = rv;
-        snprintf(r->msg, sizeof r->msg, "have chunks: %.220s", e.msg);
-        goto out;
-    }
-    for (size_t i = 0; i < n; i++) {
-        r->present[i] = present[i];
-    }
-out:
-    hbc_free(ids);
-    hbc_free(present);
-}
-
-/*
- * Back on the loop after a thread-pool job: the request, or NULL when the
- * job failed (the failure is then answered and a stopping server may finish).
- */
-static struct req *work_returned(uv_work_t *w)
-{
-    struct req *r = w->data;
-    struct server *s = r->conn->srv;
-    s->works--;
-    if (r->status != 0) {
-        req_fail(r, r->status, r->msg);
-        server_maybe_finish(s);
-        return NULL;
-    }
-    return r;
-}
-
-static void have_after_cb(uv_work_t *w, int status)
-{
-    (void)status;
-    struct req *r = work_returned(w);
-    if (r == NULL) {
-        return;
-    }
-    struct server *s = r->conn->srv;
-    Hbc__Frame f = HBC__FRAME__INIT;
-    Hbc__HaveChunksReply rep = HBC__HAVE_CHUNKS_REPLY__INIT;
-    f.request_id = r->frame->request_id;
-    f.body_case = HBC__FRAME__BODY_HAVE_CHUNKS_REPLY;
-    f.have_chunks_reply = &rep;
-    rep.n_present = r->frame->have_chunks->n_chunk_ids;
-    rep.present = r->present;
-    req_finish(r, &f);
-    server_maybe_finish(s);
-}
-
-/*
- * The epoch a listing started now vouches for: the current one, or lower
- * while a put accepted in an older epoch is still queued or committing (its
- * shards may land after the index scan). The mover waits for an epoch at
- * least its own, so it never settles a group on a listing that misses them.
- */
-static uint64_t list_epoch(const struct server *s)
-{
-    uint64_t epoch = s->raft != NULL ? fsm_placement_current(raft_node_fsm(s->raft)) : 0;
-    if (s->npend > 0 && s->pend_epoch[0] < epoch) {
-        epoch = s->pend_epoch[0];
-    }
-    return epoch;
-}
-
-/* PlacementList on the thread pool: one page of the vault's chunks (node/shard_store_list.h). */
-static void list_work_cb(uv_work_t *w)
-{
-    struct req *r = w->data;
-    struct server *s = r->conn->srv;
-    const Hbc__PlacementListRequest *q = r->frame->placement_list;
-    size_t limit = q->has_limit && q->limit > 0 && q->limit < SHARD_STORE_LIST_MAX
-                       ? q->limit
-                       : SHARD_STORE_LIST_MAX;
-    r->list = hbc_calloc(limit, sizeof *r->list);
-    if (r->list == NULL) {
-        r->status = HBC_ENOMEM;
-        snprintf(r->msg, sizeof r->msg, "placement list: out of memory");
-        return;
-    }
-    struct err e;
-    int rv = shard_store_list_group(s->store, q->vault_id.data, q->has_after ? q->after.data : NULL,
-                                    q->has_groups ? q->groups : 0, q->has_group ? q->group : 0,
-                                    limit, r->list, &r->nlist, &r->list_more, &e);
-    if (rv != 0) {
-        r->status = rv;
-        snprintf(r->msg, sizeof r->msg, "placement list: %.220s", e.msg);
-    }
-}
-
-static void list_after_cb(uv_work_t *w, int status)
-{
-    (void)status;
-    struct req *r = work_returned(w);
-    if (r == NULL) {
-        return;
-    }
-    struct server *s = r->conn->srv;
-    Hbc__Frame f = HBC__FRAME__INIT;
-    Hbc__PlacementListReply rep = HBC__PLACEMENT_LIST_REPLY__INIT;
-    f.request_id = r->frame->request_id;
-    f.body_case = HBC__FRAME__BODY_PLACEMENT_LIST_REPLY;
-    f.placement_list_reply = &rep;
-    ProtobufCBinaryData *ids = hbc_calloc(r->nlist + 1, sizeof *ids);
-    uint32_t *masks = hbc_calloc(r->nlist + 1, sizeof *masks);
-    if (ids == NULL || masks == NULL) {
-        hbc_free(ids);
-        hbc_free(masks);
-        req_fail(r, HBC_ENOMEM, "placement list: out of memory");
-        server_maybe_finish(s);
-        return;
-    }
-    size_t nsch = 0;
-    for (size_t i = 0; i < r->nlist; i++) {
-        nsch += r->list[i].nschemes;
-    }
-    Hbc__ShardSchemeMask *sch = hbc_calloc(nsch + 1, sizeof *sch);
-    Hbc__ShardSchemeMask **schp = hbc_calloc(nsch + 1, sizeof *schp);
-    if (sch == NULL || schp == NULL) {
-        hbc_free(ids);
-        hbc_free(masks);
-        hbc_free(sch);
-        hbc_free(schp);
-        req_fail(r, HBC_ENOMEM, "placement list: out of memory");
-        server_maybe_finish(s);
-        return;
-    }
-    nsch = 0;
-    for (size_t i = 0; i < r->nlist; i++) {
-        ids[i] = (ProtobufCBinaryData){SHARD_STORE_CHUNK_ID_LEN, r->list[i].chunk_id};
-        masks[i] = r->list[i].mask;
-        for (unsigned x = 0; x < r->list[i].nschemes; x++) {
-            hbc__shard_scheme_mask__init(&sch[nsch]);
-            sch[nsch].chunk = (uint32_t)i;
-            sch[nsch].k = r->list[i].schemes[x].k;
-            sch[nsch].m = r->list[i].schemes[x].m;
-            sch[nsch].mask = r->list[i].schemes[x].mask;
-            schp[nsch] = &sch[nsch];
-            nsch++;
-        }
-    }
-    rep.scheme_masks = schp;
-    rep.n_scheme_masks = nsch;
-    rep.chunk_ids = ids;
-    rep.n_chunk_ids = r->nlist;
-    rep.index_masks = masks;
-    rep.n_index_masks = r->nlist;
-    rep.more = r->list_more;
-    rep.epoch = r->epoch_at;
-    req_finish(r, &f);
-    hbc_free(ids);
-    hbc_free(masks);
-    hbc_free(sch);
-    hbc_free(schp);
-    server_maybe_finish(s);
-}
-
-/* ---------------------------------------------------------------------- */
-/* Garbage collection: chunk listings                                      */
-
-static void gc_list_work_cb(uv_work_t *w)
-{
-    struct req *r = w->data;
-    struct server *s = r->conn->srv;
-    const Hbc__GcListChunks *q = r->frame->gc_list_chunks;
-    size_t max = q->has_max && q->max > 0 && q->max < GC_LIST_PAGE ? q->max : GC_LIST_PAGE;
-    r->gc_ids = hbc_malloc(max * 32);
-    r->gc_times = hbc_malloc(max * sizeof *r->gc_times);
-    if (r->gc_ids == NULL || r->gc_times == NULL) {
-        r->status = HBC_ENOMEM;
-        snprintf(r->msg, sizeof r->msg, "gc list chunks: out of memory");
-        return;
-    }
-    struct err e;
-    int rv =
-        shard_store_list_chunks(s->store, q->vault_id.data, q->has_after ? q->after.data : NULL,
-                                max, r->gc_ids, r->gc_times, &r->gc_n, &r->gc_more, &e);
-    if (rv != 0) {
-        r->status = rv;
-        snprintf(r->msg, sizeof r->msg, "gc list chunks: %.220s", e.msg);
-    }
-}
-
-static void gc_list_after_cb(uv_work_t *w, int status)
-{
-    struct req *r = w->data;
-    struct server *s = r->conn->srv;
-    (void)status;
-    s->works--;
-    if (r->status != 0) {
-        req_fail(r, r->status, r->msg);
-    } else {
-        Hbc__Frame f = HBC__FRAME__INIT;
-        Hbc__GcListChunksReply rep = HBC__GC_LIST_CHUNKS_REPLY__INIT;
-        ProtobufCBinaryData *ids = hbc_calloc(r->gc_n > 0 ? r->gc_n : 1, sizeof *ids);
-        if (ids == NULL) {
-            req_fail(r, HBC_ENOMEM, "gc list chunks: out of memory");
-        } else {
-            for (size_t i = 0; i < r->gc_n; i++) {
-                ids[i] = (ProtobufCBinaryData){32, r->gc_ids[i]};
-            }
-            rep.chunk_ids = ids;
-            rep.n_chunk_ids = r->gc_n;
-            rep.stored_at_ms = r->gc_times;
-            rep.n_stored_at_ms = r->gc_n;
-            rep.has_more = true;
-            rep.more = r->gc_more;
-            f.request_id = r->frame->request_id;
-            f.body_case = HBC__FRAME__BODY_GC_LIST_CHUNKS_REPLY;
-            f.gc_list_chunks_reply = &rep;
-            req_finish(r, &f);
-            hbc_free(ids);
-        }
-    }
-    server_maybe_finish(s);
-}
-
-/* GcListChunks: node certificates only (chunk ids are no secret, but listing is the GC's business).
- */
-static int gc_list_start(struct server *s, struct conn *c, struct req *r)
-{
-    const Hbc__GcListChunks *q = r->frame->gc_list_chunks;
-    if (!tls_conn_peer_has_ou(c->tls, "node")) {
-        req_fail(r, HBC_EDENIED, "gc list chunks: only nodes of the cluster may list chunks");
-        return 0;
-    }
-    if (q->vault_id.len != 16 || (q->has_after && q->after.len != 32)) {
-        req_fail(r, HBC_EINVAL, "gc list chunks: a vault id has 16 bytes and a chunk id 32");
-        return 0;
-    }
-    r->kind = REQ_GC_LIST;
-    r->work.data = r;
-    if (uv_queue_work(s->loop, &r->work, gc_list_work_cb, gc_list_after_cb) != 0) {
-        req_fail(r, HBC_EUNAVAILABLE, "cannot queue work");
-        return 0;
-    }
-    s->works++;
-    return 0;
+    server_req_finish(r, &f);
 }
 
 static void gc_run_reply_cb(void *ctx, const Hbc__Frame *reply)
 {
-    req_finish(ctx, reply);
+    server_req_finish(ctx, reply);
 }
 
 /* Whether the peer may run GC: the admin role in the state machine, or OU=admin while none has it.
@@ -1221,7 +345,7 @@ static void answer_status(struct req *r)
     rep.gc_freed_bytes = gs.freed_bytes;
     rep.has_bytes_on_disk = true;
     rep.bytes_on_disk = st.bytes_on_disk;
-    req_finish(r, &f);
+    server_req_finish(r, &f);
 }
 
 /* Check keys of a get request before any work is queued. */
@@ -1262,7 +386,7 @@ static int check_have(const Hbc__HaveChunks *h, char *msg, size_t mlen)
 
 static void control_reply_cb(void *ctx, const Hbc__Frame *reply)
 {
-    req_finish(ctx, reply);
+    server_req_finish(ctx, reply);
 }
 
 /*
@@ -1298,11 +422,11 @@ static int conn_take_frame(struct conn *c, Hbc__Frame *frame, uint8_t *body)
         if (n == 0 || n > SHARD_STORE_MAX_BATCH) {
             snprintf(r->msg, sizeof r->msg, "put shards: %zu shards (1 to %u allowed)", n,
                      SHARD_STORE_MAX_BATCH);
-            req_fail(r, HBC_EINVAL, r->msg);
+            server_req_fail(r, HBC_EINVAL, r->msg);
             break;
         }
         if (s->stopping) {
-            req_fail(r, HBC_EUNAVAILABLE, "node is shutting down");
+            server_req_fail(r, HBC_EUNAVAILABLE, "node is shutting down");
             break;
         }
         /* The placement fence: a writer with an older epoch's map must reload it. */
@@ -1311,17 +435,17 @@ static int conn_take_frame(struct conn *c, Hbc__Frame *frame, uint8_t *body)
             snprintf(r->msg, sizeof r->msg,
                      "put shards: placement epoch %llu is stale (current %llu)",
                      (unsigned long long)frame->put_shards->epoch, (unsigned long long)epoch);
-            req_fail(r, HBC_ESTALEEPOCH, r->msg);
+            server_req_fail(r, HBC_ESTALEEPOCH, r->msg);
             break;
         }
         r->kind = REQ_PUT;
         r->epoch_at = epoch;
         r->epoch_counted = true;
-        pending_add(s, epoch);
+        server_pending_add(s, epoch);
         r->work.data = r;
-        rv = uv_queue_work(s->loop, &r->work, put_check_work_cb, put_check_after_cb);
+        rv = uv_queue_work(s->loop, &r->work, server_put_check_work_cb, server_put_check_after_cb);
         if (rv != 0) {
-            req_fail(r, HBC_EUNAVAILABLE, "cannot queue work");
+            server_req_fail(r, HBC_EUNAVAILABLE, "cannot queue work");
             rv = 0;
         } else {
             s->works++;
@@ -1334,19 +458,19 @@ static int conn_take_frame(struct conn *c, Hbc__Frame *frame, uint8_t *body)
         rv = get ? check_get(frame->get_shards, r->msg, sizeof r->msg)
                  : check_have(frame->have_chunks, r->msg, sizeof r->msg);
         if (rv != 0) {
-            req_fail(r, rv, r->msg);
+            server_req_fail(r, rv, r->msg);
             rv = 0;
             break;
         }
         r->kind = get ? REQ_GET : REQ_HAVE;
-        if (get && get_inline(r)) {
+        if (get && server_get_inline(r)) {
             break;
         }
         r->work.data = r;
-        rv = uv_queue_work(s->loop, &r->work, get ? get_work_cb : have_work_cb,
-                           get ? get_after_cb : have_after_cb);
+        rv = uv_queue_work(s->loop, &r->work, get ? server_get_work_cb : server_have_work_cb,
+                           get ? server_get_after_cb : server_have_after_cb);
         if (rv != 0) {
-            req_fail(r, HBC_EUNAVAILABLE, "cannot queue work");
+            server_req_fail(r, HBC_EUNAVAILABLE, "cannot queue work");
             rv = 0;
         } else {
             s->works++;
@@ -1359,18 +483,18 @@ static int conn_take_frame(struct conn *c, Hbc__Frame *frame, uint8_t *body)
     case HBC__FRAME__BODY_PLACEMENT_LIST: {
         const Hbc__PlacementListRequest *q = frame->placement_list;
         if (!tls_conn_peer_has_ou(c->tls, "node")) {
-            req_fail(r, HBC_EDENIED, "placement list: only nodes may list chunks");
+            server_req_fail(r, HBC_EDENIED, "placement list: only nodes may list chunks");
             break;
         }
         if (q->vault_id.len != 16 || (q->has_after && q->after.len != 32)) {
-            req_fail(r, HBC_EINVAL, "placement list: bad vault id or after");
+            server_req_fail(r, HBC_EINVAL, "placement list: bad vault id or after");
             break;
         }
         r->kind = REQ_LIST;
-        r->epoch_at = list_epoch(s);
+        r->epoch_at = server_list_epoch(s);
         r->work.data = r;
-        if (uv_queue_work(s->loop, &r->work, list_work_cb, list_after_cb) != 0) {
-            req_fail(r, HBC_EUNAVAILABLE, "cannot queue work");
+        if (uv_queue_work(s->loop, &r->work, server_list_work_cb, server_list_after_cb) != 0) {
+            server_req_fail(r, HBC_EUNAVAILABLE, "cannot queue work");
         } else {
             s->works++;
         }
@@ -1379,20 +503,20 @@ static int conn_take_frame(struct conn *c, Hbc__Frame *frame, uint8_t *body)
     case HBC__FRAME__BODY_CLOCK_REQUEST:
         /* The voters' clock exchange (node/clock_sync.h): node certificates only. */
         if (!tls_conn_peer_has_ou(c->tls, "node")) {
-            req_fail(r, HBC_EDENIED, "clock requests need a node certificate (OU=node)");
+            server_req_fail(r, HBC_EDENIED, "clock requests need a node certificate (OU=node)");
         } else {
             Hbc__Frame f;
             Hbc__ClockReply cr;
             clock_sync_answer(frame->request_id, &f, &cr);
-            req_finish(r, &f);
+            server_req_finish(r, &f);
         }
         break;
     case HBC__FRAME__BODY_GC_LIST_CHUNKS:
-        rv = gc_list_start(s, c, r);
+        rv = server_gc_list_start(s, c, r);
         break;
     case HBC__FRAME__BODY_GC_RUN:
         if (s->gcl == NULL) {
-            req_fail(r, HBC_EUNAVAILABLE, "this node runs no metadata plane or is stopping");
+            server_req_fail(r, HBC_EUNAVAILABLE, "this node runs no metadata plane or is stopping");
             break;
         }
         gc_leader_request(s->gcl, frame, gc_peer_admin(s, c), gc_run_reply_cb, r);
@@ -1409,7 +533,7 @@ static int conn_take_frame(struct conn *c, Hbc__Frame *frame, uint8_t *body)
             break;
         }
         /* A reply type sent to a server: the peer is confused; tell it and go on. */
-        req_fail(r, HBC_EPROTO, "this frame type is a reply, not a request");
+        server_req_fail(r, HBC_EPROTO, "this frame type is a reply, not a request");
         break;
     }
     conn_read_check(c);
@@ -1642,7 +766,7 @@ static void handle_closed_cb(uv_handle_t *h)
  * During a stop: once every received put is committed and answered, close
  * the connections; once they are all gone, the server is done.
  */
-static void server_maybe_finish(struct server *s)
+void server_maybe_finish(struct server *s)
 {
     if (!s->stopping) {
         return;
