@@ -103,31 +103,34 @@ static void wrap(struct err *e, const char *prefix)
     e->msg[p + 2 + o] = '\0';
 }
 
+/* wrap() with the prefix formatted from fmt and ap. */
+static void __attribute__((format(printf, 2, 0))) vwrap(struct err *e, const char *fmt, va_list ap)
+{
+    char prefix[WRAP_PREFIX_MAX];
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    wrap(e, prefix);
+}
+
 int err_wrap(struct err *e, const char *fmt, ...)
 {
     if (e == NULL) {
         return 0;
     }
-    char prefix[WRAP_PREFIX_MAX];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    vwrap(e, fmt, ap);
     va_end(ap);
-    wrap(e, prefix);
     return e->code;
 }
 
 int err_wrap_code(struct err *e, int code, const char *fmt, ...)
 {
-    if (e == NULL) {
-        return code;
+    if (e != NULL) {
+        va_list ap;
+        va_start(ap, fmt);
+        vwrap(e, fmt, ap);
+        va_end(ap);
     }
-    char prefix[WRAP_PREFIX_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, ap);
-    va_end(ap);
-    wrap(e, prefix);
     return code;
 }
 

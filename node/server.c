@@ -174,49 +174,13 @@ static void req_drop(struct req *r)
 
 /*
  * Send reply (borrowed; it may point into r's request) for r, then release
- * r: the reply's bytes stay charged to the connection until written. If the
- * connection is gone the reply is dropped.
+ * r: the reply's bytes stay charged to the connection until written. The
+ * reply is encrypted straight from its buffers (frame_scatter_encode: large
+ * bytes fields such as shards are not first packed into one frame buffer);
+ * TLS borrows them only during tls_conn_write(), and r's request is freed
+ * after it. If the connection is gone the reply is dropped.
  */
 void server_req_finish(struct req *r, const Hbc__Frame *reply)
-{
-    struct conn *c = r->conn;
-    struct server *s = c->srv;
-    c->inflight--;
-    c->last_active = uv_now(s->loop);
-    if (c->tls == NULL) {
-        req_drop(r);
-        return;
-    }
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    struct err e;
-    err_clear(&e);
-    int rv = frame_encode(reply, &buf, &len, &e);
-    req_free(r);
-    if (rv == 0) {
-        /* The reply's size replaces the request's in what the connection holds. */
-        c->held += len;
-        conn_release_bytes(c, r->bytes);
-        r->bytes = len;
-        uv_buf_t b = uv_buf_init((char *)buf, (unsigned)len);
-        rv = tls_conn_write(c->tls, &b, 1, reply_written_cb, r, &e);
-        hbc_free(buf);
-        if (rv == 0) {
-            return;
-        }
-    }
-    hbc_log(LOG_WARN, "event=reply_failed peer=%s reason=\"%s\"", c->peer, e.msg);
-    req_drop(r);
-}
-
-/*
- * server_req_finish() for a reply with large bytes fields (shards): encrypted
- * straight from the message's buffers (frame_scatter_encode), without first
- * packing it into one frame buffer. Small fields are copied before r's
- * request is freed, so they may point into it; bytes fields of
- * FRAME_SCATTER_BORROW_MIN or more must be the caller's (freed on return).
- */
-void server_req_finish_scatter(struct req *r, const Hbc__Frame *reply)
 {
     struct conn *c = r->conn;
     struct server *s = c->srv;
@@ -230,16 +194,17 @@ void server_req_finish_scatter(struct req *r, const Hbc__Frame *reply)
     struct err e;
     err_clear(&e);
     int rv = frame_scatter_encode(reply, &fs, &e);
-    req_free(r);
     if (rv == 0) {
+        /* The reply's size replaces the request's in what the connection holds. */
         c->held += fs.len;
         conn_release_bytes(c, r->bytes);
         r->bytes = fs.len;
         rv = tls_conn_write(c->tls, fs.bufs, fs.nbufs, reply_written_cb, r, &e);
         frame_scatter_free(&fs);
-        if (rv == 0) {
-            return;
-        }
+    }
+    req_free(r);
+    if (rv == 0) {
+        return;
     }
     hbc_log(LOG_WARN, "event=reply_failed peer=%s reason=\"%s\"", c->peer, e.msg);
     req_drop(r);

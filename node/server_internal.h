@@ -153,12 +153,9 @@ struct server {
 
 /* server.c: answering requests */
 
-/* Encode reply, send it on r's connection and free r's request (r is freed once it is written). */
+/* Encode reply (borrowed until return; large bytes fields are sent from where they are), send it on
+ * r's connection and free r's request (r itself is freed once the reply is written). */
 void server_req_finish(struct req *r, const Hbc__Frame *reply);
-
-/* server_req_finish() for a reply with large bytes fields, encrypted straight from their buffers
- * (frame_scatter_encode); those fields must stay valid until it returns. */
-void server_req_finish_scatter(struct req *r, const Hbc__Frame *reply);
 
 /* Answer r with an error frame of code (an HBC_ code) and msg, and free its request. */
 void server_req_fail(struct req *r, int code, const char *msg);

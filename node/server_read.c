@@ -114,7 +114,7 @@ static void get_reply(struct req *r)
             r, HBC_ETOOBIG,
             "get shards: the reply would exceed max_frame; ask for fewer shards at once");
     } else {
-        server_req_finish_scatter(r, &f);
+        server_req_finish(r, &f);
     }
     for (size_t i = 0; i < n; i++) {
         hbc_free(datas[i]);
